@@ -1,0 +1,477 @@
+"""``Model``: a thin wrapper over a native Hugging Face causal LM and its tokenizer.
+
+lmxray never re-implements the network: every forward pass is the HF module's own. The wrapper
+adds what explanation methods need: tokenisation conventions (prompt with special tokens, target
+without), left-padded batches with correct attention masks and position ids, embedding access,
+forwards from embeddings that compute logits only where a target needs them, greedy generation,
+and chat-template prompts. It never mutates the user's model or tokenizer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from .errors import InputError, ModelLoadError, NumericalError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .result import Attribution
+
+__all__ = ["Model", "load", "DEFAULT_MODEL"]
+
+DEFAULT_MODEL = "lmxray-tiny"
+
+
+def _default_model_path() -> Path:
+    try:
+        from .zoo import model_path
+    except ImportError as exc:  # pragma: no cover - zoo is part of the package
+        raise ModelLoadError(f"the embedded default model is unavailable ({exc}); pass a model") from None
+    path = Path(model_path(DEFAULT_MODEL))
+    if not (path / "config.json").exists():
+        raise ModelLoadError(
+            f"the embedded default model is missing at {path}; reinstall lmxray or pass --model"
+        )
+    return path
+
+
+def _resolve_dtype(dtype: Any) -> Any:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str):
+        if dtype == "auto":
+            return "auto"
+        table = {
+            "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+            "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+        }
+        if dtype in table:
+            return table[dtype]
+    raise InputError(f"unknown dtype {dtype!r}; use float32, float16, bfloat16 or auto")
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or os.sep in name and not _is_hub_id(name)
+
+
+def _is_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+
+
+def load(
+    name_or_path: str | os.PathLike[str] | None = None,
+    *,
+    model: Any = None,
+    tokenizer: Any = None,
+    device: str | torch.device | None = None,
+    dtype: Any = None,
+    device_map: Any = None,
+    trust_remote_code: bool = False,
+    **from_pretrained_kwargs: Any,
+) -> Model:
+    """Load a causal LM as an lmxray :class:`Model`.
+
+    Args:
+        name_or_path: a Hugging Face hub id, a local folder, or ``None`` for the embedded default
+            model (``lmxray-tiny``, shipped inside the package; works offline).
+        model, tokenizer: objects already in memory (then ``name_or_path`` is ignored).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default: the model's current device.
+        dtype: ``torch.float32`` / ``"bfloat16"`` / ``"auto"``...
+        device_map: passed to ``from_pretrained`` (``accelerate`` placement for big models).
+        trust_remote_code: off unless you ask; passed to ``from_pretrained``.
+
+    Example:
+        >>> m = lmxray.load()  # doctest: +SKIP
+        >>> m = lmxray.load("gpt2", dtype="float32")  # doctest: +SKIP
+    """
+    if model is not None:
+        if tokenizer is None:
+            raise InputError("load(model=...) also needs tokenizer=...; pass the model's tokenizer")
+        _check_causal(model)
+        if device is not None:
+            raise InputError(
+                "device= is not applied to a model passed in memory (lmxray never moves your "
+                "model); call model.to(device) first"
+            )
+        name = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
+        return Model(model, tokenizer, name=str(name))
+
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if name_or_path is None:
+        path: str = str(_default_model_path())
+        display = DEFAULT_MODEL
+    else:
+        path = os.path.expanduser(str(name_or_path))
+        display = str(name_or_path)
+        if not str(path).strip():
+            raise InputError("model name is empty; pass a hub id or a local folder")
+        if os.path.exists(path):
+            if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "config.json")):
+                raise ModelLoadError(f"{path} is not a model folder (no config.json in it)")
+        elif _looks_like_path(path):
+            raise ModelLoadError(f"model folder {path} does not exist; check the path")
+
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # transformers raises OSError/ValueError/HTTP errors here
+        raise ModelLoadError(f"cannot load a model config from {display!r}: {_one_line(exc)}") from None
+    if getattr(config, "is_encoder_decoder", False) or (
+        config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not trust_remote_code
+    ):
+        raise ModelLoadError(
+            f"{display!r} is a {config.model_type!r} model, not a causal (decoder-only) language "
+            "model; lmxray explains AutoModelForCausalLM models"
+        )
+    if config.model_type in _ENCODER_ONLY and not getattr(config, "is_decoder", False):
+        raise ModelLoadError(
+            f"{display!r} is an encoder-only {config.model_type!r} model, not a causal language model"
+        )
+    kwargs: dict[str, Any] = dict(from_pretrained_kwargs)
+    resolved = _resolve_dtype(dtype)
+    if resolved is not None:
+        kwargs["dtype" if _TRANSFORMERS_MAJOR >= 5 else "torch_dtype"] = resolved
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    try:
+        tok = tokenizer or AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        hf = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load {display!r}: {_one_line(exc)}") from None
+    hf.eval()
+    if device is not None and device_map is None:
+        try:
+            hf.to(torch.device(device))
+        except (RuntimeError, AssertionError) as exc:
+            raise ModelLoadError(f"cannot move the model to {device!r}: {_one_line(exc)}") from None
+    return Model(hf, tok, name=display)
+
+
+_ENCODER_ONLY = {"bert", "roberta", "xlm-roberta", "camembert", "electra", "ernie", "data2vec-text"}
+
+
+def _transformers_major() -> int:
+    import transformers
+
+    return int(transformers.__version__.split(".")[0])
+
+
+_TRANSFORMERS_MAJOR = _transformers_major()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]
+
+
+def _check_causal(model: Any) -> None:
+    from transformers import PreTrainedModel
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if not isinstance(model, PreTrainedModel):
+        raise ModelLoadError(
+            f"expected a transformers PreTrainedModel, got {type(model).__name__}"
+        )
+    cfg = model.config
+    causal_classes = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    if getattr(cfg, "is_encoder_decoder", False) or (
+        type(model).__name__ not in causal_classes and not hasattr(model, "get_output_embeddings")
+    ) or (cfg.model_type in _ENCODER_ONLY and not getattr(cfg, "is_decoder", False)):
+        raise ModelLoadError(
+            f"{type(model).__name__} is not a causal (decoder-only) language model"
+        )
+    if model.get_output_embeddings() is None:
+        raise ModelLoadError(f"{type(model).__name__} has no language-model head (use *ForCausalLM)")
+
+
+class Model:
+    """A Hugging Face causal LM + tokenizer, with what explanation methods need.
+
+    Attributes:
+        hf: the native ``transformers`` model (never modified by lmxray).
+        tokenizer: its tokenizer.
+        name: the hub id / folder / class name it came from.
+    """
+
+    def __init__(self, hf: Any, tokenizer: Any, name: str = "") -> None:
+        _check_causal(hf)
+        self.hf = hf
+        self.tokenizer = tokenizer
+        self.name = name or getattr(hf.config, "_name_or_path", "") or type(hf).__name__
+        params = inspect.signature(hf.forward).parameters
+        self._accepts_position_ids = "position_ids" in params
+        self._logits_kw = (
+            "logits_to_keep" if "logits_to_keep" in params
+            else "num_logits_to_keep" if "num_logits_to_keep" in params else None
+        )
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def config(self) -> Any:
+        return self.hf.config
+
+    @property
+    def device(self) -> torch.device:
+        emb = self.hf.get_input_embeddings()
+        return emb.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.hf.get_input_embeddings().weight.dtype
+
+    @property
+    def n_layers(self) -> int:
+        c = self.config
+        for key in ("num_hidden_layers", "n_layer", "num_layers"):
+            if getattr(c, key, None):
+                return int(getattr(c, key))
+        raise AttributeError("cannot tell the number of layers from the config")
+
+    @property
+    def d_model(self) -> int:
+        return int(self.hf.get_input_embeddings().weight.shape[1])
+
+    @property
+    def n_heads(self) -> int:
+        c = self.config
+        for key in ("num_attention_heads", "n_head"):
+            if getattr(c, key, None):
+                return int(getattr(c, key))
+        return 1
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.hf.get_output_embeddings().weight.shape[0])
+
+    @property
+    def max_length(self) -> int | None:
+        """The model's context length (positions), or None when it does not say."""
+        c = self.config
+        for key in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+            v = getattr(c, key, None)
+            if isinstance(v, int) and v > 0:
+                return v
+        return None
+
+    @property
+    def pad_token_id(self) -> int:
+        tok = self.tokenizer
+        for v in (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id):
+            if v is not None:
+                return int(v)
+        return 0
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return self.tokenizer.eos_token_id
+
+    def __repr__(self) -> str:
+        return (
+            f"Model({self.name!r}, {type(self.hf).__name__}, layers={self.n_layers}, "
+            f"d={self.d_model}, device={self.device}, dtype={self.dtype})"
+        )
+
+    # ------------------------------------------------------------------ tokens
+    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of ``text``; prompts get the tokenizer's special tokens (e.g. BOS)."""
+        return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+    def encode_target(self, text: str) -> list[int]:
+        """Token ids of a continuation (no special tokens)."""
+        return self.encode(text, add_special_tokens=False)
+
+    def token_strings(self, ids: Sequence[int]) -> list[str]:
+        """Readable strings for each id (decoded one by one, so ``Ġ``/``▁`` become spaces)."""
+        out = []
+        for i in ids:
+            s = self.tokenizer.decode([int(i)], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            if s == "" or "\ufffd" in s:
+                s = self.tokenizer.convert_ids_to_tokens(int(i))
+            out.append(s)
+        return out
+
+    def chat(self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True) -> str:
+        """Build a prompt string with the tokenizer's chat template.
+
+        Example:
+            >>> m.chat([{"role": "user", "content": "Hi"}])  # doctest: +SKIP
+        """
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise InputError(
+                f"the tokenizer of {self.name!r} has no chat template; write the prompt as plain text"
+            )
+        text = self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+        if self._template_adds_bos(text):
+            # the template already holds BOS: strip it so encode() does not add a second one
+            bos = self.tokenizer.bos_token
+            text = text[len(bos):]
+        return text
+
+    def _template_adds_bos(self, text: str) -> bool:
+        bos = self.tokenizer.bos_token
+        if not bos or not text.startswith(bos):
+            return False
+        ids = self.encode("x")
+        return bool(ids) and ids[0] == self.tokenizer.bos_token_id
+
+    # ------------------------------------------------------------------ batches
+    def pad_batch(
+        self, seqs: Sequence[Sequence[int]]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Left-pad token id sequences: ``(input_ids, attention_mask, position_ids)`` ``[B, L]``."""
+        if not seqs:
+            raise InputError("empty batch")
+        length = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), length), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), length), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            if len(s):
+                ids[i, length - len(s):] = torch.as_tensor(list(s), dtype=torch.long)
+                mask[i, length - len(s):] = 1
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        dev = self.device
+        return ids.to(dev), mask.to(dev), pos.to(dev)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Input embeddings ``[..., d_model]`` of token ids (the embedding layer's output)."""
+        return self.hf.get_input_embeddings()(input_ids)
+
+    @property
+    def embedding_matrix(self) -> torch.Tensor:
+        return self.hf.get_input_embeddings().weight
+
+    def forward(
+        self,
+        *,
+        input_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        logits_to_keep: int | None = None,
+        check_finite: bool = True,
+        **kwargs: Any,
+    ) -> Any:
+        """One forward pass of the native model; returns the HF output object.
+
+        ``logits_to_keep=k`` computes logits for the last ``k`` positions only (all target steps
+        of a left-padded batch are the last positions). Raises :class:`NumericalError` when the
+        logits hold NaN or inf.
+        """
+        kw: dict[str, Any] = dict(kwargs)
+        kw.setdefault("use_cache", False)
+        if attention_mask is not None:
+            kw["attention_mask"] = attention_mask
+        if position_ids is not None and self._accepts_position_ids:
+            kw["position_ids"] = position_ids
+        if logits_to_keep is not None and self._logits_kw is not None:
+            kw[self._logits_kw] = logits_to_keep
+        out = self.hf(input_ids=input_ids, inputs_embeds=inputs_embeds, **kw)
+        if logits_to_keep is not None and self._logits_kw is None:
+            out.logits = out.logits[:, -logits_to_keep:]
+        if check_finite and not torch.isfinite(out.logits).all():
+            raise NumericalError(
+                f"the model {self.name!r} produced NaN/inf logits; check its weights and dtype "
+                "(try dtype=float32)"
+            )
+        return out
+
+    def logits(self, text_or_ids: str | Sequence[int]) -> torch.Tensor:
+        """Logits ``[L, vocab]`` of one prompt (convenience)."""
+        ids = self.encode(text_or_ids) if isinstance(text_or_ids, str) else list(text_or_ids)
+        input_ids, mask, pos = self.pad_batch([ids])
+        with torch.no_grad():
+            return self.forward(input_ids=input_ids, attention_mask=mask, position_ids=pos).logits[0]
+
+    @torch.no_grad()
+    def generate_ids(self, prompt_ids: Sequence[int], max_new_tokens: int) -> list[int]:
+        """Greedy continuation ids (stops after EOS, which is not returned)."""
+        if max_new_tokens < 1:
+            raise InputError("max_new_tokens must be at least 1")
+        self.check_length(len(prompt_ids) + max_new_tokens)
+        ids = torch.tensor([list(prompt_ids)], device=self.device)
+        mask = torch.ones_like(ids)
+        from transformers import GenerationConfig
+
+        gen_cfg = GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=self.pad_token_id,
+            eos_token_id=self.eos_token_id,
+        )
+        out = self.hf.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg)
+        new = out[0, ids.shape[1]:].tolist()
+        eos = self.eos_token_id
+        if eos is not None and eos in new:
+            new = new[: new.index(eos)]
+        return new
+
+    def generate(self, prompt: str, max_new_tokens: int = 20) -> str:
+        """Greedy continuation text of ``prompt``."""
+        new = self.generate_ids(self.encode(prompt), max_new_tokens)
+        return self.tokenizer.decode(new, skip_special_tokens=False)
+
+    def check_length(self, n: int) -> None:
+        limit = self.max_length
+        if limit is not None and n > limit:
+            raise InputError(
+                f"prompt + target is {n} tokens, longer than the model's context of {limit}; "
+                "shorten the prompt or the target"
+            )
+
+    @contextlib.contextmanager
+    def eager_attention(self) -> Iterator[None]:
+        """Temporarily use the eager attention implementation (attention weights available)."""
+        cfg = self.hf.config
+        before = getattr(cfg, "_attn_implementation", None)
+        if before in (None, "eager"):
+            yield
+            return
+        setter = getattr(self.hf, "set_attn_implementation", None)
+        try:
+            if setter is not None:
+                setter("eager")
+            else:
+                cfg._attn_implementation = "eager"
+            yield
+        finally:
+            if setter is not None:
+                setter(before)
+            else:
+                cfg._attn_implementation = before
+
+    # ------------------------------------------------------------------ attribution
+    def attribute(
+        self,
+        prompt: str | Sequence[str],
+        target: str | Sequence[str] | None = None,
+        *,
+        method: str = "integrated_gradients",
+        max_new_tokens: int | None = None,
+        foil: str | Sequence[str] | None = None,
+        target_fn: Any = None,
+        **params: Any,
+    ) -> Attribution | list[Attribution]:
+        """Attribute target tokens to source tokens. See :func:`lmxray.attribution.attribute`."""
+        from .attribution.api import attribute
+
+        return attribute(
+            self, prompt, target, method=method, max_new_tokens=max_new_tokens, foil=foil,
+            target_fn=target_fn, **params,
+        )
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().float().cpu().numpy()
