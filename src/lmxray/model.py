@@ -108,6 +108,7 @@ def load(
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+    resolved = _resolve_dtype(dtype)
     if name_or_path is None:
         path: str = str(_default_model_path())
         display = DEFAULT_MODEL
@@ -138,7 +139,6 @@ def load(
             f"{display!r} is an encoder-only {config.model_type!r} model, not a causal language model"
         )
     kwargs: dict[str, Any] = dict(from_pretrained_kwargs)
-    resolved = _resolve_dtype(dtype)
     if resolved is not None:
         kwargs["dtype" if _TRANSFORMERS_MAJOR >= 5 else "torch_dtype"] = resolved
     if device_map is not None:
