@@ -94,39 +94,23 @@ def _target_tensors(
     return tgt.to(device), (foil.to(device) if foil is not None else None), valid.to(device)
 
 
-@torch.no_grad()
 def score_sequences(
     model: Model, rows: Sequence[ScoreRow], ctx: Context
 ) -> list[np.ndarray]:
     """Target-function values ``[len(row.targets)]`` for each row, batched and chunked.
 
-    Rows are sorted by length so chunks carry little padding; results come back in input order.
+    Identical rows are scored once, and rows that share a prefix with another row reuse its
+    KV cache: only positions from the first differing token on are recomputed
+    (:mod:`lmxray.attribution._prefix`; the numbers equal full recomputation). ``model`` may also
+    be a black-box scorer (any object with ``score(rows, ctx)``, see :mod:`lmxray.blackbox`):
+    then the rows are sent to it. Results come back in input order.
     """
-    out: list[np.ndarray | None] = [None] * len(rows)
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i].input_ids))
-    start = 0
-    while start < len(order):
-        longest = len(rows[order[min(len(order) - 1, start + _MAX_ROWS - 1)]].input_ids)
-        keep = max(1, max(len(rows[i].targets) for i in order[start:start + _MAX_ROWS]))
-        n = rows_per_chunk(model, longest, keep, with_grad=False, ctx=ctx)
-        idx = order[start:start + n]
-        start += n
-        chunk = [rows[i] for i in idx]
-        t_max = max(len(r.targets) for r in chunk)
-        if t_max == 0:
-            for i in idx:
-                out[i] = np.zeros(0, dtype=np.float32)
-            continue
-        ids, mask, pos = model.pad_batch([r.input_ids for r in chunk])
-        logits = model.forward(
-            input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=t_max
-        ).logits
-        tgt, foil, _ = _target_tensors(chunk, t_max, logits.device)
-        values = evaluate_target(ctx.target_fn, logits, tgt, foil).float().cpu().numpy()
-        for j, i in enumerate(idx):
-            n_t = len(rows[i].targets)
-            out[i] = values[j, t_max - n_t:].astype(np.float32)
-    return [o if o is not None else np.zeros(0, np.float32) for o in out]
+    if not isinstance(model, Model):
+        return model.score(rows, ctx)
+    from ._prefix import score_rows
+
+    with torch.no_grad():
+        return score_rows(model, rows, ctx)
 
 
 def _path_chunk(

@@ -129,3 +129,8 @@ def random_scores(model: Model, requests: list[Request], ctx: Context, *, seed: 
         scores = rng.standard_normal((r.n_target, r.n_source)).astype(np.float32)
         outs.append(MethodOutput(nan_mask_scores(scores, r.n_prompt), None, {"seed": seed}))
     return outs
+
+
+# the coalition methods live in their own modules; importing them here registers them with the
+# built-ins (base._ensure_builtin imports this module)
+from . import shapley, surrogate  # noqa: E402, F401
