@@ -1,0 +1,283 @@
+"""The ``lmxray`` command line on the tiny GPT-2 fixture: outputs, error contract, sub-apps."""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import lmxray
+from lmxray import cli
+from lmxray.result import Attribution
+
+runner = CliRunner()
+
+FAST_IG = ["--n-steps", "4"]
+
+
+def invoke(*args: str):
+    return runner.invoke(cli.app, [str(a) for a in args])
+
+
+def assert_clean_error(result, outputs: list[Path] = ()):
+    """Exit 2, exactly one stderr line, no traceback, no output file."""
+    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("lmxray: error: ")
+    assert "Traceback" not in result.output
+    for path in outputs:
+        assert not path.exists(), path
+        leftovers = (
+            [p.name for p in path.parent.glob(f".{path.name}*")] if path.parent.exists() else []
+        )
+        assert leftovers == []
+
+
+def test_methods_lists_the_registry():
+    result = invoke("methods")
+    assert result.exit_code == 0, result.output
+    for name in lmxray.methods():
+        assert name in result.stdout
+
+
+def test_help_and_no_args():
+    result = invoke("--help")
+    assert result.exit_code == 0 and "explain" in result.stdout and "methods" in result.stdout
+    result = invoke("explain", "--help")
+    assert result.exit_code == 0 and "--max-new-tokens" in result.stdout
+    result = invoke()
+    assert result.exit_code == 2 and "explain" in result.stdout
+
+
+def test_explain_writes_json_and_html(tiny_dir, tmp_path):
+    js, page = tmp_path / "out.json", tmp_path / "out.html"
+    result = invoke(
+        "explain",
+        "The capital of France is",
+        "--target",
+        " Paris",
+        "--model",
+        tiny_dir,
+        "--json",
+        js,
+        "--html",
+        page,
+        *FAST_IG,
+    )
+    assert result.exit_code == 0, result.output
+    assert "target ' Paris'" in result.stdout  # the forced answer
+    assert "integrated_gradients" in result.stdout and "Σ" in result.stdout
+    a = Attribution.load(js)
+    assert "".join(a.target_tokens) == " Paris"
+    assert a.method == "integrated_gradients" and a.info["target_fn"] == "logprob"
+    assert a.scores.shape == (len(a.target_tokens), len(a.source_tokens))
+    b = Attribution.load(js)  # round trip: save(load(x)) == x
+    np.testing.assert_array_equal(np.isnan(a.scores), np.isnan(b.scores))
+    assert a.to_json() == Attribution.from_dict(a.to_dict()).to_json()
+    text = page.read_text(encoding="utf-8")
+    assert text.startswith("<!DOCTYPE html>") and "lmx-report" in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.html", "out.json"]
+
+
+def test_explain_generates_by_default(tiny_dir, tmp_path):
+    js = tmp_path / "gen.json"
+    result = invoke(
+        "explain",
+        "The capital of France is",
+        "--model",
+        tiny_dir,
+        "--method",
+        "saliency",
+        "--json",
+        js,
+        "--max-new-tokens",
+        "3",
+        "--target-fn",
+        "prob",
+    )
+    assert result.exit_code == 0, result.output
+    assert "generated" in result.stdout
+    a = Attribution.load(js)
+    assert len(a.target_tokens) == 3 and a.info["generated"] is True
+    assert a.info["target_fn"] == "prob"
+
+
+def test_explain_default_is_five_new_tokens(tiny_dir):
+    result = invoke("explain", "Berlin is in", "--model", tiny_dir, "--json", "-", *FAST_IG)
+    assert result.exit_code == 0, result.output
+    a = Attribution.from_dict(__import__("json").loads(result.stdout))
+    assert len(a.target_tokens) == 5
+
+
+def test_explain_contrastive(tiny_dir, tmp_path):
+    js = tmp_path / "c.json"
+    # " Rome" and " Lisbon" are one token each with the fixture tokenizer
+    result = invoke(
+        "explain",
+        "The capital of Italy is",
+        "--target",
+        " Rome",
+        "--foil",
+        " Lisbon",
+        "--model",
+        tiny_dir,
+        "--method",
+        "input_x_gradient",
+        "--json",
+        js,
+    )
+    assert result.exit_code == 0, result.output
+    assert "foil" in result.stdout
+    assert Attribution.load(js).info["foil"] == " Lisbon"
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "empty prompt",
+        "empty target",
+        "unknown method",
+        "missing model path",
+        "missing output folder",
+        "too long prompt",
+        "target and max-new-tokens",
+        "foil without target",
+        "bad option value",
+        "unknown option",
+        "method parameter it does not take",
+        "bad baseline",
+    ],
+)
+def test_bad_input_is_one_line_exit_2_no_file(case, tiny_dir, tmp_path):
+    js, page = tmp_path / "o.json", tmp_path / "o.html"
+    prompt, extra = "The capital of France is", []
+    model = str(tiny_dir)
+    if case == "empty prompt":
+        prompt = ""
+    elif case == "empty target":
+        extra = ["--target", ""]
+    elif case == "unknown method":
+        extra = ["--method", "no_such_method"]
+    elif case == "missing model path":
+        model = str(tmp_path / "no-model-here")
+    elif case == "missing output folder":
+        js = tmp_path / "missing" / "o.json"
+    elif case == "too long prompt":
+        prompt = "The capital of France is Paris. " * 60
+        extra = ["--target", " Paris"]
+    elif case == "target and max-new-tokens":
+        extra = ["--target", " Paris", "--max-new-tokens", "2"]
+    elif case == "foil without target":
+        extra = ["--foil", " Rome"]
+    elif case == "bad option value":
+        extra = ["--n-steps", "0"]
+    elif case == "unknown option":
+        extra = ["--frobnicate"]
+    elif case == "method parameter it does not take":
+        extra = ["--method", "occlusion", "--n-steps", "3"]
+    elif case == "bad baseline":
+        extra = ["--baseline", "not-a-baseline", "--target", " Paris"]
+    result = invoke("explain", prompt, "--model", model, "--json", js, "--html", page, *extra)
+    assert_clean_error(result, [js, page])
+    if case == "unknown method":
+        assert "integrated_gradients" in result.stderr  # lists the valid ones
+
+
+def test_output_folder_checked_before_model_load(tmp_path, monkeypatch):
+    def boom(*a, **k):  # pragma: no cover - must not be reached
+        raise AssertionError("the model was loaded before the outputs were checked")
+
+    monkeypatch.setattr(lmxray, "load", boom)
+    result = invoke("explain", "hi", "--json", tmp_path / "nope" / "x.json")
+    assert_clean_error(result)
+    result = invoke("explain", "hi", "--html", tmp_path)  # a folder, not a file
+    assert_clean_error(result)
+    result = invoke("explain", "hi", "--method", "nope")
+    assert_clean_error(result)
+
+
+def test_default_model_missing_is_a_clean_error(monkeypatch):
+    from lmxray.errors import ModelLoadError
+
+    def no_default(*a, **k):
+        raise ModelLoadError("the embedded default model is unavailable; pass --model")
+
+    monkeypatch.setattr(lmxray, "load", no_default)
+    assert_clean_error(invoke("explain", "hi", *FAST_IG))
+
+
+def test_real_process_error_contract(tmp_path):
+    """The installed entry point itself: one line, exit 2, no traceback, no file."""
+    src = Path(lmxray.__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]))
+    js = tmp_path / "x.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lmxray.cli",
+            "explain",
+            "hi",
+            "--model",
+            str(tmp_path / "none"),
+            "--json",
+            str(js),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert not js.exists()
+
+
+# --------------------------------------------------------------------------- optional sub-apps
+class _FakeZooCli(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Serves ``lmxray.zoo.cli`` as a module whose import fails with ``error``."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "lmxray.zoo.cli":
+            return importlib.machinery.ModuleSpec(name, self)
+        return None
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        raise self.error
+
+
+@pytest.fixture
+def fake_zoo(monkeypatch):
+    def install(error: BaseException):
+        monkeypatch.delitem(sys.modules, "lmxray.zoo.cli", raising=False)
+        monkeypatch.setattr(sys, "meta_path", [_FakeZooCli(error), *sys.meta_path])
+
+    return install
+
+
+def test_absent_zoo_cli_is_tolerated(fake_zoo):
+    fake_zoo(ModuleNotFoundError("No module named 'lmxray.zoo.cli'", name="lmxray.zoo.cli"))
+    cli._mount_optional_apps()  # no error: the sub-app is simply not there
+
+
+def test_broken_zoo_cli_is_not_hidden(fake_zoo):
+    fake_zoo(ModuleNotFoundError("No module named 'somedep'", name="somedep"))
+    with pytest.raises(ModuleNotFoundError, match="somedep"):
+        cli._mount_optional_apps()
+    fake_zoo(ImportError("cannot import name 'x' from 'lmxray.zoo'"))
+    with pytest.raises(ImportError):
+        cli._mount_optional_apps()
