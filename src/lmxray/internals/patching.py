@@ -1,0 +1,391 @@
+"""Activation patching and attribution patching on clean/corrupted prompt pairs.
+
+**Activation patching** (Vig et al. 2020; Meng et al. 2022; Wang et al. 2023, "IOI"): run the
+model on a *corrupted* prompt, write one activation from the *clean* run into it (one site, one
+token position, optionally one head), and measure how much of the clean behaviour comes back.
+With metric ``m`` (logit difference ``logit(answer) - logit(foil)`` or probability of the answer
+at the last position), the normalised effect of a patch is
+
+    (m_patched - m_corrupt) / (m_clean - m_corrupt)        (corrupt = 0, clean = 1)
+
+Sites: ``resid_pre``, ``resid_post``, ``attn.out``, ``mlp.out`` over (layer × position), and
+``attn.head_out`` over (layer × head × position) or (layer × head) with ``positions="all"``.
+The sweep runs batched (many patches per forward) with KV-cache prefix reuse
+(:mod:`lmxray.internals._sweep`).
+
+**Attribution patching** (Nanda 2023; Syed et al. 2023, arXiv:2310.10348) approximates every
+patch at once to first order: ``m_patched - m_corrupt ≈ ∇_a m(corrupt) · (a_clean - a_corrupt)``,
+from 2 forward passes and 1 backward pass. It is reliable for small units (heads, single
+positions) and degrades for whole residual streams (Kramár et al. 2024, arXiv:2403.00745);
+:func:`compare` reports its Pearson correlation with exact patching per site kind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..hooks import Fn, capture, prepare_inputs, run_with_cache
+from ..model import Model
+from ..sites import site_map
+from ._result import JsonResult, from_jsonable
+from ._sweep import Job, Write, base_metric, sweep
+
+__all__ = [
+    "PatchingResult",
+    "activation_patching",
+    "attribution_patching",
+    "compare",
+    "make_metric",
+    "token_id",
+    "PATCH_KINDS",
+]
+
+PATCH_KINDS = ("resid_pre", "resid_post", "attn.out", "mlp.out", "attn.head_out")
+MetricFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def token_id(model: Model, x: str | int) -> int:
+    """The token id of ``x``: an int, or the first token of a continuation string."""
+    if isinstance(x, int | np.integer):
+        if not 0 <= int(x) < model.vocab_size:
+            raise InputError(f"token id {x} is outside the vocabulary (size {model.vocab_size})")
+        return int(x)
+    if not isinstance(x, str) or not x:
+        raise InputError(f"an answer must be a non-empty string or a token id, got {x!r}")
+    ids = model.encode_target(x)
+    if not ids:
+        raise InputError(f"{x!r} has no tokens")
+    return ids[0]
+
+
+def make_metric(name: str | MetricFn, answer: int, foil: int | None = None) -> MetricFn:
+    """``logits [N, vocab] -> [N]``: ``logit_diff`` (needs a foil), ``prob``, ``logprob`` or a callable."""
+    if callable(name):
+        return name
+    if name == "logit_diff":
+        if foil is None:
+            raise InputError("metric logit_diff needs a foil token; pass foil= or use metric='prob'")
+        return lambda lg: lg[:, answer] - lg[:, foil]
+    if name == "prob":
+        return lambda lg: torch.softmax(lg.float(), -1)[:, answer]
+    if name == "logprob":
+        return lambda lg: torch.log_softmax(lg.float(), -1)[:, answer]
+    raise InputError(f"unknown metric {name!r}; use logit_diff, prob, logprob or a function")
+
+
+@dataclass
+class PatchingResult(JsonResult):
+    """Patching effects by site kind.
+
+    Attributes:
+        tokens / corrupt_tokens: the clean and corrupted prompt tokens (same length ``L``).
+        effects: kind → normalised effect, ``[n_layers, P]`` (``[n_layers, n_heads, P]`` for
+            ``attn.head_out``), ``P = L`` for ``positions="each"`` and 1 for ``"all"``.
+        raw: kind → the metric after the patch (same shapes), un-normalised.
+        metric: ``logit_diff`` / ``prob`` / ``logprob`` / ``custom``.
+        clean_value / corrupt_value: the metric on the clean and corrupted runs.
+        answer / foil: the token strings the metric reads.
+        positions: ``"each"`` or ``"all"``.
+        method: ``activation_patching`` or ``attribution_patching``.
+    """
+
+    FORMAT = "lmxray.patching/1"
+
+    tokens: list[str]
+    corrupt_tokens: list[str]
+    effects: dict[str, np.ndarray]
+    raw: dict[str, np.ndarray]
+    metric: str
+    clean_value: float
+    corrupt_value: float
+    answer: str
+    foil: str | None = None
+    positions: str = "each"
+    method: str = "activation_patching"
+    model_name: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kinds(self) -> list[str]:
+        return list(self.effects)
+
+    def column_labels(self) -> list[str]:
+        """Position labels (``"3 Paris"``; ``"all"`` when positions were patched together)."""
+        if self.positions == "all":
+            return ["all"]
+        return [f"{i} {t}" for i, t in enumerate(self.tokens)]
+
+    def matrix(self, kind: str) -> tuple[np.ndarray, list[str], list[str]]:
+        """A 2-D view for plotting: ``(matrix, row_labels, col_labels)``; heads become rows
+        ``L{layer}H{head}`` (or a ``[layers, heads]`` map when positions were ``all``)."""
+        e = self.effects[kind]
+        if e.ndim == 2:
+            return e, [f"L{i}" for i in range(e.shape[0])], self.column_labels()
+        n_l, n_h, n_p = e.shape
+        if n_p == 1:
+            return e[:, :, 0], [f"L{i}" for i in range(n_l)], [f"H{h}" for h in range(n_h)]
+        return e.reshape(n_l * n_h, n_p), [f"L{i}H{h}" for i in range(n_l) for h in range(n_h)], self.column_labels()
+
+    def top(self, kind: str, k: int = 5) -> list[tuple[tuple[int, ...], float]]:
+        """The ``k`` largest effects of ``kind`` as ``(index, value)`` (index = layer, [head,] pos)."""
+        e = self.effects[kind]
+        flat = np.argsort(-np.nan_to_num(e, nan=-np.inf), axis=None)[:k]
+        return [(tuple(int(i) for i in np.unravel_index(f, e.shape)), float(e.flat[f])) for f in flat]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": self.FORMAT, "model": self.model_name, "method": self.method,
+            "metric": self.metric, "tokens": self.tokens, "corrupt_tokens": self.corrupt_tokens,
+            "answer": self.answer, "foil": self.foil, "positions": self.positions,
+            "clean_value": self.clean_value, "corrupt_value": self.corrupt_value,
+            "effects": {k: v for k, v in self.effects.items()},
+            "raw": {k: v for k, v in self.raw.items()}, "info": self.info,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PatchingResult:
+        return cls(
+            tokens=list(d["tokens"]), corrupt_tokens=list(d["corrupt_tokens"]),
+            effects={k: from_jsonable(v) for k, v in d["effects"].items()},
+            raw={k: from_jsonable(v) for k, v in d["raw"].items()}, metric=d["metric"],
+            clean_value=float(d["clean_value"]), corrupt_value=float(d["corrupt_value"]),
+            answer=d["answer"], foil=d.get("foil"), positions=d.get("positions", "each"),
+            method=d.get("method", "activation_patching"), model_name=d.get("model", ""),
+            info=d.get("info", {}),
+        )
+
+    def show(self, console: Any = None) -> None:
+        """Print the top effects per site kind in the terminal."""
+        from ._render import show_patching
+
+        show_patching(self, console)
+
+    def to_html(self, path: Any = None) -> str:
+        """A self-contained HTML report (heat maps as coloured tables); written if ``path``."""
+        from ._render import patching_html, write_html
+
+        return write_html(patching_html(self), path)
+
+    def to_png(self, path: Any, kind: str | None = None) -> Any:
+        """A PNG heat map of one site kind (default: the first)."""
+        from ._render import heatmap
+
+        kind = kind or self.kinds[0]
+        m, rows, cols = self.matrix(kind)
+        title = f"{self.method} · {kind} · {self.metric} (corrupt=0, clean=1)"
+        return heatmap(m, rows, cols, path, title=title, xlabel="position", ylabel="layer")
+
+
+# --------------------------------------------------------------------------- helpers
+def _pair(model: Model, clean: Any, corrupt: Any) -> tuple[list[int], list[int]]:
+    _, _, _, c = prepare_inputs(model, [clean])
+    _, _, _, k = prepare_inputs(model, [corrupt])
+    if len(c[0]) != len(k[0]):
+        raise InputError(
+            f"clean and corrupted prompts must have the same number of tokens ({len(c[0])} vs "
+            f"{len(k[0])}); change the corruption so that tokens line up"
+        )
+    return c[0], k[0]
+
+
+def _kinds(model: Model, sites: str | Sequence[str]) -> list[str]:
+    kinds = [sites] if isinstance(sites, str) else list(sites)
+    if not kinds:
+        raise InputError("no site kinds to patch; use e.g. sites=['resid_pre', 'attn.out', 'mlp.out']")
+    sm = site_map(model)
+    for k in kinds:
+        if k not in PATCH_KINDS:
+            raise InputError(f"cannot patch {k!r}; use one of {', '.join(PATCH_KINDS)}")
+        sm.by_layer(k)  # raises when the model lacks it
+    return kinds
+
+
+def _positions_mode(positions: str) -> str:
+    if positions not in ("each", "all"):
+        raise InputError(f"positions must be 'each' or 'all', got {positions!r}")
+    return positions
+
+
+def _setup(model: Model, clean: Any, corrupt: Any, answer: Any, foil: Any, metric: Any,
+           kinds: list[str]) -> tuple[list[int], list[int], Any, int, int | None, MetricFn, float, float]:
+    c_ids, k_ids = _pair(model, clean, corrupt)
+    sm = site_map(model)
+    names = [n for k in kinds for n in sm.by_layer(k)]
+    src = run_with_cache(model, [c_ids], cache=names, logits=True)
+    clean_last = src.logits[0, -1].float()
+    a_id = token_id(model, answer) if answer is not None else int(clean_last.argmax())
+    f_id = token_id(model, foil) if foil is not None else None
+    if f_id is None and metric == "logit_diff":
+        k_last = model.logits(k_ids)[-1].float()
+        f_id = int(k_last.argmax())
+        if f_id == a_id:
+            raise InputError(
+                "the corrupted prompt predicts the same token as the clean one; pass foil= "
+                "(or answer=) or use metric='prob'"
+            )
+    fn = make_metric(metric, a_id, f_id)
+    m_clean = float(fn(clean_last[None])[0])
+    m_corr = float(base_metric(model, k_ids, fn)[0][0])
+    return c_ids, k_ids, src, a_id, f_id, fn, m_clean, m_corr
+
+
+def _normalise(raw: np.ndarray, clean: float, corrupt: float) -> np.ndarray:
+    gap = clean - corrupt
+    if abs(gap) < 1e-6:
+        raise InputError(
+            "the clean and corrupted prompts give the same metric value; there is no effect to "
+            "localise (choose a corruption that changes the answer)"
+        )
+    return ((raw - corrupt) / gap).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- activation patching
+def activation_patching(
+    model: Model,
+    clean: Any,
+    corrupt: Any,
+    answer: str | int | None = None,
+    foil: str | int | None = None,
+    *,
+    sites: str | Sequence[str] = ("resid_pre",),
+    positions: str = "each",
+    metric: str | MetricFn = "logit_diff",
+    batch_size: int | None = None,
+    memory_budget: int | None = None,
+    prefix_reuse: bool = True,
+    progress: bool = False,
+) -> PatchingResult:
+    """Patch clean activations into the corrupted run, one (site, position[, head]) at a time.
+
+    Args:
+        model: the lmxray Model.
+        clean / corrupt: prompts (text or token ids) with the same number of tokens.
+        answer / foil: tokens the metric compares (default: the clean run's top token, and the
+            corrupted run's top token as foil).
+        sites: kinds among ``resid_pre``, ``resid_post``, ``attn.out``, ``mlp.out``,
+            ``attn.head_out``.
+        positions: ``"each"`` (one patch per token position) or ``"all"`` (every position at once).
+        metric: ``logit_diff``, ``prob``, ``logprob`` or ``fn(logits[N, V]) -> [N]``.
+        batch_size / memory_budget: rows per forward or the memory to size chunks from.
+        prefix_reuse: reuse the corrupted run's KV cache before each patched position.
+        progress: show a progress bar.
+
+    Returns:
+        :class:`PatchingResult` with normalised effects (corrupt = 0, clean = 1).
+
+    Example:
+        >>> r = activation_patching(m, "When Mary and John went, John gave it to",
+        ...                         "When Mary and John went, Mary gave it to",
+        ...                         " Mary", " John")                      # doctest: +SKIP
+        >>> r.effects["resid_pre"].shape                                   # doctest: +SKIP
+        (4, 12)
+    """
+    kinds = _kinds(model, sites)
+    mode = _positions_mode(positions)
+    c_ids, k_ids, src, a_id, f_id, fn, m_clean, m_corr = _setup(model, clean, corrupt, answer, foil, metric, kinds)
+    sm = site_map(model)
+    L, n_l, n_h = len(c_ids), sm.n_layers, sm.n_heads
+    pos_list: list[int | None] = list(range(L)) if mode == "each" else [None]
+    jobs: list[Job] = []
+    shapes: dict[str, tuple[int, ...]] = {}
+    for k in kinds:
+        head_axis = [None] if k != "attn.head_out" else list(range(n_h))
+        shapes[k] = (n_l, len(pos_list)) if k != "attn.head_out" else (n_l, n_h, len(pos_list))
+        for layer in range(n_l):
+            name = sm.name(k, layer)
+            for h in head_axis:
+                for p in pos_list:
+                    jobs.append(Job((Write(name, p, h),)))
+    vals = sweep(model, k_ids, jobs, fn, source=src, batch_size=batch_size, memory_budget=memory_budget,
+                 prefix_reuse=prefix_reuse, progress="activation patching" if progress else False)
+    raw: dict[str, np.ndarray] = {}
+    start = 0
+    for k in kinds:
+        n = int(np.prod(shapes[k]))
+        raw[k] = vals[start:start + n].reshape(shapes[k]).astype(np.float32)
+        start += n
+    return PatchingResult(
+        tokens=model.token_strings(c_ids), corrupt_tokens=model.token_strings(k_ids),
+        effects={k: _normalise(v, m_clean, m_corr) for k, v in raw.items()}, raw=raw,
+        metric=metric if isinstance(metric, str) else "custom", clean_value=m_clean,
+        corrupt_value=m_corr, answer=model.token_strings([a_id])[0],
+        foil=model.token_strings([f_id])[0] if f_id is not None else None, positions=mode,
+        method="activation_patching", model_name=model.name,
+        info={"n_forward_rows": len(jobs), "prefix_reuse": prefix_reuse, "sites": kinds},
+    )
+
+
+# --------------------------------------------------------------------------- attribution patching
+def attribution_patching(
+    model: Model,
+    clean: Any,
+    corrupt: Any,
+    answer: str | int | None = None,
+    foil: str | int | None = None,
+    *,
+    sites: str | Sequence[str] = ("resid_pre", "attn.out", "mlp.out", "attn.head_out"),
+    positions: str = "each",
+    metric: str | MetricFn = "logit_diff",
+) -> PatchingResult:
+    """First-order estimate of every patch from 2 forward passes and 1 backward pass.
+
+    ``estimate(site, pos[, head]) = sum_d grad_m(corrupt)[pos, d] * (clean - corrupt)[pos, d]``,
+    normalised like :func:`activation_patching`. Same arguments and result type (``raw`` holds
+    ``m_corrupt + estimate``). Gradients are taken with ``torch.autograd.grad`` with respect to
+    the activations only: no parameter's ``.grad`` is touched.
+    """
+    kinds = _kinds(model, sites)
+    mode = _positions_mode(positions)
+    c_ids, k_ids, src, a_id, f_id, fn, m_clean, m_corr = _setup(model, clean, corrupt, answer, foil, metric, kinds)
+    sm = site_map(model)
+    names = [n for k in kinds for n in sm.by_layer(k)]
+    ids = torch.tensor([k_ids], device=model.device)
+    leaf = {"embed": Fn(fn=lambda x: x.detach().requires_grad_(True))}
+    with torch.enable_grad(), capture(model, names, grad=True, interventions=leaf) as acts:
+        logits = model.forward(input_ids=ids, attention_mask=torch.ones_like(ids), logits_to_keep=1).logits
+        m = fn(logits[:, -1].float())[0]
+        tensors = [acts[n] for n in names]
+        grads = torch.autograd.grad(m, tensors, allow_unused=True)
+    est: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
+    for n, t, g in zip(names, tensors, grads, strict=True):
+        kind = sm[n].kind
+        diff = src[n][0].float() - t[0].detach().float()
+        g = torch.zeros_like(diff) if g is None else g[0].float()
+        e = (diff * g).sum(-1)  # [L] or [L, H]
+        e = e.T if e.dim() == 2 else e  # heads first: [H, L]
+        if mode == "all":
+            e = e.sum(-1, keepdim=True)
+        est[kind].append(e.cpu().numpy())
+    raw = {k: (m_corr + np.stack(v)).astype(np.float32) for k, v in est.items()}
+    return PatchingResult(
+        tokens=model.token_strings(c_ids), corrupt_tokens=model.token_strings(k_ids),
+        effects={k: _normalise(v, m_clean, m_corr) for k, v in raw.items()}, raw=raw,
+        metric=metric if isinstance(metric, str) else "custom", clean_value=m_clean,
+        corrupt_value=m_corr, answer=model.token_strings([a_id])[0],
+        foil=model.token_strings([f_id])[0] if f_id is not None else None, positions=mode,
+        method="attribution_patching", model_name=model.name,
+        info={"passes": "2 forward + 1 backward", "sites": kinds},
+    )
+
+
+def compare(exact: PatchingResult, approx: PatchingResult) -> dict[str, float]:
+    """Pearson r between two results' effects, per site kind they share (NaN if constant)."""
+    out = {}
+    for k in exact.effects:
+        if k not in approx.effects:
+            continue
+        a, b = exact.effects[k].ravel(), approx.effects[k].ravel()
+        if a.shape != b.shape:
+            raise InputError(f"{k}: shapes differ ({exact.effects[k].shape} vs {approx.effects[k].shape})")
+        ok = np.isfinite(a) & np.isfinite(b)
+        if ok.sum() < 2 or np.std(a[ok]) == 0 or np.std(b[ok]) == 0:
+            out[k] = float("nan")
+        else:
+            out[k] = float(np.corrcoef(a[ok], b[ok])[0, 1])
+    return out

@@ -1,0 +1,433 @@
+"""Causal tracing (Meng et al. 2022, "Locating and Editing Factual Associations in GPT", ROME).
+
+Three runs of a fact prompt such as "The Eiffel Tower is located in" → " Paris":
+
+1. clean: ``P[o]``, the probability of the answer;
+2. corrupted: Gaussian noise of standard deviation ``ν = 3 σ`` (σ: the standard deviation of
+   token embeddings) is added to the token embeddings of the *subject* ("The Eiffel Tower"):
+   ``P*[o]``, averaged over ``n_samples`` noise draws (10 in the paper);
+3. corrupted-with-restoration: the same noise, but one hidden state (layer ``l``, token ``i``)
+   is set back to its clean value: ``P*_{clean h_i^l}[o]``.
+
+The *indirect effect* of a state is ``IE = P*_{clean h}[o] - P*[o]``, the *total effect*
+``TE = P[o] - P*[o]``; their averages over facts are the AIE and ATE. Hidden states are the
+block outputs (``resid_post``); for MLP and attention outputs a window of ``window`` layers
+around ``l`` (10 in the paper) is restored together. On GPT-2 XL the paper finds the AIE of
+single states peaking in middle layers at the last subject token (8.7% at layer 15), and
+early-site MLP restorations much stronger than attention ones (6.6% vs 1.6%).
+
+Every restoration of a prompt is one row of a batched sweep (:mod:`._sweep`) that shares the
+noise samples and reuses the corrupted run's KV cache before the restored token.
+:func:`trace_facts` averages over a dataset in ROME's token buckets (first / middle / last subject
+token, first subsequent token, further tokens, last token), streams each fact to a JSONL
+checkpoint and resumes from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..hooks import prepare_inputs, run_with_cache
+from ..model import Model
+from ..sites import site_map
+from ._result import JsonResult, from_jsonable
+from ._sweep import BaseEdit, Job, Write, base_metric, sweep
+from .patching import make_metric, token_id
+
+__all__ = [
+    "TraceResult", "TraceSummary", "causal_trace", "trace_facts", "subject_positions",
+    "embedding_std", "BUCKETS",
+]
+
+TRACE_KINDS = ("resid_post", "mlp.out", "attn.out")
+BUCKETS = ["first subject", "middle subject", "last subject", "first subsequent", "further tokens", "last token"]
+
+
+def subject_positions(model: Model, prompt: str, subject: Any) -> list[int]:
+    """Token positions of the subject in ``model.encode(prompt)``.
+
+    ``subject``: a substring of the prompt (its first occurrence), a ``(start, end)`` token range,
+    or a list of token positions.
+    """
+    n = len(model.encode(prompt))
+    if isinstance(subject, tuple) and len(subject) == 2 and all(isinstance(v, int) for v in subject):
+        pos = list(range(subject[0], subject[1]))
+    elif isinstance(subject, list | range) and subject and all(isinstance(v, int | np.integer) for v in subject):
+        pos = sorted(int(v) for v in subject)
+    elif isinstance(subject, str) and subject:
+        start = prompt.find(subject)
+        if start < 0:
+            raise InputError(f"subject {subject!r} does not occur in the prompt {prompt!r}")
+        end = start + len(subject)
+        enc = model.tokenizer(prompt, return_offsets_mapping=True)
+        offsets = enc.get("offset_mapping")
+        if offsets is None:
+            raise InputError("this tokenizer gives no offsets; pass the subject as a (start, end) token range")
+        pos = [i for i, (a, b) in enumerate(offsets) if b > a and a < end and b > start]
+    else:
+        raise InputError(f"subject must be a substring, a (start, end) token range or positions, got {subject!r}")
+    if not pos or min(pos) < 0 or max(pos) >= n:
+        raise InputError(f"subject positions {pos} do not fit the prompt's {n} tokens")
+    return pos
+
+
+def embedding_std(model: Model, token_ids: Iterable[int] | None = None) -> float:
+    """Standard deviation of token-embedding entries (over ``token_ids``, or the whole vocabulary)."""
+    with torch.no_grad():
+        if token_ids is None:
+            emb = model.embedding_matrix
+        else:
+            ids = sorted({int(t) for t in token_ids})
+            if not ids:
+                raise InputError("no tokens to estimate the embedding std from")
+            emb = model.embed(torch.tensor(ids, device=model.device))
+        return float(emb.float().std())
+
+
+@dataclass
+class TraceResult(JsonResult):
+    """Causal tracing of one prompt.
+
+    Attributes:
+        tokens: prompt tokens (``L``).
+        subject: ``(first, last + 1)`` token range that was corrupted (``subject_tokens`` lists
+            every corrupted position).
+        answer: the answer token; ``p_clean`` / ``p_corrupt``: its probability on the clean and
+            corrupted runs.
+        restored: kind → ``[n_layers, L]`` P(answer) after restoring that state.
+        noise_std / n_samples / window: the corruption and the restoration window.
+    """
+
+    FORMAT = "lmxray.trace/1"
+
+    tokens: list[str]
+    subject: tuple[int, int]
+    subject_tokens: list[int]
+    answer: str
+    p_clean: float
+    p_corrupt: float
+    restored: dict[str, np.ndarray]
+    noise_std: float
+    n_samples: int
+    window: int
+    model_name: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def indirect_effect(self, kind: str = "resid_post") -> np.ndarray:
+        """``[n_layers, L]``: restored probability minus the corrupted one."""
+        return self.restored[kind] - self.p_corrupt
+
+    @property
+    def total_effect(self) -> float:
+        return self.p_clean - self.p_corrupt
+
+    def buckets(self, kind: str = "resid_post") -> np.ndarray:
+        """``[n_layers, 6]`` indirect effect averaged in ROME's token buckets (NaN if empty)."""
+        ie = self.indirect_effect(kind)
+        first, last = self.subject[0], self.subject[1] - 1
+        L = ie.shape[1]
+
+        def mean(cols: Sequence[int]) -> np.ndarray:
+            cols = [c for c in cols if 0 <= c < L]
+            return ie[:, cols].mean(1) if cols else np.full(ie.shape[0], np.nan)
+
+        return np.stack([
+            mean([first]), mean(range(first + 1, last)), mean([last]),
+            mean([last + 1]),
+            mean(range(last + 2, L - 1)), mean([L - 1]),
+        ], axis=1).astype(np.float32)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": self.FORMAT, "model": self.model_name, "tokens": self.tokens,
+            "subject": list(self.subject), "subject_tokens": self.subject_tokens, "answer": self.answer,
+            "p_clean": self.p_clean, "p_corrupt": self.p_corrupt, "restored": self.restored,
+            "noise_std": self.noise_std, "n_samples": self.n_samples, "window": self.window,
+            "info": self.info,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TraceResult:
+        return cls(
+            tokens=list(d["tokens"]), subject=(int(d["subject"][0]), int(d["subject"][1])),
+            subject_tokens=[int(v) for v in d["subject_tokens"]], answer=d["answer"],
+            p_clean=float(d["p_clean"]), p_corrupt=float(d["p_corrupt"]),
+            restored={k: from_jsonable(v) for k, v in d["restored"].items()},
+            noise_std=float(d["noise_std"]), n_samples=int(d["n_samples"]), window=int(d["window"]),
+            model_name=d.get("model", ""), info=d.get("info", {}),
+        )
+
+    def to_html(self, path: Any = None) -> str:
+        from ._render import trace_html, write_html
+
+        return write_html(trace_html(self), path)
+
+    def to_png(self, path: Any, kind: str = "resid_post") -> Any:
+        from ._render import heatmap
+
+        m = self.restored[kind]
+        cols = [f"{i} {t}{'*' if i in self.subject_tokens else ''}" for i, t in enumerate(self.tokens)]
+        return heatmap(m.T, cols, [f"L{i}" for i in range(m.shape[0])], path, center=False, cmap="Purples",
+                       title=f"causal tracing · restore {kind} · P({self.answer.strip()})",
+                       xlabel="layer", ylabel="token (* = subject)")
+
+
+def causal_trace(
+    model: Model,
+    prompt: str,
+    subject: Any,
+    answer: str | int | None = None,
+    *,
+    kinds: Sequence[str] = TRACE_KINDS,
+    window: int = 10,
+    noise: float = 3.0,
+    noise_std: float | None = None,
+    n_samples: int = 10,
+    seed: int = 0,
+    batch_size: int | None = None,
+    memory_budget: int | None = None,
+    prefix_reuse: bool = True,
+    progress: bool = False,
+) -> TraceResult:
+    """ROME causal tracing of one prompt: restore each (layer, token) state and measure P(answer).
+
+    Args:
+        model: the lmxray Model.
+        prompt: the fact prompt (e.g. "The Eiffel Tower is located in").
+        subject: the subject as a substring, a ``(start, end)`` token range or token positions.
+        answer: the answer token (default: the clean run's top token).
+        kinds: ``resid_post`` (single states), ``mlp.out`` and ``attn.out`` (windows).
+        window: layers restored together for ``mlp.out``/``attn.out`` (paper: 10; capped by
+            the model's depth).
+        noise / noise_std: noise std is ``noise * σ`` with σ the embedding std over the whole
+            vocabulary, unless ``noise_std`` gives it directly.
+        n_samples: noise draws, each a base row of every restoration.
+        seed: noise seed.
+
+    Returns:
+        :class:`TraceResult`.
+    """
+    if n_samples < 1:
+        raise InputError("n_samples must be at least 1")
+    if window < 1:
+        raise InputError("window must be at least 1")
+    for k in kinds:
+        if k not in TRACE_KINDS:
+            raise InputError(f"cannot trace {k!r}; use resid_post, mlp.out or attn.out")
+    sm = site_map(model)
+    _, _, _, seqs = prepare_inputs(model, [prompt])
+    ids = seqs[0]
+    subj = subject_positions(model, prompt, subject)
+    std = float(noise_std) if noise_std is not None else noise * embedding_std(model)
+    clean = run_with_cache(model, [ids], cache=[n for k in kinds for n in sm.by_layer(k)])
+    probs = torch.softmax(clean.logits[0, -1].float(), -1)
+    a_id = token_id(model, answer) if answer is not None else int(probs.argmax())
+    fn = make_metric("prob", a_id)
+    gen = torch.Generator().manual_seed(int(seed))
+    noise_t = torch.randn((n_samples, len(subj), model.d_model), generator=gen) * std
+    edits = [BaseEdit("embed", subj, noise_t.to(model.device, model.dtype), mode="add")]
+    p_corr = float(base_metric(model, ids, fn, n_base=n_samples, base_edits=edits)[0].mean())
+    n_l, L = sm.n_layers, len(ids)
+    w = min(window, n_l)
+    jobs: list[Job] = []
+    for k in kinds:
+        for layer in range(n_l):
+            if k == "resid_post":
+                layers = [layer]
+            else:
+                layers = list(range(max(0, layer - w // 2), min(n_l, layer - (-w // 2))))
+            for p in range(L):
+                jobs.append(Job(tuple(Write(sm.name(k, ly), p) for ly in layers)))
+    vals = sweep(model, ids, jobs, fn, source=clean, n_base=n_samples, base_edits=edits,
+                 prefix_reuse=prefix_reuse, batch_size=batch_size, memory_budget=memory_budget,
+                 progress="causal tracing" if progress else False)
+    restored = {k: vals[i * n_l * L:(i + 1) * n_l * L].reshape(n_l, L).astype(np.float32)
+                for i, k in enumerate(kinds)}
+    return TraceResult(
+        tokens=model.token_strings(ids), subject=(min(subj), max(subj) + 1), subject_tokens=subj,
+        answer=model.token_strings([a_id])[0], p_clean=float(probs[a_id]), p_corrupt=p_corr,
+        restored=restored, noise_std=std, n_samples=n_samples, window=w, model_name=model.name,
+        info={"seed": seed, "noise": noise if noise_std is None else None, "kinds": list(kinds),
+              "top_clean": model.token_strings([int(probs.argmax())])[0]},
+    )
+
+
+@dataclass
+class TraceSummary(JsonResult):
+    """Causal tracing averaged over facts (ROME Figure 2 style).
+
+    Attributes:
+        aie: kind → ``[n_layers, 6]`` average indirect effect per token bucket (:data:`BUCKETS`).
+        p_clean / p_corrupt: mean probabilities (ATE = their difference).
+        n / n_skipped: facts traced, and facts skipped because the model did not know them.
+    """
+
+    FORMAT = "lmxray.trace-summary/1"
+
+    aie: dict[str, np.ndarray]
+    p_clean: float
+    p_corrupt: float
+    n: int
+    n_skipped: int
+    buckets: list[str] = field(default_factory=lambda: list(BUCKETS))
+    model_name: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def table(self, kind: str = "resid_post") -> str:
+        """The AIE table (layers × buckets) as fixed-width text, with the peak marked."""
+        m = self.aie[kind]
+        head = f"{'layer':>5} " + " ".join(f"{b[:16]:>16}" for b in self.buckets)
+        lines = [f"AIE of restoring {kind} (mean over {self.n} facts; ATE {self.p_clean - self.p_corrupt:.4f})", head]
+        peak = np.unravel_index(np.nanargmax(m), m.shape) if np.isfinite(m).any() else None
+        for i, row in enumerate(m):
+            cells = []
+            for j, v in enumerate(row):
+                mark = "*" if peak is not None and (i, j) == tuple(peak) else " "
+                cells.append(f"{'nan' if not np.isfinite(v) else f'{v:.4f}':>15}{mark}")
+            lines.append(f"{i:>5} " + " ".join(cells))
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": self.FORMAT, "model": self.model_name, "aie": self.aie, "buckets": self.buckets,
+                "p_clean": self.p_clean, "p_corrupt": self.p_corrupt, "n": self.n,
+                "n_skipped": self.n_skipped, "info": self.info}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TraceSummary:
+        return cls(aie={k: from_jsonable(v) for k, v in d["aie"].items()}, p_clean=float(d["p_clean"]),
+                   p_corrupt=float(d["p_corrupt"]), n=int(d["n"]), n_skipped=int(d["n_skipped"]),
+                   buckets=list(d.get("buckets", BUCKETS)), model_name=d.get("model", ""), info=d.get("info", {}))
+
+    def to_html(self, path: Any = None) -> str:
+        from ._render import trace_summary_html, write_html
+
+        return write_html(trace_summary_html(self), path)
+
+    def to_png(self, path: Any, kind: str = "resid_post") -> Any:
+        from ._render import heatmap
+
+        m = self.aie[kind]
+        return heatmap(m.T, self.buckets, [f"L{i}" for i in range(m.shape[0])], path, center=False,
+                       cmap="Purples", title=f"average indirect effect · restore {kind} · {self.n} facts",
+                       xlabel="layer", ylabel="")
+
+
+def _read_checkpoint(path: Path) -> dict[int, dict[str, Any]]:
+    done: dict[int, dict[str, Any]] = {}
+    if not path.exists():
+        return done
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by an interrupted run
+            if isinstance(row, dict) and "index" in row:
+                done[int(row["index"])] = row
+    return done
+
+
+def trace_facts(
+    model: Model,
+    examples: Sequence[Any],
+    *,
+    kinds: Sequence[str] = TRACE_KINDS,
+    window: int = 10,
+    noise: float = 3.0,
+    n_samples: int = 10,
+    seed: int = 0,
+    only_known: bool = True,
+    checkpoint: str | os.PathLike[str] | None = None,
+    batch_size: int | None = None,
+    memory_budget: int | None = None,
+    progress: bool = True,
+) -> TraceSummary:
+    """Average causal tracing over facts, in ROME's token buckets.
+
+    Args:
+        examples: items with ``prompt``, ``subject`` (substring, token range or positions — zoo
+            examples' ``evidence``) and ``target``/``answer``; dicts, objects or
+            ``(prompt, subject, answer)`` tuples.
+        only_known: skip facts whose answer is not the model's top token on the clean prompt
+            (ROME traces known facts).
+        noise: ν = noise × σ, σ the std of the embeddings of every subject token of ``examples``.
+        checkpoint: a JSONL file; each traced fact is appended as it finishes, and facts already
+            in it are not traced again (resume after an interruption).
+
+    Returns:
+        :class:`TraceSummary`.
+    """
+    from tqdm.auto import tqdm
+
+    items = [_as_fact(e) for e in examples]
+    if not items:
+        raise InputError("no facts to trace")
+    subj_ids: list[int] = []
+    positions = []
+    for prompt, subject, _ in items:
+        pos = subject_positions(model, prompt, subject)
+        positions.append(pos)
+        ids = model.encode(prompt)
+        subj_ids += [ids[p] for p in pos]
+    std = noise * embedding_std(model, subj_ids)
+    ck = Path(checkpoint) if checkpoint is not None else None
+    done = _read_checkpoint(ck) if ck is not None else {}
+    fh = ck.open("a", encoding="utf-8") if ck is not None else None
+    try:
+        for i, (prompt, _subject, answer) in enumerate(tqdm(items, desc="causal tracing", disable=not progress)):
+            if i in done:
+                continue
+            row: dict[str, Any] = {"index": i}
+            a_id = token_id(model, answer)
+            top = int(model.logits(prompt)[-1].argmax())
+            if only_known and top != a_id:
+                row["skipped"] = "unknown"
+            else:
+                r = causal_trace(model, prompt, positions[i], a_id, kinds=kinds, window=window,
+                                 noise_std=std, n_samples=n_samples, seed=seed + i, batch_size=batch_size,
+                                 memory_budget=memory_budget)
+                row.update({"p_clean": r.p_clean, "p_corrupt": r.p_corrupt,
+                            "buckets": {k: r.buckets(k).tolist() for k in kinds}})
+            done[i] = row
+            if fh is not None:
+                fh.write(json.dumps(row, allow_nan=True) + "\n")
+                fh.flush()
+    finally:
+        if fh is not None:
+            fh.close()
+    rows = [done[i] for i in range(len(items)) if i in done and "skipped" not in done[i]]
+    if not rows:
+        raise InputError("the model knows none of these facts (its top token is never the answer); "
+                         "pass only_known=False to trace them anyway")
+    aie = {k: np.nanmean(np.stack([np.asarray(r["buckets"][k], dtype=np.float64) for r in rows]), axis=0).astype(np.float32)
+           for k in kinds}
+    return TraceSummary(
+        aie=aie, p_clean=float(np.mean([r["p_clean"] for r in rows])),
+        p_corrupt=float(np.mean([r["p_corrupt"] for r in rows])), n=len(rows),
+        n_skipped=len(items) - len(rows), model_name=model.name,
+        info={"noise_std": std, "noise": noise, "n_samples": n_samples, "window": min(window, model.n_layers),
+              "seed": seed, "kinds": list(kinds)},
+    )
+
+
+def _as_fact(e: Any) -> tuple[str, Any, Any]:
+    if isinstance(e, tuple | list) and len(e) == 3:
+        return str(e[0]), e[1], e[2]
+    get = (lambda k: e.get(k)) if isinstance(e, dict) else (lambda k: getattr(e, k, None))
+    prompt = get("prompt")
+    subject = get("subject") if get("subject") is not None else get("evidence")
+    answer = get("answer") if get("answer") is not None else get("target")
+    if not isinstance(prompt, str) or subject is None or answer is None:
+        raise InputError("each fact needs a prompt, a subject (or evidence) and an answer (or target)")
+    if isinstance(subject, list | tuple) and subject and not isinstance(subject[0], int):
+        raise InputError("subject positions must be ints")
+    return prompt, subject, answer
