@@ -19,7 +19,7 @@ def test_logits_equal_plain_hf(family):
     m = lmxray.load(model=hf, tokenizer=tok)
     ids = tok(PROMPTS[1], return_tensors="pt")
     with torch.no_grad():
-        ref = hf(**ids).logits[0]
+        ref = hf(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"]).logits[0]
     ours = m.logits(PROMPTS[1])
     assert torch.allclose(ours, ref, atol=1e-5, rtol=0)
 
