@@ -1,0 +1,26 @@
+"""The public surface: everything in __all__ exists, and nothing public is missing from it."""
+
+from __future__ import annotations
+
+import inspect
+
+import lmxray
+
+
+def test_all_names_exist():
+    for name in lmxray.__all__:
+        assert hasattr(lmxray, name), name
+
+
+def test_public_members_are_exported():
+    public = {
+        name for name, obj in vars(lmxray).items()
+        if not name.startswith("_") and not inspect.ismodule(obj)
+        and getattr(obj, "__module__", "").startswith("lmxray")
+    }
+    assert public <= set(lmxray.__all__), sorted(public - set(lmxray.__all__))
+
+
+def test_methods_have_descriptions():
+    for name, desc in lmxray.methods().items():
+        assert desc and "\n" not in desc and len(desc) < 120, name
