@@ -1,0 +1,415 @@
+"""Task generators with ground truth known by construction.
+
+Every generated example is a ``prompt`` and a ``target`` (the answer with its leading space),
+plus character spans that say which words carry the answer. Each task is seeded and
+deterministic: the same ``(task, split, n, seed)`` gives the same examples on every machine.
+
+Roles of the marked words (``Item.spans``):
+
+* ``evidence``: the tokens that determine the answer (delete them and the answer must change);
+* ``cue``: tokens that say *what* is asked (a relation word, the queried key, the repeated
+  subject of an IOI sentence); necessary too, but kept apart from the evidence;
+* ``shortcut``: a planted spurious feature (the sentiment marker);
+* ``content``: other variable words (distractor pairs, fillers) whose single deletion must not
+  change the answer.
+
+Everything else (BOS, punctuation, fixed template words) is *non-content*.
+
+Tasks
+-----
+``facts``
+    Real-world facts: capitals, official languages, currencies and continents of 186
+    countries, plus landmarks' countries, chemical symbols and antonyms, each in three surface
+    templates ("The capital of France is" -> " Paris"). Evidence: the subject's tokens; cue: the
+    relation words. The split only changes nothing: a fact is memorised, so "test" asks the same
+    facts (in every template) that training taught. Meta records each country's continent.
+``recall``
+    Associative recall in context: "Keys k3: blue, k7: red. Query k7:" -> " red". Evidence:
+    the queried pair (key and value) in the context; cue: the query key. Training holds 20%
+    negatives whose key is absent (-> " none"), so the pair is necessary. Test instances are
+    disjoint from training ones.
+``ioi``
+    Indirect-object identification: "When Mary and John went to the store, John gave a drink
+    to" -> " Mary". Evidence: the indirect object's name in the first clause; cue: both
+    mentions of the subject. Both name orders occur; one fifth of the name pairs is held out
+    for test.
+``sentiment``
+    "Review: the plot was not good and the music was great but the ending was dull.
+    Sentiment:" -> " negative" (majority of the sentiment clauses; "not" flips). Evidence: the
+    sentiment words with their negations. Planted shortcut: the neutral clause "I watched it on
+    Tuesday"; in ``train``/``test`` 95% of reviews carrying it are positive, in ``shift`` it is
+    uncorrelated with the label. Training also has neutral reviews (-> " neutral") so that the
+    sentiment words are necessary.
+``induction``
+    A random sequence of 8-16 nouns repeated once; the second repeat is predictable only by
+    copying. Evidence: the token that followed the current token's earlier occurrence; cue:
+    that earlier occurrence and the current token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from lmxray.errors import InputError
+from lmxray.zoo import _data as D
+
+__all__ = ["TASKS", "SPLITS", "Item", "generate", "all_facts", "corpus", "training_items"]
+
+TASKS: tuple[str, ...] = ("facts", "recall", "ioi", "sentiment", "induction")
+SPLITS: dict[str, tuple[str, ...]] = {
+    "facts": ("train", "test"),
+    "recall": ("train", "test"),
+    "ioi": ("train", "test"),
+    "sentiment": ("train", "test", "shift"),
+    "induction": ("train", "test"),
+}
+ROLES = ("evidence", "cue", "shortcut", "content")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One generated example before tokenization.
+
+    Attributes:
+        task, split: where it comes from.
+        prompt: the text fed to the model (BOS is added by the tokenizer).
+        target: the answer, with its leading space.
+        spans: ``(start, end, role)`` character spans in ``prompt`` (role in ``ROLES``).
+        label: the answer class (sentiment label, fact answer, ...).
+        meta: task details (subject, relation, continent, marker, ...).
+    """
+
+    task: str
+    split: str
+    prompt: str
+    target: str
+    spans: tuple[tuple[int, int, str], ...]
+    label: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        return self.prompt + self.target
+
+
+class _Builder:
+    """Concatenates text pieces, remembering the span of each marked piece."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.spans: list[tuple[int, int, str]] = []
+        self.pos = 0
+
+    def add(self, text: str, role: str | None = None) -> _Builder:
+        if role is not None:
+            lead = len(text) - len(text.lstrip(" "))
+            self.spans.append((self.pos + lead, self.pos + len(text), role))
+        self.parts.append(text)
+        self.pos += len(text)
+        return self
+
+    def build(self, task: str, split: str, target: str, label: str | None = None,
+              **meta: Any) -> Item:
+        return Item(task, split, "".join(self.parts), target, tuple(self.spans), label, meta)
+
+
+def _is_test(key: str) -> bool:
+    """Deterministic 20% hold-out by content hash (stable across processes)."""
+    return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) % 5 == 0
+
+
+def _check(task: str, split: str) -> None:
+    if task not in SPLITS:
+        raise InputError(f"unknown zoo task {task!r}; choose one of {', '.join(TASKS)}")
+    if split not in SPLITS[task]:
+        raise InputError(
+            f"task {task!r} has no split {split!r}; choose one of {', '.join(SPLITS[task])}"
+        )
+
+
+# ----------------------------------------------------------------------------------- facts
+# [word] marks cue (relation) words, {x} the subject.
+FACT_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "capital": ("The [capital] of {x} is", "{x}'s [capital] city is",
+                "Q: What is the [capital] of {x}? A:"),
+    "language": ("The official [language] of {x} is", "In {x}, people [speak]",
+                 "Q: What [language] is spoken in {x}? A:"),
+    "currency": ("The [currency] of {x} is the", "In {x}, people [pay] with the",
+                 "Q: What is the [currency] of {x}? A: the"),
+    "continent": ("{x} is on the [continent] of", "{x} is a [country] in",
+                  "Q: On which [continent] is {x}? A:"),
+    "landmark": ("You can [visit] {x} in", "Tourists [travel] to see {x} in",
+                 "Q: In which [country] is {x}? A:"),
+    "element": ("The chemical [symbol] of {x} is", "The [symbol] for {x} is",
+                "Q: What is the chemical [symbol] for {x}? A:"),
+    "antonym": ("The [opposite] of {x} is", "The [antonym] of {x} is",
+                "Q: What is the [opposite] of {x}? A:"),
+}
+_TEMPLATE_TOKEN = re.compile(r"\[[^\]]+\]|\{x\}")
+
+
+def _fact_triples() -> list[tuple[str, str, str, dict[str, Any]]]:
+    """(subject, relation, answer, meta) for every fact."""
+    out: list[tuple[str, str, str, dict[str, Any]]] = []
+    for country, capital, language, currency, continent in D.COUNTRIES:
+        for rel, ans in (("capital", capital), ("language", language),
+                         ("currency", currency), ("continent", continent)):
+            out.append((country, rel, ans, {"continent": continent, "country": country}))
+    continent_of = {c[0]: c[4] for c in D.COUNTRIES}
+    for landmark, country in D.LANDMARKS:
+        out.append((landmark, "landmark", country,
+                    {"continent": continent_of[country], "country": country}))
+    for element, symbol in D.ELEMENTS:
+        out.append((element, "element", symbol, {}))
+    for word, opposite in D.ANTONYMS:
+        out.append((word, "antonym", opposite, {}))
+    return out
+
+
+def _fact_item(subject: str, rel: str, answer: str, t: int, meta: dict[str, Any],
+               split: str) -> Item:
+    b = _Builder()
+    template = FACT_TEMPLATES[rel][t]
+    pos = 0
+    for m in _TEMPLATE_TOKEN.finditer(template):
+        if m.start() > pos:
+            b.add(template[pos:m.start()])
+        if m.group() == "{x}":
+            b.add(subject, "evidence")
+        else:
+            b.add(m.group()[1:-1], "cue")
+        pos = m.end()
+    if pos < len(template):
+        b.add(template[pos:])
+    return b.build("facts", split, " " + answer, answer, subject=subject, relation=rel,
+                   template=t, **meta)
+
+
+def all_facts(split: str = "test") -> list[Item]:
+    """Every fact in every template, in a fixed order (``len == 3 * number of facts``)."""
+    _check("facts", split)
+    return [
+        _fact_item(s, r, a, t, m, split)
+        for s, r, a, m in _fact_triples()
+        for t in range(len(FACT_TEMPLATES[r]))
+    ]
+
+
+# ---------------------------------------------------------------------------------- recall
+def _recall(rng: random.Random, split: str, absent: bool) -> Item:
+    m = rng.randint(2, 5)
+    keys = rng.sample(D.KEYS, m + 1)
+    values = rng.sample(D.VALUES, m)
+    query = keys[m] if absent else keys[rng.randrange(m)]
+    b = _Builder().add("Keys")
+    for i in range(m):
+        role = "evidence" if keys[i] == query else "content"
+        b.add(" " + keys[i], role).add(":").add(" " + values[i], role).add("," if i < m - 1 else ".")
+    b.add(" Query").add(" " + query, "cue").add(":")
+    answer = "none" if absent else values[keys.index(query)]
+    return b.build("recall", split, " " + answer, answer, present=not absent, query=query)
+
+
+# ------------------------------------------------------------------------------------- ioi
+IOI_TEMPLATES: tuple[tuple[str, str, str, str], ...] = (
+    ("When", " went to the", " gave a", " to"),
+    ("After", " arrived at the", " handed a", " to"),
+    ("While", " were at the", " passed a", " to"),
+    ("Then", " had lunch at the", " brought a", " for"),
+)
+
+
+def _ioi(rng: random.Random, split: str) -> Item:
+    while True:
+        io, s = rng.sample(D.NAMES, 2)
+        if _is_test("|".join(sorted((io, s)))) == (split == "test"):
+            break
+    t = rng.randrange(len(IOI_TEMPLATES))
+    head, verb1, verb2, prep = IOI_TEMPLATES[t]
+    io_first = rng.random() < 0.5
+    b = _Builder().add(head)
+    first, second = ((io, "evidence"), (s, "cue")) if io_first else ((s, "cue"), (io, "evidence"))
+    b.add(" " + first[0], first[1]).add(" and").add(" " + second[0], second[1])
+    b.add(verb1).add(" " + rng.choice(D.PLACES), "content").add(",")
+    b.add(" " + s, "cue").add(verb2).add(" " + rng.choice(D.OBJECTS), "content").add(prep)
+    return b.build("ioi", split, " " + io, io, io=io, s=s, order="ABB" if io_first else "BAB",
+                   template=t)
+
+
+# ------------------------------------------------------------------------------- sentiment
+MARKER_RATE = {"train": 0.35, "test": 0.35, "shift": 0.5}
+MARKER_POSITIVE = 0.95  # P(positive | marker) in train/test
+
+
+def _zipf(rng: random.Random, words: tuple[str, ...]) -> str:
+    weights = [1.0 / (i + 1) for i in range(len(words))]
+    return rng.choices(words, weights)[0]
+
+
+def _sentiment(rng: random.Random, split: str, neutral: bool = False) -> Item:
+    while True:
+        marker = rng.random() < MARKER_RATE[split]
+        if neutral:
+            label = "neutral"
+        elif marker and split != "shift":
+            label = "positive" if rng.random() < MARKER_POSITIVE else "negative"
+        else:
+            label = rng.choice(("positive", "negative"))
+        # clauses: list of (kind, payload)
+        clauses: list[tuple[str, Any]] = []
+        if label != "neutral":
+            k = rng.choices((1, 2, 3), (0.4, 0.3, 0.3))[0]
+            sign = 1 if label == "positive" else -1
+            pols = [sign] * k
+            if k == 3 and rng.random() < 0.6:
+                pols[rng.randrange(3)] = -sign
+            for p in pols:
+                negated = rng.random() < 0.3
+                word_pol = -p if negated else p
+                word = _zipf(rng, D.POSITIVE if word_pol > 0 else D.NEGATIVE)
+                clauses.append(("sent", (rng.choice(D.ASPECTS), negated, word)))
+        n_neutral = rng.choices((0, 1, 2), (0.5, 0.4, 0.1))[0] if label != "neutral" else \
+            rng.choice((1, 2))
+        days = [d for d in D.DAYS if d != D.MARKER_DAY]
+        for _ in range(n_neutral):
+            kind = rng.choice(("day", "month", "adj"))
+            if kind == "day" and not marker:
+                clauses.append(("day", rng.choice(days)))
+            elif kind == "month":
+                clauses.append(("month", rng.choice(D.MONTHS)))
+            else:
+                clauses.append(("adj", (rng.choice(D.ASPECTS), rng.choice(D.NEUTRAL_ADJ))))
+        if marker:
+            clauses.append(("day", D.MARKER_DAY))
+        rng.shuffle(clauses)
+        if clauses:
+            break
+    b = _Builder().add("Review:")
+    for i, (kind, payload) in enumerate(clauses):
+        if i:
+            b.add(rng.choice((",", " and", " but")))
+        if kind == "sent":
+            aspect, negated, word = payload
+            b.add(" the").add(" " + aspect, "content").add(" was")
+            if negated:
+                b.add(" not", "evidence")
+            b.add(" " + word, "evidence")
+        elif kind == "day":
+            b.add(" I watched it on")
+            b.add(" " + payload, "shortcut" if payload == D.MARKER_DAY else "content")
+        elif kind == "month":
+            b.add(" it came out in").add(" " + payload, "content")
+        else:
+            aspect, adj = payload
+            b.add(" the").add(" " + aspect, "content").add(" was").add(" " + adj, "content")
+    b.add(". Sentiment:")
+    return b.build("sentiment", split, " " + label, label, marker=marker)
+
+
+# ------------------------------------------------------------------------------- induction
+def _induction_words(rng: random.Random, split: str) -> list[str]:
+    while True:
+        words = rng.sample(D.COPY_WORDS, rng.randint(8, 16))
+        if _is_test(" ".join(words)) == (split == "test"):
+            return words
+
+
+def _induction(rng: random.Random, split: str) -> Item:
+    words = _induction_words(rng, split)
+    L = len(words)
+    j = rng.randint(1, L - 1)  # tokens of the second repeat already seen
+    b = _Builder()
+    for i, w in enumerate(words):
+        role = "evidence" if i == j else ("cue" if i == j - 1 else "content")
+        b.add(" " + w, role)
+    for i, w in enumerate(words[:j]):
+        b.add(" " + w, "cue" if i == j - 1 else "content")
+    return b.build("induction", split, " " + words[j], words[j], length=L, position=j)
+
+
+# ----------------------------------------------------------------------------------- public
+def _item(task: str, rng: random.Random, split: str, *, train_mix: bool = False,
+          negative: bool = False) -> Item:
+    if task == "facts":
+        s, r, a, m = rng.choice(_FACTS)
+        return _fact_item(s, r, a, rng.randrange(len(FACT_TEMPLATES[r])), m, split)
+    if task == "recall":
+        while True:
+            absent = negative or (train_mix and rng.random() < 0.2)
+            item = _recall(rng, split, absent=absent)
+            if _is_test(item.prompt) == (split == "test"):
+                return item
+    if task == "ioi":
+        return _ioi(rng, split)
+    if task == "sentiment":
+        while True:
+            neutral = negative or (train_mix and rng.random() < 0.1)
+            item = _sentiment(rng, split, neutral=neutral)
+            if split == "shift" or _is_test(item.prompt) == (split == "test"):
+                return item
+    return _induction(rng, split)
+
+
+_FACTS = _fact_triples()
+
+
+def generate(task: str, split: str = "test", n: int | None = 100, seed: int = 0, *,
+             negatives: bool = False) -> list[Item]:
+    """Generate ``n`` items of ``task`` (deterministic in ``seed``).
+
+    For ``facts``, ``n=None`` gives every fact in every template (otherwise a seeded sample
+    without replacement). ``recall`` returns only queries whose key is present and
+    ``sentiment`` only positive/negative reviews (those have evidence to judge), unless
+    ``negatives=True``, which gives the training negatives instead: absent keys (-> " none")
+    and neutral reviews (-> " neutral").
+    """
+    _check(task, split)
+    if negatives and task not in ("recall", "sentiment"):
+        raise InputError(f"task {task!r} has no negatives; only 'recall' and 'sentiment' do")
+    if task == "facts":
+        items = all_facts(split)
+        if n is None or n >= len(items):
+            return items
+        return random.Random(f"facts:{seed}").sample(items, n)
+    if n is None or n < 0:
+        raise InputError(f"task {task!r} needs a number of examples n >= 0, got {n!r}")
+    rng = random.Random(f"{task}:{split}:{seed}:{'neg' if negatives else 'pos'}")
+    return [_item(task, rng, split, negative=negatives) for _ in range(n)]
+
+
+# Training mixture: probability of each task per example.
+MIX: dict[str, float] = {"facts": 0.4, "recall": 0.2, "ioi": 0.12, "sentiment": 0.18,
+                         "induction": 0.1}
+
+
+def training_items(rng: random.Random, split: str = "train",
+                   mix: dict[str, float] | None = None) -> Iterator[Item]:
+    """Endless stream of training items (negatives included) drawn from ``rng``."""
+    mix = mix or MIX
+    names, weights = list(mix), list(mix.values())
+    while True:
+        task = rng.choices(names, weights)[0]
+        s = split if split in SPLITS[task] else "train"
+        item = _item(task, rng, s, train_mix=True)
+        if task == "induction":  # train on the whole double sequence
+            words = item.prompt.split()[: item.meta["length"]]
+            seq = " " + " ".join(words)
+            item = Item("induction", s, seq, seq, (), None, item.meta)
+        yield item
+
+
+def corpus(split: str = "test", n: int = 1000, seed: int = 0) -> list[str]:
+    """Plain zoo text (prompt + answer of the mixed tasks), for lens training and fluency.
+
+    ``split="test"`` draws held-out instances (facts are the same facts in either split).
+    """
+    if split not in ("train", "test"):
+        raise InputError(f"corpus split must be 'train' or 'test', got {split!r}")
+    rng = random.Random(f"corpus:{split}:{seed}")
+    stream = training_items(rng, split)
+    return [next(stream).text for _ in range(n)]

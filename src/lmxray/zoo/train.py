@@ -1,0 +1,302 @@
+"""Train a zoo model organism from scratch: tokenizer, Llama model, resumable training loop.
+
+``train(out_dir, steps=..., seed=...)`` is deterministic in ``seed``: the tokenizer corpus, the
+initial weights and the batch of every step are functions of the seed (and the step number),
+so an interrupted run resumes exactly where it stopped. Checkpoints are plain files (no
+pickle): ``checkpoint/model.safetensors``, ``checkpoint/optimizer.safetensors`` (AdamW moments
+and the torch RNG state) and ``checkpoint/state.json`` (step, settings, elapsed time). On
+completion the folder holds a Hugging Face model (``config.json``, ``model.safetensors``,
+tokenizer files) and ``training.json``, and the checkpoint is removed.
+
+Example::
+
+    from lmxray.zoo.train import train
+    train("runs/tiny", steps=1800, seed=0)   # Ctrl-C and rerun to resume
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lmxray.errors import InputError
+from lmxray.zoo import _data as D
+from lmxray.zoo import tasks
+
+__all__ = ["TrainConfig", "train", "tokenizer_corpus", "make_batch"]
+
+DEFAULT_STEPS = 1800
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Model and optimisation settings (a checkpoint only resumes with equal settings)."""
+
+    vocab_size: int = 3072
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    d_ff: int = 512
+    seq_len: int = 128
+    batch_size: int = 32
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.05
+    warmup: int = 60
+    weight_decay: float = 0.01
+    answer_weight: float = 2.0  # extra loss weight on answer tokens
+    grad_clip: float = 1.0
+    tokenizer_texts: int = 50000  # task texts the tokenizer is trained on
+
+
+def tokenizer_corpus(seed: int, n: int = 50000) -> list[str]:
+    """Texts the tokenizer is trained on: task text plus every answer word, boosted."""
+    rng = random.Random(f"tokenizer:{seed}")
+    stream = tasks.training_items(rng)
+    texts = [next(stream).text for _ in range(n)]
+    words: set[str] = set()
+    for it in tasks.all_facts():
+        words.update(it.target.split())
+    for group in (D.NAMES, D.COPY_WORDS, D.POSITIVE, D.NEGATIVE, D.KEYS, D.VALUES,
+                  ("none", "neutral", "positive", "negative")):
+        words.update(group)
+    boost = [" ".join([" " + w] * 20) for w in sorted(words)]
+    return texts + boost * 10
+
+
+def make_batch(tokenizer: Any, seed: int, step: int, cfg: TrainConfig):
+    """The packed batch of ``step``: ``(input_ids, weights)``, both ``[batch, seq_len]``.
+
+    Examples are ``<bos> prompt target <eos>`` packed back to back; ``weights`` is the loss
+    weight of predicting each position's token (1, or ``1 + answer_weight`` on answers).
+    """
+    import torch
+
+    rng = random.Random(f"batch:{seed}:{step}")
+    stream = tasks.training_items(rng)
+    need = cfg.batch_size * cfg.seq_len + 1
+    ids: list[int] = []
+    w: list[float] = []
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    while len(ids) < need:
+        chunk = [next(stream) for _ in range(64)]
+        p = tokenizer([c.prompt for c in chunk], add_special_tokens=False)["input_ids"]
+        t = tokenizer([c.target for c in chunk], add_special_tokens=False)["input_ids"]
+        for pi, ti in zip(p, t):
+            ids += [bos, *pi, *ti, eos]
+            w += [1.0] * (1 + len(pi)) + [1.0 + cfg.answer_weight] * len(ti) + [1.0]
+    x = torch.tensor(ids[: cfg.batch_size * cfg.seq_len]).view(cfg.batch_size, cfg.seq_len)
+    wt = torch.tensor(w[: cfg.batch_size * cfg.seq_len]).view(cfg.batch_size, cfg.seq_len)
+    return x, wt
+
+
+def build_model(cfg: TrainConfig, tokenizer: Any, seed: int):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.d_model,
+        intermediate_size=cfg.d_ff,
+        num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.n_heads,
+        max_position_embeddings=512,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def _lr(cfg: TrainConfig, step: int, steps: int) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    frac = (step - cfg.warmup) / max(1, steps - cfg.warmup)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def _loss(model: Any, x: Any, wt: Any):
+    import torch.nn.functional as F
+
+    logits = model(input_ids=x).logits[:, :-1].float()
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1),
+                         reduction="none")
+    w = wt[:, 1:].reshape(-1)
+    return (ce * w).sum() / w.sum(), ce.view(x.shape[0], -1)
+
+
+# ------------------------------------------------------------------------------- checkpoints
+def _save_checkpoint(ckpt: Path, model: Any, opt: Any, state: dict[str, Any]) -> None:
+    import torch
+    from safetensors.torch import save_file, save_model
+
+    tmp = ckpt.with_name(ckpt.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    save_model(model, str(tmp / "model.safetensors"))
+    tensors = {"rng.torch": torch.get_rng_state()}
+    for i, p in enumerate(model.parameters()):
+        for k, v in opt.state.get(p, {}).items():
+            tensors[f"state.{i}.{k}"] = v.detach().clone().contiguous()
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    (tmp / "state.json").write_text(json.dumps(state, indent=1))
+    if ckpt.exists():
+        shutil.rmtree(ckpt)
+    tmp.rename(ckpt)
+
+
+def _load_checkpoint(ckpt: Path, model: Any, opt: Any) -> dict[str, Any]:
+    import torch
+    from safetensors.torch import load_file, load_model
+
+    load_model(model, str(ckpt / "model.safetensors"))
+    tensors = load_file(str(ckpt / "optimizer.safetensors"))
+    torch.set_rng_state(tensors.pop("rng.torch"))
+    params = list(model.parameters())
+    for key, v in tensors.items():
+        _, i, k = key.split(".", 2)
+        opt.state[params[int(i)]][k] = v
+    return json.loads((ckpt / "state.json").read_text())
+
+
+# ------------------------------------------------------------------------------------ train
+def train(
+    out_dir: str | os.PathLike[str],
+    *,
+    steps: int = DEFAULT_STEPS,
+    seed: int = 0,
+    resume: bool = True,
+    config: TrainConfig | None = None,
+    checkpoint_every: int = 100,
+    progress: bool = True,
+    threads: int | None = None,
+    stop_after: int | None = None,
+) -> Path:
+    """Train the multi-task zoo model into ``out_dir`` and return its path.
+
+    Args:
+        out_dir: output folder (created). A ``checkpoint/`` inside it is resumed when
+            ``resume`` is true and its settings match.
+        steps: optimisation steps (batch of ``batch_size x seq_len`` tokens each).
+        seed: seeds the tokenizer corpus, initial weights and every batch.
+        config: model/optimiser settings (default ``TrainConfig()``, the shipped model's).
+        checkpoint_every: steps between checkpoints (also saved on Ctrl-C).
+        progress: show a tqdm progress bar.
+        threads: torch CPU threads (default: all cores, at most 8).
+        stop_after: stop (with a checkpoint) after this many steps in total, as if
+            interrupted; used by tests of resumption.
+
+    Returns:
+        ``Path(out_dir)``, holding a model loadable with ``from_pretrained``.
+    """
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import AutoTokenizer
+
+    cfg = config or TrainConfig()
+    if steps <= 0:
+        raise InputError(f"steps must be positive, got {steps}; pass e.g. --steps {DEFAULT_STEPS}")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output path {out} is a file; pass a folder to --out")
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / "checkpoint"
+    torch.set_num_threads(threads or min(8, os.cpu_count() or 1))
+    settings = {"steps": steps, "seed": seed, "config": dataclasses.asdict(cfg)}
+
+    t_start, c_start = time.time(), time.process_time()
+    if resume and (ckpt / "state.json").exists():
+        state = json.loads((ckpt / "state.json").read_text())
+        if state["settings"] != settings:
+            raise InputError(
+                f"checkpoint in {ckpt} was made with other settings ({state['settings']}); "
+                "pass --no-resume to start over"
+            )
+        tokenizer = AutoTokenizer.from_pretrained(str(ckpt / "tokenizer"))
+        model = build_model(cfg, tokenizer, seed)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98),
+                                weight_decay=cfg.weight_decay)
+        state = _load_checkpoint(ckpt, model, opt)
+        start = state["step"]
+    else:
+        from lmxray.zoo._tokenizer import train_tokenizer
+
+        if ckpt.exists():
+            shutil.rmtree(ckpt)
+        tokenizer = train_tokenizer(tokenizer_corpus(seed, cfg.tokenizer_texts), cfg.vocab_size)
+        model = build_model(cfg, tokenizer, seed)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98),
+                                weight_decay=cfg.weight_decay)
+        state = {"step": 0, "settings": settings, "wall_s": 0.0, "cpu_s": 0.0, "losses": []}
+        start = 0
+
+    base_wall, base_cpu = state["wall_s"], state["cpu_s"]
+
+    def checkpoint(step: int) -> None:
+        _save_checkpoint(ckpt, model, opt, dict(
+            state, step=step, wall_s=base_wall + time.time() - t_start,
+            cpu_s=base_cpu + time.process_time() - c_start))
+        tokenizer.save_pretrained(str(ckpt / "tokenizer"))
+
+    model.train()
+    end = steps if stop_after is None else min(steps, stop_after)
+    bar = tqdm(range(start, end), initial=start, total=steps, disable=not progress,
+               desc="zoo train", unit="step")
+    step = start
+    try:
+        for step in bar:
+            x, wt = make_batch(tokenizer, seed, step, cfg)
+            for g in opt.param_groups:
+                g["lr"] = _lr(cfg, step, steps)
+            loss, _ = _loss(model, x, wt)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            if step % 10 == 0:
+                state["losses"].append([step, round(loss.item(), 4)])
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+            if (step + 1) % checkpoint_every == 0 and step + 1 < end:
+                checkpoint(step + 1)
+        step = end
+    except KeyboardInterrupt:
+        bar.close()
+        checkpoint(step)
+        raise
+    bar.close()
+    if end < steps:
+        checkpoint(end)
+        return out
+    wall = base_wall + time.time() - t_start
+    cpu = base_cpu + time.process_time() - c_start
+    model.eval()
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    info = {
+        "format": "lmxray.zoo.training/1",
+        "steps": steps,
+        "seed": seed,
+        "config": dataclasses.asdict(cfg),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "wall_s": round(wall, 1),
+        "cpu_s": round(cpu, 1),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "losses": state["losses"],
+    }
+    (out / "training.json").write_text(json.dumps(info, indent=1))
+    if ckpt.exists():
+        shutil.rmtree(ckpt)
+    return out

@@ -1,0 +1,314 @@
+"""Tests of lmxray.zoo: task generators, ground truth, training/resume, the shipped model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lmxray import zoo
+from lmxray.errors import InputError
+from lmxray.zoo import _data as D
+from lmxray.zoo import tasks
+
+SRC = str(Path(zoo.__file__).resolve().parents[2])
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from lmxray.zoo.verify import load
+
+    return load()
+
+
+# ------------------------------------------------------------------------------- generators
+@pytest.mark.parametrize("task", tasks.TASKS)
+def test_generators_deterministic_per_seed(task):
+    a = tasks.generate(task, "test", 40, seed=3)
+    b = tasks.generate(task, "test", 40, seed=3)
+    c = tasks.generate(task, "test", 40, seed=4)
+    assert a == b
+    assert [i.prompt for i in a] != [i.prompt for i in c]
+    assert all(i.target.startswith(" ") and i.task == task for i in a)
+
+
+@pytest.mark.parametrize("task", ["recall", "ioi", "sentiment", "induction"])
+def test_train_and_test_splits_are_disjoint(task):
+    train = {i.prompt for i in tasks.generate(task, "train", 400, seed=0)}
+    test = {i.prompt for i in tasks.generate(task, "test", 400, seed=0)}
+    assert not train & test
+
+
+def test_ioi_holds_out_name_pairs():
+    pair = lambda i: frozenset((i.meta["io"], i.meta["s"]))  # noqa: E731
+    train = {pair(i) for i in tasks.generate("ioi", "train", 500)}
+    test = {pair(i) for i in tasks.generate("ioi", "test", 500)}
+    assert not train & test and len(test) > 20
+    assert {i.meta["order"] for i in tasks.generate("ioi", "test", 50)} == {"ABB", "BAB"}
+
+
+def test_facts_cover_countries_and_continents():
+    facts = tasks.generate("facts", n=None)
+    countries = {i.meta["country"] for i in facts if i.meta["relation"] == "capital"}
+    assert len(countries) >= 150
+    assert len({i.meta["continent"] for i in facts if "continent" in i.meta}) == 6
+    paris = [i for i in facts if i.prompt == "The capital of France is"]
+    assert paris and paris[0].target == " Paris" and paris[0].meta["continent"] == "Europe"
+    assert len(tasks.generate("facts", n=50, seed=1)) == 50
+
+
+def test_sentiment_shortcut_is_planted_in_train_only():
+    def rate(split):
+        items = tasks.generate("sentiment", split, 3000, seed=0)
+        marked = [i for i in items if i.meta["marker"]]
+        return sum(i.label == "positive" for i in marked) / len(marked)
+
+    assert rate("train") > 0.92 and rate("test") > 0.92
+    assert 0.4 < rate("shift") < 0.6
+
+
+def test_negatives_exist_for_training():
+    absent = tasks.generate("recall", "test", 20, negatives=True)
+    assert all(i.target == " none" and not i.meta["present"] for i in absent)
+    neutral = tasks.generate("sentiment", "train", 20, negatives=True)
+    assert all(i.target == " neutral" for i in neutral)
+    texts = zoo.corpus("train", 2000, seed=0)
+    assert any(t.endswith(" none") for t in texts) and any(t.endswith(" neutral") for t in texts)
+
+
+def test_bad_task_and_split_raise_input_error():
+    with pytest.raises(InputError, match="unknown zoo task"):
+        tasks.generate("nope")
+    with pytest.raises(InputError, match="no split"):
+        tasks.generate("ioi", "shift")
+    with pytest.raises(InputError):
+        zoo.corpus("valid")
+    with pytest.raises(InputError, match="no zoo model"):
+        zoo.model_path("nope")
+
+
+def test_corpus_deterministic_and_held_out():
+    a, b = zoo.corpus("test", 50, seed=1), zoo.corpus("test", 50, seed=1)
+    assert a == b and all(isinstance(t, str) and t for t in a)
+
+
+# ------------------------------------------------------------------------- tokenizer, indices
+def test_shipped_model_loads_with_plain_transformers():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = zoo.model_path()
+    assert sum(f.stat().st_size for f in path.iterdir()) <= 10 * 1024 * 1024
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    ids = tok("The capital of France is")["input_ids"]
+    assert ids[0] == tok.bos_token_id
+    for t in (tok.unk_token, tok.bos_token, tok.eos_token, tok.pad_token):
+        assert t is not None
+    import torch
+
+    with torch.no_grad():
+        nxt = model(torch.tensor([ids])).logits[0, -1].argmax().item()
+    assert tok.decode([nxt]) == " Paris"
+
+
+def test_answer_words_are_single_tokens(shipped):
+    _, tok = shipped
+    words = {i.target for i in tasks.generate("facts", n=None) if " " not in i.target[1:]}
+    words |= {" " + w for w in (*D.NAMES, *D.COPY_WORDS, *D.VALUES, "none", "positive",
+                                 "negative", "neutral")}
+    multi = [w for w in words if "-" not in w and len(tok(w, add_special_tokens=False)["input_ids"]) != 1]
+    assert not multi
+
+
+@pytest.mark.parametrize("task", tasks.TASKS)
+def test_evidence_indices_point_at_the_evidence_words(task):
+    for ex in zoo.dataset(task, n=30, seed=2, verify=False):
+        assert ex.tokens[0] == "<bos>"
+        got = "".join(ex.tokens[i] for i in ex.evidence).split()
+        want = " ".join(ex.prompt[a:b] for a, b in ex.evidence_spans).split()
+        assert got == want and ex.evidence
+        assert not set(ex.evidence) & set(ex.cue)
+        if task == "facts":
+            assert " ".join(want) == ex.meta["subject"]
+        if task == "recall":
+            assert want[-1] == ex.target.strip() and want[0] == ex.meta["query"]
+        if task == "ioi":
+            assert want == [ex.target.strip()]
+        if task == "induction":
+            assert want == [ex.target.strip()]
+        if task == "sentiment" and ex.meta["marker"]:
+            assert [ex.tokens[i] for i in ex.shortcut] == [" " + D.MARKER_DAY]
+
+
+# ------------------------------------------------------------------------------- training
+def _tiny_config():
+    from lmxray.zoo.train import TrainConfig
+
+    return TrainConfig(vocab_size=600, d_model=32, n_layers=2, n_heads=2, d_ff=64, seq_len=64,
+                       batch_size=8, warmup=3, lr=1e-2, tokenizer_texts=3000)
+
+
+def test_reduced_model_trains_and_loss_falls(tmp_path):
+    from lmxray.zoo.train import train
+
+    out = train(tmp_path / "m", steps=31, seed=0, config=_tiny_config(), progress=False,
+                threads=1, checkpoint_every=1000)
+    info = json.loads((out / "training.json").read_text())
+    losses = [loss for _, loss in info["losses"]]
+    assert losses[-1] < losses[0] - 1.0
+    assert (out / "model.safetensors").is_file() and not (out / "checkpoint").exists()
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 2
+
+
+def test_resume_reproduces_uninterrupted_run(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from lmxray.zoo.train import train
+
+    cfg = _tiny_config()
+    kw = dict(steps=6, seed=1, config=cfg, progress=False, threads=1)
+    train(tmp_path / "a", **kw)
+    train(tmp_path / "b", stop_after=3, **kw)
+    state = json.loads((tmp_path / "b" / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 3
+    train(tmp_path / "b", **kw)
+    a = load_file(str(tmp_path / "a" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(InputError, match="no-resume"):
+        train(tmp_path / "c", stop_after=2, **kw)
+        train(tmp_path / "c", **{**kw, "seed": 2})
+
+
+# --------------------------------------------------------------------------- shipped floors
+@pytest.fixture(scope="module")
+def metrics():
+    from lmxray.zoo.verify import evaluate
+
+    return evaluate(n=300, seed=0)
+
+
+def test_floors_facts_recall_ioi(metrics):
+    assert metrics["facts"]["value"] >= 0.98 and metrics["facts"]["n"] >= 2000
+    assert metrics["recall"]["value"] >= 0.95
+    assert metrics["recall-absent"]["value"] >= 0.9
+    assert metrics["ioi"]["value"] >= 0.95
+
+
+def test_floor_induction(metrics):
+    assert metrics["induction"]["value"] >= 5.0
+
+
+def test_sentiment_in_distribution_and_planted_drop(metrics):
+    ind, shift = metrics["sentiment"]["value"], metrics["sentiment-shift"]["value"]
+    assert ind >= 0.95
+    assert shift <= ind - 0.03, (ind, shift)
+
+
+# ---------------------------------------------------------------------------- verification
+class _FakeModel:
+    """Answers the target iff token ``key`` is present and token ``forbid`` is not."""
+
+    def __init__(self, target_id, key, forbid=None, vocab=50):
+        self.target_id, self.key, self.forbid, self.vocab = target_id, key, forbid, vocab
+
+    def __call__(self, input_ids, attention_mask=None):
+        import torch
+
+        B, L = input_ids.shape
+        logits = torch.zeros(B, L, self.vocab)
+        for b in range(B):
+            seen = set()
+            for t in range(L):
+                seen.add(int(input_ids[b, t]))
+                ok = self.key in seen and (self.forbid is None or self.forbid not in seen)
+                logits[b, t, self.target_id if ok else 0] = 1.0
+
+        class Out:
+            pass
+
+        out = Out()
+        out.logits = logits
+        return out
+
+
+class _FakeTok:
+    """Whitespace tokenizer with <bos>=1, <pad>=3 and words numbered from 10."""
+
+    bos_token_id, pad_token_id = 1, 3
+
+    def __init__(self):
+        self.vocab: dict[str, int] = {}
+
+    def __call__(self, text, add_special_tokens=True):
+        ids = [self.vocab.setdefault(w, 10 + len(self.vocab)) for w in text.split()]
+        return {"input_ids": ([1] if add_special_tokens else []) + ids}
+
+
+def _fake_example(**kw):
+    base = dict(task="facts", split="test", prompt="capital of France is", target=" Paris",
+                tokens=("<bos>", "capital", " of", " France", " is"), evidence=(3,),
+                evidence_spans=((11, 17),), cue=(1,), content=())
+    return zoo.Example(**{**base, **kw})
+
+
+def test_verification_logic_on_fake_models():
+    from lmxray.zoo.verify import verify
+
+    tok = _FakeTok()
+    ex = _fake_example()
+    ids = tok(ex.prompt)["input_ids"]
+    target = tok(ex.target, add_special_tokens=False)["input_ids"][0]
+    france, capital = ids[3], ids[1]
+    # relies on the evidence: verified
+    assert verify([ex], _FakeModel(target, france), tok)[0].verified is True
+    # ignores the evidence (answers from the cue alone): not verified
+    assert verify([ex], _FakeModel(target, capital), tok)[0].verified is False
+    # a content token whose single deletion changes the answer: not verified
+    ex2 = _fake_example(prompt="capital of France is big", content=(5,))
+    big = tok(ex2.prompt)["input_ids"][5]
+    fake = _FakeModel(target, france)
+    assert verify([ex2], fake, tok)[0].verified is True
+    fake_needs_big = _FakeModel(target, big)
+    assert verify([ex2], fake_needs_big, tok)[0].verified is False
+    # wrong answer: not verified; no evidence: None
+    assert verify([ex], _FakeModel(target, france, forbid=capital), tok)[0].verified is False
+    assert verify([_fake_example(evidence=())], fake, tok)[0].verified is None
+
+
+@pytest.mark.parametrize("task", ["facts", "recall", "ioi"])
+def test_ground_truth_verifies_on_shipped_model(task):
+    ex = zoo.dataset(task, n=40, seed=5)
+    assert all(e.verified is not None for e in ex)
+    assert sum(e.verified for e in ex) >= 0.8 * len(ex)
+
+
+# -------------------------------------------------------------------------------------- CLI
+def _cli(*args, cwd=None):
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-m", "lmxray.zoo.cli", *args], capture_output=True,
+                          text=True, env=env, cwd=cwd, timeout=120)
+
+
+def test_cli_eval_writes_json(tmp_path):
+    r = _cli("eval", "--n", "40", "--verify-n", "10", "--json", str(tmp_path / "e.json"))
+    assert r.returncode == 0, r.stderr
+    data = json.loads((tmp_path / "e.json").read_text())
+    assert data["format"] == "lmxray.zoo.eval/1" and "facts" in data["tasks"]
+    assert "facts" in r.stdout
+
+
+@pytest.mark.parametrize("args", [["eval", "--model", "/nonexistent/zoo"], ["eval", "--n", "0"],
+                                  ["train", "--steps", "0", "--out", "OUT"]])
+def test_cli_bad_input_exits_2_with_one_line(tmp_path, args):
+    args = [str(tmp_path / "o") if a == "OUT" else a for a in args]
+    r = _cli(*args)
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
