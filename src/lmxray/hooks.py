@@ -532,7 +532,7 @@ class _Session:
         return self
 
     def _order(self, name: str) -> int:
-        return self.sm.names().index(name) if name in self.sm.names() else 0
+        return self.sm.order(name)
 
     def close(self) -> None:
         while self.handles:

@@ -225,6 +225,11 @@ class SiteMap:
             self._add("logits", "logits", None, lm_head, "output")
         for i, block in enumerate(self.blocks):
             self._add_block(i, block, table)
+        stage = {"embed": 0, "final_norm": 2, "logits": 3}
+        order = sorted(self._sites.values(), key=lambda s: (
+            stage.get(s.kind, 1), s.layer or 0, LAYER_KINDS.index(s.kind) if s.kind in LAYER_KINDS else 0))
+        self._sites = {s.name: s for s in order}
+        self._index = {n: k for k, n in enumerate(self._sites)}
 
     # ------------------------------------------------------------------ building
     def _add(self, name: str, kind: str, layer: int | None, module: Any, mode: str,
@@ -287,6 +292,10 @@ class SiteMap:
                 if kind or canon in SITE_KINDS else f"unknown site {name!r}"
             )
         return site
+
+    def order(self, name: str) -> int:
+        """Forward-order index of a canonical site name."""
+        return self._index[name]
 
     def names(self) -> list[str]:
         """Every site name, in forward order."""
