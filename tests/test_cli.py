@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.abc
 import importlib.machinery
+import importlib.util
 import os
 import subprocess
 import sys
@@ -262,16 +263,26 @@ class _FakeZooCli(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 @pytest.fixture
 def fake_zoo(monkeypatch):
+    mounted: list[str] = []
+    monkeypatch.setattr(
+        cli, "OPTIONAL_COMMANDS", [("zoo.cli", lambda m: mounted.append(m.__name__))]
+    )
+    monkeypatch.setattr(cli, "_MOUNTED", set())
+
     def install(error: BaseException):
         monkeypatch.delitem(sys.modules, "lmxray.zoo.cli", raising=False)
         monkeypatch.setattr(sys, "meta_path", [_FakeZooCli(error), *sys.meta_path])
+        return mounted
 
     return install
 
 
 def test_absent_zoo_cli_is_tolerated(fake_zoo):
-    fake_zoo(ModuleNotFoundError("No module named 'lmxray.zoo.cli'", name="lmxray.zoo.cli"))
+    mounted = fake_zoo(
+        ModuleNotFoundError("No module named 'lmxray.zoo.cli'", name="lmxray.zoo.cli")
+    )
     cli._mount_optional_apps()  # no error: the sub-app is simply not there
+    assert mounted == []
 
 
 def test_broken_zoo_cli_is_not_hidden(fake_zoo):
@@ -281,3 +292,65 @@ def test_broken_zoo_cli_is_not_hidden(fake_zoo):
     fake_zoo(ImportError("cannot import name 'x' from 'lmxray.zoo'"))
     with pytest.raises(ImportError):
         cli._mount_optional_apps()
+
+
+def test_present_sub_apps_are_mounted_once():
+    import typer
+
+    def names() -> list[str]:
+        return list(typer.main.get_command(cli.app).commands)  # type: ignore[attr-defined]
+
+    before = names()
+    assert {"explain", "methods"} <= set(before)
+    for rel, _ in cli.OPTIONAL_COMMANDS:
+        if importlib.util.find_spec(f"lmxray.{rel}") is not None:
+            assert f"lmxray.{rel}" in cli._MOUNTED
+    cli._mount_optional_apps()  # idempotent
+    assert names() == before and len(set(before)) == len(before)
+
+
+# --------------------------------------------------------------------------- shared helpers
+def test_write_outputs_text_bytes_and_stdout(tmp_path, capsys):
+    from rich.console import Console
+
+    from lmxray.render.plots import heatmap_png
+
+    err = Console(file=__import__("io").StringIO())
+    png = cli.render_png(lambda f: heatmap_png([[1.0, -1.0]], ["r"], ["a", "b"], f))
+    cli.write_outputs(
+        [
+            (tmp_path / "a.txt", lambda: "hello"),
+            (tmp_path / "b.png", lambda: png),
+            (None, lambda: 1 / 0),
+        ],
+        err,
+    )
+    assert (tmp_path / "a.txt").read_text() == "hello"
+    assert (tmp_path / "b.png").read_bytes().startswith(b"\x89PNG")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.png"]
+
+
+def test_write_outputs_renders_everything_before_writing(tmp_path):
+    from rich.console import Console
+
+    def broken() -> str:
+        raise RuntimeError("render failed")
+
+    with pytest.raises(RuntimeError):
+        cli.write_outputs(
+            [(tmp_path / "first.json", lambda: "{}"), (tmp_path / "second.html", broken)],
+            Console(file=__import__("io").StringIO()),
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_check_outputs(tmp_path):
+    from lmxray.errors import InputError
+
+    cli.check_outputs(tmp_path / "a.json", None, Path("-"))
+    with pytest.raises(InputError, match="same file"):
+        cli.check_outputs(tmp_path / "a.json", tmp_path / "." / "a.json")
+    with pytest.raises(InputError, match="does not exist"):
+        cli.check_outputs(tmp_path / "x" / "a.json")
+    with pytest.raises(InputError, match="folder"):
+        cli.check_outputs(tmp_path)

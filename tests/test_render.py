@@ -353,6 +353,13 @@ def test_heatmap_png_generic(tmp_path):
     assert out.read_bytes().startswith(PNG_MAGIC)
 
 
+def test_png_into_memory(hostile, tmp_path):
+    buf = io.BytesIO()
+    plot_attribution(hostile, buf)
+    assert buf.getvalue().startswith(PNG_MAGIC)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_heatmap_png_errors(tmp_path):
     with pytest.raises(InputError):
         heatmap_png(np.zeros((2, 2)), ["a", "b"], ["x", "y"], tmp_path / "no" / "h.png")

@@ -24,8 +24,10 @@ raise ``LmxrayError`` for bad input and the group handles the rest.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import sys
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from enum import Enum
@@ -42,7 +44,21 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .model import Model
 
-__all__ = ["app", "main", "check_outputs", "write_outputs", "load_model"]
+__all__ = [
+    "app",
+    "main",
+    "LmxrayGroup",
+    "check_outputs",
+    "write_outputs",
+    "render_png",
+    "load_model",
+    "consoles",
+    "ModelOpt",
+    "DeviceOpt",
+    "JsonOpt",
+    "HtmlOpt",
+    "PngOpt",
+]
 
 PROG = "lmxray"
 DEFAULT_METHOD = "integrated_gradients"
@@ -198,6 +214,10 @@ JsonOpt = Annotated[
         help="Write the result as JSON (format lmxray.attribution/1); '-' for stdout.",
     ),
 ]
+PngOpt = Annotated[
+    Path | None,
+    typer.Option("--png", metavar="FILE", dir_okay=False, help="Write a PNG heat map."),
+]
 HtmlOpt = Annotated[
     Path | None,
     typer.Option(
@@ -247,23 +267,52 @@ def check_outputs(*paths: Path | None) -> None:
         seen[key] = path
 
 
-def write_outputs(outputs: list[tuple[Path | None, Callable[[], str]]], console: Console) -> None:
-    """Render every output to text first, then write them all atomically.
+def render_png(draw: Callable[[Any], Any]) -> bytes:
+    """PNG bytes from a drawing function that takes a path or binary file (``a.to_png``,
+    ``heatmap_png``...), so a PNG can be rendered before any file is written."""
+    buf = io.BytesIO()
+    draw(buf)
+    return buf.getvalue()
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_outputs(
+    outputs: list[tuple[Path | None, Callable[[], str | bytes]]], console: Console
+) -> None:
+    """Render every output first (text or bytes), then write them all atomically.
 
     Args:
         outputs: ``(path, render)`` pairs; ``path=None`` skips, ``'-'`` prints to stdout.
+            ``render`` returns ``str`` (written as UTF-8) or ``bytes`` (e.g. :func:`render_png`).
         console: where to report the files written (stderr console).
     """
     from .result import atomic_write_text
 
-    texts = [(path, render()) for path, render in outputs if path is not None]
-    for path, text in texts:
+    rendered = [(path, render()) for path, render in outputs if path is not None]
+    for path, data in rendered:
         if _is_stdout(path):
-            sys.stdout.write(text if text.endswith("\n") else text + "\n")
+            if isinstance(data, bytes):
+                sys.stdout.buffer.write(data)
+            else:
+                sys.stdout.write(data if data.endswith("\n") else data + "\n")
             sys.stdout.flush()
             continue
         try:
-            atomic_write_text(path, text)
+            if isinstance(data, bytes):
+                _atomic_write_bytes(path, data)
+            else:
+                atomic_write_text(path, data)
         except OSError as exc:
             raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
         console.print(f"wrote {path}", style="dim", highlight=False, markup=False)
@@ -295,10 +344,14 @@ def _parse_baseline(text: str) -> int | str:
     return int(text) if text.lstrip("-").isdigit() else text
 
 
-def _consoles() -> tuple[Console, Console]:
+def consoles() -> tuple[Console, Console]:
+    """``(stdout, stderr)`` rich consoles for a command's output and its status lines."""
     from rich.console import Console
 
     return Console(highlight=False), Console(stderr=True, highlight=False)
+
+
+_consoles = consoles  # the name internals/cli.py imports
 
 
 # --------------------------------------------------------------------------- commands
@@ -390,7 +443,7 @@ def explain(
     )
     assert not isinstance(result, list)
 
-    out, err = _consoles()
+    out, err = consoles()
     to_stdout = _is_stdout(json_out) or _is_stdout(html_out)
     if not to_stdout:
         from .render.console import show_attribution
@@ -413,7 +466,7 @@ def methods() -> None:
 
     import lmxray
 
-    out, _ = _consoles()
+    out, _ = consoles()
     table = Table(box=None, show_header=True, header_style="bold", pad_edge=False)
     table.add_column("method", no_wrap=True)
     table.add_column("description")
@@ -423,16 +476,42 @@ def methods() -> None:
 
 
 # --------------------------------------------------------------------------- optional sub-apps
+def _mount_zoo(module: Any) -> None:
+    app.add_typer(module.app, name="zoo")
+
+
+def _mount_register(module: Any) -> None:
+    module.register(app)  # the module adds its commands to the root app
+
+
+# (module, mount): commands that live with their subsystem and may not be installed yet.
+OPTIONAL_COMMANDS: list[tuple[str, Callable[[Any], None]]] = [
+    ("zoo.cli", _mount_zoo),
+    ("evaluate.cli", _mount_register),
+    ("internals.cli", _mount_register),
+]
+
+
+_MOUNTED: set[str] = set()
+
+
 def _mount_optional_apps() -> None:
     """Mount sub-apps that live in other modules. Only *absence* of the module is tolerated:
     a sub-app that exists but fails to import raises (a broken install must not hide)."""
-    try:
-        from .zoo.cli import app as zoo_app
-    except ModuleNotFoundError as exc:
-        if exc.name in (f"{__package__}.zoo", f"{__package__}.zoo.cli"):
-            return
-        raise
-    app.add_typer(zoo_app, name="zoo", help="Model organisms: tasks with known mechanisms.")
+    from importlib import import_module
+
+    for rel, mount in OPTIONAL_COMMANDS:
+        name = f"{__package__}.{rel}"
+        if name in _MOUNTED:
+            continue
+        try:
+            module = import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name in (name, name.rsplit(".", 1)[0]):
+                continue
+            raise
+        mount(module)
+        _MOUNTED.add(name)
 
 
 _mount_optional_apps()

@@ -17,7 +17,7 @@ import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
@@ -48,25 +48,29 @@ def _check_target(path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def _save_atomic(fig: Any, path: Path, dpi: int) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.png", dir=path.parent)
-    os.close(fd)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r"Glyph .* missing from")
+def _save(fig: Any, path: Path | BinaryIO, dpi: int) -> None:
+    """Save as PNG: atomically to a path, or straight into a binary file object."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Glyph .* missing from")
+        if not isinstance(path, Path):
+            fig.savefig(path, dpi=dpi, format="png", bbox_inches="tight")
+            return
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.png", dir=path.parent)
+        os.close(fd)
+        try:
             fig.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
 
 
 def heatmap_png(
     matrix: Any,
     row_labels: Sequence[Any],
     col_labels: Sequence[Any],
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | BinaryIO,
     title: str = "",
     cmap: str = "RdBu_r",
     *,
@@ -78,7 +82,7 @@ def heatmap_png(
     colorbar_label: str = "",
     annotate: bool | None = None,
     dpi: int = 150,
-) -> Path:
+) -> Path | BinaryIO:
     """Write a labelled heatmap of ``matrix`` (``[rows, cols]``) as a PNG.
 
     Args:
@@ -86,7 +90,8 @@ def heatmap_png(
         row_labels / col_labels: one label per row / column, shown literally (newlines and
             control characters made visible; pass tokens through ``display_token`` first to show
             spaces as ``·``). Long axes show every k-th label.
-        path: output ``.png``; its folder must exist. Written atomically.
+        path: output ``.png`` (its folder must exist; written atomically), or a binary file
+            object such as ``io.BytesIO`` (to render before writing anything).
         title: figure title.
         cmap: matplotlib colour map name (diverging by default).
         center: make the colour scale symmetric around 0 (for signed scores).
@@ -96,7 +101,7 @@ def heatmap_png(
         dpi: resolution.
 
     Returns:
-        The path written.
+        The path written (or the file object given).
     """
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -112,7 +117,7 @@ def heatmap_png(
             f"labels do not match the matrix: {len(row_labels)} rows × {len(col_labels)} columns "
             f"for shape {m.shape}"
         )
-    out = _check_target(path)
+    out: Path | BinaryIO = _check_target(path) if isinstance(path, (str, os.PathLike)) else path
 
     finite = m[np.isfinite(m)]
     if vmin is None or vmax is None:
@@ -214,18 +219,18 @@ def heatmap_png(
     cbar.ax.tick_params(labelsize=7)
     if colorbar_label:
         cbar.set_label(colorbar_label, fontsize=8)
-    _save_atomic(fig, out, dpi)
+    _save(fig, out, dpi)
     return out
 
 
 def plot_attribution(
     a: Attribution,
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | BinaryIO,
     *,
     normalize: str | None = None,
     title: str | None = None,
     dpi: int = 150,
-) -> Path:
+) -> Path | BinaryIO:
     """Write the source × target score matrix of ``a`` as a PNG heatmap.
 
     Rows are source tokens (prompt, then targets), columns are target steps; NaN (not
@@ -233,7 +238,7 @@ def plot_attribution(
 
     Args:
         a: the result.
-        path: output ``.png`` (folder must exist).
+        path: output ``.png`` (folder must exist), or a binary file object.
         normalize: ``None`` (raw scores, symmetric scale; default), ``"step"`` or ``"global"``.
         title: figure title (default: method, model and target function).
         dpi: resolution.
