@@ -67,7 +67,16 @@ def token_id(model: Model, x: str | int) -> int:
 def make_metric(name: str | MetricFn, answer: int, foil: int | None = None) -> MetricFn:
     """``logits [N, vocab] -> [N]``: ``logit_diff`` (needs a foil), ``prob``, ``logprob`` or a callable."""
     if callable(name):
-        return name
+        user = name
+
+        def checked(lg: torch.Tensor) -> torch.Tensor:
+            out = user(lg)
+            if not isinstance(out, torch.Tensor) or out.shape != lg.shape[:1]:
+                got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                raise InputError(f"a metric function must map logits [N, vocab] to [N]; got {got}")
+            return out
+
+        return checked
     if name == "logit_diff":
         if foil is None:
             raise InputError("metric logit_diff needs a foil token; pass foil= or use metric='prob'")

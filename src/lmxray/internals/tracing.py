@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -408,8 +409,10 @@ def trace_facts(
     if not rows:
         raise InputError("the model knows none of these facts (its top token is never the answer); "
                          "pass only_known=False to trace them anyway")
-    aie = {k: np.nanmean(np.stack([np.asarray(r["buckets"][k], dtype=np.float64) for r in rows]), axis=0).astype(np.float32)
-           for k in kinds}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an empty bucket everywhere stays NaN
+        aie = {k: np.nanmean(np.stack([np.asarray(r["buckets"][k], dtype=np.float64) for r in rows]), axis=0)
+               .astype(np.float32) for k in kinds}
     return TraceSummary(
         aie=aie, p_clean=float(np.mean([r["p_clean"] for r in rows])),
         p_corrupt=float(np.mean([r["p_corrupt"] for r in rows])), n=len(rows),
