@@ -4,13 +4,16 @@
 >>> m = lmxray.load()                                   # doctest: +SKIP
 >>> a = m.attribute("The capital of France is", target=" Paris")  # doctest: +SKIP
 >>> a.show()                                            # doctest: +SKIP
+
+Exports are resolved lazily (PEP 562), so ``import lmxray`` and ``lmxray --help`` do not pay for
+importing torch and transformers until a model or method is used.
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from .attribution import methods, register_method
 from .errors import (
     FormatError,
     InputError,
@@ -19,9 +22,18 @@ from .errors import (
     ModelLoadError,
     NumericalError,
 )
-from .model import Model, load
-from .result import Attribution
-from .targets import TARGET_FUNCTIONS
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY: dict[str, str] = {
+    "load": "lmxray.model",
+    "Model": "lmxray.model",
+    "Attribution": "lmxray.result",
+    "methods": "lmxray.attribution.base",
+    "register_method": "lmxray.attribution.base",
+    "TARGET_FUNCTIONS": "lmxray.targets",
+}
 
 __all__ = [
     "__version__",
@@ -38,3 +50,22 @@ __all__ = [
     "NumericalError",
     "FormatError",
 ]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .attribution.base import methods, register_method
+    from .model import Model, load
+    from .result import Attribution
+    from .targets import TARGET_FUNCTIONS
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lmxray' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
