@@ -109,7 +109,7 @@ def score_sequences(
         return model.score(rows, ctx)
     from ._prefix import score_rows
 
-    with torch.no_grad():
+    with torch.inference_mode():
         return score_rows(model, rows, ctx)
 
 

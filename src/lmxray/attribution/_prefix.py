@@ -282,8 +282,16 @@ def _supported(model: Model) -> bool:
 
 
 def _overhead(model: Model) -> float:
-    """A forward pass's fixed cost, in token positions (it sets how finely suffixes are bucketed)."""
-    return 2048.0 if model.device.type == "cuda" else 24.0
+    """A forward pass's fixed cost in token positions: it sets how finely suffixes are bucketed
+    and whether reuse pays. Estimated as (per-call time) / (per-token time) from the parameter
+    count; per-call time grows with depth, per-token time with width squared."""
+    d, layers = model.d_model, model.n_layers
+    flops = 2.0 * layers * 12 * d * d + 1.0
+    if model.device.type == "cuda":
+        per_call, rate = 2e-3 + 3e-4 * layers, 2e13
+    else:
+        per_call, rate = 2e-3 + 5e-4 * layers, 1e11
+    return float(min(1e5, max(4.0, per_call * rate / flops)))
 
 
 class _Fallback(Exception):
@@ -314,17 +322,8 @@ class _Runner:
 
     def plain(self, idx: Sequence[int]) -> None:
         """Left-padded batches sorted by length, chunked by the memory budget (no reuse)."""
-        from ._engine import _MAX_ROWS, rows_per_chunk
-
         rows, model = self.rows, self.model
-        order = sorted(idx, key=lambda i: len(rows[i].input_ids))
-        start = 0
-        while start < len(order):
-            longest = len(rows[order[min(len(order) - 1, start + _MAX_ROWS - 1)]].input_ids)
-            keep = max(1, max(len(rows[i].targets) for i in order[start:start + _MAX_ROWS]))
-            n = rows_per_chunk(model, longest, keep, with_grad=False, ctx=self.ctx)
-            chunk = order[start:start + n]
-            start += n
+        for chunk in _plain_chunks(model, rows, idx, self.ctx):
             t_max = max(len(rows[i].targets) for i in chunk)
             seqs = [rows[i].input_ids for i in chunk]
             ids, mask, pos = model.pad_batch(seqs)
@@ -369,26 +368,30 @@ class _Runner:
         ids = torch.full((b, m_max), model.pad_token_id, dtype=torch.long)
         mask = torch.zeros((b, p_max + m_max), dtype=torch.long)
         pos = torch.zeros((b, m_max), dtype=torch.long)
-        gather = torch.zeros((b, max(p_max, 1)), dtype=torch.long)
-        slots = torch.zeros(b, dtype=torch.long)
-        l_src = kv[0][0].shape[2]
+        slot_rows: dict[int, list[int]] = {}
         for j, ((r, slot, p), mj) in enumerate(zip(deps, m, strict=True)):
             ids[j, m_max - mj:] = torch.as_tensor(rows[r].input_ids[p:])
             mask[j, :p] = 1
             mask[j, p_max + m_max - mj:] = 1
             pos[j, m_max - mj:] = torch.arange(p, p + mj)
             pos[j, : m_max - mj] = p
-            gather[j] = (offsets[slot] + torch.arange(gather.shape[1])).clamp(max=l_src - 1)
-            slots[j] = slot
+            slot_rows.setdefault(slot, []).append(j)
         kw: dict[str, Any] = {}
         if p_max > 0:
-            gather, slots = gather[:, :p_max].to(dev), slots.to(dev)
-            data = [
-                (k[slots[:, None], :, gather].transpose(1, 2), v[slots[:, None], :, gather].transpose(1, 2))
-                for k, v in kv
-            ]
             from transformers import DynamicCache
 
+            l_src = kv[0][0].shape[2]
+            data = []
+            for k, v in kv:
+                kb = k.new_zeros((b, k.shape[1], p_max, k.shape[3]))
+                vb = v.new_zeros((b, v.shape[1], p_max, v.shape[3]))
+                for slot, js in slot_rows.items():
+                    a = offsets[slot]
+                    n = min(p_max, l_src - a)  # slots past the source's end stay zero (masked)
+                    sel = torch.as_tensor(js, device=dev)
+                    kb[sel, :, :n] = k[slot, :, a:a + n].unsqueeze(0)
+                    vb[sel, :, :n] = v[slot, :, a:a + n].unsqueeze(0)
+                data.append((kb, vb))
             kw[self.cache_kw or "past_key_values"] = DynamicCache(ddp_cache_data=data)
             kw["use_cache"] = True
         logits = model.forward(
@@ -435,43 +438,67 @@ def _kv_bytes_per_token(model: Model) -> int:
     return int(2 * model.n_layers * heads * head_dim * elt)
 
 
-def _run_plan(runner: _Runner, plan: _Plan) -> None:
-    from ._engine import _MAX_ROWS, _available_memory, rows_per_chunk
+@dataclass
+class _Block:
+    sources: list[int]
+    deps: list[tuple[int, int, int]]  # (row, source slot, P), sorted by suffix length
+    buckets: list[tuple[int, int]]
 
-    model, rows, ctx = runner.model, runner.rows, runner.ctx
-    srcs = sorted(plan.sources, key=lambda i: len(rows[i].input_ids))
+
+def _plain_chunks(model: Model, rows: Sequence[ScoreRow], idx: Sequence[int], ctx: Context) -> list[list[int]]:
+    """Length-sorted chunks of ``idx`` as the plain path runs them (memory-bounded)."""
+    from ._engine import _MAX_ROWS, rows_per_chunk
+
+    order = sorted(idx, key=lambda i: len(rows[i].input_ids))
+    chunks, start = [], 0
+    while start < len(order):
+        longest = len(rows[order[min(len(order) - 1, start + _MAX_ROWS - 1)]].input_ids)
+        keep = max(1, max(len(rows[i].targets) for i in order[start:start + _MAX_ROWS]))
+        n = rows_per_chunk(model, longest, keep, with_grad=False, ctx=ctx)
+        chunks.append(order[start:start + n])
+        start += n
+    return chunks
+
+
+def _chunks_cost(rows: Sequence[ScoreRow], chunks: Sequence[Sequence[int]], overhead: float) -> float:
+    return float(sum(overhead + len(c) * max(len(rows[i].input_ids) for i in c) for c in chunks))
+
+
+def _schedule(model: Model, rows: Sequence[ScoreRow], plan: _Plan, ctx: Context) -> tuple[list[_Block], float]:
+    """Source blocks (memory-bounded, KV cache included) with their dependents' buckets, and the
+    estimated cost in token positions (a forward pass's overhead counted in positions too)."""
+    from ._engine import _available_memory, rows_per_chunk
+
     budget = ctx.memory_budget or _available_memory(model.device)
     kv_tok = _kv_bytes_per_token(model)
     overhead = _overhead(model)
-    start = 0
-    while start < len(srcs):
-        longest = len(rows[srcs[min(len(srcs) - 1, start + _MAX_ROWS - 1)]].input_ids)
-        keep = max(1, max(len(rows[i].targets) for i in srcs[start:start + _MAX_ROWS]))
-        n = rows_per_chunk(model, longest, keep, with_grad=False, ctx=ctx)
-        n = max(1, min(n, int(budget // 4 // max(1, kv_tok * longest))))
-        block = srcs[start:start + n]
-        start += n
-        kv, offsets = runner.sources(block)
-        deps = [(r, slot, p) for slot, s in enumerate(block) for r, p in plan.deps[s]]
-        deps.sort(key=lambda d: len(rows[d[0]].input_ids) - d[2])
-        if not deps:
-            continue
-        l_all = max(len(rows[r].input_ids) for r, _, _ in deps)
-        t_all = max(len(rows[r].targets) for r, _, _ in deps)
-        cap = rows_per_chunk(model, l_all, t_all, with_grad=False, ctx=ctx)
-        m = np.array([len(rows[r].input_ids) - p for r, _, p in deps], dtype=np.float64)
-        for a, b in _buckets(m, overhead, cap):
-            runner.dependents(deps[a:b], kv, offsets)
+    blocks, cost = [], 0.0
+    for chunk in _plain_chunks(model, rows, plan.sources, ctx):
+        longest = max(len(rows[i].input_ids) for i in chunk)
+        n = max(1, int(budget // 4 // max(1, kv_tok * longest)))
+        for a in range(0, len(chunk), n):
+            block = chunk[a:a + n]
+            cost += overhead + len(block) * max(len(rows[i].input_ids) for i in block)
+            deps = [(r, slot, p) for slot, s in enumerate(block) for r, p in plan.deps[s]]
+            deps.sort(key=lambda d: len(rows[d[0]].input_ids) - d[2])
+            buckets: list[tuple[int, int]] = []
+            if deps:
+                l_all = max(len(rows[r].input_ids) for r, _, _ in deps)
+                t_all = max(len(rows[r].targets) for r, _, _ in deps)
+                cap = rows_per_chunk(model, l_all, t_all, with_grad=False, ctx=ctx)
+                m = np.array([len(rows[r].input_ids) - p for r, _, p in deps], dtype=np.float64)
+                buckets = _buckets(m, overhead, cap)
+                cost += sum(overhead + (e - b) * m[e - 1] for b, e in buckets)
+            blocks.append(_Block(list(block), deps, buckets))
+    return blocks, cost
+
+
+def _run_blocks(runner: _Runner, blocks: Sequence[_Block]) -> None:
+    for blk in blocks:
+        kv, offsets = runner.sources(blk.sources)
+        for a, b in blk.buckets:
+            runner.dependents(blk.deps[a:b], kv, offsets)
         del kv
-
-
-def _estimated_cost(rows: Sequence[ScoreRow], plan: _Plan, overhead: float) -> tuple[float, float]:
-    lens = {i: len(rows[i].input_ids) for i in [*plan.sources, *plan.plain]}
-    dep_m = [len(rows[r].input_ids) - p for s in plan.sources for r, p in plan.deps[s]]
-    all_l = [len(rows[r].input_ids) for s in plan.sources for r, _ in plan.deps[s]]
-    plain = sum(lens.values()) + sum(all_l)
-    reuse = sum(lens.values()) + sum(dep_m) + overhead * (len(plan.sources) > 0) * 2
-    return float(plain), float(reuse)
 
 
 def score_rows(model: Model, rows: Sequence[ScoreRow], ctx: Context) -> list[np.ndarray]:
@@ -510,12 +537,19 @@ def score_rows(model: Model, rows: Sequence[ScoreRow], ctx: Context) -> list[np.
             for b in range(0, len(todo), _PLAN_BLOCK):
                 block = todo[b:b + _PLAN_BLOCK]
                 plan = _plan(rows, block)
-                plain_cost, reuse_cost = _estimated_cost(rows, plan, _overhead(model))
-                if not plan.sources or (mode == "auto" and reuse_cost > 0.9 * plain_cost):
+                if not plan.sources:
+                    runner.plain(block)
+                    continue
+                over = _overhead(model)
+                blocks, reuse_cost = _schedule(model, rows, plan, ctx)
+                plain_rest = _plain_chunks(model, rows, plan.plain, ctx)
+                reuse_cost += _chunks_cost(rows, plain_rest, over)
+                plain_cost = _chunks_cost(rows, _plain_chunks(model, rows, block, ctx), over)
+                if mode == "auto" and reuse_cost > 0.9 * plain_cost:
                     runner.plain(block)
                     continue
                 try:
-                    _run_plan(runner, plan)
+                    _run_blocks(runner, blocks)
                 except _Fallback:
                     for i in block:
                         out[i] = None

@@ -7,8 +7,14 @@ perturbed, earlier target tokens included; each perturbed sequence scores every 
 teacher-forced forward pass, and all perturbed sequences are batched
 (:func:`~lmxray.attribution._engine.score_sequences`).
 
-Passes: 1 + (S - 1) sequence evaluations per prompt (S sources), batched into
-ceil(S / chunk) forwards.
+``sources="prompt"`` occludes prompt tokens only (target tokens stay; their cells are NaN), the
+convention of Captum's ``LLMAttribution``.
+
+Passes: 1 + (S - 1) sequence evaluations per prompt (S sources), batched; each perturbed sequence
+recomputes only the positions from the occluded token on (prefix KV-cache reuse in
+:func:`~lmxray.attribution._engine.score_sequences`): about S^2 / 2 token positions instead of S^2.
+Shapley values, KernelSHAP and LIME over the same kind of perturbations live in
+:mod:`~lmxray.attribution.shapley` and :mod:`~lmxray.attribution.surrogate`.
 """
 
 from __future__ import annotations
@@ -67,7 +73,7 @@ def occlude(
     values = score_sequences(model, rows, ctx)
     full = [np.zeros(r.n_target, np.float32) for r in requests]
     drops = [np.full((len(positions[i]), r.n_target), np.nan, np.float32) for i, r in enumerate(requests)]
-    for (i, p_idx, first), v in zip(meta, values, strict=True):
+    for (i, p_idx, _), v in zip(meta, values, strict=True):
         if p_idx < 0:
             full[i] = v
     for (i, p_idx, first), v in zip(meta, values, strict=True):
@@ -80,6 +86,13 @@ def check_replace(model: Model, replace: str, baseline: Any) -> tuple[int | None
     if replace == "remove":
         return None, "remove"
     if replace == "baseline":
+        if isinstance(baseline, str) and baseline == "auto" and not isinstance(model, Model):
+            # a black-box model has no embeddings to inspect: first of unk, pad, eos
+            tok = model.tokenizer
+            ids = [i for i in (tok.unk_token_id, tok.pad_token_id, tok.eos_token_id) if i is not None]
+            if not ids:
+                raise InputError("the tokenizer has no unk/pad/eos token; pass baseline=<token id>")
+            baseline = int(ids[0])
         bid, desc = resolve_baseline_ids(model, baseline)
         if bid is None:
             raise InputError("occlusion with replace='baseline' needs a token baseline, not 'zero'")
@@ -91,25 +104,34 @@ def check_replace(model: Model, replace: str, baseline: Any) -> tuple[int | None
     "occlusion",
     description="Leave-one-token-out: drop in the target when a source token is removed or replaced.",
     kind="perturbation",
-    params={"replace": "remove", "baseline": "auto"},
-    passes="1 + (S - 1) sequence evaluations per prompt, batched",
+    params={"replace": "remove", "baseline": "auto", "sources": "all"},
+    passes="1 + (S - 1) sequence evaluations per prompt (prompt only: 1 + P), batched; "
+    "shared prefixes from the KV cache",
 )
 def occlusion(
-    model: Model, requests: list[Request], ctx: Context, *, replace: str, baseline: Any
+    model: Model, requests: list[Request], ctx: Context, *, replace: str, baseline: Any,
+    sources: str,
 ) -> list[MethodOutput]:
     baseline_id, desc = check_replace(model, replace, baseline)
-    positions = [list(range(len(r.input_ids))) for r in requests]
+    if sources not in ("all", "prompt"):
+        raise InputError(f"sources must be 'all' or 'prompt', got {sources!r}")
+    positions = [
+        list(range(len(r.input_ids) if sources == "all" else r.n_prompt)) for r in requests
+    ]
     results = occlude(model, requests, ctx, positions, replace, baseline_id)
     outs = []
     for r, (fx, drop) in zip(requests, results, strict=True):
         scores = np.full((r.n_target, r.n_source), np.nan, np.float32)
-        scores[:, : len(r.input_ids)] = drop.T
+        scores[:, : drop.shape[0]] = drop.T
         scores = nan_mask_scores(scores, r.n_prompt)
         info: dict[str, Any] = {"replace": replace}
         if replace == "baseline":
             info["baseline"] = desc
-        undefined = int(np.isnan(scores[:, : r.n_prompt]).sum())
-        if undefined:  # removing the only token of a step's prefix leaves nothing to score
+        if sources == "prompt":
+            info["sources"] = "prompt"
+        defined = np.arange(r.n_source)[None, :] < (r.n_prompt + np.arange(r.n_target))[:, None]
+        undefined = int((np.isnan(scores) & defined).sum())
+        if undefined:  # target tokens not occluded, or a step left with an empty prefix
             info["undefined_cells"] = undefined
         outs.append(MethodOutput(scores, fx, info))
     return outs
