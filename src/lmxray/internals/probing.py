@@ -147,7 +147,7 @@ def control_labels(labels: Sequence[Hashable], keys: Sequence[Hashable], seed: i
     distribution; every example takes its key's label."""
     if len(labels) != len(keys):
         raise InputError("need one control key per label")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng((int(seed), 0x1EA7))  # salted: independent of data drawn with `seed`
     uniq, counts = np.unique(np.asarray([str(v) for v in labels]), return_counts=True)
     probs = counts / counts.sum()
     lookup = {str(v): v for v in labels}
@@ -189,10 +189,8 @@ def probe(
         >>> r = probe(m, prompts, continents, position=subject_last)   # doctest: +SKIP
         >>> print(r.table())                                          # doctest: +SKIP
     """
-    from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import KFold, StratifiedKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
 
     if len(labels) != len(prompts):
         raise InputError(f"need one label per prompt (got {len(labels)} for {len(prompts)})")
@@ -214,15 +212,10 @@ def probe(
     folds = list(splitter.split(X[:, 0], y if stratify else None))
     acc = np.zeros((len(layers), cv))
     ctrl = np.zeros((len(layers), cv))
-    for li in range(len(layers)):
-        for f, (tr, te) in enumerate(folds):
-            for target, out in ((y, acc), (y_ctrl, ctrl)):
-                if len(np.unique(target[tr])) < 2:
-                    out[li, f] = float(np.mean(target[te] == target[tr][0]))
-                    continue
-                clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
-                clf.fit(X[tr, li], target[tr])
-                out[li, f] = float(clf.score(X[te, li], target[te]))
+    # small fits gain nothing from BLAS threads and lose a lot to them on a busy machine
+    small = X.shape[0] * X.shape[-1] < 2_000_000
+    with threadpool_limits(limits=1 if small else None):
+        _fit_all(X, y, y_ctrl, folds, C, acc, ctrl)
     return ProbeResult(
         layers=layers, accuracy=acc.mean(1).astype(np.float32), control_accuracy=ctrl.mean(1).astype(np.float32),
         accuracy_std=acc.std(1).astype(np.float32), majority=float(counts.max() / counts.sum()),
@@ -232,3 +225,20 @@ def probe(
               "position": position if isinstance(position, int) else "per-example",
               "control_keys": "token at position" if control_keys is None else "given"},
     )
+
+
+def _fit_all(X: np.ndarray, y: np.ndarray, y_ctrl: np.ndarray, folds: list[Any], C: float,
+             acc: np.ndarray, ctrl: np.ndarray) -> None:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    for li in range(X.shape[1]):
+        for f, (tr, te) in enumerate(folds):
+            for target, out in ((y, acc), (y_ctrl, ctrl)):
+                if len(np.unique(target[tr])) < 2:
+                    out[li, f] = float(np.mean(target[te] == target[tr][0]))
+                    continue
+                clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
+                clf.fit(X[tr, li], target[tr])
+                out[li, f] = float(clf.score(X[te, li], target[te]))
