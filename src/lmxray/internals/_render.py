@@ -244,5 +244,5 @@ def show_matrix(title: str, matrix: np.ndarray, rows: Sequence[str], cols: Seque
     for col in cols:
         t.add_column(display_token(str(col)), justify="right")
     for r, row in zip(rows, np.asarray(matrix), strict=True):
-        t.add_row(display_token(str(r)), *["nan" if not np.isfinite(v) else fmt.format(v) for v in row])
+        t.add_row(display_token(str(r), whitespace=False), *["nan" if not np.isfinite(v) else fmt.format(v) for v in row])
     c.print(t)

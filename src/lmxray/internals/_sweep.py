@@ -250,7 +250,7 @@ def sweep(
     value_cache: dict[Write, Any] = {}
     total_rows = len(jobs) * n_base
     bar = tqdm(total=total_rows, desc=progress if isinstance(progress, str) else "patching",
-               disable=not progress, leave=False, unit="row")
+               disable=None if progress else True, leave=False, unit="row")
     try:
         for p, members in sorted(groups.items()):
             n_new = L - p

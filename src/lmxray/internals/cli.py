@@ -209,7 +209,8 @@ def trace(
         r.show(out)
         if attribution:
             out.print("attribution patching vs exact, Pearson r: " +
-                      ", ".join(f"{k} {v:.3f}" for k, v in r.info["attribution_pearson_r"].items()), markup=False)
+                      ", ".join(f"{k} {v:.3f}" for k, v in r.info["attribution_pearson_r"].items()),
+                      markup=False, soft_wrap=True)
     _write(r, json_out, html_out, png_out, err)
 
 
@@ -248,13 +249,16 @@ def heads(
     if str(json_out) != "-":
         for k in SCORE_KINDS:
             out.print(f"{k}: " + ", ".join(f"L{lh[0]}H{lh[1]} {v:.3f}" for lh, v in r.top(k, top)),
-                      markup=False, highlight=False)
+                      markup=False, highlight=False, soft_wrap=True)
         if ablate_zoo is not None:
             a = r.info["ablation"]
             rnd = [c["accuracy"] for c in a["random"]]
-            out.print(f"{ablate_zoo}: accuracy {a['base_accuracy']:.3f} → {a['accuracy']:.3f} ablating the top "
-                      f"{len(a['heads'])} induction heads; random heads: mean {sum(rnd) / len(rnd):.3f} "
-                      f"(min {min(rnd):.3f})", markup=False, highlight=False)
+            rlp = [c["logprob"] for c in a["random"]]
+            out.print(f"{ablate_zoo}: accuracy {a['base_accuracy']:.3f} → {a['accuracy']:.3f}, target log-prob "
+                      f"{a['base_logprob']:.3f} → {a['logprob']:.3f} ablating the top {len(a['heads'])} induction "
+                      f"heads; {len(rnd)} random sets of as many heads: accuracy mean {sum(rnd) / len(rnd):.3f} "
+                      f"(min {min(rnd):.3f}), log-prob mean {sum(rlp) / len(rlp):.3f}",
+                      markup=False, highlight=False, soft_wrap=True)
     _write(r, json_out, html_out, png_out, err, png=lambda p: r.to_png(p, kind))
 
 

@@ -289,7 +289,7 @@ def head_ablation_effects(model: Model, prompts: Sequence[str], targets: Sequenc
     effect = np.zeros(len(heads))
     ex_chunk = max(1, min(len(ex), batch_size))
     per = max(1, batch_size // ex_chunk)
-    bar = tqdm(total=len(heads), desc="head ablation", disable=not progress, leave=False)
+    bar = tqdm(total=len(heads), desc="head ablation", disable=None if progress else True, leave=False)
     try:
         sums = np.zeros(len(heads))
         for s in range(0, len(ex), ex_chunk):

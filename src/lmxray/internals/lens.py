@@ -287,7 +287,7 @@ class TunedLens:
         rng = np.random.default_rng(seed)
         order: list[int] = []
         losses = []
-        for _ in tqdm(range(steps), desc="tuned lens", disable=not progress, leave=False):
+        for _ in tqdm(range(steps), desc="tuned lens", disable=None if progress else True, leave=False):
             if len(order) < batch_size:
                 order += rng.permutation(len(seqs)).tolist()
             batch = [seqs[i] for i in order[:batch_size]]

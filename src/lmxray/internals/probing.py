@@ -128,7 +128,7 @@ def collect(model: Model, prompts: Sequence[Any], *, site: str = "resid_post", p
     if not seqs:
         raise InputError("no prompts to probe")
     xs, keys = [], []
-    for s in tqdm(range(0, len(seqs), batch_size), desc="probe activations", disable=not progress, leave=False):
+    for s in tqdm(range(0, len(seqs), batch_size), desc="probe activations", disable=None if progress else True, leave=False):
         batch = seqs[s:s + batch_size]
         cache = run_with_cache(model, batch, cache=names, logits=False)
         L = cache.input_ids.shape[1]

@@ -384,7 +384,7 @@ def trace_facts(
     done = _read_checkpoint(ck) if ck is not None else {}
     fh = ck.open("a", encoding="utf-8") if ck is not None else None
     try:
-        for i, (prompt, _subject, answer) in enumerate(tqdm(items, desc="causal tracing", disable=not progress)):
+        for i, (prompt, _subject, answer) in enumerate(tqdm(items, desc="causal tracing", disable=None if progress else True)):
             if i in done:
                 continue
             row: dict[str, Any] = {"index": i}
