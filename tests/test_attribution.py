@@ -7,9 +7,9 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny
 
 import lmxray
+from conftest import build_tiny
 from lmxray.attribution.gradient import ConvergenceWarning
 from lmxray.errors import InputError, NumericalError
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
-from conftest import build_tiny
 
 import lmxray
+from conftest import build_tiny
 from lmxray.errors import InputError, ModelLoadError
 
 PROMPTS = ["The capital of France is", "When Mary and John went to the store, John gave"]

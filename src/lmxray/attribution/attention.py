@@ -21,8 +21,8 @@ import torch
 
 from ..errors import InputError, MethodError
 from ..model import Model
-from ._engine import ScoreRow, _target_tensors
 from ..targets import evaluate_target
+from ._engine import ScoreRow, _target_tensors
 from .base import Context, MethodOutput, Request, nan_mask_scores, register_method
 
 

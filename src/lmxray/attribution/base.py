@@ -25,7 +25,7 @@ from ..errors import InputError
 from ..targets import TargetFn
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..model import Model
+    pass
 
 __all__ = [
     "Request",
