@@ -1,0 +1,171 @@
+"""Prefix KV-cache reuse in score_sequences: same numbers as full recomputation on every family,
+fewer token positions, duplicates once, bounded chunks, and a safe fallback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import FAMILIES, build_tiny
+
+import lmxray
+from lmxray.attribution import _prefix
+from lmxray.attribution._engine import ScoreRow, score_sequences
+from lmxray.attribution._prefix import count_forward_tokens, prefix_cache
+from lmxray.attribution.base import Context
+from lmxray.targets import resolve_target_fn
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPTS = ["The capital of France is Paris. The capital of Italy is",
+           "When Mary and John went to the store, John gave"]
+TARGETS = [" Rome. The quick", " a drink to Mary"]
+
+
+def _load(family):
+    hf, tok = build_tiny(family)
+    return lmxray.load(model=hf, tokenizer=tok)
+
+
+def _both(m, **kw):
+    with prefix_cache("off"), count_forward_tokens() as plain_stats:
+        plain = m.attribute(PROMPTS, target=TARGETS, **kw)
+    with prefix_cache("on"), count_forward_tokens() as reuse_stats:
+        reuse = m.attribute(PROMPTS, target=TARGETS, **kw)
+    return plain, reuse, plain_stats, reuse_stats
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_reuse_equals_full_recomputation_every_family(family):
+    m = _load(family)
+    for kw in (dict(method="occlusion"), dict(method="occlusion", replace="baseline"),
+               dict(method="kernel_shap", n_samples=24, replace="baseline")):
+        plain, reuse, ps, rs = _both(m, **kw)
+        for a, b in zip(plain, reuse, strict=True):
+            np.testing.assert_allclose(b.scores, a.scores, atol=1e-5, equal_nan=True)
+            np.testing.assert_allclose(b.target_scores, a.target_scores, atol=1e-5)
+        assert rs.reused_tokens > 0 and rs.computed_tokens < ps.computed_tokens, (family, kw)
+        assert ps.reused_tokens == 0
+
+
+def test_occlusion_position_count_halves():
+    m = _load("gpt2")
+    with prefix_cache("on"), count_forward_tokens() as st:
+        a = m.attribute(PROMPTS[0], target=TARGETS[0], method="occlusion", replace="baseline")
+    n_in = len(a.source_tokens) - 1
+    assert st.rows == n_in + 1 and st.naive_tokens == (n_in + 1) * n_in
+    # the unperturbed row in full, each occluded row from its occluded position on
+    assert st.computed_tokens == n_in + sum(n_in - p for p in range(n_in))
+    assert st.computed_tokens + st.reused_tokens == st.naive_tokens
+
+
+def test_arbitrary_rows_foils_and_target_functions():
+    """Rows that do not come from one base sequence (faithfulness-style), foils, prob target."""
+    m = _load("llama")
+    rng = np.random.default_rng(0)
+    base = [int(x) for x in rng.integers(4, m.vocab_size, 30)]
+    rows = []
+    for k in range(40):
+        ids = list(base[: int(rng.integers(5, 30))])
+        for p in rng.choice(len(ids), size=int(rng.integers(0, 3)), replace=False):
+            ids[int(p)] = int(rng.integers(4, m.vocab_size))
+        n_t = int(rng.integers(1, 4))
+        tg = [int(x) for x in rng.integers(4, m.vocab_size, n_t)]
+        foil = [int(x) for x in rng.integers(4, m.vocab_size, n_t)] if k % 3 == 0 else None
+        rows.append(ScoreRow(ids, tg, foil))
+    rows += rows[:5]  # duplicates
+    for fn in ("logprob", "prob"):
+        ctx = Context(target_fn=resolve_target_fn(fn))
+        with prefix_cache("off"):
+            plain = score_sequences(m, rows, ctx)
+        with prefix_cache("on"), count_forward_tokens() as st:
+            reuse = score_sequences(m, rows, ctx)
+        for a, b in zip(plain, reuse, strict=True):
+            np.testing.assert_allclose(b, a, atol=1e-5)
+        assert st.unique_rows == 40 and st.rows == 45
+        assert st.computed_tokens < st.naive_tokens
+
+
+def test_small_chunks_bound_the_batches_and_keep_the_numbers():
+    m = _load("qwen2")
+    with prefix_cache("on"), count_forward_tokens() as big:
+        a = m.attribute(PROMPTS, target=TARGETS, method="occlusion")
+    with prefix_cache("on"), count_forward_tokens() as small:
+        b = m.attribute(PROMPTS, target=TARGETS, method="occlusion", internal_batch_size=2)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_allclose(y.scores, x.scores, atol=1e-5, equal_nan=True)
+    assert small.forwards > big.forwards
+    assert small.padded_tokens / small.forwards <= 2 * 64  # at most 2 rows of <= 64 tokens
+
+
+def test_auto_mode_and_methods_report_positions():
+    m = _load("gpt2")
+    a = m.attribute(PROMPTS[1], target=TARGETS[1], method="shapley_sampling", n_samples=4)
+    ft = a.info["forward_tokens"]
+    assert ft["computed_tokens"] <= ft["naive_tokens"] and ft["unique_rows"] <= ft["rows"]
+
+
+def test_a_cache_that_does_not_reproduce_falls_back_with_a_warning(monkeypatch):
+    m = _load("gpt2")
+    with prefix_cache("off"):
+        ref = m.attribute(PROMPTS[0], target=TARGETS[0], method="occlusion")
+    real = _prefix._kv_layers
+
+    def broken(cache):
+        return [(k, v + 0.05) for k, v in real(cache)]
+
+    monkeypatch.setattr(_prefix, "_kv_layers", broken)
+    try:
+        with prefix_cache("on"), pytest.warns(RuntimeWarning, match="prefix KV-cache reuse"):
+            got = m.attribute(PROMPTS[0], target=TARGETS[0], method="occlusion")
+        np.testing.assert_allclose(got.scores, ref.scores, atol=1e-5, equal_nan=True)
+        assert _prefix._VERIFIED.get(m.hf) is False
+        with prefix_cache("on"), count_forward_tokens() as st:  # disabled for this model now
+            m.attribute(PROMPTS[0], target=TARGETS[0], method="occlusion")
+        assert st.reused_tokens == 0
+    finally:
+        _prefix._VERIFIED.pop(m.hf, None)
+
+
+def test_model_without_position_ids_is_scored_plainly(monkeypatch):
+    m = _load("gpt2")
+    monkeypatch.setattr(m, "_accepts_position_ids", False)
+    with prefix_cache("on"), count_forward_tokens() as st:
+        m.attribute(PROMPTS[0], target=TARGETS[0], method="occlusion")
+    assert st.reused_tokens == 0
+
+
+def test_bad_mode_is_an_input_error():
+    with pytest.raises(lmxray.InputError, match="prefix cache mode"):
+        with prefix_cache("always"):
+            pass
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (REPO / "benchmarks/.peers/venv-captum/bin/python").exists(),
+    reason="needs the transformers 4.x peer venv (bash benchmarks/setup_peers.sh captum)",
+)
+def test_reuse_on_transformers_4():
+    """The same equality check under transformers 4.57 (the Captum peer venv)."""
+    py = REPO / "benchmarks/.peers/venv-captum/bin/python"
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(REPO / "src")}
+    out = subprocess.run(
+        [str(py), str(REPO / "benchmarks/perturbation/check_prefix.py")],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "transformers 4." in out.stdout and "all families equal" in out.stdout
+
+
+def test_torch_state_untouched():
+    m = _load("gpt2")
+    before = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+    m.attribute(PROMPTS[0], target=TARGETS[0], method="kernel_shap", n_samples=8)
+    assert (torch.is_grad_enabled(), torch.is_inference_mode_enabled()) == before
+    assert not m.hf.training and all(p.requires_grad for p in m.hf.parameters())
+    assert sys.modules.get("lmxray.attribution._prefix") is _prefix
