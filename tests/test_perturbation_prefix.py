@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FAMILIES, build_tiny
 
 import lmxray
+from conftest import FAMILIES, build_tiny
 from lmxray.attribution import _prefix
 from lmxray.attribution._engine import ScoreRow, score_sequences
 from lmxray.attribution._prefix import count_forward_tokens, prefix_cache

@@ -28,9 +28,8 @@ except ImportError:
     stub.fixture = lambda *a, **k: (lambda f: f)  # type: ignore[attr-defined]
     stub.__spec__ = importlib.machinery.ModuleSpec("pytest", None)
     sys.modules["pytest"] = stub
-from conftest import FAMILIES, build_tiny  # noqa: E402
-
 import lmxray  # noqa: E402
+from conftest import FAMILIES, build_tiny  # noqa: E402
 from lmxray.attribution._prefix import count_forward_tokens, prefix_cache  # noqa: E402
 
 PROMPTS = ["The capital of France is Paris. The capital of Italy is",
@@ -51,7 +50,7 @@ def main() -> int:
                 a = m.attribute(PROMPTS, target=TARGETS, **kw)
             with prefix_cache("on"), count_forward_tokens() as st:
                 b = m.attribute(PROMPTS, target=TARGETS, **kw)
-            err = max(float(np.nanmax(np.abs(x.scores - y.scores))) for x, y in zip(a, b))
+            err = max(float(np.nanmax(np.abs(x.scores - y.scores))) for x, y in zip(a, b, strict=True))
             worst = max(worst, err)
             print(f"{fam:9s} {kw['method']:12s} {kw.get('replace', 'remove'):8s} max|diff| "
                   f"{err:.1e}  positions {st.computed_tokens}/{st.naive_tokens} "
