@@ -183,3 +183,31 @@ def test_result_roundtrip_and_pictures(tmp_path):
     with pytest.raises(FormatError):
         PatchingResult.load(tmp_path / "bad.json")
     assert r.top("resid_pre", 1)[0][1] == pytest.approx(float(np.nanmax(r.effects["resid_pre"])))
+
+
+def test_metric_over_the_last_k_positions():
+    """A teacher-forced continuation metric (the TransformerLens benchmark's): prefix reuse must
+    fill the positions before a patch from the base run."""
+    m = tiny("gpt2")
+    clean, corrupt = m.encode(CLEAN), m.encode(CORRUPT)
+    k = 4
+    tgt = torch.tensor(clean[-k + 1:])
+
+    def fn(lg):  # lg [N, k, V]: log-probs of the last k-1 clean tokens
+        lp = torch.log_softmax(lg[:, :-1], -1)
+        return lp[:, torch.arange(k - 1), tgt].sum(-1)
+
+    r = activation_patching(m, clean, corrupt, sites=["resid_pre", "attn.head_out"], metric=fn, metric_positions=k)
+    r0 = activation_patching(m, clean, corrupt, sites=["resid_pre", "attn.head_out"], metric=fn, metric_positions=k,
+                             prefix_reuse=False)
+    for key in r.raw:
+        np.testing.assert_allclose(r.raw[key], r0.raw[key], atol=1e-4)
+    src = run_with_cache(m, [clean], cache="all")
+    for layer, pos in [(0, 3), (1, len(clean) - 2)]:
+        with intervene(m, {f"layers.{layer}.resid_pre": patch(src, positions=[pos])}):
+            lg = m.logits(corrupt)[None, -k:]
+        assert r.raw["resid_pre"][layer, pos] == pytest.approx(float(fn(lg)[0]), abs=1e-4)
+    ap = attribution_patching(m, clean, corrupt, sites=["attn.head_out"], metric=fn, metric_positions=k)
+    assert compare(r, ap)["attn.head_out"] > 0.8
+    with pytest.raises(InputError, match="metric function"):
+        activation_patching(m, clean, corrupt, " Mary", " John", metric_positions=2)

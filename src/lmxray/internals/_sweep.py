@@ -174,19 +174,25 @@ def _edit_ops(
     return ops
 
 
+def _apply_metric(metric: Callable[[torch.Tensor], torch.Tensor], logits: torch.Tensor, k: int) -> torch.Tensor:
+    """``metric`` on the last position ``[N, V]`` (k = 1) or the last k positions ``[N, k, V]``."""
+    return metric(logits[:, -1].float()) if k == 1 else metric(logits[:, -k:].float())
+
+
 def base_metric(
     model: Model, ids: Sequence[int], metric: Callable[[torch.Tensor], torch.Tensor], *,
-    n_base: int = 1, base_edits: Sequence[BaseEdit] = (), keep_cache: bool = False,
-) -> tuple[np.ndarray, Any]:
-    """The metric on the base rows (no job writes) ``[R]``, and their KV cache if asked."""
+    n_base: int = 1, base_edits: Sequence[BaseEdit] = (), keep_cache: bool = False, metric_positions: int = 1,
+) -> tuple[np.ndarray, Any, torch.Tensor]:
+    """The metric on the base rows (no job writes) ``[R]``, their KV cache if asked, and their
+    last ``metric_positions`` logits ``[R, k, V]``."""
     sm = site_map(model)
     ops = _edit_ops([Job(())], n_base, None, base_edits, sm, {})
     x = torch.tensor([list(ids)] * n_base, device=model.device)
     kw: dict[str, Any] = {"use_cache": True} if keep_cache else {}
     with torch.no_grad(), intervene(model, ops):
-        out = model.forward(input_ids=x, attention_mask=torch.ones_like(x), logits_to_keep=1, **kw)
-    vals = metric(out.logits[:, -1].float()).float().cpu().numpy()
-    return vals, (_out_cache(out) if keep_cache else None)
+        out = model.forward(input_ids=x, attention_mask=torch.ones_like(x), logits_to_keep=metric_positions, **kw)
+    vals = _apply_metric(metric, out.logits, metric_positions).float().cpu().numpy()
+    return vals, (_out_cache(out) if keep_cache else None), out.logits
 
 
 def sweep(
@@ -202,6 +208,7 @@ def sweep(
     batch_size: int | None = None,
     memory_budget: int | None = None,
     progress: bool | str = False,
+    metric_positions: int = 1,
 ) -> np.ndarray:
     """The metric after each job, averaged over the ``n_base`` base rows: ``[len(jobs)]``.
 
@@ -209,7 +216,8 @@ def sweep(
         model: the lmxray Model.
         ids: the base token ids (one unpadded sequence, e.g. the corrupted prompt).
         jobs: what to write; values come from row 0 of ``source`` at the same token positions.
-        metric: ``logits [N, vocab] -> [N]`` at the last position.
+        metric: ``logits [N, vocab] -> [N]`` at the last position, or ``[N, k, vocab] -> [N]``
+            over the last ``k = metric_positions`` positions.
         source: activations to write (e.g. the clean run's cache).
         n_base: base rows per job (noise samples); ``base_edits`` give each its edits.
         prefix_reuse: reuse the base KV cache before each job's first written position.
@@ -234,10 +242,14 @@ def sweep(
         if p >= L:
             raise InputError(f"a job writes at position {p} but the input has {L} tokens")
         groups.setdefault(p, []).append(k)
-    base_cache = None
+    K = int(metric_positions)
+    if not 1 <= K <= L:
+        raise InputError(f"metric_positions must be in 1..{L}")
+    base_cache = base_logits = None
     if prefix_reuse and any(p > 0 for p in groups):
         try:
-            _, base_cache = base_metric(model, ids, metric, n_base=n_base, base_edits=base_edits, keep_cache=True)
+            _, base_cache, base_logits = base_metric(model, ids, metric, n_base=n_base, base_edits=base_edits,
+                                                     keep_cache=True, metric_positions=K)
             probe = copy.deepcopy(base_cache)
             probe.crop(-1)
             probe.batch_repeat_interleave(1)
@@ -272,10 +284,14 @@ def sweep(
                     kw[cache_kw] = c
                     kw["use_cache"] = True
                 pos = torch.arange(p, L, device=dev).expand(rows, n_new)
+                keep = min(K, n_new)
                 with torch.no_grad(), intervene(model, ops):
                     logits = model.forward(input_ids=x, attention_mask=mask, position_ids=pos,
-                                           logits_to_keep=1, **kw).logits
-                vals = metric(logits[:, -1].float()).float().cpu().numpy().reshape(n_base, J)
+                                           logits_to_keep=keep, **kw).logits
+                if keep < K:  # metric positions before p: unchanged from the base run
+                    assert base_logits is not None
+                    logits = torch.cat([base_logits[:, :K - keep].repeat_interleave(J, 0), logits], 1)
+                vals = _apply_metric(metric, logits, K).float().cpu().numpy().reshape(n_base, J)
                 out[idx] = vals.mean(0)
                 bar.update(rows)
     finally:

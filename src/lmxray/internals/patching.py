@@ -34,7 +34,7 @@ from ..hooks import Fn, capture, prepare_inputs, run_with_cache
 from ..model import Model
 from ..sites import site_map
 from ._result import JsonResult, from_jsonable
-from ._sweep import Job, Write, base_metric, sweep
+from ._sweep import Job, Write, _apply_metric, base_metric, sweep
 
 __all__ = [
     "PatchingResult",
@@ -222,7 +222,7 @@ def _positions_mode(positions: str) -> str:
 
 
 def _setup(model: Model, clean: Any, corrupt: Any, answer: Any, foil: Any, metric: Any,
-           kinds: list[str]) -> tuple[list[int], list[int], Any, int, int | None, MetricFn, float, float]:
+           kinds: list[str], k: int = 1) -> tuple[list[int], list[int], Any, int, int | None, MetricFn, float, float]:
     c_ids, k_ids = _pair(model, clean, corrupt)
     sm = site_map(model)
     names = [n for k in kinds for n in sm.by_layer(k)]
@@ -238,9 +238,11 @@ def _setup(model: Model, clean: Any, corrupt: Any, answer: Any, foil: Any, metri
                 "the corrupted prompt predicts the same token as the clean one; pass foil= "
                 "(or answer=) or use metric='prob'"
             )
+    if k != 1 and not callable(metric):
+        raise InputError("metric_positions > 1 needs a metric function of logits [N, k, vocab]")
     fn = make_metric(metric, a_id, f_id)
-    m_clean = float(fn(clean_last[None])[0])
-    m_corr = float(base_metric(model, k_ids, fn)[0][0])
+    m_clean = float(_apply_metric(fn, src.logits, k)[0])
+    m_corr = float(base_metric(model, k_ids, fn, metric_positions=k)[0][0])
     return c_ids, k_ids, src, a_id, f_id, fn, m_clean, m_corr
 
 
@@ -269,6 +271,7 @@ def activation_patching(
     memory_budget: int | None = None,
     prefix_reuse: bool = True,
     progress: bool = False,
+    metric_positions: int = 1,
 ) -> PatchingResult:
     """Patch clean activations into the corrupted run, one (site, position[, head]) at a time.
 
@@ -284,6 +287,8 @@ def activation_patching(
         batch_size / memory_budget: rows per forward or the memory to size chunks from.
         prefix_reuse: reuse the corrupted run's KV cache before each patched position.
         progress: show a progress bar.
+        metric_positions: a metric function reads the last ``k`` positions' logits
+            ``[N, k, vocab]`` (e.g. the log-probability of a teacher-forced continuation).
 
     Returns:
         :class:`PatchingResult` with normalised effects (corrupt = 0, clean = 1).
@@ -297,7 +302,8 @@ def activation_patching(
     """
     kinds = _kinds(model, sites)
     mode = _positions_mode(positions)
-    c_ids, k_ids, src, a_id, f_id, fn, m_clean, m_corr = _setup(model, clean, corrupt, answer, foil, metric, kinds)
+    c_ids, k_ids, src, a_id, f_id, fn, m_clean, m_corr = _setup(model, clean, corrupt, answer, foil, metric, kinds,
+                                                                metric_positions)
     sm = site_map(model)
     L, n_l, n_h = len(c_ids), sm.n_layers, sm.n_heads
     pos_list: list[int | None] = list(range(L)) if mode == "each" else [None]
@@ -312,7 +318,8 @@ def activation_patching(
                 for p in pos_list:
                     jobs.append(Job((Write(name, p, h),)))
     vals = sweep(model, k_ids, jobs, fn, source=src, batch_size=batch_size, memory_budget=memory_budget,
-                 prefix_reuse=prefix_reuse, progress="activation patching" if progress else False)
+                 prefix_reuse=prefix_reuse, progress="activation patching" if progress else False,
+                 metric_positions=metric_positions)
     raw: dict[str, np.ndarray] = {}
     start = 0
     for k in kinds:
@@ -341,6 +348,7 @@ def attribution_patching(
     sites: str | Sequence[str] = ("resid_pre", "attn.out", "mlp.out", "attn.head_out"),
     positions: str = "each",
     metric: str | MetricFn = "logit_diff",
+    metric_positions: int = 1,
 ) -> PatchingResult:
     """First-order estimate of every patch from 2 forward passes and 1 backward pass.
 
@@ -351,14 +359,16 @@ def attribution_patching(
     """
     kinds = _kinds(model, sites)
     mode = _positions_mode(positions)
-    c_ids, k_ids, src, a_id, f_id, fn, m_clean, m_corr = _setup(model, clean, corrupt, answer, foil, metric, kinds)
+    c_ids, k_ids, src, a_id, f_id, fn, m_clean, m_corr = _setup(model, clean, corrupt, answer, foil, metric, kinds,
+                                                                metric_positions)
     sm = site_map(model)
     names = [n for k in kinds for n in sm.by_layer(k)]
     ids = torch.tensor([k_ids], device=model.device)
     leaf = {"embed": Fn(fn=lambda x: x.detach().requires_grad_(True))}
     with torch.enable_grad(), capture(model, names, grad=True, interventions=leaf) as acts:
-        logits = model.forward(input_ids=ids, attention_mask=torch.ones_like(ids), logits_to_keep=1).logits
-        m = fn(logits[:, -1].float())[0]
+        logits = model.forward(input_ids=ids, attention_mask=torch.ones_like(ids),
+                               logits_to_keep=metric_positions).logits
+        m = _apply_metric(fn, logits, metric_positions)[0]
         tensors = [acts[n] for n in names]
         grads = torch.autograd.grad(m, tensors, allow_unused=True)
     est: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
