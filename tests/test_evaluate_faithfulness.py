@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import lmxray
+from conftest import build_tiny
 from lmxray.errors import InputError
 from lmxray.evaluate.faithfulness import (
     Faithfulness,
@@ -18,8 +19,6 @@ from lmxray.evaluate.faithfulness import (
     faithfulness,
 )
 from lmxray.result import Attribution
-
-from conftest import build_tiny
 
 
 @pytest.fixture(scope="module")

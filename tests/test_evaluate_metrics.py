@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny
 
 import lmxray
+from conftest import build_tiny
 from lmxray.errors import InputError
 from lmxray.evaluate.groundtruth import evidence_recovery, verify_evidence
 from lmxray.evaluate.plausibility import iou_f1, plausibility, token_plausibility

@@ -28,7 +28,14 @@ from ..attribution.api import eval_mode
 from ..attribution.base import Context
 from ..errors import InputError
 from ..result import Attribution
-from ._common import as_mask, candidate_positions, check_rank_by, prompt_scores, ranking, special_ids
+from ._common import (
+    as_mask,
+    candidate_positions,
+    check_rank_by,
+    prompt_scores,
+    ranking,
+    special_ids,
+)
 from .faithfulness import target_rank
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -95,32 +102,44 @@ def verify_evidence(
     prompts: Sequence[str],
     targets: Sequence[str],
     evidence: Sequence[Any],
+    content: Sequence[Any] | None = None,
     *,
     internal_batch_size: int | None = None,
 ) -> list[bool]:
     """Which examples' evidence the model really depends on (see the module docstring).
 
+    Args:
+        prompts, targets: the examples; the answer is the target's first token.
+        evidence: per example, prompt token indices (or a mask) of the evidence.
+        content: per example, the tokens whose single deletion must not change the answer
+            (default, or ``None`` for an example: every non-special token outside the evidence).
+
     One batched :func:`score_sequences` call: per example, the full prompt, the prompt without
-    its evidence, and the prompt without each other content token (special tokens stay).
+    its evidence, and the prompt without each content token (special tokens stay).
     """
     if not (len(prompts) == len(targets) == len(evidence)):
         raise InputError("give as many targets and evidence lists as prompts")
+    if content is not None and len(content) != len(prompts):
+        raise InputError("give one content list (or None) per prompt")
     specials = special_ids(model)
     rows: list[ScoreRow] = []
     spans_: list[tuple[int, int]] = []
-    for prompt, target, ev in zip(prompts, targets, evidence, strict=True):
+    for i, (prompt, target, ev) in enumerate(zip(prompts, targets, evidence, strict=True)):
         ids = model.encode(prompt)
         t_ids = model.encode_target(target)
         if not t_ids:
             raise InputError(f"the target of {prompt!r} tokenizes to no tokens")
         mask = as_mask(ev, len(ids), "evidence")
-        content = [i for i, tok in enumerate(ids) if tok not in specials]
+        given = content[i] if content is not None else None
+        if given is None:
+            others = [p for p, tok in enumerate(ids) if tok not in specials and not mask[p]]
+        else:
+            others = [int(p) for p in np.flatnonzero(as_mask(given, len(ids), "content") & ~mask)]
         start = len(rows)
         rows.append(ScoreRow(ids, [t_ids[0]]))
-        rows.append(ScoreRow([t for i, t in enumerate(ids) if not mask[i]] or ids[:1], [t_ids[0]]))
-        for pos in content:
-            if not mask[pos]:
-                rows.append(ScoreRow([t for i, t in enumerate(ids) if i != pos], [t_ids[0]]))
+        rows.append(ScoreRow([t for p, t in enumerate(ids) if not mask[p]] or ids[:1], [t_ids[0]]))
+        for pos in others:
+            rows.append(ScoreRow([t for p, t in enumerate(ids) if p != pos], [t_ids[0]]))
         spans_.append((start, len(rows)))
     ctx = Context(target_fn=target_rank, internal_batch_size=internal_batch_size)
     with eval_mode(model):

@@ -1,0 +1,305 @@
+"""The benchmark runner: methods x metrics over a set of examples, streamed and resumable.
+
+``evaluate(model, examples, methods=[...], metrics=[...], out="results.jsonl")`` explains every
+example with every method and judges each explanation; each (example, method) pair becomes one
+row, a pure function of the example (so the same code can later run data-parallel). Rows are
+appended to a JSONL file as they are computed, one chunk of examples at a time, and flushed to
+disk; a run that is interrupted (Ctrl-C, SIGINT, a crash) and started again with the same
+configuration skips the pairs already in the file, so no row is lost or duplicated. The first
+line of the file is a header with the configuration; a file written with another configuration
+is refused instead of being mixed.
+
+Metric groups: ``faithfulness`` (:mod:`~lmxray.evaluate.faithfulness`), ``plausibility``
+(needs a ``rationale`` per example), ``groundtruth`` (needs ``evidence``; examples are verified
+first, see :func:`~lmxray.evaluate.groundtruth.verify_evidence`, and ground-truth metrics count
+verified examples only), and ``sanity`` (the cascading randomisation check per method, on the
+first ``sanity_examples`` examples). Individual faithfulness metric names are accepted too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..attribution.api import attribute
+from ..attribution.base import methods as registered_methods
+from ..errors import InputError
+from ..model import Model
+from ..result import _jsonable
+from .data import Example, to_examples
+from .faithfulness import DEFAULT_BINS, FAITHFULNESS_METRICS, faithfulness
+from .groundtruth import evidence_recovery, verify_evidence
+from .plausibility import plausibility
+from .report import Evaluation
+
+__all__ = ["evaluate", "METRIC_GROUPS", "RESULTS_FORMAT", "DEFAULT_METHOD_PARAMS"]
+
+RESULTS_FORMAT = "lmxray.evaluate/1"
+METRIC_GROUPS = ("faithfulness", "plausibility", "groundtruth", "sanity")
+# Defaults that keep a benchmark sweep affordable; override with method_params.
+DEFAULT_METHOD_PARAMS: dict[str, dict[str, Any]] = {"integrated_gradients": {"n_steps": 32}}
+
+
+def _resolve_methods(methods: str | Sequence[str]) -> list[str]:
+    known = registered_methods()
+    if isinstance(methods, str):
+        methods = list(known) if methods == "all" else [m.strip() for m in methods.split(",") if m.strip()]
+    chosen = list(dict.fromkeys(methods))
+    if not chosen:
+        raise InputError("no method chosen; give method names or 'all'")
+    for m in chosen:
+        if m not in known:
+            raise InputError(f"unknown method {m!r}; choose from: {', '.join(known)} (or 'all')")
+    return chosen
+
+
+def _resolve_metrics(metrics: str | Sequence[str] | None) -> tuple[set[str], list[str] | None]:
+    """(groups, faithfulness metric subset or None for all)."""
+    if metrics is None or metrics == "all":
+        return set(METRIC_GROUPS) - {"sanity"}, None
+    if isinstance(metrics, str):
+        metrics = [m.strip() for m in metrics.split(",") if m.strip()]
+    groups: set[str] = set()
+    faith: list[str] = []
+    for m in metrics:
+        if m in METRIC_GROUPS:
+            groups.add(m)
+        elif m in FAITHFULNESS_METRICS:
+            groups.add("faithfulness")
+            faith.append(m)
+        else:
+            raise InputError(
+                f"unknown metric {m!r}; choose from {', '.join(METRIC_GROUPS + FAITHFULNESS_METRICS)}"
+            )
+    if not groups:
+        raise InputError("no metric chosen")
+    if "faithfulness" in groups and (not faith or "faithfulness" in metrics):
+        return groups, None
+    return groups, faith or None
+
+
+class _ResultsFile:
+    """Append-only JSONL with a header line; tolerant of a torn last line."""
+
+    def __init__(self, path: Path, header: dict[str, Any], resume: bool) -> None:
+        self.path = path
+        self.rows: list[dict[str, Any]] = []
+        self.sanity: list[dict[str, Any]] = []
+        if path.exists() and path.stat().st_size and resume:
+            self._load(header)
+        else:
+            if path.parent and not path.parent.is_dir():
+                raise InputError(f"cannot write {path}: folder {path.parent} does not exist")
+            with open(path, "w", encoding="utf-8") as fh:
+                fh.write(json.dumps(header) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+
+    def _load(self, header: dict[str, Any]) -> None:
+        good_bytes = 0
+        records = []
+        with open(self.path, "rb") as fh:
+            for raw in fh:
+                if not raw.endswith(b"\n"):
+                    break  # torn write: dropped and rewritten
+                try:
+                    records.append(json.loads(raw))
+                except json.JSONDecodeError:
+                    break
+                good_bytes += len(raw)
+        if not records or records[0].get("kind") != "header" or records[0].get("format") != RESULTS_FORMAT:
+            raise InputError(f"{self.path} is not an lmxray evaluate results file; choose another --out")
+        if records[0].get("config") != header["config"]:
+            old, new = records[0].get("config", {}), header["config"]
+            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            raise InputError(
+                f"{self.path} was written with another configuration (differs in: "
+                f"{', '.join(diff)}); use another --out, or --no-resume to start over"
+            )
+        with open(self.path, "r+b") as fh:
+            fh.truncate(good_bytes)
+        for rec in records[1:]:
+            (self.sanity if rec.get("kind") == "sanity" else self.rows).append(rec)
+
+    def done(self) -> set[tuple[str, str]]:
+        return {(r["example"], r["method"]) for r in self.rows}
+
+    def append(self, records: list[dict[str, Any]]) -> None:
+        if not records:
+            return
+        text = "".join(json.dumps(_jsonable(r), allow_nan=False) + "\n" for r in records)
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        for r in records:
+            (self.sanity if r.get("kind") == "sanity" else self.rows).append(json.loads(json.dumps(_jsonable(r))))
+
+
+class _Memory(_ResultsFile):
+    def __init__(self) -> None:  # noqa: D401 - no file
+        self.path = None  # type: ignore[assignment]
+        self.rows, self.sanity = [], []
+
+    def append(self, records: list[dict[str, Any]]) -> None:
+        for r in records:
+            (self.sanity if r.get("kind") == "sanity" else self.rows).append(
+                json.loads(json.dumps(_jsonable(r)))
+            )
+
+
+def _progress(total: int, initial: int, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="expl",
+                desc="evaluate", dynamic_ncols=True, leave=True)
+
+
+def evaluate(
+    model: Model,
+    examples: Sequence[Any],
+    *,
+    methods: str | Sequence[str] = "all",
+    metrics: str | Sequence[str] | None = None,
+    method_params: dict[str, dict[str, Any]] | None = None,
+    out: str | os.PathLike[str] | None = None,
+    resume: bool = True,
+    batch_size: int = 8,
+    sanity_examples: int = 4,
+    removal: str = "remove",
+    baseline: Any = "auto",
+    bins: Sequence[float] = DEFAULT_BINS,
+    n_steps: int = 20,
+    progress: bool = True,
+    name: str = "examples",
+) -> Evaluation:
+    """Explain every example with every method and judge the explanations.
+
+    Args:
+        model: the model to explain.
+        examples: :class:`~lmxray.evaluate.data.Example` objects, dicts or objects with
+            ``prompt``/``target`` and optional ``rationale``/``evidence``/``spans`` (see
+            :mod:`lmxray.evaluate.data`), e.g. ``lmxray.zoo.tasks.generate("facts")``.
+        methods: method names or ``"all"`` (every registered method, ``random`` included).
+        metrics: groups (``faithfulness``, ``plausibility``, ``groundtruth``, ``sanity``) or
+            faithfulness metric names; default: all groups but ``sanity``.
+        method_params: per-method parameters, e.g. ``{"integrated_gradients": {"n_steps": 64}}``.
+        out: JSONL results file; rows stream into it and a rerun resumes from it.
+        resume: continue ``out`` if it exists (False: start it over).
+        batch_size: examples explained together.
+        sanity_examples: examples used by the sanity check.
+        removal, baseline, bins, n_steps: faithfulness parameters.
+
+    Returns:
+        :class:`~lmxray.evaluate.report.Evaluation`: ``to_dataframe()``, ``leaderboard()``,
+        ``show()``, ``to_csv()``, ``to_html()``, ``to_png()``.
+    """
+    chosen = _resolve_methods(methods)
+    groups, faith_metrics = _resolve_metrics(metrics)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    exs = to_examples(model, examples)
+    if not exs:
+        raise InputError("no examples to evaluate")
+    params = {m: dict(DEFAULT_METHOD_PARAMS.get(m, {})) for m in chosen}
+    for m, p in (method_params or {}).items():
+        if m in params:
+            params[m].update(p)
+    faith_kw = {"removal": removal, "baseline": baseline, "bins": list(bins), "n_steps": n_steps,
+                "metrics": faith_metrics}
+    config = _jsonable({
+        "model": model.name, "data": name, "methods": chosen, "groups": sorted(groups),
+        "method_params": params, "faithfulness": faith_kw, "sanity_examples": sanity_examples,
+        "examples": [e.id for e in exs],
+    })
+    header = {"kind": "header", "format": RESULTS_FORMAT, "config": config}
+    store: _ResultsFile = _ResultsFile(Path(out), header, resume) if out is not None else _Memory()
+    done = store.done()
+    total = len(exs) * len(chosen)
+    bar = _progress(total, len(done & {(e.id, m) for e in exs for m in chosen}), progress)
+    try:
+        for start in range(0, len(exs), batch_size):
+            chunk = exs[start:start + batch_size]
+            verified = _verify(model, chunk) if "groundtruth" in groups else [None] * len(chunk)
+            for m in chosen:
+                todo = [(e, v) for e, v in zip(chunk, verified, strict=True) if (e.id, m) not in done]
+                if not todo:
+                    continue
+                rows = _rows(model, [e for e, _ in todo], [v for _, v in todo], m, params[m],
+                             groups, faith_kw)
+                store.append(rows)
+                bar.update(len(rows))
+        if "sanity" in groups:
+            have = {r["method"] for r in store.sanity}
+            subset = exs[:max(1, sanity_examples)]
+            for m in chosen:
+                if m not in have:
+                    store.append([_sanity_row(model, subset, m, params[m])])
+    finally:
+        bar.close()
+    return Evaluation(rows=store.rows, sanity=store.sanity, config=config,
+                      path=Path(out) if out is not None else None)
+
+
+def _verify(model: Model, chunk: list[Example]) -> list[bool | None]:
+    out: list[bool | None] = [e.verified for e in chunk]
+    need = [i for i, e in enumerate(chunk) if e.verified is None and e.evidence]
+    if need:
+        got = verify_evidence(
+            model, [chunk[i].prompt for i in need], [chunk[i].target for i in need],
+            [chunk[i].evidence for i in need], [chunk[i].content for i in need],
+        )
+        for i, v in zip(need, got, strict=True):
+            out[i] = v
+    return out
+
+
+def _rows(
+    model: Model,
+    chunk: list[Example],
+    verified: list[bool | None],
+    method: str,
+    params: dict[str, Any],
+    groups: set[str],
+    faith_kw: dict[str, Any],
+) -> list[dict[str, Any]]:
+    t0 = time.perf_counter()
+    attrs = attribute(model, [e.prompt for e in chunk], [e.target for e in chunk],
+                      method=method, **params)
+    assert isinstance(attrs, list)
+    t_attr = (time.perf_counter() - t0) / len(chunk)
+    faith = faithfulness(model, attrs, **faith_kw) if "faithfulness" in groups else None
+    rows = []
+    for i, (e, a) in enumerate(zip(chunk, attrs, strict=True)):
+        row: dict[str, Any] = {"kind": "row", "example": e.id, "method": method,
+                               "n_target": len(a.target_tokens), "attribution_seconds": t_attr}
+        if faith is not None:
+            f = faith[i]
+            row.update(f.summary())
+            if f.deletion is not None:
+                row["deletion_curve"] = np.nanmean(f.deletion, axis=0)
+            if f.insertion is not None:
+                row["insertion_curve"] = np.nanmean(f.insertion, axis=0)
+        if "plausibility" in groups and e.rationale:
+            row.update(plausibility(a, e.rationale, model=model))
+        if "groundtruth" in groups and e.evidence:
+            row.update(evidence_recovery(a, e.evidence, model=model))
+            row["verified"] = verified[i]
+        rows.append(row)
+    return rows
+
+
+def _sanity_row(model: Model, subset: list[Example], method: str, params: dict[str, Any]) -> dict[str, Any]:
+    from .sanity import sanity_check
+
+    r = sanity_check(model, [e.prompt for e in subset], [e.target for e in subset],
+                     method=method, **params)
+    return {"kind": "sanity", "method": method, "stages": r.stages, "spearman": r.spearman,
+            "spearman_abs": r.spearman_abs, "final": r.final, "passed": r.passed,
+            "n_examples": len(subset)}
