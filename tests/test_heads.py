@@ -8,9 +8,9 @@ import functools
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny
 
 import lmxray
+from conftest import build_tiny
 from lmxray.errors import InputError
 from lmxray.hooks import run_with_cache
 from lmxray.internals import (
@@ -33,7 +33,7 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny(family: str = "llama") -> lmxray.Model:
     hf, tok = build_tiny(family)
     return lmxray.load(model=hf, tokenizer=tok)

@@ -9,12 +9,12 @@ import functools
 import numpy as np
 import pytest
 import torch
-from conftest import CORPUS, FAMILIES, build_tiny
 
 import lmxray
+from conftest import CORPUS, FAMILIES, build_tiny
 from lmxray.errors import FormatError, InputError
-from lmxray.internals import LensResult, TunedLens, lens_kl, logit_lens, unembed
 from lmxray.hooks import run_with_cache
+from lmxray.internals import LensResult, TunedLens, lens_kl, logit_lens, unembed
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -25,7 +25,7 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny(family: str = "gpt2") -> lmxray.Model:
     hf, tok = build_tiny(family)
     return lmxray.load(model=hf, tokenizer=tok)

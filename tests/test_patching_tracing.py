@@ -9,9 +9,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny
 
 import lmxray
+from conftest import build_tiny
 from lmxray.errors import InputError
 from lmxray.hooks import intervene, patch, run_with_cache, scatter
 from lmxray.internals import TraceResult, TraceSummary, causal_trace, subject_positions, trace_facts
@@ -26,7 +26,7 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny(family: str = "gpt2") -> lmxray.Model:
     hf, tok = build_tiny(family)
     return lmxray.load(model=hf, tokenizer=tok)

@@ -7,9 +7,9 @@ import functools
 
 import pytest
 import torch
-from conftest import FAMILIES, build_tiny, tiny_tokenizer
 
 import lmxray
+from conftest import FAMILIES, build_tiny, tiny_tokenizer
 from lmxray.errors import InputError, MethodError
 from lmxray.hooks import run_with_cache
 from lmxray.sites import FAMILIES as TABLE
@@ -24,7 +24,7 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny(family: str) -> lmxray.Model:
     hf, tok = build_tiny(family)
     return lmxray.load(model=hf, tokenizer=tok)

@@ -19,9 +19,22 @@ from .heads import (
     task_metric,
 )
 from .lens import LensResult, TunedLens, lens_kl, logit_lens, unembed
-from .patching import PatchingResult, activation_patching, attribution_patching, compare, make_metric
+from .patching import (
+    PatchingResult,
+    activation_patching,
+    attribution_patching,
+    compare,
+    make_metric,
+)
 from .probing import ProbeResult, control_labels, probe
-from .tracing import TraceResult, TraceSummary, causal_trace, embedding_std, subject_positions, trace_facts
+from .tracing import (
+    TraceResult,
+    TraceSummary,
+    causal_trace,
+    embedding_std,
+    subject_positions,
+    trace_facts,
+)
 
 __all__ = [
     "logit_lens", "TunedLens", "LensResult", "lens_kl", "unembed",

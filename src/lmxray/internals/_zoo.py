@@ -16,17 +16,16 @@ __all__ = ["zoo_examples", "facts", "texts"]
 
 
 def zoo_examples(task: str, split: str = "test", n: int | None = 100, seed: int = 0) -> list[Any]:
-    """Examples of a zoo task (``lmxray.zoo.dataset`` when present, else ``zoo.tasks.generate``)."""
+    """Raw examples of a zoo task (``lmxray.zoo.generate``: prompt, target, character spans, meta).
+
+    Character spans rather than the zoo tokenizer's token indices, so that any model's own
+    tokenizer can locate the subject.
+    """
     try:
-        import lmxray.zoo as zoo
+        from lmxray import zoo
     except ImportError:  # pragma: no cover - the zoo ships with the package
         raise InputError("the zoo is not available in this installation") from None
-    fn = getattr(zoo, "dataset", None)
-    if fn is not None:
-        return list(fn(task, split=split, n=n, seed=seed))
-    from lmxray.zoo import tasks
-
-    return list(tasks.generate(task, split=split, n=n, seed=seed))
+    return list(zoo.generate(task, split, n, seed))
 
 
 def _get(e: Any, key: str) -> Any:
@@ -34,17 +33,18 @@ def _get(e: Any, key: str) -> Any:
 
 
 def subject_of(e: Any) -> Any:
-    """The subject of a fact example: evidence token positions, or the subject substring."""
-    ev = _get(e, "evidence")
-    if isinstance(ev, list | tuple) and ev and all(isinstance(v, int) for v in ev):
-        return sorted(int(v) for v in ev)
+    """The subject of a fact example: its text (``meta['subject']`` or the evidence span), else
+    evidence token positions."""
     meta = _get(e, "meta") or {}
     if isinstance(meta, dict) and meta.get("subject"):
         return str(meta["subject"])
     for start, end, role in _get(e, "spans") or ():
         if role == "evidence":
             return str(_get(e, "prompt"))[start:end]
-    raise InputError("a facts example carries no subject (evidence positions, meta['subject'] or spans)")
+    ev = _get(e, "evidence")
+    if isinstance(ev, list | tuple) and ev and all(isinstance(v, int) for v in ev):
+        return sorted(int(v) for v in ev)
+    raise InputError("a facts example carries no subject (meta['subject'], an evidence span or positions)")
 
 
 def facts(n: int | None = 100, seed: int = 0, relation: str | None = None, split: str = "test") -> list[dict[str, Any]]:
@@ -60,8 +60,13 @@ def facts(n: int | None = 100, seed: int = 0, relation: str | None = None, split
     return out[:n] if n is not None else out
 
 
-def texts(tasks: list[str], n: int = 200, split: str = "train", seed: int = 0) -> list[str]:
-    """Full texts (prompt + target) of zoo examples, for training a tuned lens."""
+def texts(tasks: list[str] | None = None, n: int = 200, split: str = "train", seed: int = 0) -> list[str]:
+    """Zoo text for training a tuned lens: ``zoo.corpus`` (mixed tasks, prompt + answer), or the
+    full texts of the given tasks' examples."""
+    if not tasks:
+        import lmxray.zoo as zoo
+
+        return list(zoo.corpus(split, n=n, seed=seed))
     out: list[str] = []
     for t in tasks:
         for e in zoo_examples(t, split, n, seed):

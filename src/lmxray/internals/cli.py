@@ -10,7 +10,7 @@ stderr, exit code 2). The commands only parse options, call the Python API and p
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -18,14 +18,14 @@ from ..errors import InputError
 
 __all__ = ["register"]
 
-_Model = Annotated[Optional[str], typer.Option("--model", "-m", metavar="ID_OR_PATH",
+_Model = Annotated[str | None, typer.Option("--model", "-m", metavar="ID_OR_PATH",
                                                help="Hub id or local folder [default: the embedded model].")]
-_Device = Annotated[Optional[str], typer.Option("--device", metavar="cpu|cuda", help="Device to run on.")]
-_Json = Annotated[Optional[Path], typer.Option("--json", metavar="FILE", dir_okay=False, allow_dash=True,
+_Device = Annotated[str | None, typer.Option("--device", metavar="cpu|cuda", help="Device to run on.")]
+_Json = Annotated[Path | None, typer.Option("--json", metavar="FILE", dir_okay=False, allow_dash=True,
                                               help="Write the result as JSON; '-' for stdout.")]
-_Html = Annotated[Optional[Path], typer.Option("--html", metavar="FILE", dir_okay=False,
+_Html = Annotated[Path | None, typer.Option("--html", metavar="FILE", dir_okay=False,
                                               help="Write a self-contained HTML report.")]
-_Png = Annotated[Optional[Path], typer.Option("--png", metavar="FILE", dir_okay=False,
+_Png = Annotated[Path | None, typer.Option("--png", metavar="FILE", dir_okay=False,
                                              help="Write a PNG heat map.")]
 
 
@@ -59,9 +59,9 @@ def _load(model: str | None, device: str | None) -> Any:
 # --------------------------------------------------------------------------- lens
 def lens(
     prompt: Annotated[str, typer.Argument(help="The prompt to read layer by layer.", show_default=False)],
-    target: Annotated[Optional[str], typer.Option("--target", "-t", metavar="TEXT",
+    target: Annotated[str | None, typer.Option("--target", "-t", metavar="TEXT",
                                                   help="Token to track [default: each position's final top-1].")] = None,
-    tuned: Annotated[Optional[Path], typer.Option("--tuned", metavar="FILE", dir_okay=False,
+    tuned: Annotated[Path | None, typer.Option("--tuned", metavar="FILE", dir_okay=False,
                                                   help="Use a tuned lens (.safetensors from lens-train).")] = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1, metavar="K", help="Top tokens per cell.")] = 5,
     position: Annotated[int, typer.Option("--position", metavar="I", help="Position shown in the terminal.")] = -1,
@@ -84,10 +84,11 @@ def lens(
 
 def lens_train(
     out_file: Annotated[Path, typer.Argument(metavar="OUT", dir_okay=False, help="Where to write the lens (.safetensors).")],
-    corpus: Annotated[Optional[Path], typer.Option("--corpus", metavar="FILE", exists=False,
+    corpus: Annotated[Path | None, typer.Option("--corpus", metavar="FILE", exists=False,
                                                    help="Training text, one example per line.")] = None,
-    zoo: Annotated[str, typer.Option("--zoo", metavar="TASKS", help="Zoo tasks to take text from (comma list).")] = "facts,recall,ioi,sentiment,induction",
-    n: Annotated[int, typer.Option("--n", min=1, help="Examples per zoo task.")] = 200,
+    zoo: Annotated[str, typer.Option("--zoo", metavar="TASKS",
+                                     help="Zoo tasks to take text from (comma list) [default: the zoo corpus].")] = "",
+    n: Annotated[int, typer.Option("--n", min=1, help="Zoo texts (per task with --zoo).")] = 2000,
     steps: Annotated[int, typer.Option("--steps", min=1, help="Optimiser steps.")] = 250,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
     lr: Annotated[float, typer.Option("--lr", min=0.0, help="SGD learning rate (linear decay).")] = 1.0,
@@ -103,21 +104,26 @@ def lens_train(
     from .lens import TunedLens, lens_kl
 
     out, err = _prepare(out_file, json_out)
+    rng = np.random.default_rng(0)
     if corpus is not None:
         if not corpus.is_file():
             raise InputError(f"no corpus file at {corpus}")
         lines = [ln.strip() for ln in corpus.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+        if len(lines) < 10:
+            raise InputError(f"only {len(lines)} training texts in {corpus}; give at least 10")
+        order = rng.permutation(len(lines))
+        k = max(1, int(len(lines) * held_out))
+        test = [lines[i] for i in order[:k]]
+        train = [lines[i] for i in order[k:]]
         source = str(corpus)
-    else:
-        lines = zoo_texts(_split(zoo), n=n, split="train")
-        source = f"zoo:{zoo}"
-    if len(lines) < 10:
-        raise InputError(f"only {len(lines)} training texts; give at least 10")
-    rng = np.random.default_rng(0)
-    order = rng.permutation(len(lines))
-    k = max(1, int(len(lines) * held_out))
-    test = [lines[i] for i in order[:k]]
-    train = [lines[i] for i in order[k:]]
+    else:  # the zoo's train split to fit, its held-out test split to evaluate
+        tasks = _split(zoo) or None
+        train = zoo_texts(tasks, n=n, split="train")
+        seen = set(train)
+        test = [t for t in zoo_texts(tasks, n=max(20, int(n * held_out)), split="test") if t not in seen]
+        source = f"zoo:{zoo or 'corpus'}"
+        if not test:
+            raise InputError("the zoo gave no held-out text; pass --corpus")
     m = _load(model, device)
     tl = TunedLens.fit(m, train, steps=steps, batch_size=batch_size, lr=lr)
     tl.info["corpus"] = source
@@ -143,13 +149,13 @@ def lens_train(
 
 # --------------------------------------------------------------------------- trace
 def trace(
-    prompt: Annotated[Optional[str], typer.Argument(help="The clean prompt.", show_default=False)] = None,
-    corrupt: Annotated[Optional[str], typer.Option("--corrupt", metavar="TEXT",
+    prompt: Annotated[str | None, typer.Argument(help="The clean prompt.", show_default=False)] = None,
+    corrupt: Annotated[str | None, typer.Option("--corrupt", metavar="TEXT",
                                                    help="Corrupted prompt (same token count): activation patching.")] = None,
-    subject: Annotated[Optional[str], typer.Option("--subject", metavar="TEXT",
+    subject: Annotated[str | None, typer.Option("--subject", metavar="TEXT",
                                                    help="Subject substring to noise: ROME causal tracing.")] = None,
-    answer: Annotated[Optional[str], typer.Option("--answer", metavar="TEXT", help="Answer token [default: clean top-1].")] = None,
-    foil: Annotated[Optional[str], typer.Option("--foil", metavar="TEXT", help="Foil for the logit difference.")] = None,
+    answer: Annotated[str | None, typer.Option("--answer", metavar="TEXT", help="Answer token [default: clean top-1].")] = None,
+    foil: Annotated[str | None, typer.Option("--foil", metavar="TEXT", help="Foil for the logit difference.")] = None,
     sites: Annotated[str, typer.Option("--sites", metavar="KINDS", help="Patching: comma list of resid_pre, resid_post, attn.out, mlp.out, attn.head_out.")] = "resid_pre,attn.out,mlp.out",
     positions: Annotated[str, typer.Option("--positions", metavar="each|all")] = "each",
     metric: Annotated[str, typer.Option("--metric", metavar="logit_diff|prob|logprob")] = "logit_diff",
@@ -157,9 +163,9 @@ def trace(
     window: Annotated[int, typer.Option("--window", min=1, help="Causal tracing: layers restored together for mlp/attn.")] = 10,
     samples: Annotated[int, typer.Option("--samples", min=1, help="Causal tracing: noise samples.")] = 10,
     noise: Annotated[float, typer.Option("--noise", min=0.0, help="Causal tracing: noise std in embedding stds.")] = 3.0,
-    zoo_facts: Annotated[Optional[int], typer.Option("--zoo-facts", metavar="N", min=1,
+    zoo_facts: Annotated[int | None, typer.Option("--zoo-facts", metavar="N", min=1,
                                                      help="Trace N zoo facts and print the average table (ROME Fig. 2).")] = None,
-    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", metavar="FILE", dir_okay=False,
+    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", metavar="FILE", dir_okay=False,
                                                        help="JSONL checkpoint for --zoo-facts (resumes).")] = None,
     model: _Model = None, device: _Device = None, json_out: _Json = None, html_out: _Html = None,
     png_out: _Png = None,
@@ -216,12 +222,12 @@ def trace(
 
 # --------------------------------------------------------------------------- heads
 def heads(
-    prompts: Annotated[Optional[list[str]], typer.Argument(help="Prompts [default: repeated random tokens].", show_default=False)] = None,
+    prompts: Annotated[list[str] | None, typer.Argument(help="Prompts [default: repeated random tokens].", show_default=False)] = None,
     n_seqs: Annotated[int, typer.Option("--n-seqs", min=1)] = 16,
     seq_len: Annotated[int, typer.Option("--seq-len", min=2)] = 20,
     kind: Annotated[str, typer.Option("--kind", metavar="KIND", help="Score for the PNG: previous_token, duplicate_token, induction.")] = "induction",
     top: Annotated[int, typer.Option("--top", min=1, help="Heads listed per score.")] = 5,
-    ablate_zoo: Annotated[Optional[str], typer.Option("--ablate-zoo", metavar="TASK",
+    ablate_zoo: Annotated[str | None, typer.Option("--ablate-zoo", metavar="TASK",
                                                       help="Ablate the top heads on a zoo task (e.g. induction) vs random heads.")] = None,
     n: Annotated[int, typer.Option("--n", min=1, help="Examples of the zoo task.")] = 200,
     model: _Model = None, device: _Device = None, json_out: _Json = None, html_out: _Html = None,
