@@ -74,6 +74,16 @@ def test_sweep_equals_one_patch_per_forward(family):
     assert ra.effects["attn.head_out"][0, 2, 0] == pytest.approx(naive(m, "attn.head_out", 0, None, 2), abs=1e-4)
 
 
+@pytest.mark.parametrize("family", ["gpt2", "qwen2", "mistral", "gpt_neox", "opt"])
+def test_kv_prefix_reuse_is_exact_for_every_family(family):
+    m = tiny(family)
+    kinds = ["resid_pre", "mlp.out", "attn.head_out"]
+    a = activation_patching(m, CLEAN, CORRUPT, " Mary", " John", sites=kinds, prefix_reuse=True)
+    b = activation_patching(m, CLEAN, CORRUPT, " Mary", " John", sites=kinds, prefix_reuse=False)
+    for k in kinds:
+        np.testing.assert_allclose(a.raw[k], b.raw[k], atol=2e-5, err_msg=k)
+
+
 def test_prefix_reuse_and_chunking_do_not_change_numbers():
     m = tiny("llama")
     ref = activation_patching(m, CLEAN, CORRUPT, " Mary", " John", sites=KINDS, prefix_reuse=False, batch_size=1000)
@@ -211,3 +221,12 @@ def test_metric_over_the_last_k_positions():
     assert compare(r, ap)["attn.head_out"] > 0.8
     with pytest.raises(InputError, match="metric function"):
         activation_patching(m, clean, corrupt, " Mary", " John", metric_positions=2)
+
+
+def test_html_escapes_tokens():
+    evil = "<script>alert(1)</script>"
+    r = PatchingResult(tokens=[evil, "b"], corrupt_tokens=["a", "&"], effects={"resid_pre": np.ones((1, 2), np.float32)},
+                       raw={"resid_pre": np.ones((1, 2), np.float32)}, metric="prob", clean_value=1.0,
+                       corrupt_value=0.0, answer=evil)
+    html = r.to_html()
+    assert "<script>" not in html and "&lt;script&gt;" in html
