@@ -117,10 +117,11 @@ def test_verify_evidence_against_a_loop(gpt2):
 
     def top(ids, y):
         with torch.no_grad():
-            return int(gpt2.hf(input_ids=torch.tensor([ids])).logits[0, -1].argmax()) == y
+            logits = gpt2.hf(input_ids=torch.tensor([ids + y[:-1]])).logits[0, -len(y):]
+        return logits.argmax(-1).tolist() == y
 
     for prompt, target, ev, g in zip(prompts, targets, evidence, got, strict=True):
-        ids, y = gpt2.encode(prompt), gpt2.encode_target(target)[0]
+        ids, y = gpt2.encode(prompt), gpt2.encode_target(target)
         want = (top(ids, y) and not top([t for i, t in enumerate(ids) if i not in ev], y)
                 and all(top([t for i, t in enumerate(ids) if i != j], y)
                         for j in range(1, len(ids)) if j not in ev))

@@ -9,6 +9,7 @@ Accepted fields (dicts, objects, JSONL records, dataset rows):
 - ``evidence``: ground-truth evidence, same forms; ``content``: tokens whose single deletion must
   not change the answer (for :func:`~lmxray.evaluate.groundtruth.verify_evidence`);
 - ``spans``: zoo-style ``(start, end, role)`` character spans (roles ``evidence``, ``content``...);
+- ``shortcut``: a planted spurious feature (treated as content for verification);
 - ``verified``: whether the evidence was checked to be necessary (else the runner checks);
 - ``id``: a stable identifier (default: the example's index).
 """
@@ -118,6 +119,9 @@ def to_examples(model: Model, items: Iterable[Any]) -> list[Example]:
         rationale = _resolve_tokens(model, prompt, _get(item, "rationale"), "rationale")
         evidence = _resolve_tokens(model, prompt, _get(item, "evidence"), "evidence")
         content = _resolve_tokens(model, prompt, _get(item, "content"), "content")
+        shortcut = _resolve_tokens(model, prompt, _get(item, "shortcut"), "shortcut")
+        if shortcut:  # a planted shortcut's single deletion must not change the answer either
+            content = sorted(set(content or []) | set(shortcut))
         spans = _get(item, "spans")
         if spans:
             by_role: dict[str, list[tuple[int, int]]] = {}
@@ -192,12 +196,15 @@ def load_examples(
         items = _read_datasets_folder(path, split)
         name = path.name
     else:
-        from ..zoo import tasks
+        from .. import zoo
 
-        if str(source) not in tasks.TASKS:
+        if str(source) not in zoo.TASKS:
             raise InputError(
                 f"{source!r} is neither a file, a datasets folder nor a zoo task "
-                f"({', '.join(tasks.TASKS)})"
+                f"({', '.join(zoo.TASKS)})"
             )
-        return to_examples(model, tasks.generate(str(source), split, n if n else 100, seed)), str(source)
+        # the zoo locates each role's tokens with this model's tokenizer; the runner verifies
+        # the ground truth on this model
+        items = zoo.generate(str(source), split, n if n else 100, seed)
+        return to_examples(model, zoo.to_examples(items, model.tokenizer)), str(source)
     return to_examples(model, items[:n] if n else items), name

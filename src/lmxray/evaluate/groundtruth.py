@@ -12,8 +12,9 @@ averaged over examples they are the hit rates and the mean reciprocal rank.
 
 Evidence by construction is not yet the model's mechanism (a model may take a shortcut), so
 :func:`verify_evidence` marks an example as verified only when removing all its evidence tokens
-changes the model's answer (the target's first token stops being the top choice) and removing
-any single other content token does not. Judge methods on verified examples only.
+changes the model's answer (some target token, teacher-forced, stops being the top choice) and
+removing any single other content token does not (the rule of :mod:`lmxray.zoo.verify`). Judge
+methods on verified examples only.
 """
 
 from __future__ import annotations
@@ -109,7 +110,8 @@ def verify_evidence(
     """Which examples' evidence the model really depends on (see the module docstring).
 
     Args:
-        prompts, targets: the examples; the answer is the target's first token.
+        prompts, targets: the examples; the answer is kept while every target token is the
+            model's top choice (teacher-forced).
         evidence: per example, prompt token indices (or a mask) of the evidence.
         content: per example, the tokens whose single deletion must not change the answer
             (default, or ``None`` for an example: every non-special token outside the evidence).
@@ -136,16 +138,14 @@ def verify_evidence(
         else:
             others = [int(p) for p in np.flatnonzero(as_mask(given, len(ids), "content") & ~mask)]
         start = len(rows)
-        rows.append(ScoreRow(ids, [t_ids[0]]))
-        rows.append(ScoreRow([t for p, t in enumerate(ids) if not mask[p]] or ids[:1], [t_ids[0]]))
+        # teacher-forced: every target token scored, the answer is kept if all stay on top
+        rows.append(ScoreRow(ids + t_ids[:-1], t_ids))
+        kept = [t for p, t in enumerate(ids) if not mask[p]] or ids[:1]
+        rows.append(ScoreRow(kept + t_ids[:-1], t_ids))
         for pos in others:
-            rows.append(ScoreRow([t for p, t in enumerate(ids) if p != pos], [t_ids[0]]))
+            rows.append(ScoreRow([t for p, t in enumerate(ids) if p != pos] + t_ids[:-1], t_ids))
         spans_.append((start, len(rows)))
     ctx = Context(target_fn=target_rank, internal_batch_size=internal_batch_size)
     with eval_mode(model):
-        ranks = [float(v[0]) for v in score_sequences(model, rows, ctx)]
-    out = []
-    for start, end in spans_:
-        full, without, others = ranks[start], ranks[start + 1], ranks[start + 2:end]
-        out.append(full == 0 and without > 0 and all(r == 0 for r in others))
-    return out
+        top = [bool(np.all(v == 0)) for v in score_sequences(model, rows, ctx)]
+    return [top[s] and not top[s + 1] and all(top[s + 2:e]) for s, e in spans_]
