@@ -371,6 +371,14 @@ class Model:
         """
         kw: dict[str, Any] = dict(kwargs)
         kw.setdefault("use_cache", False)
+        if (
+            attention_mask is not None
+            and "past_key_values" not in kw
+            and bool(attention_mask.all())
+            and (position_ids is None or bool((position_ids == self._arange_like(position_ids)).all()))
+        ):
+            # no padding: let the attention kernel take its causal fast path (no explicit mask)
+            attention_mask = position_ids = None
         if attention_mask is not None:
             kw["attention_mask"] = attention_mask
         if position_ids is not None and self._accepts_position_ids:
@@ -386,6 +394,10 @@ class Model:
                 "(try dtype=float32)"
             )
         return out
+
+    @staticmethod
+    def _arange_like(position_ids: torch.Tensor) -> torch.Tensor:
+        return torch.arange(position_ids.shape[-1], device=position_ids.device).expand_as(position_ids)
 
     def logits(self, text_or_ids: str | Sequence[int]) -> torch.Tensor:
         """Logits ``[L, vocab]`` of one prompt (convenience)."""
