@@ -1,0 +1,254 @@
+"""Before/after experiments of the improvers on the zoo's tasks (the tables in ``docs/improve.md``).
+
+Each function takes a model (default in the CLI: the shipped ``lmxray-tiny``), runs one improver
+on a zoo task with ground truth, and returns a result whose ``table()`` prints the before/after
+numbers; ``lmxray shortcuts|finetune|steer|edit|amplify`` call them.
+
+- :func:`shortcut_demo`: shortcut ranking on the sentiment training split (the planted marker
+  " Tuesday" is the ground truth).
+- :func:`rrr_demo`: plain vs RRR fine-tuning on sentiment data whose annotation carries the
+  shortcut, evaluated in distribution (``test``), on the ``shift`` split (marker uncorrelated),
+  and on the shift examples where marker and label conflict.
+- :func:`steering_demo`: CAA flip rate per layer and coefficient, with fluency.
+- :func:`editing_demo`: ROME edits on ``facts`` at the traced layer vs a random layer.
+- :func:`amplify_demo`: AMPLIFY vs its controls on a sentiment split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from ..internals._result import JsonResult
+from ..model import Model
+from ._common import Labelled, format_table, target_correct, zoo_labelled
+from .regularise import FinetuneConfig, FinetuneResult, finetune
+
+__all__ = [
+    "RRRReport",
+    "shortcut_demo",
+    "rrr_demo",
+    "biased_annotation",
+    "steering_demo",
+    "editing_demo",
+    "amplify_demo",
+]
+
+
+def shortcut_demo(model: Model, *, n: int = 300, split: str = "train", seed: int = 0,
+                  method: str = "input_x_gradient", progress: bool = True, **method_params: Any) -> Any:
+    """:func:`~lmxray.improve.shortcuts.detect_shortcuts` on ``n`` zoo sentiment examples."""
+    from .shortcuts import detect_shortcuts
+
+    data = zoo_labelled("sentiment", split, n, seed, model)
+    rep = detect_shortcuts(model, data, method=method, progress=progress, **method_params)
+    planted = sorted({model.token_strings([model.encode(e.prompt)[i]])[0] for e in data for i in e.irrelevant})
+    ranks = [i + 1 for i, r in enumerate(rep.rows) if r["token"] in planted]
+    rep.info.update(task="sentiment", split=split, seed=seed, planted=planted,
+                    planted_rank=ranks[0] if ranks else None)
+    return rep
+
+
+# --------------------------------------------------------------------------- RRR
+def biased_annotation(train: Sequence[Labelled]) -> tuple[list[Labelled], str]:
+    """Relabel every example carrying a marked (irrelevant) token with the label those examples
+    mostly have: the annotation now agrees with the shortcut 100% of the time (the decoy is
+    perfectly predictive in training, as in Ross et al.'s DecoyMNIST)."""
+    marked = [e for e in train if e.irrelevant]
+    if not marked:
+        raise InputError("no training example carries a marked token; nothing to bias")
+    lab, _ = Counter(e.cls for e in marked).most_common(1)[0]
+    tgt = next(e.target for e in marked if e.cls == lab)
+    return [dataclasses.replace(e, target=tgt, label=lab) if e.irrelevant else e for e in train], lab
+
+
+@dataclass
+class RRRReport(JsonResult):
+    """Accuracy before and after plain and RRR fine-tuning.
+
+    Attributes:
+        rows: model name → ``{"in-distribution", "shift", "shift conflict", "n_*"}`` accuracies.
+        shortcut_label: the label the marked tokens predict in training.
+        penalised: the words / annotation penalised. paths: where the models were saved.
+    """
+
+    FORMAT = "lmxray.rrr/1"
+
+    rows: dict[str, dict[str, float]]
+    shortcut_label: str
+    penalised: list[str]
+    config: dict[str, Any]
+    paths: dict[str, str] = field(default_factory=dict)
+    histories: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    model_name: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def table(self) -> str:
+        head = ["model", "in-distribution", "shift", "shift conflict", "ID - shift"]
+        body = [[k, v["in-distribution"], v["shift"], v["shift conflict"], v["in-distribution"] - v["shift"]]
+                for k, v in self.rows.items()]
+        first = next(iter(self.rows.values()))
+        n = f"{int(first['n_id'])} test / {int(first['n_shift'])} shift / {int(first['n_conflict'])} conflict"
+        return format_table(head, body, title=f"sentiment accuracy ({n} examples); penalised: "
+                                               f"{', '.join(self.penalised)}; shortcut label {self.shortcut_label!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": self.FORMAT, "model": self.model_name, "rows": self.rows,
+                "shortcut_label": self.shortcut_label, "penalised": self.penalised, "config": self.config,
+                "paths": self.paths, "histories": self.histories, "info": self.info}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RRRReport:
+        return cls(rows=d["rows"], shortcut_label=d["shortcut_label"], penalised=list(d["penalised"]),
+                   config=d["config"], paths=d.get("paths", {}), histories=d.get("histories", {}),
+                   model_name=d.get("model", ""), info=d.get("info", {}))
+
+
+def _accuracies(model: Model, test: Sequence[Labelled], shift: Sequence[Labelled],
+                conflict: Sequence[Labelled]) -> dict[str, float]:
+    return {"in-distribution": float(target_correct(model, test).mean()),
+            "shift": float(target_correct(model, shift).mean()),
+            "shift conflict": float(target_correct(model, conflict).mean()) if conflict else float("nan"),
+            "n_id": len(test), "n_shift": len(shift), "n_conflict": len(conflict)}
+
+
+def rrr_demo(
+    model: Model,
+    *,
+    penalise: str | Sequence[str] = "shortcut",
+    lam: float = 10.0,
+    config: FinetuneConfig | None = None,
+    n_train: int = 2000,
+    n_eval: int = 300,
+    biased: bool = True,
+    compare: bool = True,
+    out_dir: str | os.PathLike[str] | None = None,
+    resume: bool = True,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[RRRReport, dict[str, FinetuneResult]]:
+    """Fine-tune on zoo sentiment data with and without RRR; accuracy before and after.
+
+    Args:
+        penalise: ``"shortcut"`` (the zoo's marker annotation), ``"detect"`` (the top token of
+            :func:`shortcut_demo` on the training data, annotation unused) or words to mark.
+        lam: RRR penalty weight. config: steps, learning rate, batch size (same for both runs).
+        n_train / n_eval: training examples; test and shift examples.
+        biased: relabel the marker's reviews with its majority label (see
+            :func:`biased_annotation`); ``False`` trains on the zoo's own annotation.
+        compare: also run the plain fine-tune (λ = 0) with the same data, steps and seed.
+        out_dir: save ``rrr/`` and ``plain/`` there in HF format (checkpoints resume).
+    """
+    cfg = config or FinetuneConfig(seed=seed)
+    train = zoo_labelled("sentiment", "train", n_train, seed, model)
+    test = zoo_labelled("sentiment", "test", n_eval, seed + 1, model)
+    shift = zoo_labelled("sentiment", "shift", n_eval, seed + 1, model)
+    marked = [e for e in train if e.irrelevant]
+    short_label = Counter(e.cls for e in marked).most_common(1)[0][0] if marked else ""
+    conflict = [e for e in shift if e.irrelevant and e.cls != short_label]
+    words: list[str]
+    if penalise == "shortcut":
+        words = sorted({model.token_strings([model.encode(e.prompt)[i]])[0].strip() for e in marked for i in e.irrelevant})
+        extra = None
+    else:
+        if penalise == "detect":
+            rep = shortcut_demo(model, n=min(300, n_train), seed=seed, progress=progress)
+            words = rep.top(1)
+        elif isinstance(penalise, str):
+            words = [w.strip() for w in penalise.split(",") if w.strip()]
+        else:
+            words = [str(w).strip() for w in penalise if str(w).strip()]
+        if not words:
+            raise InputError("nothing to penalise; give --penalise shortcut, detect or words")
+        extra = words
+        train = [dataclasses.replace(e, irrelevant=()) for e in train]
+    train_used = biased_annotation(train)[0] if biased else list(train)
+    runs: dict[str, FinetuneResult] = {}
+    rows = {"base": _accuracies(model, test, shift, conflict)}
+    out = Path(out_dir) if out_dir is not None else None
+    plan = ([("plain", 0.0)] if compare else []) + [("rrr", lam)]
+    for name, lam_i in plan:  # the same data, steps and seed; lam = 0 ignores the marks
+        r = finetune(model, train_used, lam=lam_i, config=cfg, irrelevant=extra,
+                     out_dir=(out / name) if out is not None else None, resume=resume, progress=progress)
+        runs[name] = r
+        rows["plain fine-tune" if name == "plain" else f"RRR (lambda={lam:g})"] = _accuracies(r.model, test, shift, conflict)
+    report = RRRReport(
+        rows=rows, shortcut_label=short_label, penalised=words, config=dataclasses.asdict(cfg),
+        paths={k: str(v.path) for k, v in runs.items() if v.path is not None},
+        histories={k: v.history for k, v in runs.items()}, model_name=model.name,
+        info={"n_train": n_train, "n_eval": n_eval, "biased_annotation": biased, "lam": lam, "seed": seed,
+              "n_marked_train": len(marked), "relabelled": sum(1 for a, b in zip(train, train_used, strict=True)
+                                                               if a.target != b.target)},
+    )
+    return report, runs
+
+
+# --------------------------------------------------------------------------- steering
+def steering_demo(
+    model: Model,
+    *,
+    to: str = "positive",
+    layers: Sequence[int] | None = None,
+    coefs: Sequence[float] = (0.0, 1.0, 2.0, 4.0, 8.0),
+    n_vector: int = 200,
+    n_eval: int = 200,
+    n_fluency: int = 200,
+    site: str = "resid_pre",
+    project: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+) -> Any:
+    """CAA on zoo sentiment: vector from ``n_vector`` training reviews, flips on test reviews."""
+    from ..zoo import corpus
+    from .steering import steering_sweep
+
+    labels = ("positive", "negative")
+    if to not in labels:
+        raise InputError(f"steer towards 'positive' or 'negative', got {to!r}")
+    other = labels[1 - labels.index(to)]
+    train = zoo_labelled("sentiment", "train", n_vector, seed, model)
+    test = zoo_labelled("sentiment", "test", n_eval, seed + 1, model)
+    pos = [e.prompt for e in train if e.cls == to]
+    neg = [e.prompt for e in train if e.cls == other]
+    evals = [e.prompt for e in test if e.cls == other]
+    texts = corpus("test", n_fluency, seed=seed + 2)
+    sw = steering_sweep(model, pos, neg, evals, " " + to, " " + other, layers=layers, coefs=coefs,
+                        fluency_texts=texts, site=site, project=project, progress=progress)
+    sw.info.update(task="sentiment", seed=seed)
+    return sw
+
+
+# --------------------------------------------------------------------------- editing
+def editing_demo(model: Model, *, n_edits: int = 50, layer: int | None = None, n_specificity: int = 20,
+                 compare_random: bool = True, seed: int = 0, progress: bool = True, **edit_kwargs: Any) -> Any:
+    """ROME on zoo facts: ``n_edits`` single edits at the traced layer (and a random layer)."""
+    from ..internals._zoo import facts
+    from .editing import evaluate_edits
+
+    return evaluate_edits(model, facts(n=None), n_edits=n_edits, layer=layer, n_specificity=n_specificity,
+                          compare_random=compare_random, seed=seed, progress=progress, **edit_kwargs)
+
+
+# --------------------------------------------------------------------------- AMPLIFY
+def amplify_demo(target: Any, *, proxy: Any = None, split: str = "shift", n_pool: int = 200, n_queries: int = 200,
+                 n_shots: int = 4, k: int = 3, sep: str | None = None, seed: int = 0, progress: bool = True,
+                 **method_params: Any) -> Any:
+    """AMPLIFY on zoo sentiment (pool and queries from ``split``, different seeds)."""
+    from .prompting import amplify_experiment
+
+    tok = (proxy or target).tokenizer
+    if sep is None:  # the zoo models were trained on <eos><bos>-separated packed examples
+        sep = (tok.eos_token + tok.bos_token) if tok.eos_token and tok.bos_token else "\n\n"
+    pool = zoo_labelled("sentiment", split, n_pool, seed + 10, proxy or target)
+    queries = zoo_labelled("sentiment", split, n_queries, seed + 11, target)
+    labels = sorted({e.target for e in [*pool, *queries]})
+    res = amplify_experiment(target, pool, queries, proxy=proxy, labels=labels, n_shots=n_shots, k=k, sep=sep,
+                             seed=seed, progress=progress, **method_params)
+    res.info.update(task="sentiment", split=split)
+    return res

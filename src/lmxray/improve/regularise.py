@@ -1,0 +1,579 @@
+"""Explanation-regularised fine-tuning: "Right for the Right Reasons" (Ross, Hughes & Doshi-Velez
+2017, arXiv 1703.03717).
+
+RRR adds to the usual loss a penalty on the *input gradient* of the model's summed
+log-probabilities at the inputs a user marks irrelevant::
+
+    L(θ) = CE(θ) + λ · mean_n Σ_{i ∈ A_n} ‖ ∂/∂e_{n,i} Σ_k log p_θ(c_k | x_n) ‖²
+
+``e_{n,i}`` is the input embedding of token ``i`` of example ``n``, ``A_n`` its irrelevant
+tokens (e.g. a detected shortcut, see :mod:`lmxray.improve.shortcuts`), and ``c_k`` the
+candidate answers (the classes: the first tokens of the training targets), read at the position
+that predicts the answer. The penalty is differentiable (``create_graph=True``, double
+backpropagation), so the optimiser is pushed toward parameters under which the marked tokens
+do not move the answer — the model must find another reason, while examples without marked
+tokens train as usual. ``λ = 0`` is plain fine-tuning with the same data, steps and seed.
+
+:func:`finetune` never touches the user's model: it trains a deep copy, shows a progress bar,
+checkpoints (``checkpoint/model.safetensors``, ``optimizer.safetensors``, ``state.json``;
+no pickle) and resumes, and saves the result in Hugging Face format with ``finetune.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError, NumericalError
+from ..model import Model
+from ..result import atomic_write_text
+from ._common import Labelled, as_labelled
+
+__all__ = [
+    "FinetuneConfig",
+    "FinetuneResult",
+    "finetune",
+    "rrr_loss",
+    "input_gradient_penalty",
+    "path_attribution_penalty",
+    "path_attributions",
+    "class_token_ids",
+]
+
+FORMAT = "lmxray.finetune/1"
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Settings of one fine-tuning run (a checkpoint resumes only with equal settings).
+
+    Attributes:
+        steps: optimiser steps. batch_size: examples per step (sampled with replacement,
+            a function of ``(seed, step)``).
+        lr / weight_decay / grad_clip: AdamW settings and gradient-norm clipping.
+        lam: RRR penalty weight λ (0: plain fine-tuning).
+        attribution: ``"gradient"`` (Ross et al.'s input gradient) or ``"ig"`` (integrated
+            gradients from ``baseline`` along a random path point per example).
+        baseline: IG baseline: ``"sample"`` (default; expected gradients: per example and step a
+            random token of the training prompts that is not marked, so that the marked token
+            must act like an ordinary one), or a fixed token: ``"auto"``, ``"zero"``, ``"pad"``,
+            ``"unk"``, ``"eos"`` or an id. A fixed baseline can be gamed: the network is free to
+            make the baseline behave like the shortcut.
+        seed: batch sampling (and path point) seed.
+    """
+
+    steps: int = 150
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    lam: float = 0.0
+    attribution: str = "ig"
+    baseline: str | int = "sample"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise InputError(f"{name} must be a positive integer, got {v!r}")
+        if not self.lr > 0:
+            raise InputError(f"lr must be positive, got {self.lr!r}")
+        if self.lam < 0:
+            raise InputError(f"lam (the penalty weight) must be >= 0, got {self.lam!r}")
+        if self.attribution not in ("gradient", "ig"):
+            raise InputError(f"attribution must be 'gradient' or 'ig', got {self.attribution!r}")
+
+
+@dataclass
+class FinetuneResult:
+    """A fine-tuned copy and how it was trained.
+
+    Attributes:
+        model: the fine-tuned :class:`~lmxray.model.Model` (a copy; the input model is unchanged).
+        config: the :class:`FinetuneConfig`.
+        history: rows ``{"step", "ce", "penalty"}`` logged during training.
+        classes: the candidate answers whose summed log-probability the penalty differentiates.
+        path: where it was saved (HF format), or None.
+    """
+
+    model: Model
+    config: FinetuneConfig
+    history: list[dict[str, float]]
+    classes: list[str]
+    n_examples: int
+    n_marked: int
+    path: Path | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT, "model": self.model.name, "config": dataclasses.asdict(self.config),
+            "classes": self.classes, "n_examples": self.n_examples, "n_marked": self.n_marked,
+            "history": self.history, "info": self.info,
+        }
+
+
+# --------------------------------------------------------------------------- batches
+@dataclass(frozen=True)
+class _Encoded:
+    prompt_ids: list[int]
+    target_ids: list[int]
+    irrelevant: tuple[int, ...]
+
+
+def _encode(model: Model, examples: Sequence[Labelled]) -> list[_Encoded]:
+    out = []
+    for k, e in enumerate(examples):
+        p, t = model.encode(e.prompt), model.encode_target(e.target)
+        if not t:
+            raise InputError(f"example {k}: the target {e.target!r} tokenizes to no tokens")
+        model.check_length(len(p) + len(t))
+        if any(i >= len(p) for i in e.irrelevant):
+            raise InputError(f"example {k}: irrelevant positions {list(e.irrelevant)} are outside its prompt")
+        out.append(_Encoded(p, t, tuple(e.irrelevant)))
+    return out
+
+
+def class_token_ids(model: Any, examples: Sequence[Labelled]) -> tuple[list[int], list[str]]:
+    """The distinct first target tokens of ``examples`` (the classes), as ids and strings."""
+    ids = sorted({model.encode_target(e.target)[0] for e in examples if model.encode_target(e.target)})
+    if not ids:
+        raise InputError("the examples have no targets to take classes from")
+    return ids, model.token_strings(ids)
+
+
+def _collate(model: Model, batch: Sequence[_Encoded]) -> dict[str, torch.Tensor]:
+    """Left-padded inputs ``prompt + target[:-1]`` with the targets right-aligned.
+
+    Returns ``input_ids/attention_mask/position_ids [B, L]``, ``targets/target_mask [B, T]``
+    (the last ``T`` positions predict them), ``first [B]`` (column in ``0..T-1`` of each row's
+    first target) and ``irrelevant [B, L]`` (float mask in padded coordinates).
+    """
+    seqs = [b.prompt_ids + b.target_ids[:-1] for b in batch]
+    ids, mask, pos = model.pad_batch(seqs)
+    L = ids.shape[1]
+    t_max = max(len(b.target_ids) for b in batch)
+    tgt = torch.zeros((len(batch), t_max), dtype=torch.long)
+    tmask = torch.zeros((len(batch), t_max), dtype=torch.bool)
+    first = torch.zeros(len(batch), dtype=torch.long)
+    irr = torch.zeros((len(batch), L))
+    for r, b in enumerate(batch):
+        n = len(b.target_ids)
+        tgt[r, t_max - n:] = torch.as_tensor(b.target_ids)
+        tmask[r, t_max - n:] = True
+        first[r] = t_max - n
+        pad = L - len(seqs[r])
+        for i in b.irrelevant:
+            irr[r, pad + i] = 1.0
+    dev = model.device
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": pos, "targets": tgt.to(dev),
+            "target_mask": tmask.to(dev), "first": first.to(dev), "irrelevant": irr.to(dev)}
+
+
+# --------------------------------------------------------------------------- the loss
+def _up(x: torch.Tensor) -> torch.Tensor:
+    """At least float32 (half precision is upcast; float64 stays float64)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def input_gradient_penalty(
+    logits: torch.Tensor, embeds: torch.Tensor, first: torch.Tensor, class_ids: Sequence[int],
+    irrelevant: torch.Tensor, *, create_graph: bool = True,
+) -> torch.Tensor:
+    """RRR's penalty: ``mean_n Σ_i irrelevant[n, i] ‖∂ Σ_k log p(c_k | x_n) / ∂ embeds[n, i]‖²``.
+
+    Args:
+        logits: ``[B, T, V]`` logits of the last ``T`` positions (computed from ``embeds``).
+        embeds: ``[B, L, d]`` the input embeddings the forward read (part of the graph).
+        first: ``[B]`` which of the ``T`` columns predicts each row's answer.
+        class_ids: the candidate answer tokens ``c_k``.
+        irrelevant: ``[B, L]`` weights (1 at marked tokens, else 0).
+        create_graph: keep the graph of the gradient (needed to train on the penalty).
+
+    Returns:
+        A scalar tensor.
+    """
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    logp = torch.log_softmax(_up(logits[rows, first]), dim=-1)  # [B, V]
+    summed = logp[:, list(class_ids)].sum()
+    (grad,) = torch.autograd.grad(summed, embeds, create_graph=create_graph)
+    per_token = _up(grad).pow(2).sum(-1)  # [B, L]
+    return (per_token * irrelevant).sum() / logits.shape[0]
+
+
+def path_attributions(
+    model: Model, batch: dict[str, torch.Tensor], embeds: torch.Tensor, class_ids: Sequence[int],
+    baseline: torch.Tensor, alpha: torch.Tensor, *, create_graph: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One-point integrated-gradients attributions of the marked tokens, per class.
+
+    The marked tokens' embeddings move on the straight path from ``baseline`` to their value,
+    ``b + α (e - b)``, the other tokens stay; ``IG_k(n) = Σ_{i marked} (e_i - b) · ∂ log p(c_k) /
+    ∂e_i`` at ``α`` (a one-sample estimate of the path integral when ``α ~ U(0, 1)``, as expected
+    gradients, Erion et al. 2021). By completeness its mean over ``α`` is ``log p_k(x) -
+    log p_k(x with the marked tokens at the baseline)``.
+
+    Args:
+        batch: a collated batch (its ``irrelevant`` mask marks the tokens).
+        embeds: ``[B, L, d]`` input embeddings. baseline: ``[d]``, or ``[B, d]`` (one per row).
+        alpha: ``[B]`` path points.
+
+    Returns:
+        ``(ig [R, K], rows [R])``: attributions of the ``R`` rows that have marked tokens.
+    """
+    sel = batch["irrelevant"].bool().any(-1).nonzero().flatten()
+    if len(sel) == 0:
+        return torch.zeros((0, len(class_ids)), device=embeds.device), sel
+    irr = batch["irrelevant"][sel][..., None]  # [R, L, 1]
+    e = embeds[sel]
+    b = baseline[sel][:, None, :] if baseline.dim() == 2 else baseline
+    diff = (e - b) * irr
+    path = e - diff + alpha[sel][:, None, None].to(e.dtype) * diff  # marked: b + α (e - b)
+    t_max = batch["targets"].shape[1]
+    logits = model.forward(inputs_embeds=path, attention_mask=batch["attention_mask"][sel],
+                           position_ids=batch["position_ids"][sel], logits_to_keep=t_max).logits
+    rows = torch.arange(len(sel), device=logits.device)
+    logp = torch.log_softmax(_up(logits[rows, batch["first"][sel]]), dim=-1)  # [R, V]
+    ids = list(class_ids)
+    cols = []
+    for j, c in enumerate(ids):
+        (g,) = torch.autograd.grad(logp[:, c].sum(), path, create_graph=create_graph,
+                                   retain_graph=create_graph or j < len(ids) - 1)
+        cols.append(_up(diff * g).sum(dim=(1, 2)))  # [R]
+    return torch.stack(cols, dim=1), sel
+
+
+def path_attribution_penalty(
+    model: Model, batch: dict[str, torch.Tensor], embeds: torch.Tensor, class_ids: Sequence[int],
+    baseline: torch.Tensor, alpha: torch.Tensor, *, create_graph: bool = True,
+) -> torch.Tensor:
+    """The integrated-gradients penalty ``mean_n Σ_k IG_k(n)²`` (see :func:`path_attributions`).
+
+    Unlike the local input gradient, whose value at the token a network can flatten while the
+    token still changes the answer, the path attribution's mean is the change the token makes.
+    """
+    ig, _ = path_attributions(model, batch, embeds, class_ids, baseline, alpha, create_graph=create_graph)
+    return ig.pow(2).sum() / embeds.shape[0]
+
+
+def rrr_loss(
+    model: Model, batch: dict[str, torch.Tensor], class_ids: Sequence[int], lam: float,
+    *, penalty: bool = True, create_graph: bool = True, attribution: str = "gradient",
+    baseline: torch.Tensor | None = None, alpha: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(loss, ce, penalty)`` of one collated batch: ``loss = ce + lam * penalty``.
+
+    ``ce`` is the mean cross-entropy over every target token. ``attribution="gradient"`` is
+    Ross et al.'s input-gradient penalty (:func:`input_gradient_penalty`); ``"ig"`` the
+    integrated-gradients one (:func:`path_attribution_penalty`, needs ``baseline`` ``[d]`` and
+    ``alpha`` ``[B]``). With ``penalty=False`` the penalty is not computed (returned as 0).
+    """
+    emb = model.embed(batch["input_ids"])
+    t_max = batch["targets"].shape[1]
+    logits = model.forward(inputs_embeds=emb, attention_mask=batch["attention_mask"],
+                           position_ids=batch["position_ids"], logits_to_keep=t_max).logits
+    tm = batch["target_mask"]
+    ce = F.cross_entropy(_up(logits[tm]), batch["targets"][tm])
+    if not penalty:
+        zero = torch.zeros((), device=ce.device)
+        return ce, ce, zero
+    if attribution == "ig":
+        if baseline is None or alpha is None:
+            raise InputError("the integrated-gradients penalty needs a baseline and path points alpha")
+        pen = path_attribution_penalty(model, batch, emb, class_ids, baseline, alpha, create_graph=create_graph)
+    elif attribution == "gradient":
+        pen = input_gradient_penalty(logits, emb, batch["first"], class_ids, batch["irrelevant"],
+                                     create_graph=create_graph)
+    else:
+        raise InputError(f"attribution must be 'gradient' or 'ig', got {attribution!r}")
+    return ce + lam * pen, ce, pen
+
+
+# --------------------------------------------------------------------------- checkpoints
+def _settings_key(cfg: FinetuneConfig, data: Sequence[_Encoded], class_ids: Sequence[int], name: str) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode())
+    h.update(json.dumps([[e.prompt_ids, e.target_ids, list(e.irrelevant)] for e in data]).encode())
+    h.update(json.dumps([list(class_ids), name]).encode())
+    return h.hexdigest()[:16]
+
+
+def _save_checkpoint(ckpt: Path, hf: Any, opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    from safetensors.torch import save_file, save_model
+
+    tmp = ckpt.with_name(ckpt.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    save_model(hf, str(tmp / "model.safetensors"))
+    tensors: dict[str, torch.Tensor] = {}
+    for i, p in enumerate(hf.parameters()):
+        for k, v in opt.state.get(p, {}).items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"state.{i}.{k}"] = v.detach().clone().contiguous().cpu()
+    tensors["meta.placeholder"] = torch.zeros(1)
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    (tmp / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
+    if ckpt.exists():
+        shutil.rmtree(ckpt)
+    tmp.rename(ckpt)
+
+
+def _load_checkpoint(ckpt: Path, hf: Any, opt: torch.optim.Optimizer) -> dict[str, Any]:
+    from safetensors.torch import load_file, load_model
+
+    load_model(hf, str(ckpt / "model.safetensors"), device=str(next(hf.parameters()).device))
+    tensors = load_file(str(ckpt / "optimizer.safetensors"))
+    params = list(hf.parameters())
+    for key, v in tensors.items():
+        if not key.startswith("state."):
+            continue
+        _, i, k = key.split(".", 2)
+        p = params[int(i)]
+        opt.state[p][k] = v.to(p.device)
+    return json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+
+
+@contextlib.contextmanager
+def _eager(hf: Any) -> Iterator[None]:
+    """Eager attention for double backpropagation (fused kernels may lack it); restored after."""
+    before = getattr(hf.config, "_attn_implementation", None)
+    setter = getattr(hf, "set_attn_implementation", None)
+    if before in (None, "eager"):
+        yield
+        return
+    try:
+        if setter is not None:
+            setter("eager")
+        else:
+            hf.config._attn_implementation = "eager"
+        yield
+    finally:
+        if setter is not None:
+            setter(before)
+        else:
+            hf.config._attn_implementation = before
+
+
+def _baseline_pool(model: Model, data: Sequence[_Encoded]) -> list[int]:
+    """Token ids of the training prompts at unmarked positions (no special tokens, no marked ids)."""
+    specials = set(getattr(model.tokenizer, "all_special_ids", []) or [])
+    marked = {e.prompt_ids[i] for e in data for i in e.irrelevant}
+    pool = {t for e in data for i, t in enumerate(e.prompt_ids) if i not in e.irrelevant}
+    return sorted(pool - specials - marked)
+
+
+def _penalty_inputs(model: Model, cfg: FinetuneConfig, step: int, batch: dict[str, torch.Tensor],
+                    pool: Sequence[int] = ()) -> dict[str, Any]:
+    """``attribution``, and for IG the baselines (``[B, d]`` or ``[d]``) and path points ``[B]``,
+    both functions of ``(seed, step)``."""
+    if cfg.attribution != "ig":
+        return {"attribution": "gradient"}
+    gen = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + int(step))
+    n = batch["input_ids"].shape[0]
+    alpha = torch.rand(n, generator=gen).to(model.device, model.dtype)
+    if cfg.baseline == "sample":
+        if not pool:
+            raise InputError("no unmarked tokens to sample baselines from; use baseline='auto'")
+        pick = torch.as_tensor(list(pool))[torch.randint(len(pool), (n,), generator=gen)]
+        base = model.embed(pick.to(model.device)).detach()
+    else:
+        from ..attribution.gradient import resolve_baseline_ids
+
+        bid, _ = resolve_baseline_ids(model, cfg.baseline)
+        base = (torch.zeros(model.d_model, device=model.device, dtype=model.dtype) if bid is None
+                else model.embed(torch.tensor([bid], device=model.device))[0].detach())
+    return {"attribution": "ig", "baseline": base, "alpha": alpha}
+
+
+def _batch_indices(n: int, size: int, seed: int, step: int) -> list[int]:
+    rng = np.random.default_rng([int(seed), int(step)])
+    return rng.integers(0, n, size=size).tolist()
+
+
+# --------------------------------------------------------------------------- fine-tuning
+def finetune(
+    model: Model,
+    examples: Sequence[Any],
+    *,
+    lam: float | None = None,
+    config: FinetuneConfig | None = None,
+    irrelevant: Sequence[str] | None = None,
+    classes: Sequence[str] | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+    resume: bool = True,
+    checkpoint_every: int = 50,
+    log_every: int = 10,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> FinetuneResult:
+    """Fine-tune a copy of ``model`` on ``examples``, with RRR's penalty when ``lam > 0``.
+
+    Args:
+        model: the lmxray Model (left unchanged; a deep copy is trained).
+        examples: training examples (see :func:`lmxray.improve._common.as_labelled`); their
+            ``irrelevant`` positions are penalised.
+        lam: penalty weight λ (overrides ``config.lam``; 0 = plain fine-tuning).
+        config: :class:`FinetuneConfig` (steps, batch size, learning rate, seed...).
+        irrelevant: words to mark irrelevant wherever they occur (e.g. ``["Tuesday"]``).
+        classes: candidate answers (targets, e.g. ``[" positive", " negative"]``) whose summed
+            log-probability is differentiated; default: the first tokens of the targets.
+        out_dir: save the result there (HF format + ``finetune.json``) and checkpoint into
+            ``out_dir/checkpoint`` every ``checkpoint_every`` steps; rerun to resume.
+        resume: resume from a checkpoint with the same settings (else raise; ``False`` restarts).
+        log_every: steps between history rows (the penalty is measured for plain runs too).
+        progress: show a tqdm progress bar.
+        stop_after: stop after this many steps in total with a checkpoint, as if interrupted.
+
+    Returns:
+        :class:`FinetuneResult` with the fine-tuned copy.
+
+    Example:
+        >>> r = finetune(m, train, lam=100.0, irrelevant=["Tuesday"], out_dir="runs/rrr")  # doctest: +SKIP
+    """
+    from tqdm.auto import tqdm
+
+    cfg = config or FinetuneConfig()
+    if lam is not None:
+        cfg = dataclasses.replace(cfg, lam=float(lam))
+    data = as_labelled(examples, model, irrelevant=irrelevant)
+    enc = _encode(model, data)
+    if classes is not None:
+        class_ids = []
+        for c in classes:
+            ids = model.encode_target(c)
+            if not ids:
+                raise InputError(f"the class {c!r} tokenizes to no tokens")
+            class_ids.append(ids[0])
+        class_ids = sorted(set(class_ids))
+        class_names = model.token_strings(class_ids)
+    else:
+        class_ids, class_names = class_token_ids(model, data)
+    n_marked = sum(1 for e in enc if e.irrelevant)
+    pool = _baseline_pool(model, enc)
+    if cfg.lam > 0 and n_marked == 0:
+        raise InputError(
+            "no example has tokens marked irrelevant, so the penalty is always 0; mark some "
+            "(irrelevant=[...], the examples' 'irrelevant' field, or a detected shortcut)"
+        )
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        if out.exists() and not out.is_dir():
+            raise InputError(f"output path {out} is a file; give a folder")
+        if not out.parent.is_dir():
+            raise InputError(f"cannot write {out}: folder {out.parent} does not exist; create it first")
+    key = _settings_key(cfg, enc, class_ids, model.name)
+
+    hf = copy.deepcopy(model.hf)
+    tuned = Model(hf, model.tokenizer, name=f"{model.name}+{'rrr' if cfg.lam > 0 else 'ft'}")
+    opt = torch.optim.AdamW(hf.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    history: list[dict[str, float]] = []
+    start = 0
+    ckpt = out / "checkpoint" if out is not None else None
+    if ckpt is not None and (ckpt / "state.json").exists():
+        state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+        if state.get("key") != key:
+            if resume:
+                raise InputError(
+                    f"the checkpoint in {ckpt} was made with other settings or data; pass "
+                    "resume=False (--no-resume) to start over"
+                )
+        elif resume:
+            state = _load_checkpoint(ckpt, hf, opt)
+            start, history = int(state["step"]), list(state["history"])
+    end = cfg.steps if stop_after is None else min(cfg.steps, int(stop_after))
+    t0 = time.time()
+    hf.train()
+    for p in hf.parameters():
+        p.requires_grad_(True)
+    bar = tqdm(range(start, end), initial=start, total=cfg.steps, disable=not progress,
+               desc="rrr fine-tune" if cfg.lam > 0 else "fine-tune", unit="step")
+    step = start
+
+    def checkpoint(at: int) -> None:
+        if ckpt is not None:
+            out.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+            _save_checkpoint(ckpt, hf, opt, {"key": key, "step": at, "history": history,
+                                             "config": dataclasses.asdict(cfg)})
+
+    with _eager(hf):
+        try:
+            for step in bar:
+                batch = _collate(tuned, [enc[i] for i in _batch_indices(len(enc), cfg.batch_size, cfg.seed, step)])
+                for g in opt.param_groups:  # linear decay to 10% over the run (resumes exactly)
+                    g["lr"] = cfg.lr * (1 - 0.9 * step / cfg.steps)
+                log = step % log_every == 0 or step == cfg.steps - 1
+                kw = _penalty_inputs(tuned, cfg, step, batch, pool)
+                loss, ce, pen = rrr_loss(tuned, batch, class_ids, cfg.lam, penalty=cfg.lam > 0, **kw)
+                if log and cfg.lam == 0:
+                    _, _, pen = rrr_loss(tuned, batch, class_ids, 0.0, penalty=True, create_graph=False, **kw)
+                if not torch.isfinite(loss):
+                    raise NumericalError(
+                        f"the fine-tuning loss became {loss.item()} at step {step}; lower the "
+                        "learning rate or the penalty weight"
+                    )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(hf.parameters(), cfg.grad_clip)
+                opt.step()
+                if log:
+                    history.append({"step": step, "ce": round(float(ce.detach()), 5),
+                                    "penalty": round(float(pen.detach()), 6)})
+                    bar.set_postfix(ce=f"{float(ce.detach()):.3f}", pen=f"{float(pen.detach()):.3g}")
+                if (step + 1) % checkpoint_every == 0 and step + 1 < end:
+                    checkpoint(step + 1)
+            step = end
+        except KeyboardInterrupt:
+            bar.close()
+            checkpoint(step)
+            raise
+        finally:
+            bar.close()
+            hf.eval()
+            opt.zero_grad(set_to_none=True)
+    info = {"wall_s": round(time.time() - t0, 2), "resumed_from": start, "settings_key": key,
+            "base_model": model.name}
+    result = FinetuneResult(tuned, cfg, history, class_names, len(enc), n_marked, None, info)
+    if end < cfg.steps:
+        checkpoint(end)
+        return result
+    if out is not None:
+        result.path = save_hf(result, out)
+        if ckpt is not None and ckpt.exists():
+            shutil.rmtree(ckpt)
+    return result
+
+
+def save_hf(result: FinetuneResult, out: Path) -> Path:
+    """Save the fine-tuned model in Hugging Face format (+ ``finetune.json``), file by file
+    atomically: everything is written to a temporary folder first, then moved in."""
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".final.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        result.model.hf.save_pretrained(str(tmp))
+        result.model.tokenizer.save_pretrained(str(tmp))
+        for f in tmp.iterdir():
+            os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    atomic_write_text(out / "finetune.json", json.dumps(result.to_dict(), indent=1) + "\n")
+    return out

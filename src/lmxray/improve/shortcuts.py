@@ -1,0 +1,259 @@
+"""Shortcut detection: tokens that the model's explanations lean on, that are not the reasons the
+answer should have, and that predict the label in the data.
+
+A shortcut (a spurious feature, "Clever Hans") is a token whose presence is correlated with the
+label in the training data but is not part of the rationale — the zoo's sentiment task plants
+one: "I watched it on Tuesday" comes with a positive review 95% of the time. Following the
+explanation-as-debugging workflow (Ross et al. 2017 find decoys from input gradients; Zhou et
+al. 2022, arXiv 2104.14403, plant features to check that attributions reveal them), we:
+
+1. attribute each example's label (its first target token) to its prompt tokens with any
+   registered method (default: input x gradient; one batched call);
+2. aggregate per token type over the dataset: ``share`` — the token's mean fraction of the
+   example's total absolute attribution, relative to a uniform share (``attr = share * n_tokens``,
+   so 1 means "an average token"); ``rationale`` — the fraction of its occurrences inside the
+   annotated rationales; ``assoc`` — how strongly its presence predicts a label:
+   ``max_y (P(y | token) - P(y)) / (1 - P(y))`` (0: no information; 1: always that label);
+3. rank the candidates (occurring in at least ``min_count`` examples, at most half of the time
+   inside rationales) by ``score = attr * assoc * (1 - rationale)``.
+
+Without rationale annotations the real evidence is label-correlated too and ranks with the
+shortcuts; the report says so. The result feeds :func:`lmxray.improve.regularise.finetune`
+(``irrelevant=report.top(1)``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from ..internals._result import JsonResult
+from ..model import Model
+from ._common import Labelled, as_labelled, format_table
+
+__all__ = ["ShortcutReport", "detect_shortcuts", "token_table"]
+
+
+@dataclass
+class ShortcutReport(JsonResult):
+    """Tokens ranked by how much they look like a shortcut.
+
+    Attributes:
+        rows: one dict per candidate token, best first: ``token``, ``id``, ``count``
+            (examples containing it), ``attr`` (mean relative attribution, 1 = average token),
+            ``signed`` (mean signed share: > 0 supports the labelled answer), ``rationale``
+            (fraction inside rationales), ``assoc`` (label association), ``label`` (the label it
+            predicts), ``p_label`` (P(label | token)), ``score``.
+        excluded: tokens left out as rationale tokens (same fields), by attribution.
+        n_examples, method, labels (label counts), has_rationales.
+    """
+
+    FORMAT = "lmxray.shortcuts/1"
+
+    rows: list[dict[str, Any]]
+    excluded: list[dict[str, Any]]
+    n_examples: int
+    method: str
+    labels: dict[str, int]
+    has_rationales: bool
+    model_name: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def top(self, k: int = 1) -> list[str]:
+        """The ``k`` best candidate tokens (as text, stripped), e.g. for ``finetune(irrelevant=...)``."""
+        return [str(r["token"]).strip() for r in self.rows[:k]]
+
+    def table(self, k: int = 10) -> str:
+        """Fixed-width text table of the top ``k`` candidates."""
+        head = ["rank", "token", "count", "attr", "signed", "rationale", "assoc", "label", "p_label", "score"]
+        body = [[i + 1, repr(r["token"]), r["count"], r["attr"], r["signed"], r["rationale"], r["assoc"],
+                 r["label"], r["p_label"], r["score"]] for i, r in enumerate(self.rows[:k])]
+        title = (f"shortcut candidates ({self.n_examples} examples, {self.method}; labels "
+                 + ", ".join(f"{k2} {v}" for k2, v in self.labels.items()) + ")")
+        text = format_table(head, body, title=title)
+        if not self.has_rationales:
+            text += "\nnote: no rationales were given, so real evidence ranks with the shortcuts"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": self.FORMAT, "model": self.model_name, "method": self.method,
+                "n_examples": self.n_examples, "labels": self.labels,
+                "has_rationales": self.has_rationales, "rows": self.rows, "excluded": self.excluded,
+                "info": self.info}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ShortcutReport:
+        return cls(rows=list(d["rows"]), excluded=list(d.get("excluded", [])), n_examples=int(d["n_examples"]),
+                   method=str(d["method"]), labels=dict(d["labels"]), has_rationales=bool(d["has_rationales"]),
+                   model_name=d.get("model", ""), info=d.get("info", {}))
+
+    def to_png(self, path: Any, k: int = 10) -> Any:
+        """Bar chart of the top ``k`` scores."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        rows = self.rows[:k][::-1]
+        fig, ax = plt.subplots(figsize=(6, 0.35 * max(len(rows), 3) + 1))
+        try:
+            ax.barh([repr(r["token"]) for r in rows], [r["score"] for r in rows], color="#8e44ad")
+            ax.set_xlabel("shortcut score = attr x assoc x (1 - rationale)")
+            ax.set_title(f"shortcut candidates · {self.method} · {self.n_examples} examples")
+            fig.tight_layout()
+            fig.savefig(path, format="png", dpi=110)
+        finally:
+            plt.close(fig)
+        return path
+
+
+def token_table(
+    tokens: Sequence[Sequence[int]],
+    shares: Sequence[np.ndarray],
+    signed: Sequence[np.ndarray],
+    rationales: Sequence[set[int]],
+    labels: Sequence[str],
+    skip: set[int],
+) -> dict[int, dict[str, float]]:
+    """Aggregate per token id (pure function; the reference for the tests).
+
+    Args:
+        tokens: per example, the prompt token ids ``[L_n]``.
+        shares: per example, ``|attribution|`` share of each position ``[L_n]`` (sums to 1 over
+            the counted positions).
+        signed: per example, signed share ``[L_n]``.
+        rationales: per example, rationale positions.
+        labels: per example, its label.
+        skip: token ids never counted (special tokens).
+
+    Returns:
+        ``{id: {count, attr, signed, rationale, assoc, label, p_label}}``.
+    """
+    n = len(tokens)
+    prior = Counter(labels)
+    present: dict[int, list[int]] = defaultdict(list)
+    attr: dict[int, list[float]] = defaultdict(list)
+    sgn: dict[int, list[float]] = defaultdict(list)
+    occ: Counter[int] = Counter()
+    in_rat: Counter[int] = Counter()
+    for e, ids in enumerate(tokens):
+        counted = [i for i, t in enumerate(ids) if t not in skip]
+        n_counted = max(len(counted), 1)
+        per: dict[int, float] = defaultdict(float)
+        per_s: dict[int, float] = defaultdict(float)
+        for i in counted:
+            t = int(ids[i])
+            per[t] += float(shares[e][i])
+            per_s[t] += float(signed[e][i])
+            occ[t] += 1
+            if i in rationales[e]:
+                in_rat[t] += 1
+        for t, v in per.items():
+            present[t].append(e)
+            attr[t].append(v * n_counted)
+            sgn[t].append(per_s[t])
+    out: dict[int, dict[str, float]] = {}
+    for t, ex in present.items():
+        lab = Counter(labels[e] for e in ex)
+        best, best_v, best_p = None, -np.inf, 0.0
+        for y, c in lab.items():
+            p_y = prior[y] / n
+            p = c / len(ex)
+            v = (p - p_y) / (1 - p_y) if p_y < 1 else 0.0
+            if v > best_v:
+                best, best_v, best_p = y, v, p
+        out[t] = {"count": len(ex), "attr": float(np.mean(attr[t])), "signed": float(np.mean(sgn[t])),
+                  "rationale": in_rat[t] / occ[t], "assoc": float(max(best_v, 0.0)), "label": best,
+                  "p_label": best_p}
+    return out
+
+
+def detect_shortcuts(
+    model: Model,
+    examples: Sequence[Any],
+    *,
+    method: str = "input_x_gradient",
+    min_count: int = 5,
+    max_rationale: float = 0.5,
+    batch_size: int = 64,
+    progress: bool = True,
+    **method_params: Any,
+) -> ShortcutReport:
+    """Rank the tokens of a labelled dataset by how much they look like a shortcut.
+
+    Args:
+        model: the lmxray Model (or a black-box model with a perturbation ``method``).
+        examples: labelled examples (zoo items, dicts with ``prompt``/``target``/``rationale``,
+            ...; see :func:`lmxray.improve._common.as_labelled`).
+        method: any registered attribution method.
+        min_count: candidates occur in at least this many examples.
+        max_rationale: tokens inside rationales more often than this are excluded.
+        batch_size: examples per attribution call.
+        progress: show a progress bar.
+        **method_params: passed to the method (e.g. ``n_steps`` for integrated gradients).
+
+    Returns:
+        :class:`ShortcutReport`.
+
+    Example:
+        >>> rep = detect_shortcuts(m, lmxray.zoo.generate("sentiment", "train", 300))  # doctest: +SKIP
+        >>> rep.top(1)                                                              # doctest: +SKIP
+        ['Tuesday']
+    """
+    from tqdm.auto import tqdm
+
+    from ..attribution.api import attribute
+
+    data: list[Labelled] = as_labelled(examples, model)
+    if min_count < 1:
+        raise InputError(f"min_count must be at least 1, got {min_count}")
+    if len(data) < 2:
+        raise InputError("shortcut detection needs a dataset (at least 2 labelled examples)")
+    tokens: list[list[int]] = []
+    shares: list[np.ndarray] = []
+    signed: list[np.ndarray] = []
+    skip = set(getattr(model.tokenizer, "all_special_ids", []) or [])
+    bar = tqdm(total=len(data), desc=f"shortcuts ({method})", unit="ex", disable=not progress)
+    try:
+        for a in range(0, len(data), batch_size):
+            chunk = data[a:a + batch_size]
+            res = attribute(model, [e.prompt for e in chunk], [e.target for e in chunk], method=method,
+                            **method_params)
+            for r in res:
+                ids = list(r.source_ids[: len(r.source_ids) - len(r.target_ids)])
+                s = np.nan_to_num(np.asarray(r.scores[0, : len(ids)], dtype=np.float64))
+                keep = np.array([t not in skip for t in ids], dtype=bool)
+                mag = np.abs(s) * keep
+                total = mag.sum()
+                shares.append(mag / total if total > 0 else mag)
+                signed.append(s * keep / total if total > 0 else s * 0)
+                tokens.append(ids)
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+    labels = [e.cls for e in data]
+    stats = token_table(tokens, shares, signed, [set(e.rationale) for e in data], labels, skip)
+    rows, excluded = [], []
+    for t, st in stats.items():
+        row = {"token": model.token_strings([t])[0], "id": int(t), **st}
+        row["score"] = float(st["attr"] * st["assoc"] * (1 - st["rationale"]))
+        if st["count"] < min_count:
+            continue
+        (excluded if st["rationale"] > max_rationale else rows).append(row)
+    rows.sort(key=lambda r: (-r["score"], -r["attr"], r["id"]))
+    excluded.sort(key=lambda r: (-r["attr"], r["id"]))
+    for r in rows + excluded:
+        for k in ("attr", "signed", "rationale", "assoc", "p_label", "score"):
+            r[k] = round(float(r[k]), 6)
+    return ShortcutReport(
+        rows=rows, excluded=excluded, n_examples=len(data), method=method,
+        labels=dict(sorted(Counter(labels).items())), has_rationales=any(e.rationale for e in data),
+        model_name=model.name,
+        info={"min_count": min_count, "max_rationale": max_rationale, "method_params": {
+            k: v for k, v in method_params.items() if isinstance(v, int | float | str | bool)}},
+    )
