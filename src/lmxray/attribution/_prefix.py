@@ -291,7 +291,7 @@ def _overhead(model: Model) -> float:
     if model.device.type == "cuda":
         per_call, rate = 2e-3 + 3e-4 * layers, 2e13
     else:
-        per_call, rate = 2e-3 + 5e-4 * layers, 1e11
+        per_call, rate = 4e-3 + 1.5e-3 * layers, 1e11
     return float(min(1e5, max(4.0, per_call * rate / flops)))
 
 

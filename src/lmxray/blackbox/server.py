@@ -71,7 +71,12 @@ class CompletionServer:
         self.name = name or model.name
         self.requests = 0
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer((host, port), self._handler())
+        try:
+            self._httpd = ThreadingHTTPServer((host, port), self._handler())
+        except OSError as exc:
+            raise InputError(
+                f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another port"
+            ) from None
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
         h, p = self._httpd.server_address[:2]
