@@ -262,6 +262,13 @@ def run_case(ci: int, case: Case, args: argparse.Namespace, run_dir: Path) -> di
     }
 
 
+def finish_report(report: dict[str, Any]) -> None:
+    results = report.get("cases", [])
+    report["flops"] = flops_summary(results, report.get("peak"))
+    loads = [v for c in results for row in c["rows"] for pair in row["loadavg"] for v in pair if v]
+    report["max_load"] = max(loads, default=0.0)
+
+
 def flops_summary(
     results: list[dict[str, Any]], peak: dict[str, Any] | None
 ) -> dict[str, Any] | None:
@@ -337,10 +344,10 @@ def print_footer(report: dict[str, Any], md: bool) -> None:
     fl = report.get("flops")
     lines = []
     if pk.get("gflops_best"):
+        after = f", {pk2['gflops_best']:.1f} after" if pk2.get("gflops_best") else ""
         lines.append(
-            f"fp32 matmul peak (torch.mm 2048x2048, {report['threads']} threads): "
-            f"{pk['gflops_best']:.1f} GFLOP/s before, "
-            f"{pk2.get('gflops_best', float('nan')):.1f} after the cases"
+            f"fp32 matmul peak (best of 10 torch.mm 2048x2048, {report['threads']} threads): "
+            f"{pk['gflops_best']:.1f} GFLOP/s before the cases{after}"
         )
     if fl:
         lines.append(
@@ -383,7 +390,8 @@ def print_markdown(report: dict[str, Any]) -> None:
             ver = (row.get("versions") or {}).get(
                 {"transformer_lens": "transformer-lens"}.get(row["library"], row["library"]), ""
             )
-            lib = f"{row['library']} {ver}".strip()
+            tf = (row.get("versions") or {}).get("transformers")
+            lib = f"{row['library']} {ver}".strip() + (f" (transformers {tf})" if tf else "")
             print(
                 f"| {c['case']} | {lib} | {fmt_s(row['median_s'])} | {ratio} | "
                 f"{fmt_diff(c, row)} | {row_notes(c, row).replace('|', '/')} |"
@@ -462,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.from_json:
         report = json.loads(args.from_json.read_text())
+        finish_report(report)
         print_markdown(report) if args.markdown else print_table(report)
         return 0
 
@@ -489,15 +498,17 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_peak:
         report["peak"] = measure_peak(args)
         print(f"  matmul peak: {report['peak']}")
-    results = []
+    results: list[dict[str, Any]] = []
+    report["cases"] = results
     for ci, case in enumerate(cases):
         results.append(run_case(ci, case, args, run_dir))
-    report["cases"] = results
+        if args.json:  # partial report after every case: a long run stopped midway still counts
+            report["partial"] = ci + 1 < len(cases)
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report, indent=1, default=str))
     if not args.no_peak:
         report["peak_after"] = measure_peak(args)
-    report["flops"] = flops_summary(results, report.get("peak"))
-    loads = [v for c in results for row in c["rows"] for pair in row["loadavg"] for v in pair if v]
-    report["max_load"] = max(loads, default=0.0)
+    finish_report(report)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1, default=str))
