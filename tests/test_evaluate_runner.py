@@ -268,3 +268,15 @@ def test_sigint_halfway_then_resume_gives_the_uninterrupted_table(tiny_dir, tmp_
     for col in a.columns.drop("attribution_seconds"):  # timings differ, metrics must not
         for x, y in zip(a[col], b[col], strict=True):
             assert (math.isnan(x) and math.isnan(y)) or x == pytest.approx(y, rel=1e-5, abs=1e-8), col
+
+
+def test_metric_lists_and_callable_package(gpt2):
+    import lmxray.evaluate as package
+    from lmxray.evaluate.runner import METRIC_GROUPS, _resolve_metrics
+
+    assert _resolve_metrics("all,sanity") == (set(METRIC_GROUPS), None)
+    assert _resolve_metrics(None) == (set(METRIC_GROUPS) - {"sanity"}, None)
+    assert _resolve_metrics("deletion,groundtruth") == ({"faithfulness", "groundtruth"}, ["deletion"])
+    ev = package(gpt2, EXAMPLES[:1], methods="random", metrics="deletion", progress=False, n_steps=2)
+    assert list(ev.leaderboard().index) == ["random"] and "deletion_auc" in ev.leaderboard()
+    assert "comprehensiveness" not in ev.leaderboard()

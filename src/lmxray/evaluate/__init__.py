@@ -6,9 +6,15 @@ benchmark runner with leaderboards.
 >>> m = lmxray.load()                                                        # doctest: +SKIP
 >>> a = m.attribute("The capital of France is", target=" Paris", method="occlusion")  # doctest: +SKIP
 >>> faithfulness(m, a).summary()["comprehensiveness"]                        # doctest: +SKIP
->>> ev = evaluate(m, lmxray.zoo.tasks.generate("facts", n=50), methods="all")  # doctest: +SKIP
+>>> ev = lmxray.evaluate(m, lmxray.zoo.generate("facts", n=50), methods="all")  # doctest: +SKIP
 >>> ev.show(); ev.to_dataframe()                                             # doctest: +SKIP
+
+The package itself is callable: ``lmxray.evaluate(model, examples, ...)`` is
+:func:`~lmxray.evaluate.runner.evaluate`, and ``lmxray.evaluate.faithfulness`` & co. stay reachable.
 """
+
+import sys
+import types
 
 from .data import Example, load_examples
 from .faithfulness import DEFAULT_BINS, FAITHFULNESS_METRICS, Faithfulness, faithfulness
@@ -37,3 +43,13 @@ __all__ = [
     "GROUNDTRUTH_METRICS",
     "DEFAULT_BINS",
 ]
+
+
+class _CallableModule(types.ModuleType):
+    """``lmxray.evaluate(...)`` runs the benchmark; attributes work as for any module."""
+
+    def __call__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return evaluate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -67,6 +67,8 @@ def _resolve_metrics(metrics: str | Sequence[str] | None) -> tuple[set[str], lis
         metrics = [m.strip() for m in metrics.split(",") if m.strip()]
     groups: set[str] = set()
     faith: list[str] = []
+    if "all" in metrics:  # e.g. "all,sanity"
+        metrics = [*(g for g in METRIC_GROUPS if g != "sanity"), *(m for m in metrics if m != "all")]
     for m in metrics:
         if m in METRIC_GROUPS:
             groups.add(m)
