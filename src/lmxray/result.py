@@ -28,13 +28,18 @@ from .errors import FormatError
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-__all__ = ["Attribution", "FORMAT", "atomic_write_text"]
+__all__ = ["Attribution", "FORMAT", "atomic_write_text", "atomic_write_bytes"]
 
 FORMAT = "lmxray.attribution/1"
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """Write ``text`` to ``path`` atomically: a reader sees the old file or the new one, never half."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temporary file in the same folder, then rename)."""
     path = Path(path)
     if path.parent and not path.parent.exists():
         from .errors import InputError
@@ -42,8 +47,8 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
         raise InputError(f"cannot write {path}: folder {path.parent} does not exist; create it first")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
