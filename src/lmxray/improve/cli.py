@@ -49,8 +49,11 @@ def _emit(result: Any, out: Any, err: Any, json_out: Path | None, png_out: Path 
 
     if str(json_out) != "-":
         out.print(table if table is not None else result.table(), markup=False, highlight=False, soft_wrap=True)
-    draw = png or result.to_png
-    write_outputs([(json_out, lambda: result.to_json() + "\n"), (png_out, lambda: render_png(draw))], err)
+    outputs: list[tuple[Path | None, Any]] = [(json_out, lambda: result.to_json() + "\n")]
+    if png_out is not None:
+        draw = png or result.to_png
+        outputs.append((png_out, lambda: render_png(draw)))
+    write_outputs(outputs, err)
 
 
 def _floats(text: str, name: str) -> list[float]:
@@ -78,7 +81,7 @@ def shortcuts(
                                                    help="Labelled JSONL: prompt, target (or label), optional rationale.")] = None,
     task: Annotated[str, typer.Option("--task", help="Zoo task used when no DATA is given.")] = "sentiment",
     split: Annotated[str, typer.Option("--split", help="Zoo split.")] = "train",
-    n: Annotated[int, typer.Option("--n", min=2, help="Zoo examples.")] = 300,
+    n: Annotated[int, typer.Option("--n", min=2, help="Zoo examples.")] = 1000,
     method: Annotated[str, typer.Option("--method", metavar="NAME", help="Attribution method.")] = "input_x_gradient",
     min_count: Annotated[int, typer.Option("--min-count", min=1, help="Candidates occur in at least N examples.")] = 5,
     top: Annotated[int, typer.Option("--top", min=1, help="Rows printed.")] = 10,
@@ -101,7 +104,8 @@ def shortcuts(
     if rows is not None:
         rep = detect_shortcuts(m, rows, method=method, min_count=min_count, progress=not no_progress)
     else:
-        rep = shortcut_demo(m, n=n, split=split, seed=seed, method=method, progress=not no_progress)
+        rep = shortcut_demo(m, n=n, split=split, seed=seed, method=method, min_count=min_count,
+                            progress=not no_progress)
     _emit(rep, out, err, json_out, png_out, png=lambda p: rep.to_png(p, top), table=rep.table(top))
     if rows is None and str(json_out) != "-":
         out.print(f"planted shortcut {rep.info['planted']}: rank {rep.info['planted_rank']}", markup=False)
@@ -116,7 +120,7 @@ def finetune_cmd(
     penalise: Annotated[str, typer.Option("--penalise", metavar="WHAT",
                                           help="'shortcut' (zoo annotation), 'detect', 'none', or comma words.")] = "shortcut",
     lam: Annotated[float, typer.Option("--lam", min=0.0, help="RRR penalty weight.")] = 10.0,
-    steps: Annotated[int, typer.Option("--steps", min=1)] = 100,
+    steps: Annotated[int, typer.Option("--steps", min=1)] = 200,
     lr: Annotated[float, typer.Option("--lr", min=0.0)] = 1e-3,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
     n_train: Annotated[int, typer.Option("--n-train", min=10, help="Zoo training examples.")] = 2000,

@@ -138,14 +138,17 @@ class RankOneEdit:
 
 def key_covariance(model: Model, layer: int, texts: Sequence[str], *, batch_size: int = 32,
                    ridge: float = 1e-3) -> torch.Tensor:
-    """``C = E[k kᵀ] + ridge · mean(diag) · I`` ``[d_mlp, d_mlp]`` (float64) over every token of ``texts``."""
+    """``C = E[k kᵀ] + ridge · mean(diag) · I`` ``[d_mlp, d_mlp]`` (float64) over every token of
+    ``texts`` (each cut to the model's context length)."""
     if not texts:
         raise InputError("the key covariance needs sample texts (e.g. lmxray.zoo.corpus('train', 300))")
     name = f"layers.{layer}.mlp.hidden"
+    limit = model.max_length or 1 << 30
+    seqs = [ids[:limit] for ids in (model.encode(t) for t in texts) if ids]  # longer texts are cut
     acc: torch.Tensor | None = None
     n = 0
-    for a in range(0, len(texts), batch_size):
-        cache = run_with_cache(model, list(texts[a:a + batch_size]), cache=[name], logits=False)
+    for a in range(0, len(seqs), batch_size):
+        cache = run_with_cache(model, seqs[a:a + batch_size], cache=[name], logits=False)
         k = cache[name].double()
         mask = cache.attention_mask.bool().to(k.device)
         k = k[mask]  # [tokens, d_mlp]
@@ -168,7 +171,7 @@ def rome_edit(
     *,
     layer: int,
     cov: torch.Tensor,
-    steps: int = 40,
+    steps: int = 100,
     lr: float = 0.5,
     kl_factor: float = 0.0625,
     clamp: float = 4.0,
@@ -235,7 +238,7 @@ def rome_edit(
                         le = torch.log_softmax(model.forward(input_ids=torch.tensor([ess_ids], device=dev),
                                                              logits_to_keep=1).logits[0, -1].float(), -1)
                     loss = loss + kl_factor * torch.sum(base_ess.exp() * (base_ess - le))
-                p_new = float(torch.exp(-nll))
+                p_new = float(torch.exp(-nll.detach()))
                 if p_new >= stop_prob:
                     break
                 (g,) = torch.autograd.grad(loss, [delta])  # no .grad left on the model's parameters
@@ -291,18 +294,20 @@ def _top1(model: Model, pairs: Sequence[tuple[str, str]], batch_size: int = 64) 
     return target_correct(model, [Labelled(p, t) for p, t in pairs], batch_size=batch_size)
 
 
-def counterfactuals(facts: Sequence[dict[str, Any]], seed: int = 0) -> list[str]:
-    """For each fact, a new object: another fact's answer of the same relation (seeded)."""
+def counterfactuals(facts: Sequence[dict[str, Any]], pool: Sequence[dict[str, Any]] | None = None,
+                    seed: int = 0) -> list[str]:
+    """For each fact, a new object: another answer of the same relation among ``pool`` (default
+    ``facts``), drawn with a seeded generator (CounterFact's recipe)."""
     rng = random.Random(seed)
     by_rel: dict[str, list[str]] = {}
-    for f in facts:
+    for f in pool if pool is not None else facts:
         by_rel.setdefault(str(f.get("relation")), []).append(str(f["answer"]))
     out = []
     for f in facts:
-        pool = sorted({a for a in by_rel[str(f.get("relation"))] if a.strip() != str(f["answer"]).strip()})
-        if not pool:
+        pool_r = sorted({a for a in by_rel.get(str(f.get("relation")), []) if a.strip() != str(f["answer"]).strip()})
+        if not pool_r:
             raise InputError(f"no other answer of relation {f.get('relation')!r} to edit the fact into")
-        out.append(rng.choice(pool))
+        out.append(rng.choice(pool_r))
     return out
 
 
@@ -409,7 +414,7 @@ def evaluate_edits(
             covs[ly] = key_covariance(model, ly, texts)
         return covs[ly]
 
-    new_obj = counterfactuals([facts[i] for i in chosen], seed=seed)
+    new_obj = counterfactuals([facts[i] for i in chosen], facts, seed=seed)
     editors = {"located": lambda i: layer}
     if compare_random and n_l > 1:
         rl = random.Random(seed + 1)

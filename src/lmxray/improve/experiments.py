@@ -41,15 +41,17 @@ __all__ = [
 ]
 
 
-def shortcut_demo(model: Model, *, n: int = 300, split: str = "train", seed: int = 0,
-                  method: str = "input_x_gradient", progress: bool = True, **method_params: Any) -> Any:
+def shortcut_demo(model: Model, *, n: int = 1000, split: str = "train", seed: int = 0,
+                  method: str = "input_x_gradient", min_count: int = 5, progress: bool = True,
+                  **method_params: Any) -> Any:
     """:func:`~lmxray.improve.shortcuts.detect_shortcuts` on ``n`` zoo sentiment examples."""
     from .shortcuts import detect_shortcuts
 
     data = zoo_labelled("sentiment", split, n, seed, model)
-    rep = detect_shortcuts(model, data, method=method, progress=progress, **method_params)
-    planted = sorted({model.token_strings([model.encode(e.prompt)[i]])[0] for e in data for i in e.irrelevant})
-    ranks = [i + 1 for i, r in enumerate(rep.rows) if r["token"] in planted]
+    rep = detect_shortcuts(model, data, method=method, min_count=min_count, progress=progress, **method_params)
+    planted_ids = {model.encode(e.prompt)[i] for e in data for i in e.irrelevant}
+    planted = sorted(model.token_strings([t])[0] for t in planted_ids)
+    ranks = [i + 1 for i, r in enumerate(rep.rows) if r["id"] in planted_ids]
     rep.info.update(task="sentiment", split=split, seed=seed, planted=planted,
                     planted_rank=ranks[0] if ranks else None)
     return rep
@@ -110,6 +112,21 @@ class RRRReport(JsonResult):
                    model_name=d.get("model", ""), info=d.get("info", {}))
 
 
+def _marked_words(model: Model, examples: Sequence[Labelled]) -> list[str]:
+    """The marked words as text (runs of adjacent marked tokens decoded together)."""
+    words: set[str] = set()
+    for e in examples:
+        ids = model.encode(e.prompt)
+        run: list[int] = []
+        for i in [*sorted(e.irrelevant), -2]:
+            if run and i != run[-1] + 1:
+                words.add(model.tokenizer.decode([ids[j] for j in run]).strip())
+                run = []
+            if i >= 0:
+                run.append(i)
+    return sorted(words)
+
+
 def _accuracies(model: Model, test: Sequence[Labelled], shift: Sequence[Labelled],
                 conflict: Sequence[Labelled]) -> dict[str, float]:
     return {"in-distribution": float(target_correct(model, test).mean()),
@@ -154,11 +171,11 @@ def rrr_demo(
     conflict = [e for e in shift if e.irrelevant and e.cls != short_label]
     words: list[str]
     if penalise == "shortcut":
-        words = sorted({model.token_strings([model.encode(e.prompt)[i]])[0].strip() for e in marked for i in e.irrelevant})
+        words = _marked_words(model, marked)
         extra = None
     else:
         if penalise == "detect":
-            rep = shortcut_demo(model, n=min(300, n_train), seed=seed, progress=progress)
+            rep = shortcut_demo(model, n=min(1000, n_train), seed=seed, progress=progress)
             words = rep.top(1)
         elif isinstance(penalise, str):
             words = [w.strip() for w in penalise.split(",") if w.strip()]
@@ -172,6 +189,10 @@ def rrr_demo(
     runs: dict[str, FinetuneResult] = {}
     rows = {"base": _accuracies(model, test, shift, conflict)}
     out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        if not out.parent.is_dir():
+            raise InputError(f"cannot write {out}: folder {out.parent} does not exist; create it first")
+        out.mkdir(exist_ok=True)
     plan = ([("plain", 0.0)] if compare else []) + [("rrr", lam)]
     for name, lam_i in plan:  # the same data, steps and seed; lam = 0 ignores the marks
         r = finetune(model, train_used, lam=lam_i, config=cfg, irrelevant=extra,

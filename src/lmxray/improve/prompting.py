@@ -51,12 +51,14 @@ CONDITIONS = ("zero-shot", "no rationale", "random rationale", "amplify")
 
 @dataclass(frozen=True)
 class Demo:
-    """One demonstration: the example, its MCS and the rationale words of each condition."""
+    """One demonstration: the example, its MCS, whether the target got it wrong, and the
+    rationale words of each condition."""
 
     example: Labelled
     mcs: float
     words: tuple[str, ...]
     random_words: tuple[str, ...] = ()
+    wrong: bool = False
 
 
 def predict(model: Any, prompts: Sequence[str], labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -104,9 +106,13 @@ def rationale_words(proxy: Any, examples: Sequence[Labelled], *, k: int = 5, met
 
 
 def select_demos(target: Any, pool: Sequence[Labelled], labels: Sequence[str], n_shots: int, *,
-                 proxy: Any = None) -> list[tuple[Labelled, float]]:
+                 proxy: Any = None) -> list[tuple[Labelled, float, bool]]:
     """Pool examples the target gets wrong, by MCS (of ``proxy`` when given, else of ``target``),
-    taken round-robin over their true labels; correct ones fill up when too few are wrong."""
+    taken round-robin over their true labels; correct ones fill up when too few are wrong.
+
+    Returns:
+        ``(example, mcs, target_wrong)`` per demonstration, wrong ones first.
+    """
     pred, lp = predict(target, [e.prompt for e in pool], labels)
     gold = np.array([_label_index(e, labels) for e in pool])
     wrong = pred != gold
@@ -126,7 +132,7 @@ def select_demos(target: Any, pool: Sequence[Labelled], labels: Sequence[str], n
             if queues[lab] and len(picked) < n_shots:
                 picked.append(queues[lab].pop(0))
     picked.sort(key=lambda i: (not wrong[i], -mcs[i], i))
-    return [(pool[i], float(mcs[i])) for i in picked]
+    return [(pool[i], float(mcs[i]), bool(wrong[i])) for i in picked]
 
 
 def _label_index(e: Labelled, labels: Sequence[str]) -> int:
@@ -235,15 +241,17 @@ def amplify_experiment(
         raise InputError("AMPLIFY needs at least two candidate labels")
     if n_shots < 1:
         raise InputError(f"n_shots must be at least 1, got {n_shots}")
-    chosen = select_demos(target, pool_l, labs, n_shots, proxy=proxy)
-    words = rationale_words(proxy, [e for e, _ in chosen], k=k, method=method, **method_params)
+    chosen = select_demos(target, pool_l, labs, n_shots, proxy=proxy if proxy is not target else None)
+    n_wrong = int(np.sum(predict(target, [e.prompt for e in pool_l], labs)[0]
+                         != np.array([_label_index(e, labs) for e in pool_l])))
+    words = rationale_words(proxy, [e for e, _, _ in chosen], k=k, method=method, **method_params)
     rng = random.Random(seed)
     skip = set(getattr(proxy.tokenizer, "all_special_ids", []) or [])
     demos = []
-    for (e, mcs), w in zip(chosen, words, strict=True):
+    for (e, mcs, wrong), w in zip(chosen, words, strict=True):
         cand = list(dict.fromkeys(s for _, s in _words(proxy, proxy.encode(e.prompt), skip)))
         rnd = tuple(rng.sample(cand, min(len(w) or k, len(cand))))
-        demos.append(Demo(e, mcs, w, rnd))
+        demos.append(Demo(e, mcs, w, rnd, wrong))
     gold = np.array([_label_index(e, labs) for e in q_l])
     acc: dict[str, float] = {}
     preds: dict[str, list[int]] = {}
@@ -255,9 +263,11 @@ def amplify_experiment(
     return AmplifyResult(
         accuracy=acc, n=len(q_l), labels=labs,
         demos=[{"prompt": d.example.prompt, "target": d.example.target, "mcs": round(d.mcs, 4),
-                "words": list(d.words), "random_words": list(d.random_words)} for d in demos],
+                "target_wrong": d.wrong, "words": list(d.words), "random_words": list(d.random_words)}
+               for d in demos],
         example_prompt=build_prompt(demos, q_l[0].prompt, condition="amplify", sep=sep, template=template),
         model_name=getattr(target, "name", ""), proxy_name=getattr(proxy, "name", ""),
         info={"n_shots": n_shots, "k": k, "method": method, "seed": seed, "sep": sep,
-              "n_wrong_in_pool": int(sum(1 for _, m in chosen if m > 0)), "predictions": preds},
+              "n_wrong_in_pool": n_wrong, "n_wrong_demos": int(sum(d.wrong for d in demos)),
+              "predictions": preds},
     )

@@ -76,7 +76,7 @@ class FinetuneConfig:
         seed: batch sampling (and path point) seed.
     """
 
-    steps: int = 150
+    steps: int = 200
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.0

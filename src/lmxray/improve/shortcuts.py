@@ -13,8 +13,14 @@ al. 2022, arXiv 2104.14403, plant features to check that attributions reveal the
    example's total absolute attribution, relative to a uniform share (``attr = share * n_tokens``,
    so 1 means "an average token"); ``rationale`` — the fraction of its occurrences inside the
    annotated rationales; ``assoc`` — how strongly its presence predicts a label:
-   ``max_y (P(y | token) - P(y)) / (1 - P(y))`` (0: no information; 1: always that label);
-3. rank the candidates (occurring in at least ``min_count`` examples, at most half of the time
+   ``max_y (P̃(y | token) - P(y)) / (1 - P(y))`` (0: no information; 1: always that label),
+   with ``P̃(y | token) = (count(y, token) + a P(y)) / (count(token) + a)`` shrunk towards the
+   prior by ``a = prior_count`` pseudo-examples, so that a rare token is not called predictive
+   on a handful of occurrences;
+3. explain away: a token that occurs mostly together with a more predictive one (" on" in
+   "I watched it on Tuesday") is scored by its *residual* association on the examples without
+   that token (:func:`explain_away`; the table names the explaining token);
+4. rank the candidates (occurring in at least ``min_count`` examples, at most half of the time
    inside rationales) by ``score = attr * assoc * (1 - rationale)``.
 
 Without rationale annotations the real evidence is label-correlated too and ranks with the
@@ -24,6 +30,7 @@ shortcuts; the report says so. The result feeds :func:`lmxray.improve.regularise
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,7 +43,7 @@ from ..internals._result import JsonResult
 from ..model import Model
 from ._common import Labelled, as_labelled, format_table
 
-__all__ = ["ShortcutReport", "detect_shortcuts", "token_table"]
+__all__ = ["ShortcutReport", "detect_shortcuts", "token_table", "association", "explain_away"]
 
 
 @dataclass
@@ -70,9 +77,11 @@ class ShortcutReport(JsonResult):
 
     def table(self, k: int = 10) -> str:
         """Fixed-width text table of the top ``k`` candidates."""
-        head = ["rank", "token", "count", "attr", "signed", "rationale", "assoc", "label", "p_label", "score"]
-        body = [[i + 1, repr(r["token"]), r["count"], r["attr"], r["signed"], r["rationale"], r["assoc"],
-                 r["label"], r["p_label"], r["score"]] for i, r in enumerate(self.rows[:k])]
+        head = ["rank", "token", "count", "attr", "rationale", "assoc raw", "assoc", "explained by", "label",
+                "p_label", "score"]
+        body = [[i + 1, repr(r["token"]), r["count"], r["attr"], r["rationale"], r.get("assoc_raw", r["assoc"]),
+                 r["assoc"], repr(r["explained_by"]) if r.get("explained_by") else "-", r["label"], r["p_label"],
+                 r["score"]] for i, r in enumerate(self.rows[:k])]
         title = (f"shortcut candidates ({self.n_examples} examples, {self.method}; labels "
                  + ", ".join(f"{k2} {v}" for k2, v in self.labels.items()) + ")")
         text = format_table(head, body, title=title)
@@ -119,6 +128,7 @@ def token_table(
     rationales: Sequence[set[int]],
     labels: Sequence[str],
     skip: set[int],
+    prior_count: float = 10.0,
 ) -> dict[int, dict[str, float]]:
     """Aggregate per token id (pure function; the reference for the tests).
 
@@ -130,6 +140,7 @@ def token_table(
         rationales: per example, rationale positions.
         labels: per example, its label.
         skip: token ids never counted (special tokens).
+        prior_count: pseudo-examples shrinking ``P(label | token)`` towards ``P(label)``.
 
     Returns:
         ``{id: {count, attr, signed, rationale, assoc, label, p_label}}``.
@@ -157,19 +168,55 @@ def token_table(
             present[t].append(e)
             attr[t].append(v * n_counted)
             sgn[t].append(per_s[t])
-    out: dict[int, dict[str, float]] = {}
+    out: dict[int, dict[str, Any]] = {}
     for t, ex in present.items():
-        lab = Counter(labels[e] for e in ex)
-        best, best_v, best_p = None, -np.inf, 0.0
-        for y, c in lab.items():
-            p_y = prior[y] / n
-            p = c / len(ex)
-            v = (p - p_y) / (1 - p_y) if p_y < 1 else 0.0
-            if v > best_v:
-                best, best_v, best_p = y, v, p
+        best, best_v, best_p = association([labels[e] for e in ex], prior, n, prior_count)
         out[t] = {"count": len(ex), "attr": float(np.mean(attr[t])), "signed": float(np.mean(sgn[t])),
-                  "rationale": in_rat[t] / occ[t], "assoc": float(max(best_v, 0.0)), "label": best,
-                  "p_label": best_p}
+                  "rationale": in_rat[t] / occ[t], "assoc": best_v, "label": best, "p_label": best_p,
+                  "examples": list(ex)}
+    return out
+
+
+def association(labels: Sequence[str], prior: Counter[str], n: int, prior_count: float) -> tuple[Any, float, float]:
+    """``(label, assoc, P̃(label | token))`` of the label a token's examples (``labels``) lean to
+    most, against the label counts ``prior`` of ``n`` examples (see the module docstring)."""
+    lab = Counter(labels)
+    best, best_v, best_p = None, 0.0, 0.0
+    for y, c in sorted(lab.items()):
+        p_y = prior[y] / n if n else 0.0
+        p = (c + prior_count * p_y) / (len(labels) + prior_count)
+        v = (p - p_y) / (1 - p_y) if p_y < 1 else 0.0
+        if best is None or v > best_v:
+            best, best_v, best_p = y, v, p
+    return best, float(max(best_v, 0.0)), float(best_p)
+
+
+def explain_away(stats: dict[int, dict[str, Any]], candidates: Sequence[int], labels: Sequence[str],
+                 prior_count: float, overlap: float = 0.5) -> dict[int, tuple[float, int | None]]:
+    """Residual association of each candidate once co-occurring, more predictive tokens are
+    accounted for: ``{id: (assoc, explained_by)}``.
+
+    A token ``t`` that appears mostly together with a token ``u`` of higher association
+    (``P(u | t) >= overlap``; e.g. " on" in "I watched it on Tuesday") inherits ``u``'s label
+    correlation; its residual association is measured on the examples without such ``u``
+    (against the label distribution of those examples), capped at its raw association, so that
+    the template words around a shortcut do not rank with it.
+    """
+    order = sorted(candidates, key=lambda t: (-stats[t]["assoc"], t))
+    sets = {t: set(stats[t]["examples"]) for t in candidates}
+    out: dict[int, tuple[float, int | None]] = {}
+    for i, t in enumerate(order):
+        explainers = [u for u in order[:i] if stats[u]["assoc"] > stats[t]["assoc"]
+                      and len(sets[t] & sets[u]) >= overlap * len(sets[t])]
+        if not explainers:
+            out[t] = (stats[t]["assoc"], None)
+            continue
+        excluded = set().union(*(sets[u] for u in explainers))
+        rest = [e for e in range(len(labels)) if e not in excluded]
+        mine = [labels[e] for e in sets[t] if e not in excluded]
+        _, v, _ = association(mine, Counter(labels[e] for e in rest), len(rest), prior_count)
+        strongest = max(explainers, key=lambda u: len(sets[t] & sets[u]))
+        out[t] = (min(v, stats[t]["assoc"]), strongest)  # explaining away only removes association
     return out
 
 
@@ -180,6 +227,8 @@ def detect_shortcuts(
     method: str = "input_x_gradient",
     min_count: int = 5,
     max_rationale: float = 0.5,
+    prior_count: float = 10.0,
+    explain: bool = True,
     batch_size: int = 64,
     progress: bool = True,
     **method_params: Any,
@@ -193,6 +242,9 @@ def detect_shortcuts(
         method: any registered attribution method.
         min_count: candidates occur in at least this many examples.
         max_rationale: tokens inside rationales more often than this are excluded.
+        prior_count: shrinkage of the label association (pseudo-examples, see module docstring).
+        explain: measure each token's association after explaining away co-occurring, more
+            predictive tokens (:func:`explain_away`); ``False`` ranks by the raw association.
         batch_size: examples per attribution call.
         progress: show a progress bar.
         **method_params: passed to the method (e.g. ``n_steps`` for integrated gradients).
@@ -219,11 +271,15 @@ def detect_shortcuts(
     signed: list[np.ndarray] = []
     skip = set(getattr(model.tokenizer, "all_special_ids", []) or [])
     bar = tqdm(total=len(data), desc=f"shortcuts ({method})", unit="ex", disable=not progress)
+    caught: list[warnings.WarningMessage] = []
     try:
         for a in range(0, len(data), batch_size):
             chunk = data[a:a + batch_size]
-            res = attribute(model, [e.prompt for e in chunk], [e.target for e in chunk], method=method,
-                            **method_params)
+            with warnings.catch_warnings(record=True) as got:  # one summary, not one per batch
+                warnings.simplefilter("always")
+                res = attribute(model, [e.prompt for e in chunk], [e.target for e in chunk], method=method,
+                                **method_params)
+            caught += got
             for r in res:
                 ids = list(r.source_ids[: len(r.source_ids) - len(r.target_ids)])
                 s = np.nan_to_num(np.asarray(r.scores[0, : len(ids)], dtype=np.float64))
@@ -236,24 +292,36 @@ def detect_shortcuts(
             bar.update(len(chunk))
     finally:
         bar.close()
+    if caught:
+        first = caught[0]
+        warnings.warn(f"the attribution method warned {len(caught)} times; the first: {first.message}",
+                      first.category, stacklevel=2)
     labels = [e.cls for e in data]
-    stats = token_table(tokens, shares, signed, [set(e.rationale) for e in data], labels, skip)
+    stats = token_table(tokens, shares, signed, [set(e.rationale) for e in data], labels, skip, prior_count)
     rows, excluded = [], []
+    cands = [t for t, st in stats.items() if st["count"] >= min_count and st["rationale"] <= max_rationale]
+    residual = explain_away(stats, cands, labels, prior_count) if explain else {}
     for t, st in stats.items():
-        row = {"token": model.token_strings([t])[0], "id": int(t), **st}
-        row["score"] = float(st["attr"] * st["assoc"] * (1 - st["rationale"]))
         if st["count"] < min_count:
             continue
+        row = {"token": model.token_strings([t])[0], "id": int(t),
+               **{k: v for k, v in st.items() if k != "examples"}}
+        row["assoc_raw"] = st["assoc"]
+        assoc, by = residual.get(t, (st["assoc"], None))
+        row["assoc"] = assoc
+        row["explained_by"] = model.token_strings([by])[0] if by is not None else None
+        row["score"] = float(st["attr"] * assoc * (1 - st["rationale"]))
         (excluded if st["rationale"] > max_rationale else rows).append(row)
     rows.sort(key=lambda r: (-r["score"], -r["attr"], r["id"]))
     excluded.sort(key=lambda r: (-r["attr"], r["id"]))
     for r in rows + excluded:
-        for k in ("attr", "signed", "rationale", "assoc", "p_label", "score"):
+        for k in ("attr", "signed", "rationale", "assoc", "assoc_raw", "p_label", "score"):
             r[k] = round(float(r[k]), 6)
     return ShortcutReport(
         rows=rows, excluded=excluded, n_examples=len(data), method=method,
         labels=dict(sorted(Counter(labels).items())), has_rationales=any(e.rationale for e in data),
         model_name=model.name,
-        info={"min_count": min_count, "max_rationale": max_rationale, "method_params": {
+        info={"min_count": min_count, "max_rationale": max_rationale, "prior_count": prior_count, "explain": explain,
+              "warnings": len(caught), "method_params": {
             k: v for k, v in method_params.items() if isinstance(v, int | float | str | bool)}},
     )
