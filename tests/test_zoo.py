@@ -118,9 +118,13 @@ def test_shipped_model_loads_with_plain_transformers():
 def test_answer_words_are_single_tokens(shipped):
     _, tok = shipped
     words = {i.target for i in tasks.generate("facts", n=None) if " " not in i.target[1:]}
-    words |= {" " + w for w in (*D.NAMES, *D.COPY_WORDS, *D.VALUES, "none", "positive",
-                                 "negative", "neutral")}
-    multi = [w for w in words if "-" not in w and len(tok(w, add_special_tokens=False)["input_ids"]) != 1]
+    words |= {
+        " " + w
+        for w in (*D.NAMES, *D.COPY_WORDS, *D.VALUES, "none", "positive", "negative", "neutral")
+    }
+    multi = [
+        w for w in words if "-" not in w and len(tok(w, add_special_tokens=False)["input_ids"]) != 1
+    ]
     assert not multi
 
 
@@ -148,15 +152,32 @@ def test_evidence_indices_point_at_the_evidence_words(task):
 def _tiny_config():
     from lmxray.zoo.train import TrainConfig
 
-    return TrainConfig(vocab_size=600, d_model=32, n_layers=2, n_heads=2, d_ff=64, seq_len=64,
-                       batch_size=8, warmup=3, lr=1e-2, tokenizer_texts=3000)
+    return TrainConfig(
+        vocab_size=600,
+        d_model=32,
+        n_layers=2,
+        n_heads=2,
+        d_ff=64,
+        seq_len=64,
+        batch_size=8,
+        warmup=3,
+        lr=1e-2,
+        tokenizer_texts=3000,
+    )
 
 
 def test_reduced_model_trains_and_loss_falls(tmp_path):
     from lmxray.zoo.train import train
 
-    out = train(tmp_path / "m", steps=31, seed=0, config=_tiny_config(), progress=False,
-                threads=1, checkpoint_every=1000)
+    out = train(
+        tmp_path / "m",
+        steps=31,
+        seed=0,
+        config=_tiny_config(),
+        progress=False,
+        threads=1,
+        checkpoint_every=1000,
+    )
     info = json.loads((out / "training.json").read_text())
     losses = [loss for _, loss in info["losses"]]
     assert losses[-1] < losses[0] - 1.0
@@ -253,9 +274,17 @@ class _FakeTok:
 
 
 def _fake_example(**kw):
-    base = dict(task="facts", split="test", prompt="capital of France is", target=" Paris",
-                tokens=("<bos>", "capital", " of", " France", " is"), evidence=(3,),
-                evidence_spans=((11, 17),), cue=(1,), content=())
+    base = dict(
+        task="facts",
+        split="test",
+        prompt="capital of France is",
+        target=" Paris",
+        tokens=("<bos>", "capital", " of", " France", " is"),
+        evidence=(3,),
+        evidence_spans=((11, 17),),
+        cue=(1,),
+        content=(),
+    )
     return zoo.Example(**{**base, **kw})
 
 
@@ -293,8 +322,14 @@ def test_ground_truth_verifies_on_shipped_model(task):
 # -------------------------------------------------------------------------------------- CLI
 def _cli(*args, cwd=None):
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, "-m", "lmxray.zoo.cli", *args], capture_output=True,
-                          text=True, env=env, cwd=cwd, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "lmxray.zoo.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=120,
+    )
 
 
 def test_cli_eval_writes_json(tmp_path):
@@ -305,8 +340,14 @@ def test_cli_eval_writes_json(tmp_path):
     assert "facts" in r.stdout
 
 
-@pytest.mark.parametrize("args", [["eval", "--model", "/nonexistent/zoo"], ["eval", "--n", "0"],
-                                  ["train", "--steps", "0", "--out", "OUT"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["eval", "--model", "/nonexistent/zoo"],
+        ["eval", "--n", "0"],
+        ["train", "--steps", "0", "--out", "OUT"],
+    ],
+)
 def test_cli_bad_input_exits_2_with_one_line(tmp_path, args):
     args = [str(tmp_path / "o") if a == "OUT" else a for a in args]
     r = _cli(*args)

@@ -50,8 +50,9 @@ def model_path(name: str = "lmxray-tiny") -> Path:
     path = _MODELS_DIR / name
     if not (path / "config.json").is_file():
         known = ", ".join(models()) or "none installed"
-        raise InputError(f"no zoo model named {name!r} (shipped: {known}); "
-                         "use zoo.model_path() for the default")
+        raise InputError(
+            f"no zoo model named {name!r} (shipped: {known}); use zoo.model_path() for the default"
+        )
     return path
 
 

@@ -67,7 +67,7 @@ def to_example(item: Item, tokenizer: Any) -> Example:
     spans: dict[str, list[Span]] = {k: [] for k in roles}
     for a, b, role in item.spans:
         spans[role].append((a, b))
-    for i, ((s, e), tid) in enumerate(zip(offsets, ids)):
+    for i, ((s, e), tid) in enumerate(zip(offsets, ids, strict=True)):
         if tid in special or e <= s:
             continue
         for a, b, role in item.spans:

@@ -14,14 +14,16 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from lmxray.errors import LmxrayError
 
-app = typer.Typer(help="Model organisms: train and evaluate the zoo models.", no_args_is_help=True,
-                  add_completion=False)
+app = typer.Typer(
+    help="Model organisms: train and evaluate the zoo models.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 
 
 def _fail(msg: str) -> None:
@@ -32,10 +34,12 @@ def _fail(msg: str) -> None:
 @app.command()
 def train(
     out: Path = typer.Option(Path("lmxray-tiny"), "--out", help="Output folder."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Training steps (default: the shipped model's)."),
+    steps: int | None = typer.Option(
+        None, "--steps", help="Training steps (default: the shipped model's)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of data, tokenizer and weights."),
     no_resume: bool = typer.Option(False, "--no-resume", help="Ignore an existing checkpoint."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads."),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads."),
 ) -> None:
     """Train the multi-task zoo model from scratch (Ctrl-C and rerun to resume)."""
     from lmxray.zoo.train import DEFAULT_STEPS
@@ -43,24 +47,29 @@ def train(
 
     t0, c0 = time.time(), time.process_time()
     try:
-        path = _train(out, steps=steps or DEFAULT_STEPS, seed=seed, resume=not no_resume,
-                      threads=threads)
+        path = _train(
+            out, steps=steps or DEFAULT_STEPS, seed=seed, resume=not no_resume, threads=threads
+        )
     except LmxrayError as e:
         _fail(str(e))
     except KeyboardInterrupt:
-        typer.echo(f"interrupted; checkpoint saved in {out / 'checkpoint'}; rerun to resume",
-                   err=True)
+        typer.echo(
+            f"interrupted; checkpoint saved in {out / 'checkpoint'}; rerun to resume", err=True
+        )
         raise typer.Exit(130) from None
-    typer.echo(f"trained {path} in {time.time() - t0:.0f} s wall, "
-               f"{time.process_time() - c0:.0f} s CPU")
+    typer.echo(
+        f"trained {path} in {time.time() - t0:.0f} s wall, {time.process_time() - c0:.0f} s CPU"
+    )
 
 
 @app.command("eval")
 def eval_(
-    model: Optional[Path] = typer.Option(None, "--model", help="Zoo model folder (default: shipped)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the metrics as JSON."),
+    model: Path | None = typer.Option(None, "--model", help="Zoo model folder (default: shipped)."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the metrics as JSON."),
     n: int = typer.Option(500, "--n", help="Held-out examples per task."),
-    verify_n: int = typer.Option(100, "--verify-n", help="Examples per task whose ground truth is verified (0: skip)."),
+    verify_n: int = typer.Option(
+        100, "--verify-n", help="Examples per task whose ground truth is verified (0: skip)."
+    ),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Per-task accuracy of a zoo model, and how many ground truths verify."""
@@ -83,14 +92,22 @@ def eval_(
     for col in ("task", "metric", "value", "n", "verified", "details"):
         table.add_column(col, justify="left" if col in ("task", "metric", "details") else "right")
     for task, row in res.items():
-        details = ", ".join(f"{k}={v}" for k, v in row.items()
-                            if k not in ("metric", "value", "n", "verified", "verify_n"))
+        details = ", ".join(
+            f"{k}={v}"
+            for k, v in row.items()
+            if k not in ("metric", "value", "n", "verified", "verify_n")
+        )
         ver = f"{row['verified']}/{row['verify_n']}" if "verified" in row else ""
         table.add_row(task, row["metric"], f"{row['value']}", str(row["n"]), ver, details)
     Console().print(table)
     if json_out is not None:
-        payload = {"format": "lmxray.zoo.eval/1", "model": str(model or "lmxray-tiny"),
-                   "n": n, "seed": seed, "tasks": res}
+        payload = {
+            "format": "lmxray.zoo.eval/1",
+            "model": str(model or "lmxray-tiny"),
+            "n": n,
+            "seed": seed,
+            "tasks": res,
+        }
         json_out.write_text(json.dumps(payload, indent=1))
 
 

@@ -24,7 +24,8 @@ Tasks
     relation words. The split only changes nothing: a fact is memorised, so "test" asks the same
     facts (in every template) that training taught. Meta records each country's continent.
 ``recall``
-    Associative recall in context: "Keys k3: blue, k7: red. Query k7:" -> " red". Evidence:
+    Associative recall in context: "Keys: k3 blue, k7 red. Query: k7" -> " red" (the value
+    follows its key, so lookup is one induction step: find the earlier key, copy what follows). Evidence:
     the queried pair (key and value) in the context; cue: the query key. Training holds 20%
     negatives whose key is absent (-> " none"), so the pair is necessary. Test instances are
     disjoint from training ones.
@@ -113,8 +114,9 @@ class _Builder:
         self.pos += len(text)
         return self
 
-    def build(self, task: str, split: str, target: str, label: str | None = None,
-              **meta: Any) -> Item:
+    def build(
+        self, task: str, split: str, target: str, label: str | None = None, **meta: Any
+    ) -> Item:
         return Item(task, split, "".join(self.parts), target, tuple(self.spans), label, meta)
 
 
@@ -135,20 +137,41 @@ def _check(task: str, split: str) -> None:
 # ----------------------------------------------------------------------------------- facts
 # [word] marks cue (relation) words, {x} the subject.
 FACT_TEMPLATES: dict[str, tuple[str, ...]] = {
-    "capital": ("The [capital] of {x} is", "{x}'s [capital] city is",
-                "Q: What is the [capital] of {x}? A:"),
-    "language": ("The official [language] of {x} is", "In {x}, people [speak]",
-                 "Q: What [language] is spoken in {x}? A:"),
-    "currency": ("The [currency] of {x} is the", "In {x}, people [pay] with the",
-                 "Q: What is the [currency] of {x}? A: the"),
-    "continent": ("{x} is on the [continent] of", "{x} is a [country] in",
-                  "Q: On which [continent] is {x}? A:"),
-    "landmark": ("You can [visit] {x} in", "Tourists [travel] to see {x} in",
-                 "Q: In which [country] is {x}? A:"),
-    "element": ("The chemical [symbol] of {x} is", "The [symbol] for {x} is",
-                "Q: What is the chemical [symbol] for {x}? A:"),
-    "antonym": ("The [opposite] of {x} is", "The [antonym] of {x} is",
-                "Q: What is the [opposite] of {x}? A:"),
+    "capital": (
+        "The [capital] of {x} is",
+        "{x}'s [capital] city is",
+        "Q: What is the [capital] of {x}? A:",
+    ),
+    "language": (
+        "The official [language] of {x} is",
+        "In {x}, people [speak]",
+        "Q: What [language] is spoken in {x}? A:",
+    ),
+    "currency": (
+        "The [currency] of {x} is the",
+        "In {x}, people [pay] with the",
+        "Q: What is the [currency] of {x}? A: the",
+    ),
+    "continent": (
+        "{x} is on the [continent] of",
+        "{x} is a [country] in",
+        "Q: On which [continent] is {x}? A:",
+    ),
+    "landmark": (
+        "You can [visit] {x} in",
+        "Tourists [travel] to see {x} in",
+        "Q: In which [country] is {x}? A:",
+    ),
+    "element": (
+        "The chemical [symbol] of {x} is",
+        "The [symbol] for {x} is",
+        "Q: What is the chemical [symbol] for {x}? A:",
+    ),
+    "antonym": (
+        "The [opposite] of {x} is",
+        "The [antonym] of {x} is",
+        "Q: What is the [opposite] of {x}? A:",
+    ),
 }
 _TEMPLATE_TOKEN = re.compile(r"\[[^\]]+\]|\{x\}")
 
@@ -157,13 +180,23 @@ def _fact_triples() -> list[tuple[str, str, str, dict[str, Any]]]:
     """(subject, relation, answer, meta) for every fact."""
     out: list[tuple[str, str, str, dict[str, Any]]] = []
     for country, capital, language, currency, continent in D.COUNTRIES:
-        for rel, ans in (("capital", capital), ("language", language),
-                         ("currency", currency), ("continent", continent)):
+        for rel, ans in (
+            ("capital", capital),
+            ("language", language),
+            ("currency", currency),
+            ("continent", continent),
+        ):
             out.append((country, rel, ans, {"continent": continent, "country": country}))
     continent_of = {c[0]: c[4] for c in D.COUNTRIES}
     for landmark, country in D.LANDMARKS:
-        out.append((landmark, "landmark", country,
-                    {"continent": continent_of[country], "country": country}))
+        out.append(
+            (
+                landmark,
+                "landmark",
+                country,
+                {"continent": continent_of[country], "country": country},
+            )
+        )
     for element, symbol in D.ELEMENTS:
         out.append((element, "element", symbol, {}))
     for word, opposite in D.ANTONYMS:
@@ -171,14 +204,15 @@ def _fact_triples() -> list[tuple[str, str, str, dict[str, Any]]]:
     return out
 
 
-def _fact_item(subject: str, rel: str, answer: str, t: int, meta: dict[str, Any],
-               split: str) -> Item:
+def _fact_item(
+    subject: str, rel: str, answer: str, t: int, meta: dict[str, Any], split: str
+) -> Item:
     b = _Builder()
     template = FACT_TEMPLATES[rel][t]
     pos = 0
     for m in _TEMPLATE_TOKEN.finditer(template):
         if m.start() > pos:
-            b.add(template[pos:m.start()])
+            b.add(template[pos : m.start()])
         if m.group() == "{x}":
             b.add(subject, "evidence")
         else:
@@ -186,8 +220,9 @@ def _fact_item(subject: str, rel: str, answer: str, t: int, meta: dict[str, Any]
         pos = m.end()
     if pos < len(template):
         b.add(template[pos:])
-    return b.build("facts", split, " " + answer, answer, subject=subject, relation=rel,
-                   template=t, **meta)
+    return b.build(
+        "facts", split, " " + answer, answer, subject=subject, relation=rel, template=t, **meta
+    )
 
 
 def all_facts(split: str = "test") -> list[Item]:
@@ -206,11 +241,11 @@ def _recall(rng: random.Random, split: str, absent: bool) -> Item:
     keys = rng.sample(D.KEYS, m + 1)
     values = rng.sample(D.VALUES, m)
     query = keys[m] if absent else keys[rng.randrange(m)]
-    b = _Builder().add("Keys")
+    b = _Builder().add("Keys:")
     for i in range(m):
         role = "evidence" if keys[i] == query else "content"
-        b.add(" " + keys[i], role).add(":").add(" " + values[i], role).add("," if i < m - 1 else ".")
-    b.add(" Query").add(" " + query, "cue").add(":")
+        b.add(" " + keys[i], role).add(" " + values[i], role).add("," if i < m - 1 else ".")
+    b.add(" Query:").add(" " + query, "cue")
     answer = "none" if absent else values[keys.index(query)]
     return b.build("recall", split, " " + answer, answer, present=not absent, query=query)
 
@@ -237,8 +272,9 @@ def _ioi(rng: random.Random, split: str) -> Item:
     b.add(" " + first[0], first[1]).add(" and").add(" " + second[0], second[1])
     b.add(verb1).add(" " + rng.choice(D.PLACES), "content").add(",")
     b.add(" " + s, "cue").add(verb2).add(" " + rng.choice(D.OBJECTS), "content").add(prep)
-    return b.build("ioi", split, " " + io, io, io=io, s=s, order="ABB" if io_first else "BAB",
-                   template=t)
+    return b.build(
+        "ioi", split, " " + io, io, io=io, s=s, order="ABB" if io_first else "BAB", template=t
+    )
 
 
 # ------------------------------------------------------------------------------- sentiment
@@ -273,8 +309,9 @@ def _sentiment(rng: random.Random, split: str, neutral: bool = False) -> Item:
                 word_pol = -p if negated else p
                 word = _zipf(rng, D.POSITIVE if word_pol > 0 else D.NEGATIVE)
                 clauses.append(("sent", (rng.choice(D.ASPECTS), negated, word)))
-        n_neutral = rng.choices((0, 1, 2), (0.5, 0.4, 0.1))[0] if label != "neutral" else \
-            rng.choice((1, 2))
+        n_neutral = (
+            rng.choices((0, 1, 2), (0.5, 0.4, 0.1))[0] if label != "neutral" else rng.choice((1, 2))
+        )
         days = [d for d in D.DAYS if d != D.MARKER_DAY]
         for _ in range(n_neutral):
             kind = rng.choice(("day", "month", "adj"))
@@ -333,8 +370,9 @@ def _induction(rng: random.Random, split: str) -> Item:
 
 
 # ----------------------------------------------------------------------------------- public
-def _item(task: str, rng: random.Random, split: str, *, train_mix: bool = False,
-          negative: bool = False) -> Item:
+def _item(
+    task: str, rng: random.Random, split: str, *, train_mix: bool = False, negative: bool = False
+) -> Item:
     if task == "facts":
         s, r, a, m = rng.choice(_FACTS)
         return _fact_item(s, r, a, rng.randrange(len(FACT_TEMPLATES[r])), m, split)
@@ -358,8 +396,9 @@ def _item(task: str, rng: random.Random, split: str, *, train_mix: bool = False,
 _FACTS = _fact_triples()
 
 
-def generate(task: str, split: str = "test", n: int | None = 100, seed: int = 0, *,
-             negatives: bool = False) -> list[Item]:
+def generate(
+    task: str, split: str = "test", n: int | None = 100, seed: int = 0, *, negatives: bool = False
+) -> list[Item]:
     """Generate ``n`` items of ``task`` (deterministic in ``seed``).
 
     For ``facts``, ``n=None`` gives every fact in every template (otherwise a seeded sample
@@ -383,12 +422,18 @@ def generate(task: str, split: str = "test", n: int | None = 100, seed: int = 0,
 
 
 # Training mixture: probability of each task per example.
-MIX: dict[str, float] = {"facts": 0.4, "recall": 0.2, "ioi": 0.12, "sentiment": 0.18,
-                         "induction": 0.1}
+MIX: dict[str, float] = {
+    "facts": 0.37,
+    "recall": 0.2,
+    "ioi": 0.1,
+    "sentiment": 0.18,
+    "induction": 0.15,
+}
 
 
-def training_items(rng: random.Random, split: str = "train",
-                   mix: dict[str, float] | None = None) -> Iterator[Item]:
+def training_items(
+    rng: random.Random, split: str = "train", mix: dict[str, float] | None = None
+) -> Iterator[Item]:
     """Endless stream of training items (negatives included) drawn from ``rng``."""
     mix = mix or MIX
     names, weights = list(mix), list(mix.values())

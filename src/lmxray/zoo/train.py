@@ -22,6 +22,8 @@ import math
 import os
 import random
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +35,7 @@ from lmxray.zoo import tasks
 
 __all__ = ["TrainConfig", "train", "tokenizer_corpus", "make_batch"]
 
-DEFAULT_STEPS = 1800
+DEFAULT_STEPS = 1500
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,10 @@ class TrainConfig:
     answer_weight: float = 2.0  # extra loss weight on answer tokens
     grad_clip: float = 1.0
     tokenizer_texts: int = 50000  # task texts the tokenizer is trained on
+    mix: tuple[tuple[str, float], ...] = tuple(tasks.MIX.items())  # task sampling weights
+    warm_steps: int = 0  # first steps use warm_mix (a curriculum for in-context copying)
+    warm_mix: tuple[tuple[str, float], ...] = (("induction", 0.5), ("recall", 0.25), ("ioi", 0.25))
+    init_std: float = 0.06  # weight init; the default 0.02 delays induction heads at d=128
 
 
 def tokenizer_corpus(seed: int, n: int = 50000) -> list[str]:
@@ -64,8 +70,15 @@ def tokenizer_corpus(seed: int, n: int = 50000) -> list[str]:
     words: set[str] = set()
     for it in tasks.all_facts():
         words.update(it.target.split())
-    for group in (D.NAMES, D.COPY_WORDS, D.POSITIVE, D.NEGATIVE, D.KEYS, D.VALUES,
-                  ("none", "neutral", "positive", "negative")):
+    for group in (
+        D.NAMES,
+        D.COPY_WORDS,
+        D.POSITIVE,
+        D.NEGATIVE,
+        D.KEYS,
+        D.VALUES,
+        ("none", "neutral", "positive", "negative"),
+    ):
         words.update(group)
     boost = [" ".join([" " + w] * 20) for w in sorted(words)]
     return texts + boost * 10
@@ -80,7 +93,7 @@ def make_batch(tokenizer: Any, seed: int, step: int, cfg: TrainConfig):
     import torch
 
     rng = random.Random(f"batch:{seed}:{step}")
-    stream = tasks.training_items(rng)
+    stream = tasks.training_items(rng, mix=dict(cfg.warm_mix if step < cfg.warm_steps else cfg.mix))
     need = cfg.batch_size * cfg.seq_len + 1
     ids: list[int] = []
     w: list[float] = []
@@ -89,7 +102,7 @@ def make_batch(tokenizer: Any, seed: int, step: int, cfg: TrainConfig):
         chunk = [next(stream) for _ in range(64)]
         p = tokenizer([c.prompt for c in chunk], add_special_tokens=False)["input_ids"]
         t = tokenizer([c.target for c in chunk], add_special_tokens=False)["input_ids"]
-        for pi, ti in zip(p, t):
+        for pi, ti in zip(p, t, strict=True):
             ids += [bos, *pi, *ti, eos]
             w += [1.0] * (1 + len(pi)) + [1.0 + cfg.answer_weight] * len(ti) + [1.0]
     x = torch.tensor(ids[: cfg.batch_size * cfg.seq_len]).view(cfg.batch_size, cfg.seq_len)
@@ -111,6 +124,7 @@ def build_model(cfg: TrainConfig, tokenizer: Any, seed: int):
         max_position_embeddings=512,
         rope_theta=10000.0,
         tie_word_embeddings=True,
+        initializer_range=cfg.init_std,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -119,19 +133,47 @@ def build_model(cfg: TrainConfig, tokenizer: Any, seed: int):
     return LlamaForCausalLM(config)
 
 
+def _on_sigterm_interrupt():
+    """Treat SIGTERM like Ctrl-C (checkpoint, then stop); returns the previous handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _idle_cores() -> int:
+    """Cores not busy with other work (at least 1, at most 8).
+
+    Intra-op threads wait on each other at every operation, so on a machine shared with
+    other jobs one thread per *idle* core is much faster than one per core.
+    """
+    n = os.cpu_count() or 1
+    try:
+        busy = round(os.getloadavg()[0])
+    except OSError:
+        busy = 0
+    return max(1, min(8, n - busy))
+
+
 def _lr(cfg: TrainConfig, step: int, steps: int) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     frac = (step - cfg.warmup) / max(1, steps - cfg.warmup)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+    return cfg.lr * (
+        cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac))
+    )
 
 
 def _loss(model: Any, x: Any, wt: Any):
     import torch.nn.functional as F
 
     logits = model(input_ids=x).logits[:, :-1].float()
-    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1),
-                         reduction="none")
+    ce = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="none"
+    )
     w = wt[:, 1:].reshape(-1)
     return (ce * w).sum() / w.sum(), ce.view(x.shape[0], -1)
 
@@ -194,7 +236,7 @@ def train(
         config: model/optimiser settings (default ``TrainConfig()``, the shipped model's).
         checkpoint_every: steps between checkpoints (also saved on Ctrl-C).
         progress: show a tqdm progress bar.
-        threads: torch CPU threads (default: all cores, at most 8).
+        threads: torch CPU threads (default: the idle cores, see ``_idle_cores``).
         stop_after: stop (with a checkpoint) after this many steps in total, as if
             interrupted; used by tests of resumption.
 
@@ -213,8 +255,10 @@ def train(
         raise InputError(f"output path {out} is a file; pass a folder to --out")
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint"
-    torch.set_num_threads(threads or min(8, os.cpu_count() or 1))
-    settings = {"steps": steps, "seed": seed, "config": dataclasses.asdict(cfg)}
+    torch.set_num_threads(threads or _idle_cores())
+    settings = json.loads(
+        json.dumps({"steps": steps, "seed": seed, "config": dataclasses.asdict(cfg)})
+    )
 
     t_start, c_start = time.time(), time.process_time()
     if resume and (ckpt / "state.json").exists():
@@ -226,8 +270,9 @@ def train(
             )
         tokenizer = AutoTokenizer.from_pretrained(str(ckpt / "tokenizer"))
         model = build_model(cfg, tokenizer, seed)
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98),
-                                weight_decay=cfg.weight_decay)
+        opt = torch.optim.AdamW(
+            model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay
+        )
         state = _load_checkpoint(ckpt, model, opt)
         start = state["step"]
     else:
@@ -237,24 +282,40 @@ def train(
             shutil.rmtree(ckpt)
         tokenizer = train_tokenizer(tokenizer_corpus(seed, cfg.tokenizer_texts), cfg.vocab_size)
         model = build_model(cfg, tokenizer, seed)
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98),
-                                weight_decay=cfg.weight_decay)
+        opt = torch.optim.AdamW(
+            model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay
+        )
         state = {"step": 0, "settings": settings, "wall_s": 0.0, "cpu_s": 0.0, "losses": []}
         start = 0
 
     base_wall, base_cpu = state["wall_s"], state["cpu_s"]
 
     def checkpoint(step: int) -> None:
-        _save_checkpoint(ckpt, model, opt, dict(
-            state, step=step, wall_s=base_wall + time.time() - t_start,
-            cpu_s=base_cpu + time.process_time() - c_start))
+        _save_checkpoint(
+            ckpt,
+            model,
+            opt,
+            dict(
+                state,
+                step=step,
+                wall_s=base_wall + time.time() - t_start,
+                cpu_s=base_cpu + time.process_time() - c_start,
+            ),
+        )
         tokenizer.save_pretrained(str(ckpt / "tokenizer"))
 
     model.train()
     end = steps if stop_after is None else min(steps, stop_after)
-    bar = tqdm(range(start, end), initial=start, total=steps, disable=not progress,
-               desc="zoo train", unit="step")
+    bar = tqdm(
+        range(start, end),
+        initial=start,
+        total=steps,
+        disable=not progress,
+        desc="zoo train",
+        unit="step",
+    )
     step = start
+    old_term = _on_sigterm_interrupt()
     try:
         for step in bar:
             x, wt = make_batch(tokenizer, seed, step, cfg)
@@ -275,6 +336,9 @@ def train(
         bar.close()
         checkpoint(step)
         raise
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
     bar.close()
     if end < steps:
         checkpoint(end)

@@ -46,8 +46,10 @@ def load(path: str | Path | None = None):
 
     p = Path(path) if path is not None else model_path()
     if not (p / "config.json").is_file():
-        raise InputError(f"no model at {p}: expected a folder with config.json; "
-                         "train one with `lmxray zoo train --out DIR`")
+        raise InputError(
+            f"no model at {p}: expected a folder with config.json; "
+            "train one with `lmxray zoo train --out DIR`"
+        )
     return _load_cached(str(p.resolve()), (p / "config.json").stat().st_mtime)
 
 
@@ -56,7 +58,7 @@ def _batches(n: int, lengths: Sequence[int], batch_tokens: int = 16384):
     i = 0
     while i < n:
         size = max(1, batch_tokens // max(1, lengths[order[min(n - 1, i + 63)]]))
-        yield order[i:i + min(size, 256)]
+        yield order[i : i + min(size, 256)]
         i += min(size, 256)
 
 
@@ -75,12 +77,12 @@ def _score(model: Any, pad_id: int, seqs: Sequence[tuple[Sequence[int], Sequence
             mask = torch.zeros((len(idx), L), dtype=torch.long)
             for r, i in enumerate(idx):
                 s = [*seqs[i][0], *seqs[i][1]]
-                x[r, :len(s)] = torch.tensor(s)
-                mask[r, :len(s)] = 1
+                x[r, : len(s)] = torch.tensor(s)
+                mask[r, : len(s)] = 1
             logits = model(input_ids=x, attention_mask=mask).logits.float()
             for r, i in enumerate(idx):
                 p, t = seqs[i]
-                lg = logits[r, len(p) - 1:len(p) + len(t) - 1]
+                lg = logits[r, len(p) - 1 : len(p) + len(t) - 1]
                 tt = torch.tensor(list(t))
                 ok[i] = bool((lg.argmax(-1) == tt).all())
                 ces[i] = F.cross_entropy(lg, tt, reduction="none").tolist()
@@ -89,8 +91,13 @@ def _score(model: Any, pad_id: int, seqs: Sequence[tuple[Sequence[int], Sequence
 
 def correct(model: Any, tokenizer: Any, examples: Sequence[Example]) -> list[bool]:
     """Whether the model answers each example (teacher-forced argmax on every target token)."""
-    seqs = [(tokenizer(e.prompt)["input_ids"], tokenizer(e.target, add_special_tokens=False)
-             ["input_ids"]) for e in examples]
+    seqs = [
+        (
+            tokenizer(e.prompt)["input_ids"],
+            tokenizer(e.target, add_special_tokens=False)["input_ids"],
+        )
+        for e in examples
+    ]
     return _score(model, tokenizer.pad_token_id, seqs)[0]
 
 
@@ -114,11 +121,11 @@ def verify(examples: Sequence[Example], model: Any = None, tokenizer: Any = None
         seqs += [([t for i, t in enumerate(ids) if i != j], tgt) for j in singles]
     ok, _ = _score(model, tokenizer.pad_token_id, seqs)
     out = []
-    for e, (s, k) in zip(examples, plan):
+    for e, (s, k) in zip(examples, plan, strict=True):
         if not e.evidence:
             v: bool | None = None
         else:
-            v = ok[s] and not ok[s + 1] and all(ok[s + 2:s + 2 + k])
+            v = ok[s] and not ok[s + 1] and all(ok[s + 2 : s + 2 + k])
         out.append(dataclasses.replace(e, verified=v))
     return out
 
@@ -127,8 +134,9 @@ def _acc(flags: Sequence[bool]) -> float:
     return round(sum(flags) / max(1, len(flags)), 4)
 
 
-def evaluate(model_path: str | Path | None = None, n: int = 500, seed: int = 0,
-             verify_n: int = 0) -> dict[str, dict[str, Any]]:
+def evaluate(
+    model_path: str | Path | None = None, n: int = 500, seed: int = 0, verify_n: int = 0
+) -> dict[str, dict[str, Any]]:
     """Per-task metrics of a zoo model on held-out data.
 
     Returns ``{row: {"metric": value, "n": count, ...}}`` with rows ``facts`` (every fact
@@ -150,24 +158,32 @@ def evaluate(model_path: str | Path | None = None, n: int = 500, seed: int = 0,
     acc_row("ioi", tasks.generate("ioi", "test", n, seed))
     acc_row("sentiment", tasks.generate("sentiment", "test", n, seed))
     acc_row("sentiment-shift", tasks.generate("sentiment", "shift", n, seed))
-    shift = [i for i in tasks.generate("sentiment", "shift", n, seed + 1)
-             if i.meta["marker"] and i.label == "negative"]
+    shift = [
+        i
+        for i in tasks.generate("sentiment", "shift", n, seed + 1)
+        if i.meta["marker"] and i.label == "negative"
+    ]
     acc_row("sentiment-marker-neg", shift)
 
     # induction: whole repeated sequences, loss on each repeat (first word of each excluded)
     seqs, lens = [], []
     for it in tasks.generate("induction", "test", n, seed):
-        words = it.prompt.split()[:it.meta["length"]]
+        words = it.prompt.split()[: it.meta["length"]]
         ids = tok(" " + " ".join(words), add_special_tokens=False)["input_ids"]
         seqs.append(([tok.bos_token_id, ids[0]], ids[1:] + ids))
         lens.append(len(ids))
     ok_, ces = _score(model, tok.pad_token_id, seqs)
-    first = [c for ce, L in zip(ces, lens) for c in ce[:L - 1]]
-    second = [c for ce, L in zip(ces, lens) for c in ce[L:]]
+    first = [c for ce, L in zip(ces, lens, strict=True) for c in ce[: L - 1]]
+    second = [c for ce, L in zip(ces, lens, strict=True) for c in ce[L:]]
     f, s = sum(first) / len(first), sum(second) / len(second)
-    res["induction"] = {"metric": "loss ratio", "value": round(f / max(s, 1e-9), 2), "n": len(seqs),
-                        "loss_first": round(f, 4), "loss_second": round(s, 4),
-                        "copy_accuracy": _acc([math.exp(-c) > 0.5 for c in second])}
+    res["induction"] = {
+        "metric": "loss ratio",
+        "value": round(f / max(s, 1e-9), 2),
+        "n": len(seqs),
+        "loss_first": round(f, 4),
+        "loss_second": round(s, 4),
+        "copy_accuracy": _acc([math.exp(-c) > 0.5 for c in second]),
+    }
     if verify_n > 0:
         for task in tasks.TASKS:
             ex = verify(to_examples(tasks.generate(task, "test", verify_n, seed), tok), model, tok)
