@@ -165,6 +165,17 @@ def test_attribution_patching_is_the_first_order_term(family):
     assert all(p.grad is None for p in m.hf.parameters())
 
 
+def test_attribution_patching_uses_two_forward_passes():
+    m = tiny("gpt2")
+    calls = []
+    h = m.hf.register_forward_pre_hook(lambda mod, args: calls.append(1))
+    try:
+        attribution_patching(m, CLEAN, CORRUPT, sites=["resid_pre", "attn.head_out"])  # default answer and foil
+    finally:
+        h.remove()
+    assert len(calls) == 2
+
+
 def test_attribution_patching_tracks_exact_patching():
     m = tiny("gpt2")
     kinds = ["attn.out", "mlp.out", "attn.head_out"]

@@ -221,18 +221,18 @@ def _positions_mode(positions: str) -> str:
     return positions
 
 
-def _setup(model: Model, clean: Any, corrupt: Any, answer: Any, foil: Any, metric: Any,
-           kinds: list[str], k: int = 1) -> tuple[list[int], list[int], Any, int, int | None, MetricFn, float, float]:
-    c_ids, k_ids = _pair(model, clean, corrupt)
-    sm = site_map(model)
-    names = [n for k in kinds for n in sm.by_layer(k)]
-    src = run_with_cache(model, [c_ids], cache=names, logits=True)
-    clean_last = src.logits[0, -1].float()
-    a_id = token_id(model, answer) if answer is not None else int(clean_last.argmax())
+def _metric_fn(model: Model, clean_logits: torch.Tensor, corrupt_last: Any, answer: Any, foil: Any, metric: Any,
+               k: int) -> tuple[int, int | None, MetricFn]:
+    """Answer and foil ids (defaults: the clean and corrupted runs' top tokens) and the metric.
+
+    ``corrupt_last``: the corrupted run's last-position logits ``[V]``, or a callable giving them
+    (only needed when the foil defaults).
+    """
+    a_id = token_id(model, answer) if answer is not None else int(clean_logits[0, -1].argmax())
     f_id = token_id(model, foil) if foil is not None else None
     if f_id is None and metric == "logit_diff":
-        k_last = model.logits(k_ids)[-1].float()
-        f_id = int(k_last.argmax())
+        last = corrupt_last() if callable(corrupt_last) else corrupt_last
+        f_id = int(last.argmax())
         if f_id == a_id:
             raise InputError(
                 "the corrupted prompt predicts the same token as the clean one; pass foil= "
@@ -240,7 +240,17 @@ def _setup(model: Model, clean: Any, corrupt: Any, answer: Any, foil: Any, metri
             )
     if k != 1 and not callable(metric):
         raise InputError("metric_positions > 1 needs a metric function of logits [N, k, vocab]")
-    fn = make_metric(metric, a_id, f_id)
+    return a_id, f_id, make_metric(metric, a_id, f_id)
+
+
+def _setup(model: Model, clean: Any, corrupt: Any, answer: Any, foil: Any, metric: Any,
+           kinds: list[str], k: int = 1) -> tuple[list[int], list[int], Any, int, int | None, MetricFn, float, float]:
+    c_ids, k_ids = _pair(model, clean, corrupt)
+    sm = site_map(model)
+    names = [n for kind in kinds for n in sm.by_layer(kind)]
+    src = run_with_cache(model, [c_ids], cache=names, logits=True)
+    a_id, f_id, fn = _metric_fn(model, src.logits, lambda: model.logits(k_ids)[-1].float(), answer, foil,
+                                metric, k)
     m_clean = float(_apply_metric(fn, src.logits, k)[0])
     m_corr = float(base_metric(model, k_ids, fn, metric_positions=k)[0][0])
     return c_ids, k_ids, src, a_id, f_id, fn, m_clean, m_corr
@@ -359,18 +369,22 @@ def attribution_patching(
     """
     kinds = _kinds(model, sites)
     mode = _positions_mode(positions)
-    c_ids, k_ids, src, a_id, f_id, fn, m_clean, m_corr = _setup(model, clean, corrupt, answer, foil, metric, kinds,
-                                                                metric_positions)
+    k = metric_positions
+    c_ids, k_ids = _pair(model, clean, corrupt)
     sm = site_map(model)
-    names = [n for k in kinds for n in sm.by_layer(k)]
+    names = [n for kind in kinds for n in sm.by_layer(kind)]
+    src = run_with_cache(model, [c_ids], cache=names, logits=True)  # forward 1: clean
     ids = torch.tensor([k_ids], device=model.device)
     leaf = {"embed": Fn(fn=lambda x: x.detach().requires_grad_(True))}
     with torch.enable_grad(), capture(model, names, grad=True, interventions=leaf) as acts:
-        logits = model.forward(input_ids=ids, attention_mask=torch.ones_like(ids),
-                               logits_to_keep=metric_positions).logits
-        m = _apply_metric(fn, logits, metric_positions)[0]
+        # forward 2: corrupted, with the graph; then one backward for every site at once
+        logits = model.forward(input_ids=ids, attention_mask=torch.ones_like(ids), logits_to_keep=k).logits
+        a_id, f_id, fn = _metric_fn(model, src.logits, logits[0, -1].detach().float(), answer, foil, metric, k)
+        m = _apply_metric(fn, logits, k)[0]
         tensors = [acts[n] for n in names]
         grads = torch.autograd.grad(m, tensors, allow_unused=True)
+    m_clean = float(_apply_metric(fn, src.logits, k)[0])
+    m_corr = float(m.detach())
     est: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
     for n, t, g in zip(names, tensors, grads, strict=True):
         kind = sm[n].kind
