@@ -117,3 +117,17 @@ def test_non_causal_object_rejected():
                                 intermediate_size=16, vocab_size=50))
     with pytest.raises(ModelLoadError, match="not a causal"):
         lmxray.load(model=bert, tokenizer=build_tiny("gpt2")[1])
+
+
+def test_run_and_intervene_methods():
+    from lmxray.hooks import zero
+
+    hf, tok = build_tiny("llama")
+    m = lmxray.load(model=hf, tokenizer=tok)
+    c = m.run(PROMPTS[0], cache=["resid_post"])
+    assert c["layers.1.resid_post"].shape[-1] == m.d_model
+    before = m.logits(PROMPTS[0])
+    with m.intervene({"layers.1.mlp.out": zero()}):
+        ablated = m.logits(PROMPTS[0])
+    assert not torch.allclose(before, ablated)
+    assert torch.allclose(m.logits(PROMPTS[0]), before)  # hooks gone

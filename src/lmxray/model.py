@@ -464,6 +464,19 @@ class Model:
             else:
                 cfg._attn_implementation = before
 
+    # ------------------------------------------------------------------ internals
+    def run(self, inputs: Any, cache: str | Sequence[str] | None = None, **kwargs: Any) -> Any:
+        """Forward pass that returns an ``ActivationCache`` (see :func:`lmxray.hooks.run_with_cache`)."""
+        from .hooks import run_with_cache
+
+        return run_with_cache(self, inputs, cache, **kwargs)
+
+    def intervene(self, spec: Any) -> Any:
+        """Context manager applying interventions (see :func:`lmxray.hooks.intervene`)."""
+        from .hooks import intervene
+
+        return intervene(self, spec)
+
     # ------------------------------------------------------------------ attribution
     def attribute(
         self,
