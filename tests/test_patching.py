@@ -170,7 +170,7 @@ def test_attribution_patching_uses_two_forward_passes():
     calls = []
     h = m.hf.register_forward_pre_hook(lambda mod, args: calls.append(1))
     try:
-        attribution_patching(m, CLEAN, CORRUPT, sites=["resid_pre", "attn.head_out"])  # default answer and foil
+        attribution_patching(m, CLEAN, CORRUPT, " Mary", " John", sites=["resid_pre", "attn.head_out"])
     finally:
         h.remove()
     assert len(calls) == 2
