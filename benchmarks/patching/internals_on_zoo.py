@@ -27,12 +27,12 @@ import numpy as np
 import torch
 
 
-def trace(m: Any, n: int) -> dict[str, Any]:
+def trace(m: Any, n: int, only_known: bool = True) -> dict[str, Any]:
     from lmxray.internals import trace_facts
     from lmxray.internals._zoo import facts
 
     items = facts(n=n)
-    s = trace_facts(m, items, progress=False)
+    s = trace_facts(m, items, progress=False, only_known=only_known)
     for kind in s.aie:
         print(s.table(kind))
         print()
@@ -41,10 +41,11 @@ def trace(m: Any, n: int) -> dict[str, Any]:
             "aie": {k: v.tolist() for k, v in s.aie.items()}, "peak_layer_bucket": peak, "buckets": s.buckets}
 
 
-def _prompts(task: str, n: int) -> tuple[list[str], list[str]]:
+def _prompts(m: Any, task: str, n: int) -> tuple[list[str], list[str]]:
     from lmxray.internals._zoo import zoo_examples
 
-    ex = zoo_examples(task, "test", n)
+    limit = m.max_length or 10**9
+    ex = [e for e in zoo_examples(task, "test", n) if len(m.encode(e.prompt + e.target)) <= limit]
     return [e.prompt for e in ex], [e.target for e in ex]
 
 
@@ -59,7 +60,7 @@ def heads(m: Any, n: int, k: int) -> dict[str, Any]:
                            "scores": {kk: v.tolist() for kk, v in r.scores.items()}}
     chosen = [h for h, _ in top]
     for task in ("induction", "recall"):
-        ps, ts = _prompts(task, n)
+        ps, ts = _prompts(m, task, n)
         means = head_means(m, ps)
         a = ablate_heads(m, chosen, ps, ts, means=means)
         ctrl = random_heads_control(m, len(chosen), ps, ts, n_draws=10, exclude=chosen, means=means)
@@ -74,6 +75,7 @@ def heads(m: Any, n: int, k: int) -> dict[str, Any]:
 
 
 def atp(m: Any, n: int) -> dict[str, Any]:
+    from lmxray.errors import InputError
     from lmxray.internals import activation_patching, attribution_patching
     from lmxray.internals._zoo import zoo_examples
 
@@ -89,7 +91,7 @@ def atp(m: Any, n: int) -> dict[str, Any]:
             continue
         try:
             ex = activation_patching(m, e.prompt, corrupt, f" {io}", f" {s}", sites=kinds)
-        except Exception:  # the corruption changes nothing for this pair
+        except InputError:  # the corruption changes nothing for this pair
             continue
         ap = attribution_patching(m, e.prompt, corrupt, f" {io}", f" {s}", sites=kinds)
         for k in kinds:
@@ -98,6 +100,9 @@ def atp(m: Any, n: int) -> dict[str, Any]:
         used += 1
         if used >= n:
             break
+    if not used:
+        print("no IOI pair with a token-aligned corruption for this tokenizer")
+        return {"n_pairs": 0}
     r = {k: float(np.corrcoef(np.concatenate(exact[k]), np.concatenate(approx[k]))[0, 1]) for k in kinds}
     per = {k: float(np.nanmean([np.corrcoef(a, b)[0, 1] for a, b in zip(exact[k], approx[k], strict=True)]))
            for k in kinds}
@@ -149,6 +154,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None)
     ap.add_argument("--model", default=None, help="another model than the zoo default (smoke runs)")
+    ap.add_argument("--all-facts", action="store_true", help="trace facts the model does not know too")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import lmxray
@@ -157,7 +163,7 @@ def main() -> None:
     print(m)
     todo = args.only.split(",")
     out: dict[str, Any] = {"model": m.name}
-    steps = {"trace": lambda: trace(m, args.facts), "heads": lambda: heads(m, args.n, args.k),
+    steps = {"trace": lambda: trace(m, args.facts, not args.all_facts), "heads": lambda: heads(m, args.n, args.k),
              "atp": lambda: atp(m, args.pairs), "probe": lambda: probes(m), "lens": lambda: lens(m, args.lens_steps)}
     for name in todo:
         t = time.perf_counter()

@@ -260,7 +260,7 @@ class TunedLens:
         """Train translators on ``texts`` by minimising ``KL(final ‖ lens)`` over all positions.
 
         Args:
-            texts: training text (each truncated to ``max_tokens`` tokens).
+            texts: training text (each truncated to ``max_tokens`` tokens and the model's context).
             steps: optimiser steps; each uses ``batch_size`` texts (cycling, shuffled).
             lr / momentum / weight_decay: SGD with Nesterov momentum, linear decay to 0.
 
@@ -273,7 +273,8 @@ class TunedLens:
             raise InputError("no training text for the tuned lens")
         if steps < 1 or batch_size < 1:
             raise InputError("steps and batch_size must be at least 1")
-        seqs = [model.encode(t)[:max_tokens] for t in texts]
+        limit = min(max_tokens, model.max_length or max_tokens)
+        seqs = [model.encode(t)[:limit] for t in texts]
         seqs = [s for s in seqs if len(s) >= 2]
         if not seqs:
             raise InputError("the training texts are too short (need at least 2 tokens each)")
@@ -366,7 +367,8 @@ def lens_kl(model: Model, texts: Sequence[str], lens: TunedLens | None = None, *
     """Mean ``KL(final ‖ lens)`` per lens row over every token of ``texts``: ``[n_layers + 1]``."""
     if lens is not None:
         lens.check(model)
-    seqs = [model.encode(t)[:max_tokens] for t in texts if t]
+    limit = min(max_tokens, model.max_length or max_tokens)
+    seqs = [model.encode(t)[:limit] for t in texts if t]
     if not seqs:
         raise InputError("no text to evaluate the lens on")
     names, _ = _rows(model)
