@@ -1,38 +1,42 @@
-"""Prefix KV-cache reuse behind :func:`~lmxray.attribution._engine.score_sequences`.
+"""Prefix sharing behind :func:`~lmxray.attribution._engine.score_sequences`.
 
 Perturbation methods score many sequences that agree with one another up to some position:
-occluding token ``p`` leaves tokens ``0..p-1`` as they were, and most coalitions of a Shapley or
-LIME sample share a long stem with the full input or with the empty one. A causal model computes
-the same keys and values for a shared prefix in every sequence, so this module computes them once.
+occluding token ``p`` leaves tokens ``0..p-1`` as they were, and many coalitions of a Shapley or
+LIME sample share a stem with the full input or with the empty one. A causal model computes the
+same keys and values for a shared prefix in every sequence; this module computes them once and
+lets every sequence that shares the prefix attend to them.
 
-How (all automatic, from the token ids alone):
+How (automatic, from the token ids alone):
 
 1. Identical rows are scored once.
-2. Rows are sorted lexicographically; the longest common prefix (LCP) of neighbours gives, for
-   each row, the sum of its LCPs with all others in O(n) (range minima over the LCP array).
-   The row with the largest sum becomes a *source*; every row sharing a useful prefix ``P`` with it
-   becomes its *dependent*; the rest is planned again (a few rounds), and what is left is scored
-   plainly.
-3. Sources run as ordinary left-padded batches with ``use_cache=True`` (their own values come
-   from that pass). Dependents run only their suffix ``ids[P:]``: in one batch, row ``i`` gets its
-   source's cached keys/values ``[0, P_i)`` padded to the batch's ``P_max``, with the gap
-   ``[P_i, P_max)`` and the left padding of the suffix masked out of attention, and explicit
-   position ids ``P_i, P_i + 1, ...``. Suffixes are bucketed by length (dynamic programming over
-   a per-forward overhead and the padded positions) within a memory-bounded chunk size.
-4. The first reuse for every model is checked against a plain forward of the same row; any
-   mismatch (an architecture whose positions do not come from ``position_ids``, e.g. ALiBi built
-   from the attention mask) switches the model to plain scoring with a warning.
+2. Planning: rows are sorted lexicographically; the longest common prefix (LCP) of neighbours
+   gives, for each row, the sum of its LCPs with all others in O(n) (range minima over the LCP
+   array). The best row becomes a *source*; every row sharing a useful prefix ``P`` with it (never
+   beyond its first target-predicting position) becomes its *dependent*; the rest is planned
+   again for a few rounds; what is left shares nothing.
+3. Packing (tree attention, as in SpecInfer's token trees): a packed row holds a *stem* (the
+   source's first tokens) followed by dependents' suffixes ``ids[P:]``. A 4D additive attention
+   mask lets each suffix token see the stem's first ``P`` positions and its own earlier suffix
+   tokens, nothing else; position ids continue from ``P``. The stem's keys and values are thus
+   computed once per packed row and reused by every suffix in it; blocks go largest-prefix first
+   (later blocks carry short stems) and are bin-packed into rows of ~``d_model / 2`` positions,
+   so one forward pass usually scores every perturbation of a prompt with no padding.
+   Logits are computed only at the positions that predict targets.
+4. The first packed pass for every model is checked against a plain forward of one of its rows;
+   a mismatch (an architecture that ignores 4D masks or derives positions from the mask, e.g.
+   ALiBi) switches that model to plain scoring with a warning. Models with a sliding window
+   longer rows than the window, and ``prefix_cache("off")``, score plainly too.
 
-Positions computed: every source in full, every dependent from its first differing token on
-(``sum len(src) + sum (len_i - P_i)`` instead of ``sum len_i``); :func:`count_forward_tokens`
-reports both. Values equal full recomputation to float rounding (tests assert <= 1e-5).
+Positions computed: every source in full, every dependent from its first differing token on,
+plus one stem per packed block, instead of ``sum len_i``; :func:`count_forward_tokens` reports
+both. Values equal full recomputation to float rounding (tests assert <= 1e-5 on six families,
+transformers 4.57 and 5.x).
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-import inspect
 import warnings
 import weakref
 from collections.abc import Iterator, Sequence
@@ -41,8 +45,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-
-from ..targets import evaluate_target
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..model import Model
@@ -224,68 +226,38 @@ def _plan(rows: Sequence[ScoreRow], idx: Sequence[int]) -> _Plan:
     return plan
 
 
-def _buckets(m: np.ndarray, overhead: float, cap: int) -> list[tuple[int, int]]:
-    """Split sorted suffix lengths ``m`` into contiguous buckets minimising
-    ``sum(overhead + size * max_len)`` with at most ``cap`` rows per bucket."""
-    n = len(m)
-    dp = np.zeros(n + 1)
-    arg = np.zeros(n + 1, dtype=np.int64)
-    for k in range(1, n + 1):
-        lo = max(0, k - cap)
-        js = np.arange(lo, k)
-        vals = dp[js] + overhead + (k - js) * m[k - 1]
-        j = int(np.argmin(vals))
-        dp[k] = vals[j]
-        arg[k] = js[j]
-    out = []
-    k = n
-    while k > 0:
-        out.append((int(arg[k]), k))
-        k = int(arg[k])
-    return out[::-1]
-
-
-# ---------------------------------------------------------------------------------- running
-def _cache_kwarg(model: Model) -> str | None:
-    params = inspect.signature(model.hf.forward).parameters
-    for name in ("cache", "past_key_values"):
-        if name in params:
-            return name
-    return None
-
-
-def _kv_layers(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    if hasattr(cache, "layers"):
-        return [(layer.keys, layer.values) for layer in cache.layers]
-    if hasattr(cache, "key_cache"):  # pragma: no cover - older transformers
-        return list(zip(cache.key_cache, cache.value_cache, strict=True))
-    return [(kv[0], kv[1]) for kv in cache]  # pragma: no cover - legacy tuples
-
-
-def _output_cache(out: Any) -> Any:
-    for name in ("cache", "past_key_values"):
-        c = out.get(name) if hasattr(out, "get") else getattr(out, name, None)
-        if c is not None:
-            return c
-    raise RuntimeError("the model returned no KV cache")
-
-
 def _supported(model: Model) -> bool:
     hf = model.hf
-    if _VERIFIED.get(hf) is False:
-        return False
-    if not model._accepts_position_ids or _cache_kwarg(model) is None:
+    if _VERIFIED.get(hf) is False or not model._accepts_position_ids:
         return False
     cfg = hf.config
     if getattr(cfg, "is_encoder_decoder", False) or getattr(cfg, "alibi", False):
         return False
-    return getattr(cfg, "model_type", "") not in {"bloom", "mpt", "falcon_mamba", "mamba", "mamba2"}
+    return getattr(cfg, "model_type", "") not in _UNSUPPORTED
+
+
+# positions from the attention mask (ALiBi) or no attention at all: packing cannot express them
+_UNSUPPORTED = {"bloom", "mpt", "falcon_mamba", "mamba", "mamba2", "rwkv"}
+
+
+def _window(model: Model) -> int | None:
+    """The sliding-attention window, when the model uses one (a packed row's custom mask does
+    not apply it, so rows longer than the window are scored plainly)."""
+    cfg = model.config
+    w = getattr(cfg, "sliding_window", None)
+    if not isinstance(w, int) or w <= 0 or getattr(cfg, "use_sliding_window", True) is False:
+        return None
+    return w
+
+
+def _pack_width(model: Model) -> int:
+    """Target width of a packed row: attention costs ~W / (6 d) of a token's linear layers, so
+    wide models afford wider rows."""
+    return int(min(1024, max(128, model.d_model // 2)))
 
 
 def _overhead(model: Model) -> float:
-    """A forward pass's fixed cost in token positions: it sets how finely suffixes are bucketed
-    and whether reuse pays. Estimated as (per-call time) / (per-token time) from the parameter
-    count; per-call time grows with depth, per-token time with width squared."""
+    """A forward pass's fixed cost in token positions (used to compare plans)."""
     d, layers = model.d_model, model.n_layers
     flops = 2.0 * layers * 12 * d * d + 1.0
     if model.device.type == "cuda":
@@ -299,48 +271,127 @@ class _Fallback(Exception):
     pass
 
 
-def _no_foil(row: ScoreRow) -> ScoreRow:
-    from ._engine import ScoreRow
+@dataclass
+class _Seg:
+    row: int
+    p: int  # leading tokens read from the block's stem
+    reused: bool = True  # False for the stem's own row (its prefix is computed, not reused)
 
-    return ScoreRow(row.input_ids, row.targets)
+
+@dataclass
+class _Blk:
+    stem_row: int | None
+    stem: int
+    segs: list[_Seg]
+    size: int
 
 
-def _foil_as_target(row: ScoreRow) -> ScoreRow:
-    from ._engine import ScoreRow
+def _blocks(rows: Sequence[ScoreRow], plan: _Plan, width: int) -> list[_Blk]:
+    """Group each source's dependents into blocks ``stem + suffixes`` of at most ``width``
+    positions (largest shared prefixes first, so later blocks have short stems); rows without a
+    source become stem-less blocks of one."""
+    out: list[_Blk] = []
+    for src in plan.sources:
+        l_src = len(rows[src].input_ids)
+        cur: _Blk | None = None
+        for r, p in sorted(plan.deps[src], key=lambda d: -d[1]):
+            m = len(rows[r].input_ids) - p
+            if cur is None or cur.size + m > width:
+                first = cur is None
+                cur = _Blk(src, p, [], p)
+                out.append(cur)
+                if first:  # the source itself: its stem plus the rest of it
+                    cur.segs.append(_Seg(src, p, reused=False))
+                    cur.size += l_src - p
+            cur.segs.append(_Seg(r, p))
+            cur.size += m
+    for r in plan.plain:
+        out.append(_Blk(None, 0, [_Seg(r, 0, reused=False)], len(rows[r].input_ids)))
+    return out
 
-    return ScoreRow(row.input_ids, list(row.foils or []))
+
+def _bins(blocks: Sequence[_Blk], width: int) -> list[list[_Blk]]:
+    """First-fit decreasing: blocks into packed rows of at most ``width`` positions."""
+    bins: list[list[_Blk]] = []
+    room: list[int] = []
+    for b in sorted(blocks, key=lambda b: -b.size):
+        for k, free in enumerate(room):
+            if b.size <= free:
+                bins[k].append(b)
+                room[k] -= b.size
+                break
+        else:
+            bins.append([b])
+            room.append(width - b.size)
+    return bins
+
+
+@dataclass
+class _Packed:
+    ids: np.ndarray  # [W]
+    pos: np.ndarray  # [W]
+    lo1: np.ndarray  # [W]: a token attends [lo1, hi1) (its stem prefix) and [lo2, q]
+    hi1: np.ndarray
+    lo2: np.ndarray
+    reads: list[tuple[int, list[int]]]  # (row, packed positions predicting its targets)
+    used: int
+    reused: int
+
+
+def _pack(rows: Sequence[ScoreRow], blks: Sequence[_Blk], pad_id: int) -> _Packed:
+    used = sum(b.size for b in blks)
+    ids = np.full(used, pad_id, dtype=np.int64)
+    pos = np.zeros(used, dtype=np.int64)
+    lo1 = np.zeros(used, dtype=np.int64)
+    hi1 = np.zeros(used, dtype=np.int64)
+    lo2 = np.arange(used, dtype=np.int64)
+    reads: list[tuple[int, list[int]]] = []
+    cur = reused = 0
+    for b in blks:
+        b0 = cur
+        if b.stem:
+            assert b.stem_row is not None
+            ids[b0:b0 + b.stem] = rows[b.stem_row].input_ids[: b.stem]
+            pos[b0:b0 + b.stem] = np.arange(b.stem)
+            lo2[b0:b0 + b.stem] = b0
+            cur += b.stem
+        for sg in b.segs:
+            seq = rows[sg.row].input_ids
+            a, e = cur, cur + len(seq) - sg.p
+            ids[a:e] = seq[sg.p:]
+            pos[a:e] = np.arange(sg.p, len(seq))
+            lo1[a:e], hi1[a:e], lo2[a:e] = b0, b0 + sg.p, a
+            n_t = len(rows[sg.row].targets)
+            where = [b0 + i if i < sg.p else a + i - sg.p for i in range(len(seq) - n_t, len(seq))]
+            reads.append((sg.row, where))
+            reused += sg.p if sg.reused else 0
+            cur = e
+    return _Packed(ids, pos, lo1, hi1, lo2, reads, used, reused)
 
 
 class _Runner:
     def __init__(self, model: Model, rows: Sequence[ScoreRow], ctx: Context, out: list) -> None:
-        from ._engine import _target_tensors
-
         self.model, self.rows, self.ctx, self.out = model, rows, ctx, out
-        self._target_tensors = _target_tensors
-        self.cache_kw = _cache_kwarg(model)
         self.bar: Any = None
 
     def _tick(self, n: int) -> None:
         if self.bar is not None:
             self.bar.update(n)
 
-    def _values(self, logits: torch.Tensor, idx: Sequence[int], t_max: int) -> None:
-        """Target-function values of the right-aligned target steps of rows ``idx``; a foil is
-        subtracted only in the rows that have one (rows with and without foils may share a batch)."""
-        chunk = [self.rows[i] for i in idx]
-        tgt, _, _ = self._target_tensors([_no_foil(r) for r in chunk], t_max, logits.device)
-        values = evaluate_target(self.ctx.target_fn, logits, tgt)
-        with_foil = [j for j, r in enumerate(chunk) if r.foils is not None]
-        if with_foil:
-            sub = [chunk[j] for j in with_foil]
-            foil, _, _ = self._target_tensors([_foil_as_target(r) for r in sub], t_max, logits.device)
-            sel = torch.as_tensor(with_foil, device=logits.device)
-            values[sel] = values[sel] - self.ctx.target_fn(logits[sel], foil)
-        values = values.float().cpu().numpy()
-        for j, i in enumerate(idx):
-            n_t = len(self.rows[i].targets)
-            self.out[i] = values[j, t_max - n_t:].astype(np.float32)
-        self._tick(len(idx))
+    def _store(self, logits: torch.Tensor, reads: Sequence[tuple[int, torch.Tensor]]) -> None:
+        """Target values from ``logits [N, V]`` laid out as ``reads`` (row, slice of N)."""
+        rows, fn = self.rows, self.ctx.target_fn
+        tgt = torch.as_tensor([t for r, _ in reads for t in rows[r].targets], device=logits.device)
+        values = fn(logits, tgt)
+        foil_at = [k for r, sl in reads if rows[r].foils is not None for k in range(sl.start, sl.stop)]
+        if foil_at:
+            foils = [f for r, _ in reads if rows[r].foils is not None for f in rows[r].foils]
+            sel = torch.as_tensor(foil_at, device=logits.device)
+            values[sel] = values[sel] - fn(logits[sel], torch.as_tensor(foils, device=logits.device))
+        v = values.float().cpu().numpy()
+        for r, sl in reads:
+            self.out[r] = v[sl].astype(np.float32)
+        self._tick(len(reads))
 
     def plain(self, idx: Sequence[int]) -> None:
         """Left-padded batches sorted by length, chunked by the memory budget (no reuse)."""
@@ -355,117 +406,81 @@ class _Runner:
             _record(
                 computed_tokens=sum(len(s) for s in seqs), padded_tokens=ids.numel(), forwards=1
             )
-            self._values(logits, chunk, t_max)
+            flat, reads, n = [], [], 0
+            for j, i in enumerate(chunk):
+                n_t = len(rows[i].targets)
+                flat.append(logits[j, t_max - n_t:])
+                reads.append((i, slice(n, n + n_t)))
+                n += n_t
+            self._store(torch.cat(flat), reads)
 
-    def sources(self, src: Sequence[int]) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[int]]:
-        """Score ``src`` in one left-padded batch and keep its KV cache (and each row's offset)."""
-        rows, model = self.rows, self.model
-        t_max = max(len(rows[i].targets) for i in src)
-        seqs = [rows[i].input_ids for i in src]
-        ids, mask, pos = model.pad_batch(seqs)
-        out = model.forward(
-            input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=t_max,
-            use_cache=True,
-        )
-        _record(computed_tokens=sum(len(s) for s in seqs), padded_tokens=ids.numel(), forwards=1)
-        self._values(out.logits, src, t_max)
-        kv = _kv_layers(_output_cache(out))
-        offsets = [ids.shape[1] - len(s) for s in seqs]
-        return kv, offsets
-
-    def dependents(
-        self,
-        deps: Sequence[tuple[int, int, int]],
-        kv: list[tuple[torch.Tensor, torch.Tensor]],
-        offsets: Sequence[int],
-    ) -> None:
-        """Score rows ``(row, source slot, P)`` from their suffix ``ids[P:]`` and the cached prefix."""
-        rows, model = self.rows, self.model
-        dev = model.device
-        m = [len(rows[r].input_ids) - p for r, _, p in deps]
-        p_max = max(p for _, _, p in deps)
-        m_max = max(m)
-        t_max = max(len(rows[r].targets) for r, _, _ in deps)
-        b = len(deps)
-        ids = torch.full((b, m_max), model.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((b, p_max + m_max), dtype=torch.long)
-        pos = torch.zeros((b, m_max), dtype=torch.long)
-        slot_rows: dict[int, list[int]] = {}
-        for j, ((r, slot, p), mj) in enumerate(zip(deps, m, strict=True)):
-            ids[j, m_max - mj:] = torch.as_tensor(rows[r].input_ids[p:])
-            mask[j, :p] = 1
-            mask[j, p_max + m_max - mj:] = 1
-            pos[j, m_max - mj:] = torch.arange(p, p + mj)
-            pos[j, : m_max - mj] = p
-            slot_rows.setdefault(slot, []).append(j)
+    def packed(self, packs: Sequence[_Packed]) -> None:
+        """One forward over packed rows: tree attention through a 4D additive mask."""
+        model, dev = self.model, self.model.device
+        w = max(pk.used for pk in packs)
+        b = len(packs)
+        ids = np.full((b, w), model.pad_token_id, dtype=np.int64)
+        pos = np.zeros((b, w), dtype=np.int64)
+        allow = np.zeros((b, w, w), dtype=bool)
+        k = np.arange(w)
+        for j, pk in enumerate(packs):
+            u = pk.used
+            ids[j, :u], pos[j, :u] = pk.ids, pk.pos
+            q = np.arange(u)[:, None]
+            allow[j, :u, :] = ((pk.lo1[:, None] <= k) & (k < pk.hi1[:, None])) | (
+                (pk.lo2[:, None] <= k) & (k <= q)
+            )
+            allow[j, np.arange(u, w), np.arange(u, w)] = True  # padding sees itself only
+        mask = torch.zeros((b, 1, w, w), dtype=model.dtype, device=dev)
+        mask.masked_fill_(~torch.as_tensor(allow, device=dev)[:, None], torch.finfo(model.dtype).min)
+        keep = sorted({p for pk in packs for _, where in pk.reads for p in where})
+        col = {p: c for c, p in enumerate(keep)}
         kw: dict[str, Any] = {}
-        if p_max > 0:
-            from transformers import DynamicCache
-
-            l_src = kv[0][0].shape[2]
-            data = []
-            for k, v in kv:
-                kb = k.new_zeros((b, k.shape[1], p_max, k.shape[3]))
-                vb = v.new_zeros((b, v.shape[1], p_max, v.shape[3]))
-                for slot, js in slot_rows.items():
-                    a = offsets[slot]
-                    n = min(p_max, l_src - a)  # slots past the source's end stay zero (masked)
-                    sel = torch.as_tensor(js, device=dev)
-                    kb[sel, :, :n] = k[slot, :, a:a + n].unsqueeze(0)
-                    vb[sel, :, :n] = v[slot, :, a:a + n].unsqueeze(0)
-                data.append((kb, vb))
-            kw[self.cache_kw or "past_key_values"] = DynamicCache(ddp_cache_data=data)
-            kw["use_cache"] = True
+        if model._logits_kw is not None:
+            kw["logits_to_keep"] = torch.as_tensor(keep, device=dev)
         logits = model.forward(
-            input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
-            logits_to_keep=t_max, **kw,
+            input_ids=torch.as_tensor(ids, device=dev), attention_mask=mask,
+            position_ids=torch.as_tensor(pos, device=dev), **kw,
         ).logits
+        if model._logits_kw is None:
+            logits = logits[:, keep]
         _record(
-            computed_tokens=sum(m), padded_tokens=b * m_max, forwards=1,
-            reused_tokens=sum(p for _, _, p in deps),
+            computed_tokens=sum(pk.used for pk in packs), padded_tokens=b * w, forwards=1,
+            reused_tokens=sum(pk.reused for pk in packs),
         )
-        idx = [r for r, _, _ in deps]
-        if p_max > 0 and self.model.hf not in _VERIFIED:
-            self._verify(logits, deps, t_max)
-        self._values(logits, idx, t_max)
+        bi, ci, reads, n = [], [], [], 0
+        for j, pk in enumerate(packs):
+            for r, where in pk.reads:
+                bi += [j] * len(where)
+                ci += [col[p] for p in where]
+                reads.append((r, slice(n, n + len(where))))
+                n += len(where)
+        flat = logits[torch.as_tensor(bi, device=dev), torch.as_tensor(ci, device=dev)]
+        if self.model.hf not in _VERIFIED:
+            self._verify(flat, reads, packs)
+        self._store(flat, reads)
 
-    def _verify(self, logits: torch.Tensor, deps: Sequence[tuple[int, int, int]], t_max: int) -> None:
-        """Compare the first reused row with a plain forward once per model."""
-        j = max(range(len(deps)), key=lambda k: deps[k][2])
-        r = deps[j][0]
+    def _verify(self, flat: torch.Tensor, reads: Sequence[tuple[int, slice]], packs: Sequence[_Packed]) -> None:
+        """Compare one packed row (the longest) with a plain forward, once per model."""
+        best = max(range(len(reads)), key=lambda k: (len(self.rows[reads[k][0]].input_ids), k))
+        r, sl = reads[best]
         row = self.rows[r]
         ids, mask, pos = self.model.pad_batch([row.input_ids])
+        n_t = len(row.targets)
         ref = self.model.forward(
-            input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=t_max
-        ).logits
-        a = logits[j, t_max - len(row.targets):].float()
-        b = ref[0, t_max - len(row.targets):].float()
+            input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=n_t
+        ).logits[0]
         tol = 1e-4 if self.model.dtype == torch.float32 else 5e-2
-        ok = bool(torch.allclose(a, b, atol=tol, rtol=tol))
+        ok = bool(torch.allclose(flat[sl].float(), ref.float(), atol=tol, rtol=tol))
         _VERIFIED[self.model.hf] = ok
         if not ok:
             warnings.warn(
-                f"prefix KV-cache reuse does not reproduce plain scoring for {type(self.model.hf).__name__}; "
+                f"packed prefix sharing does not reproduce plain scoring for {type(self.model.hf).__name__}; "
                 "scoring without it (slower, same numbers)",
                 RuntimeWarning,
                 stacklevel=6,
             )
             raise _Fallback
-
-
-def _kv_bytes_per_token(model: Model) -> int:
-    cfg = model.config
-    heads = getattr(cfg, "num_key_value_heads", None) or model.n_heads
-    head_dim = getattr(cfg, "head_dim", None) or model.d_model // max(1, model.n_heads)
-    elt = torch.finfo(model.dtype).bits // 8
-    return int(2 * model.n_layers * heads * head_dim * elt)
-
-
-@dataclass
-class _Block:
-    sources: list[int]
-    deps: list[tuple[int, int, int]]  # (row, source slot, P), sorted by suffix length
-    buckets: list[tuple[int, int]]
 
 
 def _plain_chunks(model: Model, rows: Sequence[ScoreRow], idx: Sequence[int], ctx: Context) -> list[list[int]]:
@@ -483,45 +498,29 @@ def _plain_chunks(model: Model, rows: Sequence[ScoreRow], idx: Sequence[int], ct
     return chunks
 
 
-def _chunks_cost(rows: Sequence[ScoreRow], chunks: Sequence[Sequence[int]], overhead: float) -> float:
-    return float(sum(overhead + len(c) * max(len(rows[i].input_ids) for i in c) for c in chunks))
+def _packed_chunks(model: Model, packs: list[_Packed], ctx: Context) -> list[list[_Packed]]:
+    from ._engine import rows_per_chunk
+
+    packs = sorted(packs, key=lambda pk: -pk.used)
+    chunks, start = [], 0
+    while start < len(packs):
+        w = packs[start].used
+        n = rows_per_chunk(model, w, w, with_grad=False, ctx=ctx)
+        chunks.append(packs[start:start + n])
+        start += n
+    return chunks
 
 
-def _schedule(model: Model, rows: Sequence[ScoreRow], plan: _Plan, ctx: Context) -> tuple[list[_Block], float]:
-    """Source blocks (memory-bounded, KV cache included) with their dependents' buckets, and the
-    estimated cost in token positions (a forward pass's overhead counted in positions too)."""
-    from ._engine import _available_memory, rows_per_chunk
-
-    budget = ctx.memory_budget or _available_memory(model.device)
-    kv_tok = _kv_bytes_per_token(model)
-    overhead = _overhead(model)
-    blocks, cost = [], 0.0
-    for chunk in _plain_chunks(model, rows, plan.sources, ctx):
-        longest = max(len(rows[i].input_ids) for i in chunk)
-        n = max(1, int(budget // 4 // max(1, kv_tok * longest)))
-        for a in range(0, len(chunk), n):
-            block = chunk[a:a + n]
-            cost += overhead + len(block) * max(len(rows[i].input_ids) for i in block)
-            deps = [(r, slot, p) for slot, s in enumerate(block) for r, p in plan.deps[s]]
-            deps.sort(key=lambda d: len(rows[d[0]].input_ids) - d[2])
-            buckets: list[tuple[int, int]] = []
-            if deps:
-                l_all = max(len(rows[r].input_ids) for r, _, _ in deps)
-                t_all = max(len(rows[r].targets) for r, _, _ in deps)
-                cap = rows_per_chunk(model, l_all, t_all, with_grad=False, ctx=ctx)
-                m = np.array([len(rows[r].input_ids) - p for r, _, p in deps], dtype=np.float64)
-                buckets = _buckets(m, overhead, cap)
-                cost += sum(overhead + (e - b) * m[e - 1] for b, e in buckets)
-            blocks.append(_Block(list(block), deps, buckets))
-    return blocks, cost
-
-
-def _run_blocks(runner: _Runner, blocks: Sequence[_Block]) -> None:
-    for blk in blocks:
-        kv, offsets = runner.sources(blk.sources)
-        for a, b in blk.buckets:
-            runner.dependents(blk.deps[a:b], kv, offsets)
-        del kv
+def _cost(model: Model, widths: Sequence[Sequence[int]], packed: bool) -> float:
+    """Estimated cost in token positions: per forward, overhead + rows x width (x attention
+    overhead of the packed rows' wide masks)."""
+    over = _overhead(model)
+    total = 0.0
+    for ws in widths:
+        w = max(ws)
+        att = 1.0 + (w / (6.0 * model.d_model) if packed else 0.0)
+        total += over + len(ws) * w * att
+    return total
 
 
 def score_rows(model: Model, rows: Sequence[ScoreRow], ctx: Context) -> list[np.ndarray]:
@@ -545,7 +544,12 @@ def score_rows(model: Model, rows: Sequence[ScoreRow], ctx: Context) -> list[np.
             out[i] = np.zeros(0, dtype=np.float32)
     runner = _Runner(model, rows, ctx, out)
     mode = _mode.get()
-    use = mode != "off" and len(todo) > 1 and _supported(model)
+    longest = max((len(rows[i].input_ids) for i in todo), default=0)
+    window = _window(model)
+    use = (
+        mode != "off" and len(todo) > 1 and _supported(model)
+        and (window is None or longest <= window)
+    )
     bar_ctx: Any = contextlib.nullcontext()
     if len(todo) >= _PROGRESS_MIN_ROWS:
         from tqdm.auto import tqdm
@@ -557,27 +561,27 @@ def score_rows(model: Model, rows: Sequence[ScoreRow], ctx: Context) -> list[np.
             runner.plain(todo)
         else:
             todo.sort(key=lambda i: rows[i].input_ids)
+            width = max(_pack_width(model), longest)
             for b in range(0, len(todo), _PLAN_BLOCK):
                 block = todo[b:b + _PLAN_BLOCK]
                 plan = _plan(rows, block)
-                if not plan.sources:
-                    runner.plain(block)
-                    continue
-                over = _overhead(model)
-                blocks, reuse_cost = _schedule(model, rows, plan, ctx)
-                plain_rest = _plain_chunks(model, rows, plan.plain, ctx)
-                reuse_cost += _chunks_cost(rows, plain_rest, over)
-                plain_cost = _chunks_cost(rows, _plain_chunks(model, rows, block, ctx), over)
-                if mode == "auto" and reuse_cost > 0.9 * plain_cost:
+                blks = _blocks(rows, plan, width)
+                packs = [_pack(rows, bn, model.pad_token_id) for bn in _bins(blks, width)]
+                chunks = _packed_chunks(model, packs, ctx)
+                plain_chunks = _plain_chunks(model, rows, block, ctx)
+                packed_cost = _cost(model, [[pk.used for pk in c] for c in chunks], packed=True)
+                plain_cost = _cost(
+                    model, [[len(rows[i].input_ids) for i in c] for c in plain_chunks], packed=False
+                )
+                if mode == "auto" and packed_cost > 0.9 * plain_cost:
                     runner.plain(block)
                     continue
                 try:
-                    _run_blocks(runner, blocks)
+                    for chunk in chunks:
+                        runner.packed(chunk)
                 except _Fallback:
                     for i in block:
                         out[i] = None
                     runner.plain(block)
-                    continue
-                runner.plain(plan.plain)
     res = [out[uniq[inverse[i]]] for i in range(n)]
     return [r if r is not None else np.zeros(0, np.float32) for r in res]
