@@ -196,6 +196,7 @@ def test_cli_bad_input_exits_2_with_one_line(tiny_dir, tmp_path, capfd):
          "unknown method"),
         (["ioi", "--out", str(tmp_path / "no" / "r.jsonl")], "does not exist"),
         (["ioi", "--removal", "mask"], "--removal"),
+        (["nonesuch"], "neither a file"),
     ]:
         with pytest.raises(SystemExit) as exc:
             command.main(args=["evaluate", *args], prog_name="lmxray")

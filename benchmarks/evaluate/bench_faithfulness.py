@@ -7,8 +7,9 @@
 Runs in ``venv-interpreto`` (interpreto 0.5.2, transformers 5.x, lmxray editable; made by
 ``benchmarks/setup_peers.sh interpreto model``), 2 threads, on the bench GPT-2
 (``benchmarks/.peers/model``: 6 layers, d=512, vocab 8192, random init). One run times lmxray and
-the peer side by side (median of ``--repeats`` after one warm-up, order alternating) and checks
-that the numbers agree.
+the peer side by side (median of ``--repeats`` after one warm-up; in part 2 the two libraries'
+calls are interleaved A B, B A, ... so that load changes hit both) and checks that the numbers
+agree.
 
 Part 1, comprehensiveness + sufficiency (ERASER AOPC, bins 1/5/10/20/50 %), 100 examples: 16-token
 windows of licence text (the bench tokenizer's corpus) with the next 2 tokens as target, scored by
@@ -63,6 +64,22 @@ def timed(fn, repeats, warmup=True):
         out = fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), times, out
+
+
+def timed_pair(fa, fb, repeats):
+    """Median times of two calls interleaved A B, B A, A B... after one warm-up each."""
+    out_a, out_b = fa(), fb()
+    ta, tb = [], []
+    for r in range(repeats):
+        for which in ((0, 1) if r % 2 == 0 else (1, 0)):
+            t0 = time.perf_counter()
+            if which == 0:
+                out_a = fa()
+                ta.append(time.perf_counter() - t0)
+            else:
+                out_b = fb()
+                tb.append(time.perf_counter() - t0)
+    return (statistics.median(ta), ta, out_a), (statistics.median(tb), tb, out_b)
 
 
 # ----------------------------------------------------------------------------- part 1
@@ -168,8 +185,8 @@ def part2(m, hf, tok, repeats, batch_size=64):
         peer = lambda metric=metric: metric.evaluate(expl)  # noqa: E731
         ours = lambda which=which: faithfulness(  # noqa: E731
             m, a, metrics=[which], removal="baseline", baseline=0, n_steps=20)
-        t_peer, times_peer, (auc_peer, curves_peer) = timed(peer, repeats)
-        t_ours, times_ours, f = timed(ours, repeats)
+        (t_peer, times_peer, (auc_peer, curves_peer)), (t_ours, times_ours, f) = timed_pair(
+            peer, ours, repeats)
         ours_curves = getattr(f, which)
         diffs, matched = [], 0
         for t in range(C.N_TARGET):

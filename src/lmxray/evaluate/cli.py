@@ -88,6 +88,12 @@ def evaluate_command(
         raise InputError("give the data to evaluate on: a JSONL file, a datasets folder, or --task NAME")
     if removal not in ("remove", "baseline"):
         raise InputError(f"--removal must be remove or baseline, got {removal!r}")
+    from ..zoo import TASKS
+
+    if not Path(source).exists() and source not in TASKS:
+        raise InputError(
+            f"{source!r} is neither a file, a datasets folder nor a zoo task ({', '.join(TASKS)})"
+        )
     name = Path(source).stem if Path(source).exists() else str(source)
     out = out if out is not None else Path(f"evaluate-{name}.jsonl")
     check_outputs(out, csv_out, html_out, png_out, json_out, parquet_out)

@@ -11,7 +11,6 @@ import base64
 import io
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import InputError
-from ..result import _jsonable, atomic_write_text
+from ..result import _jsonable, atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -46,22 +45,6 @@ METRIC_INFO: dict[str, tuple[bool, str]] = {
 }
 GROUNDTRUTH_COLUMNS = ("top1_hit", "topk_hit", "mrr", "evidence_rank")
 _NON_METRIC = {"kind", "example", "method", "verified", "deletion_curve", "insertion_curve"}
-
-
-def _atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    path = Path(path)
-    if path.parent and not path.parent.exists():
-        raise InputError(f"cannot write {path}: folder {path.parent} does not exist; create it first")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 @dataclass
@@ -190,7 +173,7 @@ class Evaluation:
             raise InputError("writing Parquet needs pyarrow (pip install pyarrow); use the JSONL results") from None
         buf = io.BytesIO()
         self.to_dataframe().to_parquet(buf, index=False)
-        return _atomic_write_bytes(path, buf.getvalue())
+        return atomic_write_bytes(path, buf.getvalue())
 
     def png_bytes(self, dpi: int = 110) -> bytes:
         """A figure: one bar chart per metric, then the mean deletion and insertion curves."""
@@ -236,7 +219,7 @@ class Evaluation:
         return buf.getvalue()
 
     def to_png(self, path: str | os.PathLike[str]) -> Path:
-        return _atomic_write_bytes(path, self.png_bytes())
+        return atomic_write_bytes(path, self.png_bytes())
 
     def to_html(self, path: str | os.PathLike[str] | None = None) -> str:
         """A self-contained HTML report (leaderboard, sanity checks, embedded plots)."""
