@@ -9,27 +9,24 @@ lets every sequence that shares the prefix attend to them.
 How (automatic, from the token ids alone):
 
 1. Identical rows are scored once.
-2. Planning: rows are sorted lexicographically; the longest common prefix (LCP) of neighbours
-   gives, for each row, the sum of its LCPs with all others in O(n) (range minima over the LCP
-   array). The best row becomes a *source*; every row sharing a useful prefix ``P`` with it (never
-   beyond its first target-predicting position) becomes its *dependent*; the rest is planned
-   again for a few rounds; what is left shares nothing.
-3. Packing (tree attention, as in SpecInfer's token trees): a packed row holds a *stem* (the
-   source's first tokens) followed by dependents' suffixes ``ids[P:]``. A 4D additive attention
-   mask lets each suffix token see the stem's first ``P`` positions and its own earlier suffix
-   tokens, nothing else; position ids continue from ``P``. The stem's keys and values are thus
-   computed once per packed row and reused by every suffix in it; blocks go largest-prefix first
-   (later blocks carry short stems) and are bin-packed into rows of ~``d_model / 2`` positions,
-   so one forward pass usually scores every perturbation of a prompt with no padding.
-   Logits are computed only at the positions that predict targets.
+2. The rows form a token trie (a node per distinct prefix). Sorted lexicographically, each row
+   shares with all earlier rows exactly its longest common prefix with the previous one, so
+   walking them in that order lays the trie out depth first: each row adds only its new nodes,
+   under the path of the previous row. Every node is computed once.
+3. Packing (tree attention, as in SpecInfer's token trees): consecutive trie nodes fill packed
+   rows of ~``d_model / 2`` positions (a row that starts inside a subtree repeats the shared
+   path as its stem). A 4D additive attention mask lets each node attend to itself and its
+   ancestors only, and its position id is its depth, so every node sees exactly the sequence it
+   has in each row it belongs to: the shared prefix's keys and values are computed once and
+   reused by every continuation. One forward pass usually scores all perturbations of a prompt,
+   without padding; logits are computed only at nodes that predict a target.
 4. The first packed pass for every model is checked against a plain forward of one of its rows;
    a mismatch (an architecture that ignores 4D masks or derives positions from the mask, e.g.
-   ALiBi) switches that model to plain scoring with a warning. Models with a sliding window
-   longer rows than the window, and ``prefix_cache("off")``, score plainly too.
+   ALiBi) switches that model to plain scoring with a warning. Rows longer than a model's
+   sliding window, and everything under ``prefix_cache("off")``, are scored plainly too.
 
-Positions computed: every source in full, every dependent from its first differing token on,
-plus one stem per packed block, instead of ``sum len_i``; :func:`count_forward_tokens` reports
-both. Values equal full recomputation to float rounding (tests assert <= 1e-5 on six families,
+Positions computed: the trie's nodes plus one stem per packed row, instead of ``sum len_i``;
+:func:`count_forward_tokens` reports both. Values equal full recomputation to float rounding (tests assert <= 1e-5 on six families,
 transformers 4.57 and 5.x).
 """
 
@@ -40,7 +37,7 @@ import contextvars
 import warnings
 import weakref
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -61,8 +58,7 @@ _stats: contextvars.ContextVar[tuple[ForwardStats, ...]] = contextvars.ContextVa
 # per native model: True = reuse verified, False = reuse disabled (mismatch or unsupported)
 _VERIFIED: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
-_PLAN_BLOCK = 4096  # rows planned together (bounds the planner's memory: block x longest row)
-_MAX_ROUNDS = 16
+_PLAN_BLOCK = 4096  # rows packed together (bounds the planner's memory: block x longest row)
 _PROGRESS_MIN_ROWS = 1024
 
 
@@ -133,13 +129,6 @@ def prefix_cache(mode: str) -> Iterator[None]:
 
 
 # ---------------------------------------------------------------------------------- planning
-@dataclass
-class _Plan:
-    sources: list[int] = field(default_factory=list)
-    deps: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # src -> [(row, P)]
-    plain: list[int] = field(default_factory=list)
-
-
 def _id_matrix(seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
     lens = np.array([len(s) for s in seqs], dtype=np.int64)
     mat = np.full((len(seqs), max(1, int(lens.max(initial=1)))), -1, dtype=np.int64)
@@ -157,73 +146,6 @@ def _lcp(mat: np.ndarray, lens: np.ndarray, a: np.ndarray, b: np.ndarray | int) 
     eq &= np.arange(mat.shape[1])[None, :] < lim[:, None]
     first_bad = np.argmin(eq, axis=1)
     return np.where(eq.all(axis=1), lim, first_bad).astype(np.int64)
-
-
-def _sum_lcp(adj: np.ndarray) -> np.ndarray:
-    """For rows in lexicographic order with neighbour LCPs ``adj`` [n-1], ``sum_j LCP(i, j)``.
-
-    ``LCP(i, j)`` is the minimum of ``adj`` between them; with the next smaller element the sums
-    over all ``j > i`` (and ``j < i``) follow in O(n).
-    """
-    n = len(adj) + 1
-    right = np.zeros(n, dtype=np.float64)
-    stack: list[int] = []
-    nxt = np.full(n - 1, n - 1, dtype=np.int64)
-    for k in range(n - 2, -1, -1):
-        while stack and adj[stack[-1]] >= adj[k]:
-            stack.pop()
-        nxt[k] = stack[-1] if stack else n - 1
-        stack.append(k)
-        right[k] = adj[k] * (nxt[k] - k) + right[nxt[k]]
-    rev = adj[::-1]
-    left_r = np.zeros(n, dtype=np.float64)
-    stack = []
-    for k in range(n - 2, -1, -1):
-        while stack and rev[stack[-1]] >= rev[k]:
-            stack.pop()
-        nk = stack[-1] if stack else n - 1
-        stack.append(k)
-        left_r[k] = rev[k] * (nk - k) + left_r[nk]
-    return right + left_r[::-1]
-
-
-def _plan(rows: Sequence[ScoreRow], idx: Sequence[int]) -> _Plan:
-    """Sources, their dependents with shared prefix lengths, and rows to score plainly."""
-    plan = _Plan()
-    idx = sorted(idx, key=lambda i: rows[i].input_ids)
-    if len(idx) < 2:
-        plan.plain = list(idx)
-        return plan
-    mat, lens = _id_matrix([rows[i].input_ids for i in idx])
-    # a dependent's suffix must hold every position that predicts a target
-    cap = lens - np.array([len(rows[i].targets) for i in idx], dtype=np.int64)
-    loc = np.arange(len(idx))
-    adj0 = _lcp(mat, lens, loc[:-1], loc[1:])
-    best = np.zeros(len(idx), dtype=np.int64)
-    best[:-1] = adj0
-    best[1:] = np.maximum(best[1:], adj0)
-    best = np.minimum(best, cap)
-    rem = loc
-    for _ in range(_MAX_ROUNDS):
-        if len(rem) < 2:
-            break
-        adj = _lcp(mat, lens, rem[:-1], rem[1:])
-        # a source gains what others share with it and forgoes its own best reuse
-        tot = _sum_lcp(adj) - best[rem]
-        k = int(np.argmax(tot))
-        if tot[k] <= 0:
-            break
-        s = int(rem[k])
-        shared = np.minimum(_lcp(mat, lens, rem, s), cap[rem])
-        take = (shared >= np.maximum(1, (best[rem] + 1) // 2)) & (rem != s)
-        if not take.any():
-            break
-        src = idx[s]
-        plan.sources.append(src)
-        plan.deps[src] = [(idx[int(j)], int(p)) for j, p in zip(rem[take], shared[take], strict=True)]
-        rem = rem[~take & (rem != s)]
-    plan.plain = [idx[int(j)] for j in rem]
-    return plan
 
 
 def _supported(model: Model) -> bool:
@@ -272,101 +194,74 @@ class _Fallback(Exception):
 
 
 @dataclass
-class _Seg:
-    row: int
-    p: int  # leading tokens read from the block's stem
-    reused: bool = True  # False for the stem's own row (its prefix is computed, not reused)
-
-
-@dataclass
-class _Blk:
-    stem_row: int | None
-    stem: int
-    segs: list[_Seg]
-    size: int
-
-
-def _blocks(rows: Sequence[ScoreRow], plan: _Plan, width: int) -> list[_Blk]:
-    """Group each source's dependents into blocks ``stem + suffixes`` of at most ``width``
-    positions (largest shared prefixes first, so later blocks have short stems); rows without a
-    source become stem-less blocks of one."""
-    out: list[_Blk] = []
-    for src in plan.sources:
-        l_src = len(rows[src].input_ids)
-        cur: _Blk | None = None
-        for r, p in sorted(plan.deps[src], key=lambda d: -d[1]):
-            m = len(rows[r].input_ids) - p
-            if cur is None or cur.size + m > width:
-                first = cur is None
-                cur = _Blk(src, p, [], p)
-                out.append(cur)
-                if first:  # the source itself: its stem plus the rest of it
-                    cur.segs.append(_Seg(src, p, reused=False))
-                    cur.size += l_src - p
-            cur.segs.append(_Seg(r, p))
-            cur.size += m
-    for r in plan.plain:
-        out.append(_Blk(None, 0, [_Seg(r, 0, reused=False)], len(rows[r].input_ids)))
-    return out
-
-
-def _bins(blocks: Sequence[_Blk], width: int) -> list[list[_Blk]]:
-    """First-fit decreasing: blocks into packed rows of at most ``width`` positions."""
-    bins: list[list[_Blk]] = []
-    room: list[int] = []
-    for b in sorted(blocks, key=lambda b: -b.size):
-        for k, free in enumerate(room):
-            if b.size <= free:
-                bins[k].append(b)
-                room[k] -= b.size
-                break
-        else:
-            bins.append([b])
-            room.append(width - b.size)
-    return bins
-
-
-@dataclass
 class _Packed:
-    ids: np.ndarray  # [W]
-    pos: np.ndarray  # [W]
-    lo1: np.ndarray  # [W]: a token attends [lo1, hi1) (its stem prefix) and [lo2, q]
-    hi1: np.ndarray
-    lo2: np.ndarray
-    reads: list[tuple[int, list[int]]]  # (row, packed positions predicting its targets)
-    used: int
-    reused: int
+    """One packed row: nodes of a token trie in depth-first order."""
+
+    ids: np.ndarray  # [u] token of each node
+    depth: np.ndarray  # [u] position id
+    parent: np.ndarray  # [u] index of the parent node in this row, -1 for a root
+    reads: list[tuple[int, list[int]]]  # (row, nodes predicting its targets)
+
+    @property
+    def used(self) -> int:
+        return len(self.ids)
+
+    def ancestors(self) -> np.ndarray:
+        """``[u, u]``: node ``q`` attends to node ``k`` iff ``k`` is ``q`` or one of its ancestors."""
+        u = self.used
+        anc = np.zeros((u, u), dtype=bool)
+        for q in range(u):
+            par = self.parent[q]
+            if par >= 0:
+                anc[q] = anc[par]
+            anc[q, q] = True
+        return anc
 
 
-def _pack(rows: Sequence[ScoreRow], blks: Sequence[_Blk], pad_id: int) -> _Packed:
-    used = sum(b.size for b in blks)
-    ids = np.full(used, pad_id, dtype=np.int64)
-    pos = np.zeros(used, dtype=np.int64)
-    lo1 = np.zeros(used, dtype=np.int64)
-    hi1 = np.zeros(used, dtype=np.int64)
-    lo2 = np.arange(used, dtype=np.int64)
+def _trie_packs(rows: Sequence[ScoreRow], idx: Sequence[int], width: int) -> list[_Packed]:
+    """Pack the token trie of rows ``idx`` into rows of about ``width`` nodes.
+
+    In lexicographic order a row shares with earlier rows exactly its longest common prefix with
+    the previous one, so walking the rows in that order adds each row's *new* nodes under the
+    path of the previous row (a depth-first layout of the trie). A packed row that starts in the
+    middle of a subtree first repeats the shared path (its stem). Each row's targets are read at
+    the nodes of its path that predict them, shared nodes included.
+    """
+    order = sorted(idx, key=lambda i: rows[i].input_ids)
+    mat, lens = _id_matrix([rows[i].input_ids for i in order])
+    loc = np.arange(len(order))
+    shared = np.zeros(len(order), dtype=np.int64)
+    if len(order) > 1:
+        shared[1:] = _lcp(mat, lens, loc[:-1], loc[1:])
+    packs: list[_Packed] = []
+    ids: list[int] = []
+    depth: list[int] = []
+    parent: list[int] = []
     reads: list[tuple[int, list[int]]] = []
-    cur = reused = 0
-    for b in blks:
-        b0 = cur
-        if b.stem:
-            assert b.stem_row is not None
-            ids[b0:b0 + b.stem] = rows[b.stem_row].input_ids[: b.stem]
-            pos[b0:b0 + b.stem] = np.arange(b.stem)
-            lo2[b0:b0 + b.stem] = b0
-            cur += b.stem
-        for sg in b.segs:
-            seq = rows[sg.row].input_ids
-            a, e = cur, cur + len(seq) - sg.p
-            ids[a:e] = seq[sg.p:]
-            pos[a:e] = np.arange(sg.p, len(seq))
-            lo1[a:e], hi1[a:e], lo2[a:e] = b0, b0 + sg.p, a
-            n_t = len(rows[sg.row].targets)
-            where = [b0 + i if i < sg.p else a + i - sg.p for i in range(len(seq) - n_t, len(seq))]
-            reads.append((sg.row, where))
-            reused += sg.p if sg.reused else 0
-            cur = e
-    return _Packed(ids, pos, lo1, hi1, lo2, reads, used, reused)
+    path: list[int] = []  # node of each depth along the previous row
+
+    def flush() -> None:
+        if ids:
+            packs.append(_Packed(np.asarray(ids), np.asarray(depth), np.asarray(parent), list(reads)))
+        ids.clear(), depth.clear(), parent.clear(), reads.clear(), path.clear()
+
+    for j, r in enumerate(order):
+        seq = rows[r].input_ids
+        keep = int(shared[j])
+        if ids and len(ids) + len(seq) - keep > width:
+            flush()
+        if not ids:
+            keep = 0  # a new packed row starts with the whole path (the shared part is its stem)
+        del path[keep:]
+        for d in range(keep, len(seq)):
+            parent.append(path[d - 1] if d else -1)
+            path.append(len(ids))
+            ids.append(seq[d])
+            depth.append(d)
+        n_t = len(rows[r].targets)
+        reads.append((r, path[len(seq) - n_t: len(seq)]))
+    flush()
+    return packs
 
 
 class _Runner:
@@ -422,14 +317,10 @@ class _Runner:
         ids = np.full((b, w), model.pad_token_id, dtype=np.int64)
         pos = np.zeros((b, w), dtype=np.int64)
         allow = np.zeros((b, w, w), dtype=bool)
-        k = np.arange(w)
         for j, pk in enumerate(packs):
             u = pk.used
-            ids[j, :u], pos[j, :u] = pk.ids, pk.pos
-            q = np.arange(u)[:, None]
-            allow[j, :u, :] = ((pk.lo1[:, None] <= k) & (k < pk.hi1[:, None])) | (
-                (pk.lo2[:, None] <= k) & (k <= q)
-            )
+            ids[j, :u], pos[j, :u] = pk.ids, pk.depth
+            allow[j, :u, :u] = pk.ancestors()
             allow[j, np.arange(u, w), np.arange(u, w)] = True  # padding sees itself only
         mask = torch.zeros((b, 1, w, w), dtype=model.dtype, device=dev)
         mask.masked_fill_(~torch.as_tensor(allow, device=dev)[:, None], torch.finfo(model.dtype).min)
@@ -444,10 +335,9 @@ class _Runner:
         ).logits
         if model._logits_kw is None:
             logits = logits[:, keep]
-        _record(
-            computed_tokens=sum(pk.used for pk in packs), padded_tokens=b * w, forwards=1,
-            reused_tokens=sum(pk.reused for pk in packs),
-        )
+        used = sum(pk.used for pk in packs)
+        naive = sum(len(self.rows[r].input_ids) for pk in packs for r, _ in pk.reads)
+        _record(computed_tokens=used, padded_tokens=b * w, forwards=1, reused_tokens=naive - used)
         bi, ci, reads, n = [], [], [], 0
         for j, pk in enumerate(packs):
             for r, where in pk.reads:
@@ -564,9 +454,7 @@ def score_rows(model: Model, rows: Sequence[ScoreRow], ctx: Context) -> list[np.
             width = max(_pack_width(model), longest)
             for b in range(0, len(todo), _PLAN_BLOCK):
                 block = todo[b:b + _PLAN_BLOCK]
-                plan = _plan(rows, block)
-                blks = _blocks(rows, plan, width)
-                packs = [_pack(rows, bn, model.pad_token_id) for bn in _bins(blks, width)]
+                packs = _trie_packs(rows, block, width)
                 chunks = _packed_chunks(model, packs, ctx)
                 plain_chunks = _plain_chunks(model, rows, block, ctx)
                 packed_cost = _cost(model, [[pk.used for pk in c] for c in chunks], packed=True)
