@@ -81,6 +81,8 @@ def test_resume_in_process_and_torn_line(gpt2, tmp_path):
     a, b = (x.leaderboard().drop(columns="attribution_seconds") for x in (full, again))
     np.testing.assert_allclose(a.to_numpy(float), b.to_numpy(float), rtol=1e-5, atol=1e-8,
                                equal_nan=True)
+    loaded = lmxray.evaluate.Evaluation.load(out)
+    assert loaded.config == again.config and len(loaded.rows) == 8
     # nothing left to do: the file is unchanged by a third run
     before = out.read_text()
     evaluate(gpt2, EXAMPLES, **kw)

@@ -63,6 +63,29 @@ class Evaluation:
     config: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
 
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Evaluation:
+        """Read a results file written by the runner (plain JSON lines; a torn last line is
+        ignored), e.g. to render the leaderboard of a finished or interrupted run."""
+        path = Path(path)
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        except FileNotFoundError:
+            raise InputError(f"no such results file: {path}") from None
+        records = []
+        for line in lines:
+            if not line.endswith("\n"):
+                break
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+        if not records or records[0].get("kind") != "header":
+            raise InputError(f"{path} is not an lmxray evaluate results file")
+        rows = [r for r in records[1:] if r.get("kind") == "row"]
+        sanity = [r for r in records[1:] if r.get("kind") == "sanity"]
+        return cls(rows=rows, sanity=sanity, config=records[0].get("config", {}), path=path)
+
     @property
     def methods(self) -> list[str]:
         order = list(self.config.get("methods", []))
