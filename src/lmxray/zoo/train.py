@@ -144,6 +144,18 @@ def _on_sigterm_interrupt():
     return signal.signal(signal.SIGTERM, handler)
 
 
+def _portable_tokenizer_config(out: Path) -> None:
+    """Name the generic fast-tokenizer class, which transformers 4.x and 5.x both load."""
+    p = out / "tokenizer_config.json"
+    cfg = json.loads(p.read_text())
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    cfg.pop("backend", None)
+    p.write_text(json.dumps(cfg, indent=2))
+    for f in out.iterdir():
+        if f.is_file():
+            f.chmod(0o644)
+
+
 def _idle_cores() -> int:
     """Cores not busy with other work (at least 1, at most 8).
 
@@ -348,6 +360,7 @@ def train(
     model.eval()
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
+    _portable_tokenizer_config(out)
     info = {
         "format": "lmxray.zoo.training/1",
         "steps": steps,
