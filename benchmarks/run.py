@@ -118,7 +118,10 @@ def run_entry(case: Case, entry: Entry, out: Path, args: argparse.Namespace) -> 
         res = json.loads(res_file.read_text())
     else:
         tail = (out / "log.txt").read_text()[-400:]
-        res = {"ok": False, "error": f"runner exited {rc} without a result: {tail}"}
+        if rc == "timeout":
+            res = {"ok": False, "error": f"timed out after {case.timeout_s} s"}
+        else:
+            res = {"ok": False, "error": f"runner exited {rc} without a result: {tail}"}
     res["process_wall_s"] = wall
     res["command"] = " ".join(shlex.quote(c) for c in cmd)
     return res
@@ -372,6 +375,10 @@ def print_footer(report: dict[str, Any], md: bool) -> None:
         print(("- " if md else "") + ln)
 
 
+def md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
 def print_markdown(report: dict[str, Any]) -> None:
     m = report["machine"]
     print(f"Command: `{report['command']}`  ")
@@ -394,7 +401,7 @@ def print_markdown(report: dict[str, Any]) -> None:
             lib = f"{row['library']} {ver}".strip() + (f" (transformers {tf})" if tf else "")
             print(
                 f"| {c['case']} | {lib} | {fmt_s(row['median_s'])} | {ratio} | "
-                f"{fmt_diff(c, row)} | {row_notes(c, row).replace('|', '/')} |"
+                f"{fmt_diff(c, row)} | {md_escape(row_notes(c, row))} |"
             )
     print()
     print_footer(report, md=True)
