@@ -218,50 +218,99 @@ class _Packed:
         return anc
 
 
+def _trie_blocks(lens: np.ndarray, shared: np.ndarray, width: int) -> list[tuple[int, int]]:
+    """Split lexicographically sorted rows into subtrees of at most ``width`` nodes.
+
+    A block ``[lo, hi)`` costs its first row in full plus the new nodes of the others
+    (``lens[j] - shared[j]``). An oversized block is split where the shared prefix is shortest
+    (at the children of its root), so the paths repeated at block starts stay short.
+    """
+    new = lens - shared
+    csum = np.concatenate([[0], np.cumsum(new)])
+
+    def size(lo: int, hi: int) -> int:
+        return int(lens[lo] + csum[hi] - csum[lo + 1])
+
+    out: list[tuple[int, int]] = []
+    stack = [(0, len(lens))]
+    while stack:
+        lo, hi = stack.pop()
+        if hi - lo == 1 or size(lo, hi) <= width:
+            out.append((lo, hi))
+            continue
+        inner = shared[lo + 1:hi]
+        cut = lo + 1 + np.flatnonzero(inner == inner.min())
+        bounds = [lo, *cut.tolist(), hi]
+        stack.extend((a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True))
+    return sorted(out)
+
+
 def _trie_packs(rows: Sequence[ScoreRow], idx: Sequence[int], width: int) -> list[_Packed]:
-    """Pack the token trie of rows ``idx`` into rows of about ``width`` nodes.
+    """Pack the token trie of rows ``idx`` into rows of at most ``width`` nodes.
 
     In lexicographic order a row shares with earlier rows exactly its longest common prefix with
     the previous one, so walking the rows in that order adds each row's *new* nodes under the
-    path of the previous row (a depth-first layout of the trie). A packed row that starts in the
-    middle of a subtree first repeats the shared path (its stem). Each row's targets are read at
-    the nodes of its path that predict them, shared nodes included.
+    path of the previous row (a depth-first layout of the trie). The trie is cut into subtrees
+    that fit (:func:`_trie_blocks`; a subtree repeats its root path) and the subtrees are
+    bin-packed first-fit decreasing. Each row's targets are read at the nodes of its path that
+    predict them, shared nodes included.
     """
     order = sorted(idx, key=lambda i: rows[i].input_ids)
     mat, lens = _id_matrix([rows[i].input_ids for i in order])
-    loc = np.arange(len(order))
     shared = np.zeros(len(order), dtype=np.int64)
     if len(order) > 1:
+        loc = np.arange(len(order))
         shared[1:] = _lcp(mat, lens, loc[:-1], loc[1:])
-    packs: list[_Packed] = []
-    ids: list[int] = []
-    depth: list[int] = []
-    parent: list[int] = []
-    reads: list[tuple[int, list[int]]] = []
-    path: list[int] = []  # node of each depth along the previous row
-
-    def flush() -> None:
-        if ids:
-            packs.append(_Packed(np.asarray(ids), np.asarray(depth), np.asarray(parent), list(reads)))
-        ids.clear(), depth.clear(), parent.clear(), reads.clear(), path.clear()
-
-    for j, r in enumerate(order):
-        seq = rows[r].input_ids
-        keep = int(shared[j])
-        if ids and len(ids) + len(seq) - keep > width:
-            flush()
-        if not ids:
-            keep = 0  # a new packed row starts with the whole path (the shared part is its stem)
-        del path[keep:]
-        for d in range(keep, len(seq)):
-            parent.append(path[d - 1] if d else -1)
-            path.append(len(ids))
-            ids.append(seq[d])
-            depth.append(d)
-        n_t = len(rows[r].targets)
-        reads.append((r, path[len(seq) - n_t: len(seq)]))
-    flush()
+    blocks = _trie_blocks(lens, shared, width)
+    sizes = {bl: int(lens[bl[0]] + (lens[bl[0] + 1:bl[1]] - shared[bl[0] + 1:bl[1]]).sum())
+             for bl in blocks}
+    bins: list[list[tuple[int, int]]] = []
+    room: list[int] = []
+    for bl in sorted(blocks, key=lambda b: -sizes[b]):
+        for k, free in enumerate(room):
+            if sizes[bl] <= free:
+                bins[k].append(bl)
+                room[k] -= sizes[bl]
+                break
+        else:
+            bins.append([bl])
+            room.append(width - sizes[bl])
+    packs = []
+    for bn in bins:
+        ids: list[int] = []
+        depth: list[int] = []
+        parent: list[int] = []
+        reads: list[tuple[int, list[int]]] = []
+        for lo, hi in sorted(bn):
+            path: list[int] = []  # node of each depth along the previous row
+            for j in range(lo, hi):
+                r = order[j]
+                seq = rows[r].input_ids
+                keep = int(shared[j]) if j > lo else 0
+                del path[keep:]
+                for d in range(keep, len(seq)):
+                    parent.append(path[d - 1] if d else -1)
+                    path.append(len(ids))
+                    ids.append(seq[d])
+                    depth.append(d)
+                n_t = len(rows[r].targets)
+                reads.append((r, path[len(seq) - n_t: len(seq)]))
+        packs.append(_Packed(np.asarray(ids), np.asarray(depth), np.asarray(parent), reads))
     return packs
+
+
+def _choose_width(model: Model, rows: Sequence[ScoreRow], idx: Sequence[int], longest: int) -> int:
+    """The packed-row width with the fewest padded positions (attention over wider rows costs
+    a little more: about ``width / (12 d)`` of a position's other work)."""
+    best, best_cost = longest, float("inf")
+    for w in sorted({max(longest, w) for w in (128, 192, 256, 384, 512)}):
+        if w > 4 * max(longest, _pack_width(model)):
+            continue
+        packs = _trie_packs(rows, idx, w)
+        cost = len(packs) * max(pk.used for pk in packs) * (1 + w / (12.0 * model.d_model))
+        if cost < best_cost:
+            best, best_cost = w, cost
+    return best
 
 
 class _Runner:
@@ -408,7 +457,7 @@ def _cost(model: Model, widths: Sequence[Sequence[int]], packed: bool) -> float:
     total = 0.0
     for ws in widths:
         w = max(ws)
-        att = 1.0 + (w / (6.0 * model.d_model) if packed else 0.0)
+        att = 1.0 + (w / (12.0 * model.d_model) if packed else 0.0)
         total += over + len(ws) * w * att
     return total
 
@@ -451,9 +500,9 @@ def score_rows(model: Model, rows: Sequence[ScoreRow], ctx: Context) -> list[np.
             runner.plain(todo)
         else:
             todo.sort(key=lambda i: rows[i].input_ids)
-            width = max(_pack_width(model), longest)
             for b in range(0, len(todo), _PLAN_BLOCK):
                 block = todo[b:b + _PLAN_BLOCK]
+                width = _choose_width(model, rows, block, longest)
                 packs = _trie_packs(rows, block, width)
                 chunks = _packed_chunks(model, packs, ctx)
                 plain_chunks = _plain_chunks(model, rows, block, ctx)
