@@ -315,3 +315,15 @@ def test_bad_input_is_one_line_error(gpt2, kwargs, match):
         with pytest.raises(InputError, match=match) as exc:
             gpt2.attribute(PROMPT, target=TARGET, **kwargs)
     assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("method", COALITION_METHODS)
+def test_model_and_tokenizer_untouched(method):
+    hf, tok = build_tiny("gpt2")
+    hf.train()
+    m = lmxray.load(model=hf, tokenizer=tok)
+    n_tok, emb = len(tok), hf.get_input_embeddings().weight.clone()
+    m.attribute(PROMPT, target=TARGET, method=method, n_samples=4, replace="baseline")
+    assert len(tok) == n_tok and hf.get_input_embeddings().weight.shape == emb.shape
+    assert torch.equal(hf.get_input_embeddings().weight, emb)
+    assert hf.training and all(p.requires_grad for p in hf.parameters())
