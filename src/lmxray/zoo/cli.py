@@ -48,7 +48,11 @@ def train(
     t0, c0 = time.time(), time.process_time()
     try:
         path = _train(
-            out, steps=DEFAULT_STEPS if steps is None else steps, seed=seed, resume=not no_resume, threads=threads
+            out,
+            steps=DEFAULT_STEPS if steps is None else steps,
+            seed=seed,
+            resume=not no_resume,
+            threads=threads,
         )
     except LmxrayError as e:
         _fail(str(e))
