@@ -30,7 +30,8 @@ def markdown(task: str, board, n_verified: int, n: int) -> str:
     for m, rec in board.iterrows():
         cells = ["–" if rec[c] != rec[c] else f"{rec[c]:.3g}" for c in cols]
         passed = rec.get("sanity_passed")
-        lines.append(f"| {m} | " + " | ".join(cells) + f" | {'pass' if passed else 'FAIL'} |")
+        verdict = "–" if passed is None or passed != passed else ("pass" if passed else "FAIL")
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {verdict} |")
     return "\n".join(lines)
 
 
