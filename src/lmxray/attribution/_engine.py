@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..model import Model
-from ..targets import TargetFn, evaluate_target
+from ..targets import evaluate_target
 from .base import Context, Request
 
 __all__ = [
