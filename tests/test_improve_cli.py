@@ -60,8 +60,9 @@ def assert_clean_error(result, outputs=()):
 @pytest.fixture(scope="module")
 def tiny_long_dir(tmp_path_factory) -> Path:
     """The tiny Llama with a 512-token context (zoo reviews in the tiny tokenizer exceed 64)."""
-    from conftest import tiny_config, tiny_tokenizer
     from transformers import AutoModelForCausalLM
+
+    from conftest import tiny_config, tiny_tokenizer
 
     tok = tiny_tokenizer()
     cfg = tiny_config("llama", len(tok))
@@ -79,15 +80,33 @@ def _jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-ROWS = [{"prompt": f"The {w} of France is", "target": " Paris" if i % 2 else " Rome",
-         "rationale": [w], "irrelevant": ["France"]} for i, w in enumerate(["capital", "fox", "dog", "store"] * 3)]
+ROWS = [
+    {
+        "prompt": f"The {w} of France is",
+        "target": " Paris" if i % 2 else " Rome",
+        "rationale": [w],
+        "irrelevant": ["France"],
+    }
+    for i, w in enumerate(["capital", "fox", "dog", "store"] * 3)
+]
 
 
 def test_shortcuts_on_a_jsonl_file(tiny_llama_dir, tmp_path):
     data = _jsonl(tmp_path / "d.jsonl", ROWS)
     out, png = tmp_path / "s.json", tmp_path / "s.png"
-    r = invoke("shortcuts", data, "--model", tiny_llama_dir, "--min-count", 2, "--json", out, "--png", png,
-               "--no-progress")
+    r = invoke(
+        "shortcuts",
+        data,
+        "--model",
+        tiny_llama_dir,
+        "--min-count",
+        2,
+        "--json",
+        out,
+        "--png",
+        png,
+        "--no-progress",
+    )
     ok(r)
     assert "shortcut candidates" in r.stdout
     doc = json.loads(out.read_text())
@@ -100,71 +119,216 @@ def test_shortcuts_zoo_demo_and_errors(tiny_long_dir, tmp_path):
     ok(r)
     assert "planted shortcut" in r.stdout
     out = tmp_path / "x.json"
-    assert_clean_error(invoke("shortcuts", "--model", tiny_long_dir, "--method", "nope", "--json", out), [out])
+    assert_clean_error(
+        invoke("shortcuts", "--model", tiny_long_dir, "--method", "nope", "--json", out), [out]
+    )
     assert_clean_error(invoke("shortcuts", tmp_path / "missing.jsonl", "--model", tiny_long_dir))
     assert_clean_error(invoke("shortcuts", "--task", "ioi", "--model", tiny_long_dir))
-    assert_clean_error(invoke("shortcuts", "--model", tiny_long_dir, "--json", tmp_path / "no" / "x.json"))
+    assert_clean_error(
+        invoke("shortcuts", "--model", tiny_long_dir, "--json", tmp_path / "no" / "x.json")
+    )
 
 
 def test_finetune_jsonl_saves_a_loadable_model(tiny_llama_dir, tmp_path):
     data = _jsonl(tmp_path / "d.jsonl", ROWS)
     out_dir, js = tmp_path / "ft", tmp_path / "ft.json"
-    r = invoke("finetune", data, "--model", tiny_llama_dir, "--out", out_dir, "--steps", 3, "--batch-size", 4,
-               "--lam", 1.0, "--json", js, "--no-progress")
+    r = invoke(
+        "finetune",
+        data,
+        "--model",
+        tiny_llama_dir,
+        "--out",
+        out_dir,
+        "--steps",
+        3,
+        "--batch-size",
+        4,
+        "--lam",
+        1.0,
+        "--json",
+        js,
+        "--no-progress",
+    )
     ok(r)
     assert "saved to" in r.stdout
     m = lmxray.load(str(out_dir))
     assert m.n_layers == 2
     doc = json.loads(js.read_text())
-    assert doc["format"] == "lmxray.finetune/1" and doc["config"]["steps"] == 3 and doc["n_marked"] == len(ROWS)
+    assert (
+        doc["format"] == "lmxray.finetune/1"
+        and doc["config"]["steps"] == 3
+        and doc["n_marked"] == len(ROWS)
+    )
     assert_clean_error(invoke("finetune", data, "--model", tiny_llama_dir))  # no --out
-    assert_clean_error(invoke("finetune", data, "--model", tiny_llama_dir, "--out", out_dir, "--penalise", "detect"))
-    plain = _jsonl(tmp_path / "p.jsonl", [{k: v for k, v in r_.items() if k != "irrelevant"} for r_ in ROWS])
-    assert_clean_error(invoke("finetune", plain, "--model", tiny_llama_dir, "--out", tmp_path / "p2",
-                              "--steps", 1, "--no-progress"))  # nothing marked, lam > 0
+    assert_clean_error(
+        invoke(
+            "finetune", data, "--model", tiny_llama_dir, "--out", out_dir, "--penalise", "detect"
+        )
+    )
+    plain = _jsonl(
+        tmp_path / "p.jsonl", [{k: v for k, v in r_.items() if k != "irrelevant"} for r_ in ROWS]
+    )
+    assert_clean_error(
+        invoke(
+            "finetune",
+            plain,
+            "--model",
+            tiny_llama_dir,
+            "--out",
+            tmp_path / "p2",
+            "--steps",
+            1,
+            "--no-progress",
+        )
+    )  # nothing marked, lam > 0
 
 
 def test_finetune_zoo_demo_prints_the_table(tiny_long_dir, tmp_path):
     out_dir, js = tmp_path / "demo", tmp_path / "demo.json"
-    r = invoke("finetune", "--model", tiny_long_dir, "--out", out_dir, "--steps", 2, "--batch-size", 4,
-               "--n-train", 40, "--n-eval", 10, "--json", js, "--no-progress")
+    r = invoke(
+        "finetune",
+        "--model",
+        tiny_long_dir,
+        "--out",
+        out_dir,
+        "--steps",
+        2,
+        "--batch-size",
+        4,
+        "--n-train",
+        40,
+        "--n-eval",
+        10,
+        "--json",
+        js,
+        "--no-progress",
+    )
     ok(r)
     assert "plain fine-tune" in r.stdout and "RRR" in r.stdout and "shift conflict" in r.stdout
     doc = json.loads(js.read_text())
-    assert doc["format"] == "lmxray.rrr/1" and set(doc["rows"]) == {"base", "plain fine-tune", "RRR (lambda=10)"}
-    assert (out_dir / "rrr" / "config.json").exists() and (out_dir / "plain" / "finetune.json").exists()
+    assert doc["format"] == "lmxray.rrr/1" and set(doc["rows"]) == {
+        "base",
+        "plain fine-tune",
+        "RRR (lambda=10)",
+    }
+    assert (out_dir / "rrr" / "config.json").exists() and (
+        out_dir / "plain" / "finetune.json"
+    ).exists()
     assert_clean_error(invoke("finetune", "--model", tiny_long_dir, "--penalise", "none"))
+    # penalising words (not the annotation) keeps the biased annotation and marks the words
+    js2 = tmp_path / "words.json"
+    r = invoke(
+        "finetune",
+        "--model",
+        tiny_long_dir,
+        "--penalise",
+        "Tuesday",
+        "--steps",
+        1,
+        "--batch-size",
+        4,
+        "--n-train",
+        40,
+        "--n-eval",
+        10,
+        "--no-compare",
+        "--json",
+        js2,
+        "--no-progress",
+    )
+    ok(r)
+    doc = json.loads(js2.read_text())
+    assert doc["penalised"] == ["Tuesday"] and doc["info"]["relabelled"] >= 0
+    assert set(doc["rows"]) == {"base", "RRR (lambda=10)"}
 
 
 def test_edit_one_fact_and_errors(tiny_llama_dir, tmp_path):
     out_dir, js = tmp_path / "edited", tmp_path / "e.json"
-    r = invoke("edit", "The capital of France is", "--subject", "France", "--target", " Rome", "--layer", 0,
-               "--model", tiny_llama_dir, "--out", out_dir, "--json", js)
+    r = invoke(
+        "edit",
+        "The capital of France is",
+        "--subject",
+        "France",
+        "--target",
+        " Rome",
+        "--layer",
+        0,
+        "--model",
+        tiny_llama_dir,
+        "--out",
+        out_dir,
+        "--json",
+        js,
+    )
     ok(r)
     assert "layer 0" in r.stdout
     assert (out_dir / "config.json").exists()
     doc = json.loads(js.read_text())
     assert doc["format"] == "lmxray.edit/1" and doc["layer"] == 0
-    assert_clean_error(invoke("edit", "The capital of France is", "--subject", "Spain", "--target", " Rome",
-                              "--model", tiny_llama_dir))
+    assert_clean_error(
+        invoke(
+            "edit",
+            "The capital of France is",
+            "--subject",
+            "Spain",
+            "--target",
+            " Rome",
+            "--model",
+            tiny_llama_dir,
+        )
+    )
     assert_clean_error(invoke("edit", "--model", tiny_llama_dir))
     assert_clean_error(invoke("edit", "The capital of France is", "--model", tiny_llama_dir))
-    assert_clean_error(invoke("edit", "--facts", 3, "--layer", 0, "--model", tiny_llama_dir, "--no-progress"))
+    assert_clean_error(
+        invoke("edit", "--facts", 3, "--layer", 0, "--model", tiny_llama_dir, "--no-progress")
+    )
 
 
 def test_steer_errors_are_one_line(tiny_long_dir, tmp_path):
     png = tmp_path / "s.png"
-    assert_clean_error(invoke("steer", "--to", "neutral", "--model", tiny_long_dir, "--png", png), [png])
+    assert_clean_error(
+        invoke("steer", "--to", "neutral", "--model", tiny_long_dir, "--png", png), [png]
+    )
     assert_clean_error(invoke("steer", "--coefs", "a,b", "--model", tiny_long_dir))
     # a random model answers neither label: nothing to flip
-    assert_clean_error(invoke("steer", "--model", tiny_long_dir, "--n-vector", 8, "--n-eval", 8,
-                              "--n-fluency", 2, "--no-progress", "--png", png), [png])
+    assert_clean_error(
+        invoke(
+            "steer",
+            "--model",
+            tiny_long_dir,
+            "--n-vector",
+            8,
+            "--n-eval",
+            8,
+            "--n-fluency",
+            2,
+            "--no-progress",
+            "--png",
+            png,
+        ),
+        [png],
+    )
 
 
 def test_amplify_runs_and_reports_every_condition(tiny_long_dir, tmp_path):
     js = tmp_path / "a.json"
-    r = invoke("amplify", "shift", "--model", tiny_long_dir, "--n-pool", 6, "--n-queries", 4, "--shots", 2,
-               "--k", 2, "--json", js, "--no-progress")
+    r = invoke(
+        "amplify",
+        "shift",
+        "--model",
+        tiny_long_dir,
+        "--n-pool",
+        6,
+        "--n-queries",
+        4,
+        "--shots",
+        2,
+        "--k",
+        2,
+        "--json",
+        js,
+        "--no-progress",
+    )
     ok(r)
     for c in ("zero-shot", "no rationale", "random rationale", "amplify"):
         assert c in r.stdout

@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import build_tiny
 
 import lmxray
+from conftest import build_tiny
 from lmxray.errors import InputError, MethodError
 from lmxray.hooks import run_with_cache
 from lmxray.improve.editing import counterfactuals, evaluate_edits, key_covariance, rome_edit
 
 PROMPT, SUBJECT = "The capital of France is", "France"
-TEXTS = ["The capital of France is Paris. The capital of Italy is Rome.",
-         "When Mary and John went to the store, John gave a drink to Mary.",
-         "The quick brown fox jumps over the lazy dog.", "Berlin is in Germany, Madrid is in Spain."] * 3
+TEXTS = [
+    "The capital of France is Paris. The capital of Italy is Rome.",
+    "When Mary and John went to the store, John gave a drink to Mary.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Berlin is in Germany, Madrid is in Spain.",
+] * 3
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -35,7 +38,9 @@ def model(family: str = "llama") -> lmxray.Model:
 
 def _edit(m, layer=0, **kw):
     cov = key_covariance(m, layer, TEXTS)
-    return rome_edit(m, PROMPT, SUBJECT, " Rome", layer=layer, cov=cov, steps=kw.pop("steps", 10), **kw), cov
+    return rome_edit(
+        m, PROMPT, SUBJECT, " Rome", layer=layer, cov=cov, steps=kw.pop("steps", 10), **kw
+    ), cov
 
 
 def test_key_covariance_matches_a_manual_sum():
@@ -54,7 +59,9 @@ def test_update_is_the_constrained_least_squares_solution():
     m = model()
     ed, cov = _edit(m)
     pos = ed.info["position"]
-    k = run_with_cache(m, PROMPT, cache=["layers.0.mlp.hidden"])["layers.0.mlp.hidden"][0, pos].double()
+    k = run_with_cache(m, PROMPT, cache=["layers.0.mlp.hidden"])["layers.0.mlp.hidden"][
+        0, pos
+    ].double()
     r = ed.value.double()
     d = k.shape[0]
     kkt = torch.zeros(d + 1, d + 1, dtype=torch.float64)
@@ -79,7 +86,9 @@ def test_edited_mlp_writes_v_star_at_the_key_and_weights_come_back(family):
     pos = ed.info["position"]
     with ed.applied(m):
         edited = run_with_cache(m, PROMPT, cache=[site])[site][0]
-    assert torch.allclose(edited[pos] - clean[pos], ed.value, atol=1e-4 * max(1.0, float(ed.value.norm())))
+    assert torch.allclose(
+        edited[pos] - clean[pos], ed.value, atol=1e-4 * max(1.0, float(ed.value.norm()))
+    )
     # positions before the subject's last token hold other keys: changed only by their key overlap
     after = {k: v.detach().clone() for k, v in m.hf.state_dict().items()}
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -105,14 +114,22 @@ def test_value_optimisation_raises_the_new_object():
     assert ed.info["p_target"] > p0
     edited = ed.apply(m)
     with torch.no_grad():
-        p1 = float(torch.softmax(edited.hf(input_ids=torch.tensor([ids])).logits[0, -1], -1)[tgt[0]])
+        p1 = float(
+            torch.softmax(edited.hf(input_ids=torch.tensor([ids])).logits[0, -1], -1)[tgt[0]]
+        )
     assert p1 > p0
-    assert not any(p.grad is not None for p in m.hf.parameters())  # δ was optimised with autograd.grad
+    assert not any(
+        p.grad is not None for p in m.hf.parameters()
+    )  # δ was optimised with autograd.grad
 
 
 def test_counterfactuals_stay_in_the_relation():
-    facts = [{"answer": " Paris", "relation": "capital"}, {"answer": " Rome", "relation": "capital"},
-             {"answer": " euro", "relation": "currency"}, {"answer": " yen", "relation": "currency"}]
+    facts = [
+        {"answer": " Paris", "relation": "capital"},
+        {"answer": " Rome", "relation": "capital"},
+        {"answer": " euro", "relation": "currency"},
+        {"answer": " yen", "relation": "currency"},
+    ]
     new = counterfactuals(facts, seed=3)
     assert new[0] == " Rome" and new[1] == " Paris" and new[2] == " yen" and new[3] == " euro"
     with pytest.raises(InputError, match="no other answer"):
@@ -128,8 +145,15 @@ def test_errors():
         rome_edit(m, PROMPT, "Spain", " Rome", layer=0, cov=cov)
     with pytest.raises(InputError, match="sample texts"):
         key_covariance(m, 0, [])
-    facts = [{"prompt": PROMPT, "subject": SUBJECT, "answer": " Paris", "relation": "capital",
-              "subject_text": SUBJECT}]
+    facts = [
+        {
+            "prompt": PROMPT,
+            "subject": SUBJECT,
+            "answer": " Paris",
+            "relation": "capital",
+            "subject_text": SUBJECT,
+        }
+    ]
     with pytest.raises(InputError, match="known facts"):
         evaluate_edits(m, facts, n_edits=1, layer=0, progress=False)
 
@@ -140,9 +164,19 @@ def test_families_with_a_norm_after_the_mlp_are_refused():
     from conftest import tiny_tokenizer
 
     tok = tiny_tokenizer()
-    cfg = Gemma2Config(vocab_size=len(tok), num_hidden_layers=1, hidden_size=32, intermediate_size=64,
-                       num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
-                       bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    cfg = Gemma2Config(
+        vocab_size=len(tok),
+        num_hidden_layers=1,
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=64,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+    )
     m = lmxray.load(model=Gemma2ForCausalLM(cfg).eval(), tokenizer=tok)
     with pytest.raises(MethodError, match="norm after"):
         rome_edit(m, PROMPT, SUBJECT, " Rome", layer=0, cov=torch.eye(64, dtype=torch.float64))

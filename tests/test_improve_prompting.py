@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny
 
 import lmxray
+from conftest import build_tiny
 from lmxray.blackbox import from_callable
 from lmxray.errors import InputError
 from lmxray.improve._common import Labelled, label_logprobs
@@ -52,11 +52,17 @@ def blackbox(m: lmxray.Model):
 
 
 LABELS = [" Paris", " Rome", " dog and"]
-POOL = [Labelled(p, t) for p, t in [
-    ("The capital of France is", " Paris"), ("The capital of Italy is", " Rome"),
-    ("A dog is not a fox. The", " dog and"), ("Berlin is in Germany, Madrid is in", " Rome"),
-    ("The quick brown fox", " Paris"), ("great film, bad plot", " dog and"),
-]]
+POOL = [
+    Labelled(p, t)
+    for p, t in [
+        ("The capital of France is", " Paris"),
+        ("The capital of Italy is", " Rome"),
+        ("A dog is not a fox. The", " dog and"),
+        ("Berlin is in Germany, Madrid is in", " Rome"),
+        ("The quick brown fox", " Paris"),
+        ("great film, bad plot", " dog and"),
+    ]
+]
 
 
 def test_label_logprobs_match_a_loop_and_the_blackbox(m):
@@ -66,7 +72,9 @@ def test_label_logprobs_match_a_loop_and_the_blackbox(m):
         for j, lab in enumerate(LABELS):
             ids, t = m.encode(p), m.encode_target(lab)
             with torch.no_grad():
-                lg = torch.log_softmax(m.hf(input_ids=torch.tensor([ids + t])).logits[0].float(), -1)
+                lg = torch.log_softmax(
+                    m.hf(input_ids=torch.tensor([ids + t])).logits[0].float(), -1
+                )
             want = sum(float(lg[len(ids) - 1 + k, tok]) for k, tok in enumerate(t))
             assert lp[i, j] == pytest.approx(want, abs=1e-4)
     bb = blackbox(m)
@@ -104,8 +112,10 @@ def test_rationale_words_follow_the_attribution(m):
         n = len(m.encode(e.prompt))
         s = r.scores[0, :n]
         toks = [t.strip() for t in r.source_tokens[:n]]
-        best = max((i for i in range(n) if toks[i] and any(ch.isalnum() for ch in toks[i]) and i > 0),
-                   key=lambda i: s[i])
+        best = max(
+            (i for i in range(n) if toks[i] and any(ch.isalnum() for ch in toks[i]) and i > 0),
+            key=lambda i: s[i],
+        )
         assert w[0] == toks[best]
     with pytest.raises(InputError, match="at least 1"):
         rationale_words(m, ex, k=0)
@@ -115,9 +125,13 @@ def test_prompt_layout():
     d = [Demo(Labelled("Review: bad. Sentiment:", " negative"), 1.0, ("bad",), ("Review",))]
     q = "Review: good. Sentiment:"
     amp = build_prompt(d, q, condition="amplify", sep="\n\n")
-    assert amp == ('The key words: "bad" are important clues to predict "negative" as the correct answer. '
-                   "Review: bad. Sentiment: negative\n\nReview: good. Sentiment:")
-    assert build_prompt(d, q, condition="no rationale") == "Review: bad. Sentiment: negative\n\n" + q
+    assert amp == (
+        'The key words: "bad" are important clues to predict "negative" as the correct answer. '
+        "Review: bad. Sentiment: negative\n\nReview: good. Sentiment:"
+    )
+    assert (
+        build_prompt(d, q, condition="no rationale") == "Review: bad. Sentiment: negative\n\n" + q
+    )
     assert '"Review"' in build_prompt(d, q, condition="random rationale")
     assert build_prompt(d, q, condition="zero-shot") == q
     with pytest.raises(InputError, match="condition"):
@@ -126,7 +140,9 @@ def test_prompt_layout():
 
 def test_experiment_end_to_end_with_a_blackbox_target(m, tmp_path):
     queries = POOL[::-1]
-    res = amplify_experiment(blackbox(m), POOL, queries, proxy=m, labels=LABELS, n_shots=2, k=2, progress=False)
+    res = amplify_experiment(
+        blackbox(m), POOL, queries, proxy=m, labels=LABELS, n_shots=2, k=2, progress=False
+    )
     assert set(res.accuracy) == {"zero-shot", "no rationale", "random rationale", "amplify"}
     assert all(0.0 <= v <= 1.0 for v in res.accuracy.values())
     # the same demonstrations serve every condition; rationale words come from the proxy

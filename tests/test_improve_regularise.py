@@ -9,9 +9,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny
 
 import lmxray
+from conftest import build_tiny
 from lmxray.errors import InputError
 from lmxray.improve._common import Labelled, as_labelled, target_correct
 from lmxray.improve.regularise import (
@@ -20,7 +20,6 @@ from lmxray.improve.regularise import (
     _encode,
     class_token_ids,
     finetune,
-    input_gradient_penalty,
     path_attributions,
     rrr_loss,
 )
@@ -44,7 +43,9 @@ def tiny(family: str = "llama", dtype=torch.float32) -> lmxray.Model:
 
 DATA = [
     Labelled("The capital of France is", " Paris", irrelevant=(1, 3)),
-    Labelled("When Mary and John went to the store, John gave a drink to", " Mary", irrelevant=(2,)),
+    Labelled(
+        "When Mary and John went to the store, John gave a drink to", " Mary", irrelevant=(2,)
+    ),
     Labelled("The quick brown fox", " jumps", irrelevant=()),
     Labelled("Berlin is in Germany, Madrid is in", " Spain and", irrelevant=(5, 6)),
 ]
@@ -73,8 +74,12 @@ def test_gradient_penalty_matches_per_example_loop(family):
     assert float(pen.detach()) > 0
     assert float(pen.detach()) == pytest.approx(_penalty_loop(m, DATA, cids), rel=1e-4)
     # batched equals one row at a time
-    single = np.mean([float(rrr_loss(m, _collate(m, [e]), cids, 1.0, attribution="gradient")[2].detach())
-                      for e in enc])
+    single = np.mean(
+        [
+            float(rrr_loss(m, _collate(m, [e]), cids, 1.0, attribution="gradient")[2].detach())
+            for e in enc
+        ]
+    )
     assert float(pen.detach()) == pytest.approx(single, rel=1e-4)
 
 
@@ -85,7 +90,7 @@ def test_ce_matches_teacher_forced_loop():
     _, ce, _ = rrr_loss(m, _collate(m, enc), cids, 0.0, penalty=False)
     nll, n = 0.0, 0
     for p, t in [(e.prompt_ids, e.target_ids) for e in enc]:
-        logits = m.hf(input_ids=torch.tensor([p + t[:-1]])).logits[0, -len(t):]
+        logits = m.hf(input_ids=torch.tensor([p + t[:-1]])).logits[0, -len(t) :]
         nll += float(torch.nn.functional.cross_entropy(logits, torch.tensor(t), reduction="sum"))
         n += len(t)
     assert float(ce) == pytest.approx(nll / n, rel=1e-5)
@@ -109,7 +114,9 @@ def test_penalty_parameter_gradient_matches_finite_differences(family, h, rel):
         with torch.no_grad():
             w.add_(shift * v)
         try:
-            return float(rrr_loss(m, batch, cids, 1.0, attribution="gradient", create_graph=False)[2])
+            return float(
+                rrr_loss(m, batch, cids, 1.0, attribution="gradient", create_graph=False)[2]
+            )
         finally:
             with torch.no_grad():
                 w.sub_(shift * v)
@@ -176,7 +183,9 @@ def test_rrr_lowers_the_penalty_on_the_marked_tokens():
 
     def pen(model):
         with torch.enable_grad():
-            return float(rrr_loss(model, batch, cids, 1.0, attribution="gradient", create_graph=False)[2])
+            return float(
+                rrr_loss(model, batch, cids, 1.0, attribution="gradient", create_graph=False)[2]
+            )
 
     assert pen(rrr.model) < 0.2 * pen(plain.model)
 
@@ -186,7 +195,9 @@ def test_resume_is_bit_exact(tmp_path):
     cfg = FinetuneConfig(steps=6, batch_size=3, lam=1.0)
     whole = finetune(m, DATA, config=cfg, progress=False)
     out = tmp_path / "run"
-    part = finetune(m, DATA, config=cfg, out_dir=out, checkpoint_every=2, stop_after=4, progress=False)
+    part = finetune(
+        m, DATA, config=cfg, out_dir=out, checkpoint_every=2, stop_after=4, progress=False
+    )
     assert part.path is None and (out / "checkpoint" / "state.json").exists()
     done = finetune(m, DATA, config=cfg, out_dir=out, checkpoint_every=2, progress=False)
     assert done.info["resumed_from"] == 4
@@ -198,7 +209,9 @@ def test_resume_is_bit_exact(tmp_path):
     reloaded = lmxray.load(str(out))
     ids = torch.tensor([m.encode(DATA[0].prompt)])
     with torch.no_grad():
-        assert torch.allclose(reloaded.hf(input_ids=ids).logits, done.model.hf(input_ids=ids).logits, atol=1e-5)
+        assert torch.allclose(
+            reloaded.hf(input_ids=ids).logits, done.model.hf(input_ids=ids).logits, atol=1e-5
+        )
     meta = json.loads((out / "finetune.json").read_text())
     assert meta["format"] == "lmxray.finetune/1" and meta["config"]["lam"] == 1.0
 
@@ -206,27 +219,50 @@ def test_resume_is_bit_exact(tmp_path):
 def test_resume_refuses_other_settings(tmp_path):
     m = tiny()
     out = tmp_path / "run"
-    finetune(m, DATA, config=FinetuneConfig(steps=4, batch_size=2), out_dir=out, checkpoint_every=1,
-             stop_after=2, progress=False)
+    finetune(
+        m,
+        DATA,
+        config=FinetuneConfig(steps=4, batch_size=2),
+        out_dir=out,
+        checkpoint_every=1,
+        stop_after=2,
+        progress=False,
+    )
     with pytest.raises(InputError, match="other settings"):
         finetune(m, DATA, config=FinetuneConfig(steps=4, batch_size=3), out_dir=out, progress=False)
-    r = finetune(m, DATA, config=FinetuneConfig(steps=4, batch_size=3), out_dir=out, resume=False, progress=False)
+    r = finetune(
+        m,
+        DATA,
+        config=FinetuneConfig(steps=4, batch_size=3),
+        out_dir=out,
+        resume=False,
+        progress=False,
+    )
     assert r.info["resumed_from"] == 0 and r.path == out
 
 
 def test_irrelevant_words_are_marked_from_text():
     m = tiny()
-    data = as_labelled([{"prompt": "The capital of France is", "target": " Paris"}], m, irrelevant=["France"])
+    data = as_labelled(
+        [{"prompt": "The capital of France is", "target": " Paris"}], m, irrelevant=["France"]
+    )
     ids = m.encode(data[0].prompt)
-    assert data[0].irrelevant and all("France" in m.token_strings([ids[i]])[0] or
-                                      m.token_strings([ids[i]])[0].strip() in "France" for i in data[0].irrelevant)
+    assert data[0].irrelevant and all(
+        "France" in m.token_strings([ids[i]])[0] or m.token_strings([ids[i]])[0].strip() in "France"
+        for i in data[0].irrelevant
+    )
 
 
 def test_errors_are_one_line():
     m = tiny()
     with pytest.raises(InputError, match="no example has tokens marked"):
-        finetune(m, [Labelled("The quick brown fox", " jumps")], lam=1.0, config=FinetuneConfig(steps=1),
-                 progress=False)
+        finetune(
+            m,
+            [Labelled("The quick brown fox", " jumps")],
+            lam=1.0,
+            config=FinetuneConfig(steps=1),
+            progress=False,
+        )
     with pytest.raises(InputError, match="outside its prompt"):
         finetune(m, [Labelled("The fox", " jumps", irrelevant=(40,))], lam=1.0, progress=False)
     with pytest.raises(InputError, match="steps"):

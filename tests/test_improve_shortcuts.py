@@ -9,9 +9,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny
 
 import lmxray
+from conftest import build_tiny
 from lmxray.errors import InputError
 from lmxray.improve._common import Labelled, as_labelled, load_jsonl, token_positions, zoo_labelled
 from lmxray.improve.shortcuts import ShortcutReport, detect_shortcuts, token_table
@@ -53,7 +53,9 @@ def test_token_table_by_hand():
     # shrinkage: 10 pseudo-examples at the prior pull P(a | 5) to (2 + 10 * 2/3) / 12
     s = token_table(tokens, shares, signed, rat, labels, skip={0}, prior_count=10.0)
     p = (2 + 10 * 2 / 3) / 12
-    assert s[5]["p_label"] == pytest.approx(p) and s[5]["assoc"] == pytest.approx((p - 2 / 3) / (1 / 3))
+    assert s[5]["p_label"] == pytest.approx(p) and s[5]["assoc"] == pytest.approx(
+        (p - 2 / 3) / (1 / 3)
+    )
 
 
 WORDS = ["fox", "dog", "store", "drink", "plot", "film"]
@@ -92,8 +94,12 @@ def test_planted_token_ranks_first_and_rationales_are_excluded(m):
 
 def test_batching_does_not_change_the_report(m):
     rows = _planted(16)
-    a = detect_shortcuts(m, rows, method="input_x_gradient", min_count=2, batch_size=16, progress=False)
-    b = detect_shortcuts(m, rows, method="input_x_gradient", min_count=2, batch_size=3, progress=False)
+    a = detect_shortcuts(
+        m, rows, method="input_x_gradient", min_count=2, batch_size=16, progress=False
+    )
+    b = detect_shortcuts(
+        m, rows, method="input_x_gradient", min_count=2, batch_size=3, progress=False
+    )
     assert [r["token"] for r in a.rows] == [r["token"] for r in b.rows]
     for x, y in zip(a.rows, b.rows, strict=True):
         assert x["attr"] == pytest.approx(y["attr"], rel=1e-4, abs=1e-6)
@@ -142,9 +148,12 @@ def test_zoo_spans_map_to_any_tokenizer(m):
         text = "".join(m.token_strings([ids[i]])[0] for i in e.irrelevant)
         assert "Tuesday" in text.replace(" ", "") or text.strip() in "Tuesday"
     assert all(e.rationale for e in data)
-    assert token_positions(m, "The fox", [(4, 7)]) == [i for i, t in enumerate(m.encode("The fox"))
-                                                       if "fox" in m.token_strings([t])[0] or
-                                                       m.token_strings([t])[0].strip() in ("f", "o", "x", "fo", "ox")]
+    assert token_positions(m, "The fox", [(4, 7)]) == [
+        i
+        for i, t in enumerate(m.encode("The fox"))
+        if "fox" in m.token_strings([t])[0]
+        or m.token_strings([t])[0].strip() in ("f", "o", "x", "fo", "ox")
+    ]
     lab = as_labelled([("The fox", " jumps"), Labelled("a", " b")], m)
     assert lab[0].cls == "jumps" and lab[1].prompt == "a"
 

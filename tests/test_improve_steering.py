@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny
 
 import lmxray
+from conftest import build_tiny
 from lmxray.errors import InputError
 from lmxray.hooks import run_with_cache
 from lmxray.improve.steering import (
@@ -33,7 +33,11 @@ def _one_thread():
 
 
 POS = ["The capital of France is", "A dog is not a fox.", "great film"]
-NEG = ["When Mary and John went to the store", "bad plot", "Berlin is in Germany, Madrid is in Spain"]
+NEG = [
+    "When Mary and John went to the store",
+    "bad plot",
+    "Berlin is in Germany, Madrid is in Spain",
+]
 
 
 def model(family: str = "llama") -> lmxray.Model:
@@ -61,7 +65,10 @@ def test_vector_is_the_mean_difference(family, site):
     acts = torch.stack([last(p) for p in POS + NEG]) if proj.layer == 1 else None
     if acts is not None:
         mu = acts.mean(0)
-        assert abs(float(torch.as_tensor(proj.vector) @ mu)) < 1e-3 * float(mu.norm()) * proj.norm + 1e-5
+        assert (
+            abs(float(torch.as_tensor(proj.vector) @ mu))
+            < 1e-3 * float(mu.norm()) * proj.norm + 1e-5
+        )
 
 
 def test_steer_adds_coef_times_vector_at_the_site_only():
@@ -107,6 +114,7 @@ def test_steered_generation_matches_a_manual_loop():
     vec = torch.as_tensor(v.vector)
     out = []
     for _ in range(4):
+
         def add_hook(mod, args, kwargs):
             h = args[0] if args else kwargs["hidden_states"]
             h = h + 8.0 * vec
@@ -148,10 +156,23 @@ def test_sweep_invariants_and_round_trip(tmp_path):
     prompts = POS + NEG + ["k3=blue k7=red", "The quick brown fox"]
     base = steered_predictions(m, prompts)
     from_tok = m.token_strings([int(np.bincount(base).argmax())])[0]
-    to_tok = next(m.token_strings([t])[0] for t in range(4, 400) if m.token_strings([t])[0] != from_tok
-                  and m.encode_target(m.token_strings([t])[0]) == [t])
-    sw = steering_sweep(m, POS, NEG, prompts, to_tok, from_tok, layers=[0, 1], coefs=[0.0, 5.0],
-                        fluency_texts=POS, progress=False)
+    to_tok = next(
+        m.token_strings([t])[0]
+        for t in range(4, 400)
+        if m.token_strings([t])[0] != from_tok and m.encode_target(m.token_strings([t])[0]) == [t]
+    )
+    sw = steering_sweep(
+        m,
+        POS,
+        NEG,
+        prompts,
+        to_tok,
+        from_tok,
+        layers=[0, 1],
+        coefs=[0.0, 5.0],
+        fluency_texts=POS,
+        progress=False,
+    )
     assert sw.flip.shape == (2, 2) and sw.loss.shape == (2, 2)
     assert (sw.flip[:, 0] == 0).all()  # eligible prompts answer from_tok unsteered
     assert np.allclose(sw.loss[:, 0], sw.loss_unsteered)

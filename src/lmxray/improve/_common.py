@@ -68,7 +68,9 @@ def token_positions(model: Any, prompt: str, spans: Iterable[tuple[int, int]]) -
     enc = model.tokenizer(prompt, return_offsets_mapping=True)
     offsets = enc.get("offset_mapping")
     if offsets is None:
-        raise InputError("this tokenizer gives no character offsets; pass token positions instead of spans")
+        raise InputError(
+            "this tokenizer gives no character offsets; pass token positions instead of spans"
+        )
     specials = set(getattr(model.tokenizer, "all_special_ids", []) or [])
     out = []
     for i, ((s, e), tid) in enumerate(zip(offsets, enc["input_ids"], strict=True)):
@@ -124,7 +126,9 @@ def _get(e: Any, key: str) -> Any:
     return e.get(key) if isinstance(e, dict) else getattr(e, key, None)
 
 
-def as_labelled(items: Iterable[Any], model: Any, *, irrelevant: Sequence[str] | None = None) -> list[Labelled]:
+def as_labelled(
+    items: Iterable[Any], model: Any, *, irrelevant: Sequence[str] | None = None
+) -> list[Labelled]:
     """Normalise examples to :class:`Labelled` for ``model``'s tokenizer.
 
     Args:
@@ -167,20 +171,24 @@ def _from_spans(model: Any, item: Any) -> Labelled:
     rat = [(a, b) for a, b, r in spans if r in ("evidence", "cue")]
     irr = [(a, b) for a, b, r in spans if r == "shortcut"]
     return Labelled(
-        prompt=item.prompt, target=item.target,
+        prompt=item.prompt,
+        target=item.target,
         rationale=tuple(token_positions(model, item.prompt, rat)),
         irrelevant=tuple(token_positions(model, item.prompt, irr)),
-        label=item.label, meta={"task": item.task, "split": item.split, **dict(item.meta)},
+        label=item.label,
+        meta={"task": item.task, "split": item.split, **dict(item.meta)},
     )
 
 
 def _from_example(model: Any, e: Any) -> Labelled:
     rat = [*e.evidence_spans, *getattr(e, "cue_spans", ())]
     return Labelled(
-        prompt=e.prompt, target=e.target,
+        prompt=e.prompt,
+        target=e.target,
         rationale=tuple(token_positions(model, e.prompt, rat)),
         irrelevant=tuple(token_positions(model, e.prompt, getattr(e, "shortcut_spans", ()))),
-        label=e.label, meta={"task": e.task, "split": e.split, **dict(e.meta)},
+        label=e.label,
+        meta={"task": e.task, "split": e.split, **dict(e.meta)},
     )
 
 
@@ -199,7 +207,8 @@ def _from_dict(model: Any, e: Any, k: int) -> Labelled:
         raise InputError(f"example {k} needs a 'prompt' string and a 'target' (or 'label') string")
     known = {"prompt", "target", "label", "rationale", "irrelevant"}
     return Labelled(
-        prompt=prompt, target=target,
+        prompt=prompt,
+        target=target,
         rationale=_positions(model, prompt, e.get("rationale"), "rationale"),
         irrelevant=_positions(model, prompt, e.get("irrelevant"), "irrelevant"),
         label=None if label is None else str(label).strip(),
@@ -207,8 +216,9 @@ def _from_dict(model: Any, e: Any, k: int) -> Labelled:
     )
 
 
-def zoo_labelled(task: str, split: str, n: int, seed: int, model: Any, *,
-                 negatives: bool = False) -> list[Labelled]:
+def zoo_labelled(
+    task: str, split: str, n: int, seed: int, model: Any, *, negatives: bool = False
+) -> list[Labelled]:
     """``n`` zoo examples of ``task`` as :class:`Labelled`, positions in ``model``'s tokens."""
     from ..zoo import generate
 
@@ -249,7 +259,9 @@ def _encode_pairs(model: Any, examples: Sequence[Labelled]) -> list[tuple[list[i
 
 
 @torch.no_grad()
-def target_correct(model: Model, examples: Sequence[Labelled], *, batch_size: int = 64) -> np.ndarray:
+def target_correct(
+    model: Model, examples: Sequence[Labelled], *, batch_size: int = 64
+) -> np.ndarray:
     """``[N]`` bool: the greedy (argmax) continuation equals the target at every target token.
 
     One teacher-forced forward per batch of left-padded rows, logits only at target positions.
@@ -260,15 +272,16 @@ def target_correct(model: Model, examples: Sequence[Labelled], *, batch_size: in
     model.hf.eval()
     try:
         for a in range(0, len(pairs), batch_size):
-            chunk = pairs[a:a + batch_size]
+            chunk = pairs[a : a + batch_size]
             seqs = [p + t[:-1] for p, t in chunk]
             t_max = max(len(t) for _, t in chunk)
             ids, mask, pos = model.pad_batch(seqs)
-            logits = model.forward(input_ids=ids, attention_mask=mask, position_ids=pos,
-                                   logits_to_keep=t_max).logits
+            logits = model.forward(
+                input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=t_max
+            ).logits
             pred = logits.argmax(-1).cpu()
             for r, (_, t) in enumerate(chunk):
-                out[a + r] = pred[r, t_max - len(t):].tolist() == list(t)
+                out[a + r] = pred[r, t_max - len(t) :].tolist() == list(t)
     finally:
         if was:
             model.hf.train()
@@ -305,17 +318,30 @@ def label_logprobs(model: Any, prompts: Sequence[str], labels: Sequence[str]) ->
 # --------------------------------------------------------------------------- text tables
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, title: str = "") -> str:
     """Fixed-width text table (floats with 3 decimals); what the CLI prints and docs quote."""
+
     def cell(v: Any) -> str:
         if isinstance(v, float | np.floating):
             return "nan" if not np.isfinite(v) else f"{float(v):.3f}"
         return str(v)
 
     body = [[cell(v) for v in r] for r in rows]
-    widths = [max(len(str(h)), *(len(r[i]) for r in body)) if body else len(str(h))
-              for i, h in enumerate(headers)]
+    widths = [
+        max(len(str(h)), *(len(r[i]) for r in body)) if body else len(str(h))
+        for i, h in enumerate(headers)
+    ]
     lines = [title] if title else []
-    lines.append("  ".join(str(h).ljust(w) if i == 0 else str(h).rjust(w) for i, (h, w) in enumerate(zip(headers, widths, strict=True))))
+    lines.append(
+        "  ".join(
+            str(h).ljust(w) if i == 0 else str(h).rjust(w)
+            for i, (h, w) in enumerate(zip(headers, widths, strict=True))
+        )
+    )
     lines.append("  ".join("-" * w for w in widths))
     for r in body:
-        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))))
+        lines.append(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(r, widths, strict=True))
+            )
+        )
     return "\n".join(lines)

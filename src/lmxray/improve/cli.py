@@ -11,7 +11,7 @@ exit code 2). Commands parse options, call :mod:`lmxray.improve` and print table
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -19,13 +19,34 @@ from ..errors import InputError
 
 __all__ = ["register"]
 
-_Model = Annotated[Optional[str], typer.Option("--model", "-m", metavar="ID_OR_PATH",
-                                               help="Hub id or local folder [default: the embedded model].")]
-_Device = Annotated[Optional[str], typer.Option("--device", metavar="cpu|cuda", help="Device to run on.")]
-_Json = Annotated[Optional[Path], typer.Option("--json", metavar="FILE", dir_okay=False, allow_dash=True,
-                                              help="Write the result as JSON; '-' for stdout.")]
-_Png = Annotated[Optional[Path], typer.Option("--png", metavar="FILE", dir_okay=False, help="Write a PNG plot.")]
-_Seed = Annotated[int, typer.Option("--seed", help="Seed of the zoo data (and of random controls).")]
+_Model = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        metavar="ID_OR_PATH",
+        help="Hub id or local folder [default: the embedded model].",
+    ),
+]
+_Device = Annotated[
+    str | None, typer.Option("--device", metavar="cpu|cuda", help="Device to run on.")
+]
+_Json = Annotated[
+    Path | None,
+    typer.Option(
+        "--json",
+        metavar="FILE",
+        dir_okay=False,
+        allow_dash=True,
+        help="Write the result as JSON; '-' for stdout.",
+    ),
+]
+_Png = Annotated[
+    Path | None, typer.Option("--png", metavar="FILE", dir_okay=False, help="Write a PNG plot.")
+]
+_Seed = Annotated[
+    int, typer.Option("--seed", help="Seed of the zoo data (and of random controls).")
+]
 _NoProgress = Annotated[bool, typer.Option("--no-progress", help="Hide progress bars.")]
 
 
@@ -42,13 +63,25 @@ def _load(model: str | None, device: str | None) -> Any:
     return load_model(model, device)
 
 
-def _emit(result: Any, out: Any, err: Any, json_out: Path | None, png_out: Path | None, png: Any = None,
-          table: str | None = None) -> None:
+def _emit(
+    result: Any,
+    out: Any,
+    err: Any,
+    json_out: Path | None,
+    png_out: Path | None,
+    png: Any = None,
+    table: str | None = None,
+) -> None:
     """Print the table (unless JSON goes to stdout), then write the outputs atomically."""
     from ..cli import render_png, write_outputs
 
     if str(json_out) != "-":
-        out.print(table if table is not None else result.table(), markup=False, highlight=False, soft_wrap=True)
+        out.print(
+            table if table is not None else result.table(),
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     outputs: list[tuple[Path | None, Any]] = [(json_out, lambda: result.to_json() + "\n")]
     if png_out is not None:
         draw = png or result.to_png
@@ -77,15 +110,32 @@ def _ints(text: str | None, name: str) -> list[int] | None:
 
 # --------------------------------------------------------------------------- shortcuts
 def shortcuts(
-    data: Annotated[Optional[Path], typer.Argument(metavar="[DATA.jsonl]", dir_okay=False, show_default=False,
-                                                   help="Labelled JSONL: prompt, target (or label), optional rationale.")] = None,
-    task: Annotated[str, typer.Option("--task", help="Zoo task used when no DATA is given.")] = "sentiment",
+    data: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="[DATA.jsonl]",
+            dir_okay=False,
+            show_default=False,
+            help="Labelled JSONL: prompt, target (or label), optional rationale.",
+        ),
+    ] = None,
+    task: Annotated[
+        str, typer.Option("--task", help="Zoo task used when no DATA is given.")
+    ] = "sentiment",
     split: Annotated[str, typer.Option("--split", help="Zoo split.")] = "train",
     n: Annotated[int, typer.Option("--n", min=2, help="Zoo examples.")] = 1000,
-    method: Annotated[str, typer.Option("--method", metavar="NAME", help="Attribution method.")] = "input_x_gradient",
-    min_count: Annotated[int, typer.Option("--min-count", min=1, help="Candidates occur in at least N examples.")] = 5,
+    method: Annotated[
+        str, typer.Option("--method", metavar="NAME", help="Attribution method.")
+    ] = "input_x_gradient",
+    min_count: Annotated[
+        int, typer.Option("--min-count", min=1, help="Candidates occur in at least N examples.")
+    ] = 5,
     top: Annotated[int, typer.Option("--top", min=1, help="Rows printed.")] = 10,
-    seed: _Seed = 0, model: _Model = None, device: _Device = None, json_out: _Json = None, png_out: _Png = None,
+    seed: _Seed = 0,
+    model: _Model = None,
+    device: _Device = None,
+    json_out: _Json = None,
+    png_out: _Png = None,
     no_progress: _NoProgress = False,
 ) -> None:
     """Rank tokens that get attribution, are not rationales and predict the label (shortcuts)."""
@@ -98,38 +148,93 @@ def shortcuts(
     _check_method(method)
     rows = load_jsonl(data) if data is not None else None
     if rows is None and task != "sentiment":
-        raise InputError("the zoo shortcut demo uses --task sentiment (the task with a planted shortcut); "
-                         "pass a JSONL file for other data")
+        raise InputError(
+            "the zoo shortcut demo uses --task sentiment (the task with a planted shortcut); "
+            "pass a JSONL file for other data"
+        )
     m = _load(model, device)
     if rows is not None:
-        rep = detect_shortcuts(m, rows, method=method, min_count=min_count, progress=not no_progress)
+        rep = detect_shortcuts(
+            m, rows, method=method, min_count=min_count, progress=not no_progress
+        )
     else:
-        rep = shortcut_demo(m, n=n, split=split, seed=seed, method=method, min_count=min_count,
-                            progress=not no_progress)
+        rep = shortcut_demo(
+            m,
+            n=n,
+            split=split,
+            seed=seed,
+            method=method,
+            min_count=min_count,
+            progress=not no_progress,
+        )
     _emit(rep, out, err, json_out, png_out, png=lambda p: rep.to_png(p, top), table=rep.table(top))
     if rows is None and str(json_out) != "-":
-        out.print(f"planted shortcut {rep.info['planted']}: rank {rep.info['planted_rank']}", markup=False)
+        out.print(
+            f"planted shortcut {rep.info['planted']}: rank {rep.info['planted_rank']}", markup=False
+        )
 
 
 # --------------------------------------------------------------------------- finetune
 def finetune_cmd(
-    data: Annotated[Optional[Path], typer.Argument(metavar="[DATA.jsonl]", dir_okay=False, show_default=False,
-                                                   help="Training JSONL: prompt, target (or label), optional irrelevant.")] = None,
-    out_dir: Annotated[Optional[Path], typer.Option("--out", metavar="DIR", file_okay=False,
-                                                    help="Save the fine-tuned model(s) here (HF format); resumes.")] = None,
-    penalise: Annotated[str, typer.Option("--penalise", metavar="WHAT",
-                                          help="'shortcut' (zoo annotation), 'detect', 'none', or comma words.")] = "shortcut",
+    data: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="[DATA.jsonl]",
+            dir_okay=False,
+            show_default=False,
+            help="Training JSONL: prompt, target (or label), optional irrelevant.",
+        ),
+    ] = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            metavar="DIR",
+            file_okay=False,
+            help="Save the fine-tuned model(s) here (HF format); resumes.",
+        ),
+    ] = None,
+    penalise: Annotated[
+        str,
+        typer.Option(
+            "--penalise",
+            metavar="WHAT",
+            help="'shortcut' (zoo annotation), 'detect', 'none', or comma words.",
+        ),
+    ] = "shortcut",
     lam: Annotated[float, typer.Option("--lam", min=0.0, help="RRR penalty weight.")] = 10.0,
     steps: Annotated[int, typer.Option("--steps", min=1)] = 200,
     lr: Annotated[float, typer.Option("--lr", min=0.0)] = 1e-3,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
-    n_train: Annotated[int, typer.Option("--n-train", min=10, help="Zoo training examples.")] = 2000,
-    n_eval: Annotated[int, typer.Option("--n-eval", min=10, help="Zoo test and shift examples.")] = 300,
-    compare: Annotated[bool, typer.Option("--compare/--no-compare", help="Zoo demo: also a plain fine-tune.")] = True,
-    biased: Annotated[bool, typer.Option("--biased/--zoo-labels",
-                                         help="Zoo demo: annotate the marker's reviews with its label (decoy).")] = True,
-    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Resume from checkpoints in --out.")] = True,
-    seed: _Seed = 0, model: _Model = None, device: _Device = None, json_out: _Json = None,
+    ig_samples: Annotated[
+        int, typer.Option("--ig-samples", min=1, help="IG path points per example and step.")
+    ] = 4,
+    attribution: Annotated[
+        str, typer.Option("--attribution", help="Penalised attribution: ig or gradient (Ross).")
+    ] = "ig",
+    n_train: Annotated[
+        int, typer.Option("--n-train", min=10, help="Zoo training examples.")
+    ] = 2000,
+    n_eval: Annotated[
+        int, typer.Option("--n-eval", min=10, help="Zoo test and shift examples.")
+    ] = 300,
+    compare: Annotated[
+        bool, typer.Option("--compare/--no-compare", help="Zoo demo: also a plain fine-tune.")
+    ] = True,
+    biased: Annotated[
+        bool,
+        typer.Option(
+            "--biased/--zoo-labels",
+            help="Zoo demo: annotate the marker's reviews with its label (decoy).",
+        ),
+    ] = True,
+    resume: Annotated[
+        bool, typer.Option("--resume/--no-resume", help="Resume from checkpoints in --out.")
+    ] = True,
+    seed: _Seed = 0,
+    model: _Model = None,
+    device: _Device = None,
+    json_out: _Json = None,
     no_progress: _NoProgress = False,
 ) -> None:
     """Fine-tune with a right-for-the-right-reasons penalty on input gradients of marked tokens."""
@@ -141,25 +246,52 @@ def finetune_cmd(
     if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out {out_dir} is a file; give a folder")
     if out_dir is not None and not (out_dir.parent if str(out_dir.parent) else Path(".")).is_dir():
-        raise InputError(f"cannot write {out_dir}: folder {out_dir.parent} does not exist; create it first")
-    cfg = FinetuneConfig(steps=steps, lr=lr, batch_size=batch_size, seed=seed)
+        raise InputError(
+            f"cannot write {out_dir}: folder {out_dir.parent} does not exist; create it first"
+        )
+    cfg = FinetuneConfig(
+        steps=steps,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        ig_samples=ig_samples,
+        attribution=attribution,
+    )
     if data is not None:
         rows = load_jsonl(data)
         if out_dir is None:
             raise InputError("fine-tuning a JSONL dataset needs --out DIR to save the model")
-        words = None if penalise in ("shortcut", "none", "") else [w.strip() for w in penalise.split(",") if w.strip()]
+        words = (
+            None
+            if penalise in ("shortcut", "none", "")
+            else [w.strip() for w in penalise.split(",") if w.strip()]
+        )
         if penalise == "detect":
-            raise InputError("--penalise detect works on the zoo task; run 'lmxray shortcuts DATA' and pass the words")
+            raise InputError(
+                "--penalise detect works on the zoo task; run 'lmxray shortcuts DATA' and pass the words"
+            )
         m = _load(model, device)
-        r = finetune(m, rows, lam=0.0 if penalise == "none" else lam, config=cfg, irrelevant=words, out_dir=out_dir,
-                     resume=resume, progress=not no_progress)
+        r = finetune(
+            m,
+            rows,
+            lam=0.0 if penalise == "none" else lam,
+            config=cfg,
+            irrelevant=words,
+            out_dir=out_dir,
+            resume=resume,
+            progress=not no_progress,
+        )
         from ..internals._result import to_jsonable
 
         last = r.history[-1] if r.history else {}
         if str(json_out) != "-":
-            out.print(f"fine-tuned {r.n_examples} examples ({r.n_marked} with marked tokens), {cfg.steps} steps, "
-                      f"lambda {r.config.lam:g}: last CE {last.get('ce', float('nan')):.4f}, penalty "
-                      f"{last.get('penalty', float('nan')):.4g}; saved to {r.path}", markup=False, soft_wrap=True)
+            out.print(
+                f"fine-tuned {r.n_examples} examples ({r.n_marked} with marked tokens), {cfg.steps} steps, "
+                f"lambda {r.config.lam:g}: last CE {last.get('ce', float('nan')):.4f}, penalty "
+                f"{last.get('penalty', float('nan')):.4g}; saved to {r.path}",
+                markup=False,
+                soft_wrap=True,
+            )
         if json_out is not None:
             import json
 
@@ -170,28 +302,67 @@ def finetune_cmd(
     m = _load(model, device)
     pen: Any = penalise
     if penalise == "none":
-        raise InputError("--penalise none is a plain fine-tune; the zoo demo already runs one with --compare")
-    report, _ = rrr_demo(m, penalise=pen, lam=lam, config=cfg, n_train=n_train, n_eval=n_eval, biased=biased,
-                         compare=compare, out_dir=out_dir, resume=resume, seed=seed, progress=not no_progress)
+        raise InputError(
+            "--penalise none is a plain fine-tune; the zoo demo already runs one with --compare"
+        )
+    report, _ = rrr_demo(
+        m,
+        penalise=pen,
+        lam=lam,
+        config=cfg,
+        n_train=n_train,
+        n_eval=n_eval,
+        biased=biased,
+        compare=compare,
+        out_dir=out_dir,
+        resume=resume,
+        seed=seed,
+        progress=not no_progress,
+    )
     _emit(report, out, err, json_out, None)
 
 
 # --------------------------------------------------------------------------- steer
 def steer_cmd(
-    prompt: Annotated[Optional[str], typer.Argument(help="Also generate from this prompt, steered and not.",
-                                                    show_default=False)] = None,
-    to: Annotated[str, typer.Option("--to", help="Steer towards: positive or negative.")] = "positive",
-    layers: Annotated[Optional[str], typer.Option("--layers", metavar="L,..", help="Layers [default: all].")] = None,
-    coefs: Annotated[str, typer.Option("--coefs", metavar="C,..", help="Coefficients.")] = "0,1,2,4,8",
+    prompt: Annotated[
+        str | None,
+        typer.Argument(help="Also generate from this prompt, steered and not.", show_default=False),
+    ] = None,
+    to: Annotated[
+        str, typer.Option("--to", help="Steer towards: positive or negative.")
+    ] = "positive",
+    layers: Annotated[
+        str | None, typer.Option("--layers", metavar="L,..", help="Layers [default: all].")
+    ] = None,
+    coefs: Annotated[
+        str, typer.Option("--coefs", metavar="C,..", help="Coefficients.")
+    ] = "0,1,2,4,8",
     site: Annotated[str, typer.Option("--site", help="resid_pre or resid_post.")] = "resid_pre",
-    project: Annotated[bool, typer.Option("--project", help="Project out the mean-activation direction.")] = False,
-    n_vector: Annotated[int, typer.Option("--n-vector", min=4, help="Training reviews for the vector.")] = 200,
+    project: Annotated[
+        bool, typer.Option("--project", help="Project out the mean-activation direction.")
+    ] = False,
+    n_vector: Annotated[
+        int, typer.Option("--n-vector", min=4, help="Training reviews for the vector.")
+    ] = 200,
     n_eval: Annotated[int, typer.Option("--n-eval", min=4, help="Test reviews to flip.")] = 200,
-    n_fluency: Annotated[int, typer.Option("--n-fluency", min=1, help="Held-out zoo texts for the LM loss.")] = 200,
+    n_fluency: Annotated[
+        int, typer.Option("--n-fluency", min=1, help="Held-out zoo texts for the LM loss.")
+    ] = 200,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 3,
-    save: Annotated[Optional[Path], typer.Option("--save", metavar="FILE", dir_okay=False,
-                                                 help="Save the vector of the best layer (.safetensors).")] = None,
-    seed: _Seed = 0, model: _Model = None, device: _Device = None, json_out: _Json = None, png_out: _Png = None,
+    save: Annotated[
+        Path | None,
+        typer.Option(
+            "--save",
+            metavar="FILE",
+            dir_okay=False,
+            help="Save the vector of the best layer (.safetensors).",
+        ),
+    ] = None,
+    seed: _Seed = 0,
+    model: _Model = None,
+    device: _Device = None,
+    json_out: _Json = None,
+    png_out: _Png = None,
     no_progress: _NoProgress = False,
 ) -> None:
     """Contrastive activation addition on zoo sentiment: flips per layer and coefficient, and fluency."""
@@ -202,9 +373,19 @@ def steer_cmd(
 
     out, err = _prepare(json_out, png_out, save)
     m = _load(model, device)
-    sw = steering_demo(m, to=to, layers=_ints(layers, "--layers"), coefs=_floats(coefs, "--coefs"),
-                       n_vector=n_vector, n_eval=n_eval, n_fluency=n_fluency, site=site, project=project, seed=seed,
-                       progress=not no_progress)
+    sw = steering_demo(
+        m,
+        to=to,
+        layers=_ints(layers, "--layers"),
+        coefs=_floats(coefs, "--coefs"),
+        n_vector=n_vector,
+        n_eval=n_eval,
+        n_fluency=n_fluency,
+        site=site,
+        project=project,
+        seed=seed,
+        progress=not no_progress,
+    )
     best_i, best_j = np.unravel_index(int(np.argmax(sw.flip)), sw.flip.shape)
     best_layer, best_coef = sw.layers[int(best_i)], sw.coefs[int(best_j)]
     vec = None
@@ -213,16 +394,26 @@ def steer_cmd(
 
         train = zoo_labelled("sentiment", "train", n_vector, seed, m)
         other = "negative" if to == "positive" else "positive"
-        vec = steering_vector(m, [e.prompt for e in train if e.cls == to], [e.prompt for e in train if e.cls == other],
-                              best_layer, site=site, project=project)
+        vec = steering_vector(
+            m,
+            [e.prompt for e in train if e.cls == to],
+            [e.prompt for e in train if e.cls == other],
+            best_layer,
+            site=site,
+            project=project,
+        )
     _emit(sw, out, err, json_out, png_out)
     if prompt is not None and vec is not None and str(json_out) != "-":
         plain = m.generate(prompt, max_new_tokens)
         with steer(m, vec, best_coef):
             steered = m.generate(prompt, max_new_tokens)
         out.print(f"unsteered: {prompt}[{plain}]", markup=False, highlight=False, soft_wrap=True)
-        out.print(f"steered (layer {best_layer}, coef {best_coef:g}): {prompt}[{steered}]", markup=False,
-                  highlight=False, soft_wrap=True)
+        out.print(
+            f"steered (layer {best_layer}, coef {best_coef:g}): {prompt}[{steered}]",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     if save is not None and vec is not None:
         vec.save(save)
         err.print(f"wrote {save}", style="dim", highlight=False, markup=False)
@@ -230,57 +421,106 @@ def steer_cmd(
 
 # --------------------------------------------------------------------------- edit
 def edit_cmd(
-    prompt: Annotated[Optional[str], typer.Argument(help="Fact prompt to edit (or use --facts N).", show_default=False)] = None,
-    subject: Annotated[Optional[str], typer.Option("--subject", metavar="TEXT", help="Subject substring of PROMPT.")] = None,
-    target: Annotated[Optional[str], typer.Option("--target", "-t", metavar="TEXT", help="New object (' Rome').")] = None,
-    layer: Annotated[Optional[int], typer.Option("--layer", min=0, help="Edit layer [default: causal tracing].")] = None,
-    facts_n: Annotated[Optional[int], typer.Option("--facts", metavar="N", min=1,
-                                                   help="Evaluate N single edits on zoo facts vs a random layer.")] = None,
-    n_specificity: Annotated[int, typer.Option("--n-specificity", min=1, help="Other facts checked per edit.")] = 20,
-    out_dir: Annotated[Optional[Path], typer.Option("--out", metavar="DIR", file_okay=False,
-                                                    help="Save the edited model (HF format).")] = None,
-    seed: _Seed = 0, model: _Model = None, device: _Device = None, json_out: _Json = None,
+    prompt: Annotated[
+        str | None,
+        typer.Argument(help="Fact prompt to edit (or use --facts N).", show_default=False),
+    ] = None,
+    subject: Annotated[
+        str | None, typer.Option("--subject", metavar="TEXT", help="Subject substring of PROMPT.")
+    ] = None,
+    target: Annotated[
+        str | None, typer.Option("--target", "-t", metavar="TEXT", help="New object (' Rome').")
+    ] = None,
+    layer: Annotated[
+        int | None, typer.Option("--layer", min=0, help="Edit layer [default: causal tracing].")
+    ] = None,
+    facts_n: Annotated[
+        int | None,
+        typer.Option(
+            "--facts",
+            metavar="N",
+            min=1,
+            help="Evaluate N single edits on zoo facts vs a random layer.",
+        ),
+    ] = None,
+    n_specificity: Annotated[
+        int, typer.Option("--n-specificity", min=1, help="Other facts checked per edit.")
+    ] = 20,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", metavar="DIR", file_okay=False, help="Save the edited model (HF format)."
+        ),
+    ] = None,
+    seed: _Seed = 0,
+    model: _Model = None,
+    device: _Device = None,
+    json_out: _Json = None,
     no_progress: _NoProgress = False,
 ) -> None:
     """ROME rank-one edit at the layer causal tracing selects (one fact, or an N-edit benchmark)."""
     if (prompt is None) == (facts_n is None):
-        raise InputError("give a PROMPT with --subject and --target, or --facts N for the benchmark")
+        raise InputError(
+            "give a PROMPT with --subject and --target, or --facts N for the benchmark"
+        )
     out, err = _prepare(json_out)
     if facts_n is not None:
         from .experiments import editing_demo
 
         m = _load(model, device)
-        rep = editing_demo(m, n_edits=facts_n, layer=layer, n_specificity=n_specificity, seed=seed,
-                           progress=not no_progress)
+        rep = editing_demo(
+            m,
+            n_edits=facts_n,
+            layer=layer,
+            n_specificity=n_specificity,
+            seed=seed,
+            progress=not no_progress,
+        )
         _emit(rep, out, err, json_out, None)
         return
     if not subject or not target:
-        raise InputError("editing a PROMPT needs --subject (a substring of it) and --target (the new object)")
+        raise InputError(
+            "editing a PROMPT needs --subject (a substring of it) and --target (the new object)"
+        )
     if subject not in prompt:
         raise InputError(f"--subject {subject!r} does not occur in the prompt")
     if out_dir is not None and not (out_dir.parent if str(out_dir.parent) else Path(".")).is_dir():
-        raise InputError(f"cannot write {out_dir}: folder {out_dir.parent} does not exist; create it first")
+        raise InputError(
+            f"cannot write {out_dir}: folder {out_dir.parent} does not exist; create it first"
+        )
     from ..internals._zoo import facts
     from ..zoo import corpus
     from .editing import key_covariance, locate_layer, rome_edit
 
     m = _load(model, device)
     if layer is None:
-        from ._common import target_correct, Labelled
+        from ._common import Labelled, target_correct
 
         pool = facts(n=200, seed=seed)
         known = target_correct(m, [Labelled(f["prompt"], f["answer"]) for f in pool])
-        layer, _ = locate_layer(m, [f for f, k in zip(pool, known, strict=True) if k][:30], seed=seed)
+        layer, _ = locate_layer(
+            m, [f for f, k in zip(pool, known, strict=True) if k][:30], seed=seed
+        )
     if not 0 <= layer < m.n_layers:
         raise InputError(f"--layer {layer} is out of range; the model has {m.n_layers} layers")
     before = m.generate(prompt, 1)
-    ed = rome_edit(m, prompt, subject, target if target.startswith(" ") else " " + target, layer=layer,
-                   cov=key_covariance(m, layer, corpus("train", 300, seed=seed)))
+    ed = rome_edit(
+        m,
+        prompt,
+        subject,
+        target if target.startswith(" ") else " " + target,
+        layer=layer,
+        cov=key_covariance(m, layer, corpus("train", 300, seed=seed)),
+    )
     edited = ed.apply(m)
     after = edited.generate(prompt, 1)
     if str(json_out) != "-":
-        out.print(f"layer {layer}: {prompt}[{before}] -> [{after}] (optimised P(target) {ed.info['p_target']:.3f})",
-                  markup=False, highlight=False, soft_wrap=True)
+        out.print(
+            f"layer {layer}: {prompt}[{before}] -> [{after}] (optimised P(target) {ed.info['p_target']:.3f})",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     if out_dir is not None:
         out_dir.mkdir(exist_ok=True)
         edited.hf.save_pretrained(str(out_dir))
@@ -291,22 +531,44 @@ def edit_cmd(
 
         from ..cli import write_outputs
 
-        doc = {"format": "lmxray.edit/1", "model": m.name, "prompt": prompt, "subject": subject, "target": target,
-               "layer": layer, "before": before, "after": after, "info": ed.info}
+        doc = {
+            "format": "lmxray.edit/1",
+            "model": m.name,
+            "prompt": prompt,
+            "subject": subject,
+            "target": target,
+            "layer": layer,
+            "before": before,
+            "after": after,
+            "info": ed.info,
+        }
         write_outputs([(json_out, lambda: json.dumps(doc) + "\n")], err)
 
 
 # --------------------------------------------------------------------------- amplify
 def amplify_cmd(
-    split: Annotated[str, typer.Argument(help="Zoo sentiment split for pool and queries.")] = "shift",
-    proxy: Annotated[Optional[str], typer.Option("--proxy", metavar="ID_OR_PATH",
-                                                 help="Model that explains the demonstrations [default: --model].")] = None,
+    split: Annotated[
+        str, typer.Argument(help="Zoo sentiment split for pool and queries.")
+    ] = "shift",
+    proxy: Annotated[
+        str | None,
+        typer.Option(
+            "--proxy",
+            metavar="ID_OR_PATH",
+            help="Model that explains the demonstrations [default: --model].",
+        ),
+    ] = None,
     shots: Annotated[int, typer.Option("--shots", min=1, help="Demonstrations.")] = 4,
     k: Annotated[int, typer.Option("--k", min=1, help="Rationale words per demonstration.")] = 3,
     n_pool: Annotated[int, typer.Option("--n-pool", min=2)] = 200,
     n_queries: Annotated[int, typer.Option("--n-queries", min=1)] = 200,
-    method: Annotated[Optional[str], typer.Option("--method", metavar="NAME", help="Proxy attribution method.")] = None,
-    seed: _Seed = 0, model: _Model = None, device: _Device = None, json_out: _Json = None,
+    method: Annotated[
+        str | None, typer.Option("--method", metavar="NAME", help="Proxy attribution method.")
+    ] = None,
+    seed: _Seed = 0,
+    model: _Model = None,
+    device: _Device = None,
+    json_out: _Json = None,
     no_progress: _NoProgress = False,
 ) -> None:
     """AMPLIFY: few-shot prompts with rationales from a proxy's attributions, vs two controls."""
@@ -321,14 +583,28 @@ def amplify_cmd(
         _check_method(method)
     m = _load(model, device)
     px = _load(proxy, device) if proxy is not None else None
-    res = amplify_demo(m, proxy=px, split=split, n_pool=n_pool, n_queries=n_queries, n_shots=shots, k=k, seed=seed,
-                       progress=not no_progress, **({"method": method} if method else {}))
+    res = amplify_demo(
+        m,
+        proxy=px,
+        split=split,
+        n_pool=n_pool,
+        n_queries=n_queries,
+        n_shots=shots,
+        k=k,
+        seed=seed,
+        progress=not no_progress,
+        **({"method": method} if method else {}),
+    )
     _emit(res, out, err, json_out, None)
     if str(json_out) != "-":
         out.print("demonstrations (MCS, rationale words):", markup=False)
         for d in res.demos:
-            out.print(f"  {d['mcs']:+.3f} {d['prompt']}{d['target']}  <- {', '.join(d['words'])}", markup=False,
-                      highlight=False, soft_wrap=True)
+            out.print(
+                f"  {d['mcs']:+.3f} {d['prompt']}{d['target']}  <- {', '.join(d['words'])}",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
 
 
 def register(app: typer.Typer) -> None:

@@ -65,7 +65,9 @@ def _down(model: Model, layer: int) -> torch.nn.Module:
         down = sm[f"layers.{layer}.mlp.hidden"].module
         out_mod = sm[f"layers.{layer}.mlp.out"].module
     except (KeyError, MethodError, InputError):
-        raise MethodError(f"ROME needs the MLP's down projection; {sm.family} models do not name it") from None
+        raise MethodError(
+            f"ROME needs the MLP's down projection; {sm.family} models do not name it"
+        ) from None
     if "norm" in type(out_mod).__name__.lower():
         raise MethodError(
             f"{sm.family} applies a norm after the MLP's down projection, so its output is not W k; "
@@ -136,19 +138,22 @@ class RankOneEdit:
         return edited
 
 
-def key_covariance(model: Model, layer: int, texts: Sequence[str], *, batch_size: int = 32,
-                   ridge: float = 1e-3) -> torch.Tensor:
+def key_covariance(
+    model: Model, layer: int, texts: Sequence[str], *, batch_size: int = 32, ridge: float = 1e-3
+) -> torch.Tensor:
     """``C = E[k kᵀ] + ridge · mean(diag) · I`` ``[d_mlp, d_mlp]`` (float64) over every token of
     ``texts`` (each cut to the model's context length)."""
     if not texts:
-        raise InputError("the key covariance needs sample texts (e.g. lmxray.zoo.corpus('train', 300))")
+        raise InputError(
+            "the key covariance needs sample texts (e.g. lmxray.zoo.corpus('train', 300))"
+        )
     name = f"layers.{layer}.mlp.hidden"
     limit = model.max_length or 1 << 30
     seqs = [ids[:limit] for ids in (model.encode(t) for t in texts) if ids]  # longer texts are cut
     acc: torch.Tensor | None = None
     n = 0
     for a in range(0, len(seqs), batch_size):
-        cache = run_with_cache(model, seqs[a:a + batch_size], cache=[name], logits=False)
+        cache = run_with_cache(model, seqs[a : a + batch_size], cache=[name], logits=False)
         k = cache[name].double()
         mask = cache.attention_mask.bool().to(k.device)
         k = k[mask]  # [tokens, d_mlp]
@@ -203,8 +208,13 @@ def rome_edit(
     p_ids = model.encode(prompt)
     model.check_length(len(p_ids) + len(t_ids))
     pos = _subject_last(model, prompt, subject)
-    subj_text = subject if isinstance(subject, str) else model.tokenizer.decode(
-        [p_ids[i] for i in subject_positions(model, prompt, subject)], skip_special_tokens=True).strip()
+    subj_text = (
+        subject
+        if isinstance(subject, str)
+        else model.tokenizer.decode(
+            [p_ids[i] for i in subject_positions(model, prompt, subject)], skip_special_tokens=True
+        ).strip()
+    )
     ess = essence_prompt if essence_prompt is not None else f"{subj_text} is a"
     hid, out = f"layers.{layer}.mlp.hidden", f"layers.{layer}.mlp.out"
     _down(model, layer)  # checks the family
@@ -214,11 +224,17 @@ def rome_edit(
     scale = float(wk.norm()) or 1.0
     dev, dt = model.device, model.dtype
     ess_ids = model.encode(ess)
-    e_pos = _subject_last(model, ess, subj_text) if subj_text and subj_text in ess else len(ess_ids) - 1
+    e_pos = (
+        _subject_last(model, ess, subj_text) if subj_text and subj_text in ess else len(ess_ids) - 1
+    )
     seq = torch.tensor([p_ids + t_ids[:-1]], device=dev)
     with torch.no_grad():
-        base_ess = torch.log_softmax(model.forward(input_ids=torch.tensor([ess_ids], device=dev),
-                                                   logits_to_keep=1).logits[0, -1].float(), -1)
+        base_ess = torch.log_softmax(
+            model.forward(input_ids=torch.tensor([ess_ids], device=dev), logits_to_keep=1)
+            .logits[0, -1]
+            .float(),
+            -1,
+        )
     delta = torch.zeros(model.d_model, device=dev, dtype=torch.float32, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=lr * scale / np.sqrt(model.d_model))
     tgt = torch.tensor(t_ids, device=dev)
@@ -227,7 +243,8 @@ def rome_edit(
     p_new = 0.0
     n_steps = 0
     try:
-        for n_steps in range(1, steps + 1):
+        for step in range(1, steps + 1):
+            n_steps = step
             with torch.enable_grad():
                 with intervene(model, {out: add(delta.to(dt), positions=[pos])}):
                     lg = model.forward(input_ids=seq, logits_to_keep=len(t_ids)).logits[0].float()
@@ -235,8 +252,14 @@ def rome_edit(
                 loss = nll
                 if kl_factor > 0:
                     with intervene(model, {out: add(delta.to(dt), positions=[e_pos])}):
-                        le = torch.log_softmax(model.forward(input_ids=torch.tensor([ess_ids], device=dev),
-                                                             logits_to_keep=1).logits[0, -1].float(), -1)
+                        le = torch.log_softmax(
+                            model.forward(
+                                input_ids=torch.tensor([ess_ids], device=dev), logits_to_keep=1
+                            )
+                            .logits[0, -1]
+                            .float(),
+                            -1,
+                        )
                     loss = loss + kl_factor * torch.sum(base_ess.exp() * (base_ess - le))
                 p_new = float(torch.exp(-nll.detach()))
                 if p_new >= stop_prob:
@@ -254,17 +277,38 @@ def rome_edit(
     cinv_k = torch.linalg.solve(cov.double(), k_star)
     denom = float(cinv_k @ k_star)
     if not denom > 0:
-        raise MethodError("the key covariance is not positive definite at this key; use more sample text")
+        raise MethodError(
+            "the key covariance is not positive definite at this key; use more sample text"
+        )
     value = delta.detach().float().cpu()  # v* - W k* (the bias, if any, is unchanged)
     key = (cinv_k / denom).float()
-    return RankOneEdit(layer=layer, value=value, key=key, prompt=prompt, subject=subj_text, target=target,
-                       info={"p_target": round(p_new, 4), "steps": n_steps, "delta_norm": float(value.norm()),
-                             "wk_norm": scale, "position": pos})
+    return RankOneEdit(
+        layer=layer,
+        value=value,
+        key=key,
+        prompt=prompt,
+        subject=subj_text,
+        target=target,
+        info={
+            "p_target": round(p_new, 4),
+            "steps": n_steps,
+            "delta_norm": float(value.norm()),
+            "wk_norm": scale,
+            "position": pos,
+        },
+    )
 
 
 # --------------------------------------------------------------------------- locate
-def locate_layer(model: Model, facts: Sequence[Any], *, n_samples: int = 5, window: int | None = None,
-                 seed: int = 0, progress: bool = False) -> tuple[int, np.ndarray]:
+def locate_layer(
+    model: Model,
+    facts: Sequence[Any],
+    *,
+    n_samples: int = 5,
+    window: int | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> tuple[int, np.ndarray]:
     """The MLP layer whose output at the last subject token has the largest AIE.
 
     Args:
@@ -279,8 +323,15 @@ def locate_layer(model: Model, facts: Sequence[Any], *, n_samples: int = 5, wind
 
     n_l = site_map(model).n_layers
     w = window if window is not None else max(1, round(n_l * 10 / 48))
-    summary = trace_facts(model, facts, kinds=("mlp.out",), window=w, n_samples=n_samples, seed=seed,
-                          progress=progress)
+    summary = trace_facts(
+        model,
+        facts,
+        kinds=("mlp.out",),
+        window=w,
+        n_samples=n_samples,
+        seed=seed,
+        progress=progress,
+    )
     aie = np.nan_to_num(summary.aie["mlp.out"][:, 2], nan=-np.inf)  # bucket 2: last subject token
     return int(np.argmax(aie)), summary.aie["mlp.out"][:, 2]
 
@@ -294,8 +345,9 @@ def _top1(model: Model, pairs: Sequence[tuple[str, str]], batch_size: int = 64) 
     return target_correct(model, [Labelled(p, t) for p, t in pairs], batch_size=batch_size)
 
 
-def counterfactuals(facts: Sequence[dict[str, Any]], pool: Sequence[dict[str, Any]] | None = None,
-                    seed: int = 0) -> list[str]:
+def counterfactuals(
+    facts: Sequence[dict[str, Any]], pool: Sequence[dict[str, Any]] | None = None, seed: int = 0
+) -> list[str]:
     """For each fact, a new object: another answer of the same relation among ``pool`` (default
     ``facts``), drawn with a seeded generator (CounterFact's recipe)."""
     rng = random.Random(seed)
@@ -304,9 +356,17 @@ def counterfactuals(facts: Sequence[dict[str, Any]], pool: Sequence[dict[str, An
         by_rel.setdefault(str(f.get("relation")), []).append(str(f["answer"]))
     out = []
     for f in facts:
-        pool_r = sorted({a for a in by_rel.get(str(f.get("relation")), []) if a.strip() != str(f["answer"]).strip()})
+        pool_r = sorted(
+            {
+                a
+                for a in by_rel.get(str(f.get("relation")), [])
+                if a.strip() != str(f["answer"]).strip()
+            }
+        )
         if not pool_r:
-            raise InputError(f"no other answer of relation {f.get('relation')!r} to edit the fact into")
+            raise InputError(
+                f"no other answer of relation {f.get('relation')!r} to edit the fact into"
+            )
         out.append(rng.choice(pool_r))
     return out
 
@@ -333,19 +393,39 @@ class EditReport(JsonResult):
 
     def table(self) -> str:
         head = ["editor", "edits", "efficacy", "paraphrase", "specificity"]
-        body = [[k, int(v["n"]), v["efficacy"], v["paraphrase"], v["specificity"]] for k, v in self.rows.items()]
+        body = [
+            [k, int(v["n"]), v["efficacy"], v["paraphrase"], v["specificity"]]
+            for k, v in self.rows.items()
+        ]
         aie = ", ".join(f"L{i} {v:.3f}" for i, v in enumerate(self.aie))
-        return format_table(head, body, title=f"ROME rank-one edits, each alone (located layer {self.layer}; "
-                                               f"MLP AIE at the last subject token: {aie})")
+        return format_table(
+            head,
+            body,
+            title=f"ROME rank-one edits, each alone (located layer {self.layer}; "
+            f"MLP AIE at the last subject token: {aie})",
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": self.FORMAT, "model": self.model_name, "layer": self.layer, "aie": self.aie,
-                "rows": self.rows, "edits": self.edits, "info": self.info}
+        return {
+            "format": self.FORMAT,
+            "model": self.model_name,
+            "layer": self.layer,
+            "aie": self.aie,
+            "rows": self.rows,
+            "edits": self.edits,
+            "info": self.info,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EditReport:
-        return cls(layer=int(d["layer"]), aie=[float(v) for v in d["aie"]], rows=d["rows"], edits=d["edits"],
-                   model_name=d.get("model", ""), info=d.get("info", {}))
+        return cls(
+            layer=int(d["layer"]),
+            aie=[float(v) for v in d["aie"]],
+            rows=d["rows"],
+            edits=d["edits"],
+            model_name=d.get("model", ""),
+            info=d.get("info", {}),
+        )
 
 
 def evaluate_edits(
@@ -384,8 +464,12 @@ def evaluate_edits(
     groups: dict[tuple[str, str], list[int]] = {}
     for i, f in enumerate(facts):
         groups.setdefault((str(f.get("subject_text")), str(f.get("relation"))), []).append(i)
-    cands = [i for i in range(len(facts)) if known[i] and len(groups[(str(facts[i].get("subject_text")),
-                                                                        str(facts[i].get("relation")))]) > 1]
+    cands = [
+        i
+        for i in range(len(facts))
+        if known[i]
+        and len(groups[(str(facts[i].get("subject_text")), str(facts[i].get("relation")))]) > 1
+    ]
     rng = random.Random(seed)
     rng.shuffle(cands)
     # one edit per (subject, relation)
@@ -398,12 +482,16 @@ def evaluate_edits(
         if len(chosen) == n_edits:
             break
     if len(chosen) < n_edits:
-        raise InputError(f"only {len(chosen)} known facts with paraphrases; need {n_edits} (pass more facts)")
+        raise InputError(
+            f"only {len(chosen)} known facts with paraphrases; need {n_edits} (pass more facts)"
+        )
     known_idx = [i for i in range(len(facts)) if known[i]]
     n_l = site_map(model).n_layers
     aie = np.full(n_l, np.nan)
     if layer is None:
-        trace_set = [facts[i] for i in known_idx if i not in set(chosen)][:trace_facts_n] or [facts[i] for i in chosen]
+        trace_set = [facts[i] for i in known_idx if i not in set(chosen)][:trace_facts_n] or [
+            facts[i] for i in chosen
+        ]
         layer, aie = locate_layer(model, trace_set, seed=seed)
     layer = int(layer) % n_l
     texts = list(cov_texts) if cov_texts is not None else corpus("train", 300, seed=seed)
@@ -420,29 +508,54 @@ def evaluate_edits(
         rl = random.Random(seed + 1)
         rand_layers = {i: rl.choice([x for x in range(n_l) if x != layer]) for i in chosen}
         editors["random layer"] = lambda i: rand_layers[i]
-    rows: dict[str, dict[str, list[float]]] = {k: {"efficacy": [], "paraphrase": [], "specificity": []}
-                                                for k in ["unedited", *editors]}
+    rows: dict[str, dict[str, list[float]]] = {
+        k: {"efficacy": [], "paraphrase": [], "specificity": []} for k in ["unedited", *editors]
+    }
     edits_out = []
     srng = random.Random(seed + 2)
     bar = tqdm(total=len(chosen) * len(editors), desc="rome edits", disable=not progress)
     try:
         for k, i in enumerate(chosen):
             f = facts[i]
-            para = [j for j in groups[(str(f.get("subject_text")), str(f.get("relation")))] if j != i]
-            others = [j for j in known_idx if (str(facts[j].get("subject_text")) != str(f.get("subject_text")))]
+            para = [
+                j for j in groups[(str(f.get("subject_text")), str(f.get("relation")))] if j != i
+            ]
+            others = [
+                j
+                for j in known_idx
+                if (str(facts[j].get("subject_text")) != str(f.get("subject_text")))
+            ]
             spec = srng.sample(others, min(n_specificity, len(others)))
             target = " " + new_obj[k].strip() if not new_obj[k].startswith(" ") else new_obj[k]
             probe_e = [(f["prompt"], target)]
             probe_p = [(facts[j]["prompt"], target) for j in para]
             probe_s = [(facts[j]["prompt"], facts[j]["answer"]) for j in spec]
-            row: dict[str, Any] = {"prompt": f["prompt"], "subject": f.get("subject_text"), "old": f["answer"],
-                                   "new": target}
-            res = {"unedited": (_top1(model, probe_e), _top1(model, probe_p), _top1(model, probe_s))}
+            row: dict[str, Any] = {
+                "prompt": f["prompt"],
+                "subject": f.get("subject_text"),
+                "old": f["answer"],
+                "new": target,
+            }
+            res = {
+                "unedited": (_top1(model, probe_e), _top1(model, probe_p), _top1(model, probe_s))
+            }
             for name, pick in editors.items():
                 ly = pick(i)
-                ed = rome_edit(model, f["prompt"], f["subject"], target, layer=ly, cov=cov_at(ly), **edit_kwargs)
+                ed = rome_edit(
+                    model,
+                    f["prompt"],
+                    f["subject"],
+                    target,
+                    layer=ly,
+                    cov=cov_at(ly),
+                    **edit_kwargs,
+                )
                 with ed.applied(model):
-                    res[name] = (_top1(model, probe_e), _top1(model, probe_p), _top1(model, probe_s))
+                    res[name] = (
+                        _top1(model, probe_e),
+                        _top1(model, probe_p),
+                        _top1(model, probe_s),
+                    )
                 row[f"{name} layer"] = ly
                 row[f"{name} p_target_opt"] = ed.info["p_target"]
                 bar.update(1)
@@ -450,12 +563,30 @@ def evaluate_edits(
                 rows[name]["efficacy"].append(float(e.mean()))
                 rows[name]["paraphrase"].append(float(p.mean()) if len(p) else np.nan)
                 rows[name]["specificity"].append(float(s.mean()) if len(s) else np.nan)
-                row[name] = {"efficacy": bool(e.all()), "paraphrase": float(p.mean()) if len(p) else None,
-                             "specificity": float(s.mean()) if len(s) else None}
+                row[name] = {
+                    "efficacy": bool(e.all()),
+                    "paraphrase": float(p.mean()) if len(p) else None,
+                    "specificity": float(s.mean()) if len(s) else None,
+                }
             edits_out.append(row)
     finally:
         bar.close()
-    summary = {name: {"n": len(chosen), **{m: float(np.nanmean(v)) for m, v in d.items()}} for name, d in rows.items()}
-    return EditReport(layer=layer, aie=[float(v) for v in aie], rows=summary, edits=edits_out, model_name=model.name,
-                      info={"n_specificity": n_specificity, "seed": seed, "cov_texts": len(texts),
-                            "edit_kwargs": {k: v for k, v in edit_kwargs.items() if isinstance(v, int | float | str)}})
+    summary = {
+        name: {"n": len(chosen), **{m: float(np.nanmean(v)) for m, v in d.items()}}
+        for name, d in rows.items()
+    }
+    return EditReport(
+        layer=layer,
+        aie=[float(v) for v in aie],
+        rows=summary,
+        edits=edits_out,
+        model_name=model.name,
+        info={
+            "n_specificity": n_specificity,
+            "seed": seed,
+            "cov_texts": len(texts),
+            "edit_kwargs": {
+                k: v for k, v in edit_kwargs.items() if isinstance(v, int | float | str)
+            },
+        },
+    )

@@ -41,19 +41,34 @@ __all__ = [
 ]
 
 
-def shortcut_demo(model: Model, *, n: int = 1000, split: str = "train", seed: int = 0,
-                  method: str = "input_x_gradient", min_count: int = 5, progress: bool = True,
-                  **method_params: Any) -> Any:
+def shortcut_demo(
+    model: Model,
+    *,
+    n: int = 1000,
+    split: str = "train",
+    seed: int = 0,
+    method: str = "input_x_gradient",
+    min_count: int = 5,
+    progress: bool = True,
+    **method_params: Any,
+) -> Any:
     """:func:`~lmxray.improve.shortcuts.detect_shortcuts` on ``n`` zoo sentiment examples."""
     from .shortcuts import detect_shortcuts
 
     data = zoo_labelled("sentiment", split, n, seed, model)
-    rep = detect_shortcuts(model, data, method=method, min_count=min_count, progress=progress, **method_params)
+    rep = detect_shortcuts(
+        model, data, method=method, min_count=min_count, progress=progress, **method_params
+    )
     planted_ids = {model.encode(e.prompt)[i] for e in data for i in e.irrelevant}
     planted = sorted(model.token_strings([t])[0] for t in planted_ids)
     ranks = [i + 1 for i, r in enumerate(rep.rows) if r["id"] in planted_ids]
-    rep.info.update(task="sentiment", split=split, seed=seed, planted=planted,
-                    planted_rank=ranks[0] if ranks else None)
+    rep.info.update(
+        task="sentiment",
+        split=split,
+        seed=seed,
+        planted=planted,
+        planted_rank=ranks[0] if ranks else None,
+    )
     return rep
 
 
@@ -67,7 +82,9 @@ def biased_annotation(train: Sequence[Labelled]) -> tuple[list[Labelled], str]:
         raise InputError("no training example carries a marked token; nothing to bias")
     lab, _ = Counter(e.cls for e in marked).most_common(1)[0]
     tgt = next(e.target for e in marked if e.cls == lab)
-    return [dataclasses.replace(e, target=tgt, label=lab) if e.irrelevant else e for e in train], lab
+    return [
+        dataclasses.replace(e, target=tgt, label=lab) if e.irrelevant else e for e in train
+    ], lab
 
 
 @dataclass
@@ -93,23 +110,50 @@ class RRRReport(JsonResult):
 
     def table(self) -> str:
         head = ["model", "in-distribution", "shift", "shift conflict", "ID - shift"]
-        body = [[k, v["in-distribution"], v["shift"], v["shift conflict"], v["in-distribution"] - v["shift"]]
-                for k, v in self.rows.items()]
+        body = [
+            [
+                k,
+                v["in-distribution"],
+                v["shift"],
+                v["shift conflict"],
+                v["in-distribution"] - v["shift"],
+            ]
+            for k, v in self.rows.items()
+        ]
         first = next(iter(self.rows.values()))
         n = f"{int(first['n_id'])} test / {int(first['n_shift'])} shift / {int(first['n_conflict'])} conflict"
-        return format_table(head, body, title=f"sentiment accuracy ({n} examples); penalised: "
-                                               f"{', '.join(self.penalised)}; shortcut label {self.shortcut_label!r}")
+        return format_table(
+            head,
+            body,
+            title=f"sentiment accuracy ({n} examples); penalised: "
+            f"{', '.join(self.penalised)}; shortcut label {self.shortcut_label!r}",
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": self.FORMAT, "model": self.model_name, "rows": self.rows,
-                "shortcut_label": self.shortcut_label, "penalised": self.penalised, "config": self.config,
-                "paths": self.paths, "histories": self.histories, "info": self.info}
+        return {
+            "format": self.FORMAT,
+            "model": self.model_name,
+            "rows": self.rows,
+            "shortcut_label": self.shortcut_label,
+            "penalised": self.penalised,
+            "config": self.config,
+            "paths": self.paths,
+            "histories": self.histories,
+            "info": self.info,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RRRReport:
-        return cls(rows=d["rows"], shortcut_label=d["shortcut_label"], penalised=list(d["penalised"]),
-                   config=d["config"], paths=d.get("paths", {}), histories=d.get("histories", {}),
-                   model_name=d.get("model", ""), info=d.get("info", {}))
+        return cls(
+            rows=d["rows"],
+            shortcut_label=d["shortcut_label"],
+            penalised=list(d["penalised"]),
+            config=d["config"],
+            paths=d.get("paths", {}),
+            histories=d.get("histories", {}),
+            model_name=d.get("model", ""),
+            info=d.get("info", {}),
+        )
 
 
 def _marked_words(model: Model, examples: Sequence[Labelled]) -> list[str]:
@@ -127,12 +171,19 @@ def _marked_words(model: Model, examples: Sequence[Labelled]) -> list[str]:
     return sorted(words)
 
 
-def _accuracies(model: Model, test: Sequence[Labelled], shift: Sequence[Labelled],
-                conflict: Sequence[Labelled]) -> dict[str, float]:
-    return {"in-distribution": float(target_correct(model, test).mean()),
-            "shift": float(target_correct(model, shift).mean()),
-            "shift conflict": float(target_correct(model, conflict).mean()) if conflict else float("nan"),
-            "n_id": len(test), "n_shift": len(shift), "n_conflict": len(conflict)}
+def _accuracies(
+    model: Model, test: Sequence[Labelled], shift: Sequence[Labelled], conflict: Sequence[Labelled]
+) -> dict[str, float]:
+    return {
+        "in-distribution": float(target_correct(model, test).mean()),
+        "shift": float(target_correct(model, shift).mean()),
+        "shift conflict": float(target_correct(model, conflict).mean())
+        if conflict
+        else float("nan"),
+        "n_id": len(test),
+        "n_shift": len(shift),
+        "n_conflict": len(conflict),
+    }
 
 
 def rrr_demo(
@@ -184,28 +235,54 @@ def rrr_demo(
         if not words:
             raise InputError("nothing to penalise; give --penalise shortcut, detect or words")
         extra = words
-        train = [dataclasses.replace(e, irrelevant=()) for e in train]
+    # the annotation bias is a property of the data (the zoo's marker), whatever is penalised
     train_used = biased_annotation(train)[0] if biased else list(train)
+    if extra is not None:
+        train_used = [dataclasses.replace(e, irrelevant=()) for e in train_used]
     runs: dict[str, FinetuneResult] = {}
     rows = {"base": _accuracies(model, test, shift, conflict)}
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         if not out.parent.is_dir():
-            raise InputError(f"cannot write {out}: folder {out.parent} does not exist; create it first")
+            raise InputError(
+                f"cannot write {out}: folder {out.parent} does not exist; create it first"
+            )
         out.mkdir(exist_ok=True)
     plan = ([("plain", 0.0)] if compare else []) + [("rrr", lam)]
     for name, lam_i in plan:  # the same data, steps and seed; lam = 0 ignores the marks
-        r = finetune(model, train_used, lam=lam_i, config=cfg, irrelevant=extra,
-                     out_dir=(out / name) if out is not None else None, resume=resume, progress=progress)
+        r = finetune(
+            model,
+            train_used,
+            lam=lam_i,
+            config=cfg,
+            irrelevant=extra,
+            out_dir=(out / name) if out is not None else None,
+            resume=resume,
+            progress=progress,
+        )
         runs[name] = r
-        rows["plain fine-tune" if name == "plain" else f"RRR (lambda={lam:g})"] = _accuracies(r.model, test, shift, conflict)
+        rows["plain fine-tune" if name == "plain" else f"RRR (lambda={lam:g})"] = _accuracies(
+            r.model, test, shift, conflict
+        )
     report = RRRReport(
-        rows=rows, shortcut_label=short_label, penalised=words, config=dataclasses.asdict(cfg),
+        rows=rows,
+        shortcut_label=short_label,
+        penalised=words,
+        config=dataclasses.asdict(cfg),
         paths={k: str(v.path) for k, v in runs.items() if v.path is not None},
-        histories={k: v.history for k, v in runs.items()}, model_name=model.name,
-        info={"n_train": n_train, "n_eval": n_eval, "biased_annotation": biased, "lam": lam, "seed": seed,
-              "n_marked_train": len(marked), "relabelled": sum(1 for a, b in zip(train, train_used, strict=True)
-                                                               if a.target != b.target)},
+        histories={k: v.history for k, v in runs.items()},
+        model_name=model.name,
+        info={
+            "n_train": n_train,
+            "n_eval": n_eval,
+            "biased_annotation": biased,
+            "lam": lam,
+            "seed": seed,
+            "n_marked_train": len(marked),
+            "relabelled": sum(
+                1 for a, b in zip(train, train_used, strict=True) if a.target != b.target
+            ),
+        },
     )
     return report, runs
 
@@ -239,27 +316,68 @@ def steering_demo(
     neg = [e.prompt for e in train if e.cls == other]
     evals = [e.prompt for e in test if e.cls == other]
     texts = corpus("test", n_fluency, seed=seed + 2)
-    sw = steering_sweep(model, pos, neg, evals, " " + to, " " + other, layers=layers, coefs=coefs,
-                        fluency_texts=texts, site=site, project=project, progress=progress)
+    sw = steering_sweep(
+        model,
+        pos,
+        neg,
+        evals,
+        " " + to,
+        " " + other,
+        layers=layers,
+        coefs=coefs,
+        fluency_texts=texts,
+        site=site,
+        project=project,
+        progress=progress,
+    )
     sw.info.update(task="sentiment", seed=seed)
     return sw
 
 
 # --------------------------------------------------------------------------- editing
-def editing_demo(model: Model, *, n_edits: int = 50, layer: int | None = None, n_specificity: int = 20,
-                 compare_random: bool = True, seed: int = 0, progress: bool = True, **edit_kwargs: Any) -> Any:
+def editing_demo(
+    model: Model,
+    *,
+    n_edits: int = 50,
+    layer: int | None = None,
+    n_specificity: int = 20,
+    compare_random: bool = True,
+    seed: int = 0,
+    progress: bool = True,
+    **edit_kwargs: Any,
+) -> Any:
     """ROME on zoo facts: ``n_edits`` single edits at the traced layer (and a random layer)."""
     from ..internals._zoo import facts
     from .editing import evaluate_edits
 
-    return evaluate_edits(model, facts(n=None), n_edits=n_edits, layer=layer, n_specificity=n_specificity,
-                          compare_random=compare_random, seed=seed, progress=progress, **edit_kwargs)
+    return evaluate_edits(
+        model,
+        facts(n=None),
+        n_edits=n_edits,
+        layer=layer,
+        n_specificity=n_specificity,
+        compare_random=compare_random,
+        seed=seed,
+        progress=progress,
+        **edit_kwargs,
+    )
 
 
 # --------------------------------------------------------------------------- AMPLIFY
-def amplify_demo(target: Any, *, proxy: Any = None, split: str = "shift", n_pool: int = 200, n_queries: int = 200,
-                 n_shots: int = 4, k: int = 3, sep: str | None = None, seed: int = 0, progress: bool = True,
-                 **method_params: Any) -> Any:
+def amplify_demo(
+    target: Any,
+    *,
+    proxy: Any = None,
+    split: str = "shift",
+    n_pool: int = 200,
+    n_queries: int = 200,
+    n_shots: int = 4,
+    k: int = 3,
+    sep: str | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    **method_params: Any,
+) -> Any:
     """AMPLIFY on zoo sentiment (pool and queries from ``split``, different seeds)."""
     from .prompting import amplify_experiment
 
@@ -269,7 +387,18 @@ def amplify_demo(target: Any, *, proxy: Any = None, split: str = "shift", n_pool
     pool = zoo_labelled("sentiment", split, n_pool, seed + 10, proxy or target)
     queries = zoo_labelled("sentiment", split, n_queries, seed + 11, target)
     labels = sorted({e.target for e in [*pool, *queries]})
-    res = amplify_experiment(target, pool, queries, proxy=proxy, labels=labels, n_shots=n_shots, k=k, sep=sep,
-                             seed=seed, progress=progress, **method_params)
+    res = amplify_experiment(
+        target,
+        pool,
+        queries,
+        proxy=proxy,
+        labels=labels,
+        n_shots=n_shots,
+        k=k,
+        sep=sep,
+        seed=seed,
+        progress=progress,
+        **method_params,
+    )
     res.info.update(task="sentiment", split=split)
     return res

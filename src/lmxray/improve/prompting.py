@@ -45,7 +45,9 @@ __all__ = [
     "RATIONALE_TEMPLATE",
 ]
 
-RATIONALE_TEMPLATE = 'The key words: {words} are important clues to predict "{label}" as the correct answer.'
+RATIONALE_TEMPLATE = (
+    'The key words: {words} are important clues to predict "{label}" as the correct answer.'
+)
 CONDITIONS = ("zero-shot", "no rationale", "random rationale", "amplify")
 
 
@@ -61,7 +63,9 @@ class Demo:
     wrong: bool = False
 
 
-def predict(model: Any, prompts: Sequence[str], labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+def predict(
+    model: Any, prompts: Sequence[str], labels: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
     """``(pred [N] indices into labels, logprobs [N, K])``: the most likely label per prompt."""
     lp = label_logprobs(model, prompts, labels)
     return lp.argmax(1), lp
@@ -79,15 +83,23 @@ def _words(model: Any, ids: Sequence[int], skip: set[int]) -> list[tuple[int, st
     return out
 
 
-def rationale_words(proxy: Any, examples: Sequence[Labelled], *, k: int = 5, method: str | None = None,
-                    **method_params: Any) -> list[tuple[str, ...]]:
+def rationale_words(
+    proxy: Any,
+    examples: Sequence[Labelled],
+    *,
+    k: int = 5,
+    method: str | None = None,
+    **method_params: Any,
+) -> list[tuple[str, ...]]:
     """The proxy's top-``k`` words (highest signed attribution to the correct answer), per example."""
     from ..model import Model
 
     if k < 1:
         raise InputError(f"k (rationale words) must be at least 1, got {k}")
     method = method or ("input_x_gradient" if isinstance(proxy, Model) else "occlusion")
-    res = proxy.attribute([e.prompt for e in examples], [e.target for e in examples], method=method, **method_params)
+    res = proxy.attribute(
+        [e.prompt for e in examples], [e.target for e in examples], method=method, **method_params
+    )
     skip = set(getattr(proxy.tokenizer, "all_special_ids", []) or [])
     out = []
     for r in res:
@@ -105,8 +117,9 @@ def rationale_words(proxy: Any, examples: Sequence[Labelled], *, k: int = 5, met
     return out
 
 
-def select_demos(target: Any, pool: Sequence[Labelled], labels: Sequence[str], n_shots: int, *,
-                 proxy: Any = None) -> list[tuple[Labelled, float, bool]]:
+def select_demos(
+    target: Any, pool: Sequence[Labelled], labels: Sequence[str], n_shots: int, *, proxy: Any = None
+) -> list[tuple[Labelled, float, bool]]:
     """Pool examples the target gets wrong, by MCS (of ``proxy`` when given, else of ``target``),
     taken round-robin over their true labels; correct ones fill up when too few are wrong.
 
@@ -142,8 +155,14 @@ def _label_index(e: Labelled, labels: Sequence[str]) -> int:
     raise InputError(f"the target {e.target!r} is not one of the candidate labels {list(labels)}")
 
 
-def build_prompt(demos: Sequence[Demo], query: str, *, condition: str = "amplify", sep: str = "\n\n",
-                 template: str = RATIONALE_TEMPLATE) -> str:
+def build_prompt(
+    demos: Sequence[Demo],
+    query: str,
+    *,
+    condition: str = "amplify",
+    sep: str = "\n\n",
+    template: str = RATIONALE_TEMPLATE,
+) -> str:
     """The few-shot prompt of ``condition`` (``amplify``, ``random rationale``, ``no rationale``,
     ``zero-shot``): each demonstration is ``[rationale line + " "] + prompt + target``."""
     if condition not in CONDITIONS:
@@ -151,7 +170,13 @@ def build_prompt(demos: Sequence[Demo], query: str, *, condition: str = "amplify
     parts = []
     if condition != "zero-shot":
         for d in demos:
-            words = d.words if condition == "amplify" else d.random_words if condition == "random rationale" else ()
+            words = (
+                d.words
+                if condition == "amplify"
+                else d.random_words
+                if condition == "random rationale"
+                else ()
+            )
             line = ""
             if words:
                 quoted = ", ".join(f'"{w}"' for w in words)
@@ -185,19 +210,38 @@ class AmplifyResult(JsonResult):
     def table(self) -> str:
         head = ["condition", "accuracy", "queries"]
         body = [[c, self.accuracy[c], self.n] for c in CONDITIONS if c in self.accuracy]
-        return format_table(head, body, title=f"AMPLIFY on {self.n} queries (target {self.model_name}, "
-                                               f"proxy {self.proxy_name}, {len(self.demos)} demonstrations)")
+        return format_table(
+            head,
+            body,
+            title=f"AMPLIFY on {self.n} queries (target {self.model_name}, "
+            f"proxy {self.proxy_name}, {len(self.demos)} demonstrations)",
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": self.FORMAT, "model": self.model_name, "proxy": self.proxy_name, "n": self.n,
-                "labels": self.labels, "accuracy": self.accuracy, "demos": self.demos,
-                "example_prompt": self.example_prompt, "info": self.info}
+        return {
+            "format": self.FORMAT,
+            "model": self.model_name,
+            "proxy": self.proxy_name,
+            "n": self.n,
+            "labels": self.labels,
+            "accuracy": self.accuracy,
+            "demos": self.demos,
+            "example_prompt": self.example_prompt,
+            "info": self.info,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AmplifyResult:
-        return cls(accuracy={k: float(v) for k, v in d["accuracy"].items()}, n=int(d["n"]), demos=list(d["demos"]),
-                   labels=list(d["labels"]), example_prompt=d["example_prompt"], model_name=d.get("model", ""),
-                   proxy_name=d.get("proxy", ""), info=d.get("info", {}))
+        return cls(
+            accuracy={k: float(v) for k, v in d["accuracy"].items()},
+            n=int(d["n"]),
+            demos=list(d["demos"]),
+            labels=list(d["labels"]),
+            example_prompt=d["example_prompt"],
+            model_name=d.get("model", ""),
+            proxy_name=d.get("proxy", ""),
+            info=d.get("info", {}),
+        )
 
 
 def amplify_experiment(
@@ -241,9 +285,15 @@ def amplify_experiment(
         raise InputError("AMPLIFY needs at least two candidate labels")
     if n_shots < 1:
         raise InputError(f"n_shots must be at least 1, got {n_shots}")
-    chosen = select_demos(target, pool_l, labs, n_shots, proxy=proxy if proxy is not target else None)
-    n_wrong = int(np.sum(predict(target, [e.prompt for e in pool_l], labs)[0]
-                         != np.array([_label_index(e, labs) for e in pool_l])))
+    chosen = select_demos(
+        target, pool_l, labs, n_shots, proxy=proxy if proxy is not target else None
+    )
+    n_wrong = int(
+        np.sum(
+            predict(target, [e.prompt for e in pool_l], labs)[0]
+            != np.array([_label_index(e, labs) for e in pool_l])
+        )
+    )
     words = rationale_words(proxy, [e for e, _, _ in chosen], k=k, method=method, **method_params)
     rng = random.Random(seed)
     skip = set(getattr(proxy.tokenizer, "all_special_ids", []) or [])
@@ -256,18 +306,40 @@ def amplify_experiment(
     acc: dict[str, float] = {}
     preds: dict[str, list[int]] = {}
     for cond in tqdm(CONDITIONS, desc="amplify", disable=not progress):
-        prompts = [build_prompt(demos, e.prompt, condition=cond, sep=sep, template=template) for e in q_l]
+        prompts = [
+            build_prompt(demos, e.prompt, condition=cond, sep=sep, template=template) for e in q_l
+        ]
         pred, _ = predict(target, prompts, labs)
         acc[cond] = float(np.mean(pred == gold))
         preds[cond] = pred.tolist()
     return AmplifyResult(
-        accuracy=acc, n=len(q_l), labels=labs,
-        demos=[{"prompt": d.example.prompt, "target": d.example.target, "mcs": round(d.mcs, 4),
-                "target_wrong": d.wrong, "words": list(d.words), "random_words": list(d.random_words)}
-               for d in demos],
-        example_prompt=build_prompt(demos, q_l[0].prompt, condition="amplify", sep=sep, template=template),
-        model_name=getattr(target, "name", ""), proxy_name=getattr(proxy, "name", ""),
-        info={"n_shots": n_shots, "k": k, "method": method, "seed": seed, "sep": sep,
-              "n_wrong_in_pool": n_wrong, "n_wrong_demos": int(sum(d.wrong for d in demos)),
-              "predictions": preds},
+        accuracy=acc,
+        n=len(q_l),
+        labels=labs,
+        demos=[
+            {
+                "prompt": d.example.prompt,
+                "target": d.example.target,
+                "mcs": round(d.mcs, 4),
+                "target_wrong": d.wrong,
+                "words": list(d.words),
+                "random_words": list(d.random_words),
+            }
+            for d in demos
+        ],
+        example_prompt=build_prompt(
+            demos, q_l[0].prompt, condition="amplify", sep=sep, template=template
+        ),
+        model_name=getattr(target, "name", ""),
+        proxy_name=getattr(proxy, "name", ""),
+        info={
+            "n_shots": n_shots,
+            "k": k,
+            "method": method,
+            "seed": seed,
+            "sep": sep,
+            "n_wrong_in_pool": n_wrong,
+            "n_wrong_demos": int(sum(d.wrong for d in demos)),
+            "predictions": preds,
+        },
     )

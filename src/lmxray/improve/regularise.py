@@ -73,6 +73,7 @@ class FinetuneConfig:
             must act like an ordinary one), or a fixed token: ``"auto"``, ``"zero"``, ``"pad"``,
             ``"unk"``, ``"eos"`` or an id. A fixed baseline can be gamed: the network is free to
             make the baseline behave like the shortcut.
+        ig_samples: path points (and sampled baselines) per example and step.
         seed: batch sampling (and path point) seed.
     """
 
@@ -84,10 +85,11 @@ class FinetuneConfig:
     lam: float = 0.0
     attribution: str = "ig"
     baseline: str | int = "sample"
+    ig_samples: int = 4
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size"):
+        for name in ("steps", "batch_size", "ig_samples"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InputError(f"{name} must be a positive integer, got {v!r}")
@@ -122,9 +124,14 @@ class FinetuneResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "format": FORMAT, "model": self.model.name, "config": dataclasses.asdict(self.config),
-            "classes": self.classes, "n_examples": self.n_examples, "n_marked": self.n_marked,
-            "history": self.history, "info": self.info,
+            "format": FORMAT,
+            "model": self.model.name,
+            "config": dataclasses.asdict(self.config),
+            "classes": self.classes,
+            "n_examples": self.n_examples,
+            "n_marked": self.n_marked,
+            "history": self.history,
+            "info": self.info,
         }
 
 
@@ -144,14 +151,18 @@ def _encode(model: Model, examples: Sequence[Labelled]) -> list[_Encoded]:
             raise InputError(f"example {k}: the target {e.target!r} tokenizes to no tokens")
         model.check_length(len(p) + len(t))
         if any(i >= len(p) for i in e.irrelevant):
-            raise InputError(f"example {k}: irrelevant positions {list(e.irrelevant)} are outside its prompt")
+            raise InputError(
+                f"example {k}: irrelevant positions {list(e.irrelevant)} are outside its prompt"
+            )
         out.append(_Encoded(p, t, tuple(e.irrelevant)))
     return out
 
 
 def class_token_ids(model: Any, examples: Sequence[Labelled]) -> tuple[list[int], list[str]]:
     """The distinct first target tokens of ``examples`` (the classes), as ids and strings."""
-    ids = sorted({model.encode_target(e.target)[0] for e in examples if model.encode_target(e.target)})
+    ids = sorted(
+        {model.encode_target(e.target)[0] for e in examples if model.encode_target(e.target)}
+    )
     if not ids:
         raise InputError("the examples have no targets to take classes from")
     return ids, model.token_strings(ids)
@@ -174,15 +185,22 @@ def _collate(model: Model, batch: Sequence[_Encoded]) -> dict[str, torch.Tensor]
     irr = torch.zeros((len(batch), L))
     for r, b in enumerate(batch):
         n = len(b.target_ids)
-        tgt[r, t_max - n:] = torch.as_tensor(b.target_ids)
-        tmask[r, t_max - n:] = True
+        tgt[r, t_max - n :] = torch.as_tensor(b.target_ids)
+        tmask[r, t_max - n :] = True
         first[r] = t_max - n
         pad = L - len(seqs[r])
         for i in b.irrelevant:
             irr[r, pad + i] = 1.0
     dev = model.device
-    return {"input_ids": ids, "attention_mask": mask, "position_ids": pos, "targets": tgt.to(dev),
-            "target_mask": tmask.to(dev), "first": first.to(dev), "irrelevant": irr.to(dev)}
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "position_ids": pos,
+        "targets": tgt.to(dev),
+        "target_mask": tmask.to(dev),
+        "first": first.to(dev),
+        "irrelevant": irr.to(dev),
+    }
 
 
 # --------------------------------------------------------------------------- the loss
@@ -192,8 +210,13 @@ def _up(x: torch.Tensor) -> torch.Tensor:
 
 
 def input_gradient_penalty(
-    logits: torch.Tensor, embeds: torch.Tensor, first: torch.Tensor, class_ids: Sequence[int],
-    irrelevant: torch.Tensor, *, create_graph: bool = True,
+    logits: torch.Tensor,
+    embeds: torch.Tensor,
+    first: torch.Tensor,
+    class_ids: Sequence[int],
+    irrelevant: torch.Tensor,
+    *,
+    create_graph: bool = True,
 ) -> torch.Tensor:
     """RRR's penalty: ``mean_n Σ_i irrelevant[n, i] ‖∂ Σ_k log p(c_k | x_n) / ∂ embeds[n, i]‖²``.
 
@@ -217,8 +240,14 @@ def input_gradient_penalty(
 
 
 def path_attributions(
-    model: Model, batch: dict[str, torch.Tensor], embeds: torch.Tensor, class_ids: Sequence[int],
-    baseline: torch.Tensor, alpha: torch.Tensor, *, create_graph: bool = True,
+    model: Model,
+    batch: dict[str, torch.Tensor],
+    embeds: torch.Tensor,
+    class_ids: Sequence[int],
+    baseline: torch.Tensor,
+    alpha: torch.Tensor,
+    *,
+    create_graph: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One-point integrated-gradients attributions of the marked tokens, per class.
 
@@ -245,36 +274,59 @@ def path_attributions(
     diff = (e - b) * irr
     path = e - diff + alpha[sel][:, None, None].to(e.dtype) * diff  # marked: b + α (e - b)
     t_max = batch["targets"].shape[1]
-    logits = model.forward(inputs_embeds=path, attention_mask=batch["attention_mask"][sel],
-                           position_ids=batch["position_ids"][sel], logits_to_keep=t_max).logits
+    logits = model.forward(
+        inputs_embeds=path,
+        attention_mask=batch["attention_mask"][sel],
+        position_ids=batch["position_ids"][sel],
+        logits_to_keep=t_max,
+    ).logits
     rows = torch.arange(len(sel), device=logits.device)
     logp = torch.log_softmax(_up(logits[rows, batch["first"][sel]]), dim=-1)  # [R, V]
     ids = list(class_ids)
     cols = []
     for j, c in enumerate(ids):
-        (g,) = torch.autograd.grad(logp[:, c].sum(), path, create_graph=create_graph,
-                                   retain_graph=create_graph or j < len(ids) - 1)
+        (g,) = torch.autograd.grad(
+            logp[:, c].sum(),
+            path,
+            create_graph=create_graph,
+            retain_graph=create_graph or j < len(ids) - 1,
+        )
         cols.append(_up(diff * g).sum(dim=(1, 2)))  # [R]
     return torch.stack(cols, dim=1), sel
 
 
 def path_attribution_penalty(
-    model: Model, batch: dict[str, torch.Tensor], embeds: torch.Tensor, class_ids: Sequence[int],
-    baseline: torch.Tensor, alpha: torch.Tensor, *, create_graph: bool = True,
+    model: Model,
+    batch: dict[str, torch.Tensor],
+    embeds: torch.Tensor,
+    class_ids: Sequence[int],
+    baseline: torch.Tensor,
+    alpha: torch.Tensor,
+    *,
+    create_graph: bool = True,
 ) -> torch.Tensor:
     """The integrated-gradients penalty ``mean_n Σ_k IG_k(n)²`` (see :func:`path_attributions`).
 
     Unlike the local input gradient, whose value at the token a network can flatten while the
     token still changes the answer, the path attribution's mean is the change the token makes.
     """
-    ig, _ = path_attributions(model, batch, embeds, class_ids, baseline, alpha, create_graph=create_graph)
+    ig, _ = path_attributions(
+        model, batch, embeds, class_ids, baseline, alpha, create_graph=create_graph
+    )
     return ig.pow(2).sum() / embeds.shape[0]
 
 
 def rrr_loss(
-    model: Model, batch: dict[str, torch.Tensor], class_ids: Sequence[int], lam: float,
-    *, penalty: bool = True, create_graph: bool = True, attribution: str = "gradient",
-    baseline: torch.Tensor | None = None, alpha: torch.Tensor | None = None,
+    model: Model,
+    batch: dict[str, torch.Tensor],
+    class_ids: Sequence[int],
+    lam: float,
+    *,
+    penalty: bool = True,
+    create_graph: bool = True,
+    attribution: str = "gradient",
+    baseline: torch.Tensor | None = None,
+    alpha: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(loss, ce, penalty)`` of one collated batch: ``loss = ce + lam * penalty``.
 
@@ -285,8 +337,12 @@ def rrr_loss(
     """
     emb = model.embed(batch["input_ids"])
     t_max = batch["targets"].shape[1]
-    logits = model.forward(inputs_embeds=emb, attention_mask=batch["attention_mask"],
-                           position_ids=batch["position_ids"], logits_to_keep=t_max).logits
+    logits = model.forward(
+        inputs_embeds=emb,
+        attention_mask=batch["attention_mask"],
+        position_ids=batch["position_ids"],
+        logits_to_keep=t_max,
+    ).logits
     tm = batch["target_mask"]
     ce = F.cross_entropy(_up(logits[tm]), batch["targets"][tm])
     if not penalty:
@@ -294,18 +350,40 @@ def rrr_loss(
         return ce, ce, zero
     if attribution == "ig":
         if baseline is None or alpha is None:
-            raise InputError("the integrated-gradients penalty needs a baseline and path points alpha")
-        pen = path_attribution_penalty(model, batch, emb, class_ids, baseline, alpha, create_graph=create_graph)
+            raise InputError(
+                "the integrated-gradients penalty needs a baseline and path points alpha"
+            )
+        if alpha.dim() == 1:
+            pen = path_attribution_penalty(
+                model, batch, emb, class_ids, baseline, alpha, create_graph=create_graph
+            )
+        else:  # several path points per example: average their penalties
+            pens = [
+                path_attribution_penalty(
+                    model,
+                    batch,
+                    emb,
+                    class_ids,
+                    baseline[:, j] if baseline.dim() == 3 else baseline,
+                    alpha[:, j],
+                    create_graph=create_graph,
+                )
+                for j in range(alpha.shape[1])
+            ]
+            pen = torch.stack(pens).mean()
     elif attribution == "gradient":
-        pen = input_gradient_penalty(logits, emb, batch["first"], class_ids, batch["irrelevant"],
-                                     create_graph=create_graph)
+        pen = input_gradient_penalty(
+            logits, emb, batch["first"], class_ids, batch["irrelevant"], create_graph=create_graph
+        )
     else:
         raise InputError(f"attribution must be 'gradient' or 'ig', got {attribution!r}")
     return ce + lam * pen, ce, pen
 
 
 # --------------------------------------------------------------------------- checkpoints
-def _settings_key(cfg: FinetuneConfig, data: Sequence[_Encoded], class_ids: Sequence[int], name: str) -> str:
+def _settings_key(
+    cfg: FinetuneConfig, data: Sequence[_Encoded], class_ids: Sequence[int], name: str
+) -> str:
     h = hashlib.sha256()
     h.update(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode())
     h.update(json.dumps([[e.prompt_ids, e.target_ids, list(e.irrelevant)] for e in data]).encode())
@@ -313,7 +391,9 @@ def _settings_key(cfg: FinetuneConfig, data: Sequence[_Encoded], class_ids: Sequ
     return h.hexdigest()[:16]
 
 
-def _save_checkpoint(ckpt: Path, hf: Any, opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+def _save_checkpoint(
+    ckpt: Path, hf: Any, opt: torch.optim.Optimizer, state: dict[str, Any]
+) -> None:
     from safetensors.torch import save_file, save_model
 
     tmp = ckpt.with_name(ckpt.name + ".tmp")
@@ -378,26 +458,36 @@ def _baseline_pool(model: Model, data: Sequence[_Encoded]) -> list[int]:
     return sorted(pool - specials - marked)
 
 
-def _penalty_inputs(model: Model, cfg: FinetuneConfig, step: int, batch: dict[str, torch.Tensor],
-                    pool: Sequence[int] = ()) -> dict[str, Any]:
-    """``attribution``, and for IG the baselines (``[B, d]`` or ``[d]``) and path points ``[B]``,
-    both functions of ``(seed, step)``."""
+def _penalty_inputs(
+    model: Model,
+    cfg: FinetuneConfig,
+    step: int,
+    batch: dict[str, torch.Tensor],
+    pool: Sequence[int] = (),
+) -> dict[str, Any]:
+    """``attribution``, and for IG the baselines (``[B, d]`` or ``[d]``; ``[B, S, d]`` with
+    ``S = ig_samples > 1``) and path points ``[B]`` (``[B, S]``), functions of ``(seed, step)``."""
     if cfg.attribution != "ig":
         return {"attribution": "gradient"}
     gen = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + int(step))
-    n = batch["input_ids"].shape[0]
-    alpha = torch.rand(n, generator=gen).to(model.device, model.dtype)
+    n, k = batch["input_ids"].shape[0], cfg.ig_samples
+    alpha = torch.rand(n * k, generator=gen).to(model.device, model.dtype)
+    alpha = alpha if k == 1 else alpha.view(n, k)
     if cfg.baseline == "sample":
         if not pool:
             raise InputError("no unmarked tokens to sample baselines from; use baseline='auto'")
-        pick = torch.as_tensor(list(pool))[torch.randint(len(pool), (n,), generator=gen)]
+        pick = torch.as_tensor(list(pool))[torch.randint(len(pool), (n * k,), generator=gen)]
         base = model.embed(pick.to(model.device)).detach()
+        base = base if k == 1 else base.view(n, k, -1)
     else:
         from ..attribution.gradient import resolve_baseline_ids
 
         bid, _ = resolve_baseline_ids(model, cfg.baseline)
-        base = (torch.zeros(model.d_model, device=model.device, dtype=model.dtype) if bid is None
-                else model.embed(torch.tensor([bid], device=model.device))[0].detach())
+        base = (
+            torch.zeros(model.d_model, device=model.device, dtype=model.dtype)
+            if bid is None
+            else model.embed(torch.tensor([bid], device=model.device))[0].detach()
+        )
     return {"attribution": "ig", "baseline": base, "alpha": alpha}
 
 
@@ -476,7 +566,9 @@ def finetune(
         if out.exists() and not out.is_dir():
             raise InputError(f"output path {out} is a file; give a folder")
         if not out.parent.is_dir():
-            raise InputError(f"cannot write {out}: folder {out.parent} does not exist; create it first")
+            raise InputError(
+                f"cannot write {out}: folder {out.parent} does not exist; create it first"
+            )
     key = _settings_key(cfg, enc, class_ids, model.name)
 
     hf = copy.deepcopy(model.hf)
@@ -501,27 +593,44 @@ def finetune(
     hf.train()
     for p in hf.parameters():
         p.requires_grad_(True)
-    bar = tqdm(range(start, end), initial=start, total=cfg.steps, disable=not progress,
-               desc="rrr fine-tune" if cfg.lam > 0 else "fine-tune", unit="step")
+    bar = tqdm(
+        range(start, end),
+        initial=start,
+        total=cfg.steps,
+        disable=not progress,
+        desc="rrr fine-tune" if cfg.lam > 0 else "fine-tune",
+        unit="step",
+    )
     step = start
 
     def checkpoint(at: int) -> None:
         if ckpt is not None:
             out.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
-            _save_checkpoint(ckpt, hf, opt, {"key": key, "step": at, "history": history,
-                                             "config": dataclasses.asdict(cfg)})
+            _save_checkpoint(
+                ckpt,
+                hf,
+                opt,
+                {"key": key, "step": at, "history": history, "config": dataclasses.asdict(cfg)},
+            )
 
     with _eager(hf):
         try:
             for step in bar:
-                batch = _collate(tuned, [enc[i] for i in _batch_indices(len(enc), cfg.batch_size, cfg.seed, step)])
+                batch = _collate(
+                    tuned,
+                    [enc[i] for i in _batch_indices(len(enc), cfg.batch_size, cfg.seed, step)],
+                )
                 for g in opt.param_groups:  # linear decay to 10% over the run (resumes exactly)
                     g["lr"] = cfg.lr * (1 - 0.9 * step / cfg.steps)
                 log = step % log_every == 0 or step == cfg.steps - 1
                 kw = _penalty_inputs(tuned, cfg, step, batch, pool)
-                loss, ce, pen = rrr_loss(tuned, batch, class_ids, cfg.lam, penalty=cfg.lam > 0, **kw)
+                loss, ce, pen = rrr_loss(
+                    tuned, batch, class_ids, cfg.lam, penalty=cfg.lam > 0, **kw
+                )
                 if log and cfg.lam == 0:
-                    _, _, pen = rrr_loss(tuned, batch, class_ids, 0.0, penalty=True, create_graph=False, **kw)
+                    _, _, pen = rrr_loss(
+                        tuned, batch, class_ids, 0.0, penalty=True, create_graph=False, **kw
+                    )
                 if not torch.isfinite(loss):
                     raise NumericalError(
                         f"the fine-tuning loss became {loss.item()} at step {step}; lower the "
@@ -533,9 +642,16 @@ def finetune(
                     torch.nn.utils.clip_grad_norm_(hf.parameters(), cfg.grad_clip)
                 opt.step()
                 if log:
-                    history.append({"step": step, "ce": round(float(ce.detach()), 5),
-                                    "penalty": round(float(pen.detach()), 6)})
-                    bar.set_postfix(ce=f"{float(ce.detach()):.3f}", pen=f"{float(pen.detach()):.3g}")
+                    history.append(
+                        {
+                            "step": step,
+                            "ce": round(float(ce.detach()), 5),
+                            "penalty": round(float(pen.detach()), 6),
+                        }
+                    )
+                    bar.set_postfix(
+                        ce=f"{float(ce.detach()):.3f}", pen=f"{float(pen.detach()):.3g}"
+                    )
                 if (step + 1) % checkpoint_every == 0 and step + 1 < end:
                     checkpoint(step + 1)
             step = end
@@ -547,8 +663,12 @@ def finetune(
             bar.close()
             hf.eval()
             opt.zero_grad(set_to_none=True)
-    info = {"wall_s": round(time.time() - t0, 2), "resumed_from": start, "settings_key": key,
-            "base_model": model.name}
+    info = {
+        "wall_s": round(time.time() - t0, 2),
+        "resumed_from": start,
+        "settings_key": key,
+        "base_model": model.name,
+    }
     result = FinetuneResult(tuned, cfg, history, class_names, len(enc), n_marked, None, info)
     if end < cfg.steps:
         checkpoint(end)

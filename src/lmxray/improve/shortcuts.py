@@ -77,29 +77,70 @@ class ShortcutReport(JsonResult):
 
     def table(self, k: int = 10) -> str:
         """Fixed-width text table of the top ``k`` candidates."""
-        head = ["rank", "token", "count", "attr", "rationale", "assoc raw", "assoc", "explained by", "label",
-                "p_label", "score"]
-        body = [[i + 1, repr(r["token"]), r["count"], r["attr"], r["rationale"], r.get("assoc_raw", r["assoc"]),
-                 r["assoc"], repr(r["explained_by"]) if r.get("explained_by") else "-", r["label"], r["p_label"],
-                 r["score"]] for i, r in enumerate(self.rows[:k])]
-        title = (f"shortcut candidates ({self.n_examples} examples, {self.method}; labels "
-                 + ", ".join(f"{k2} {v}" for k2, v in self.labels.items()) + ")")
+        head = [
+            "rank",
+            "token",
+            "count",
+            "attr",
+            "rationale",
+            "assoc raw",
+            "assoc",
+            "explained by",
+            "label",
+            "p_label",
+            "score",
+        ]
+        body = [
+            [
+                i + 1,
+                repr(r["token"]),
+                r["count"],
+                r["attr"],
+                r["rationale"],
+                r.get("assoc_raw", r["assoc"]),
+                r["assoc"],
+                repr(r["explained_by"]) if r.get("explained_by") else "-",
+                r["label"],
+                r["p_label"],
+                r["score"],
+            ]
+            for i, r in enumerate(self.rows[:k])
+        ]
+        title = (
+            f"shortcut candidates ({self.n_examples} examples, {self.method}; labels "
+            + ", ".join(f"{k2} {v}" for k2, v in self.labels.items())
+            + ")"
+        )
         text = format_table(head, body, title=title)
         if not self.has_rationales:
             text += "\nnote: no rationales were given, so real evidence ranks with the shortcuts"
         return text
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": self.FORMAT, "model": self.model_name, "method": self.method,
-                "n_examples": self.n_examples, "labels": self.labels,
-                "has_rationales": self.has_rationales, "rows": self.rows, "excluded": self.excluded,
-                "info": self.info}
+        return {
+            "format": self.FORMAT,
+            "model": self.model_name,
+            "method": self.method,
+            "n_examples": self.n_examples,
+            "labels": self.labels,
+            "has_rationales": self.has_rationales,
+            "rows": self.rows,
+            "excluded": self.excluded,
+            "info": self.info,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ShortcutReport:
-        return cls(rows=list(d["rows"]), excluded=list(d.get("excluded", [])), n_examples=int(d["n_examples"]),
-                   method=str(d["method"]), labels=dict(d["labels"]), has_rationales=bool(d["has_rationales"]),
-                   model_name=d.get("model", ""), info=d.get("info", {}))
+        return cls(
+            rows=list(d["rows"]),
+            excluded=list(d.get("excluded", [])),
+            n_examples=int(d["n_examples"]),
+            method=str(d["method"]),
+            labels=dict(d["labels"]),
+            has_rationales=bool(d["has_rationales"]),
+            model_name=d.get("model", ""),
+            info=d.get("info", {}),
+        )
 
     def to_png(self, path: Any, k: int = 10) -> Any:
         """Bar chart of the top ``k`` scores."""
@@ -171,13 +212,22 @@ def token_table(
     out: dict[int, dict[str, Any]] = {}
     for t, ex in present.items():
         best, best_v, best_p = association([labels[e] for e in ex], prior, n, prior_count)
-        out[t] = {"count": len(ex), "attr": float(np.mean(attr[t])), "signed": float(np.mean(sgn[t])),
-                  "rationale": in_rat[t] / occ[t], "assoc": best_v, "label": best, "p_label": best_p,
-                  "examples": list(ex)}
+        out[t] = {
+            "count": len(ex),
+            "attr": float(np.mean(attr[t])),
+            "signed": float(np.mean(sgn[t])),
+            "rationale": in_rat[t] / occ[t],
+            "assoc": best_v,
+            "label": best,
+            "p_label": best_p,
+            "examples": list(ex),
+        }
     return out
 
 
-def association(labels: Sequence[str], prior: Counter[str], n: int, prior_count: float) -> tuple[Any, float, float]:
+def association(
+    labels: Sequence[str], prior: Counter[str], n: int, prior_count: float
+) -> tuple[Any, float, float]:
     """``(label, assoc, P̃(label | token))`` of the label a token's examples (``labels``) lean to
     most, against the label counts ``prior`` of ``n`` examples (see the module docstring)."""
     lab = Counter(labels)
@@ -191,8 +241,13 @@ def association(labels: Sequence[str], prior: Counter[str], n: int, prior_count:
     return best, float(max(best_v, 0.0)), float(best_p)
 
 
-def explain_away(stats: dict[int, dict[str, Any]], candidates: Sequence[int], labels: Sequence[str],
-                 prior_count: float, overlap: float = 0.5) -> dict[int, tuple[float, int | None]]:
+def explain_away(
+    stats: dict[int, dict[str, Any]],
+    candidates: Sequence[int],
+    labels: Sequence[str],
+    prior_count: float,
+    overlap: float = 0.5,
+) -> dict[int, tuple[float, int | None]]:
     """Residual association of each candidate once co-occurring, more predictive tokens are
     accounted for: ``{id: (assoc, explained_by)}``.
 
@@ -206,8 +261,12 @@ def explain_away(stats: dict[int, dict[str, Any]], candidates: Sequence[int], la
     sets = {t: set(stats[t]["examples"]) for t in candidates}
     out: dict[int, tuple[float, int | None]] = {}
     for i, t in enumerate(order):
-        explainers = [u for u in order[:i] if stats[u]["assoc"] > stats[t]["assoc"]
-                      and len(sets[t] & sets[u]) >= overlap * len(sets[t])]
+        explainers = [
+            u
+            for u in order[:i]
+            if stats[u]["assoc"] > stats[t]["assoc"]
+            and len(sets[t] & sets[u]) >= overlap * len(sets[t])
+        ]
         if not explainers:
             out[t] = (stats[t]["assoc"], None)
             continue
@@ -215,8 +274,10 @@ def explain_away(stats: dict[int, dict[str, Any]], candidates: Sequence[int], la
         rest = [e for e in range(len(labels)) if e not in excluded]
         mine = [labels[e] for e in sets[t] if e not in excluded]
         _, v, _ = association(mine, Counter(labels[e] for e in rest), len(rest), prior_count)
-        strongest = max(explainers, key=lambda u: len(sets[t] & sets[u]))
-        out[t] = (min(v, stats[t]["assoc"]), strongest)  # explaining away only removes association
+        if v >= stats[t]["assoc"]:  # explaining away only removes association
+            out[t] = (stats[t]["assoc"], None)
+        else:
+            out[t] = (v, max(explainers, key=lambda u: len(sets[t] & sets[u])))
     return out
 
 
@@ -274,11 +335,16 @@ def detect_shortcuts(
     caught: list[warnings.WarningMessage] = []
     try:
         for a in range(0, len(data), batch_size):
-            chunk = data[a:a + batch_size]
+            chunk = data[a : a + batch_size]
             with warnings.catch_warnings(record=True) as got:  # one summary, not one per batch
                 warnings.simplefilter("always")
-                res = attribute(model, [e.prompt for e in chunk], [e.target for e in chunk], method=method,
-                                **method_params)
+                res = attribute(
+                    model,
+                    [e.prompt for e in chunk],
+                    [e.target for e in chunk],
+                    method=method,
+                    **method_params,
+                )
             caught += got
             for r in res:
                 ids = list(r.source_ids[: len(r.source_ids) - len(r.target_ids)])
@@ -294,18 +360,30 @@ def detect_shortcuts(
         bar.close()
     if caught:
         first = caught[0]
-        warnings.warn(f"the attribution method warned {len(caught)} times; the first: {first.message}",
-                      first.category, stacklevel=2)
+        warnings.warn(
+            f"the attribution method warned {len(caught)} times; the first: {first.message}",
+            first.category,
+            stacklevel=2,
+        )
     labels = [e.cls for e in data]
-    stats = token_table(tokens, shares, signed, [set(e.rationale) for e in data], labels, skip, prior_count)
+    stats = token_table(
+        tokens, shares, signed, [set(e.rationale) for e in data], labels, skip, prior_count
+    )
     rows, excluded = [], []
-    cands = [t for t, st in stats.items() if st["count"] >= min_count and st["rationale"] <= max_rationale]
+    cands = [
+        t
+        for t, st in stats.items()
+        if st["count"] >= min_count and st["rationale"] <= max_rationale
+    ]
     residual = explain_away(stats, cands, labels, prior_count) if explain else {}
     for t, st in stats.items():
         if st["count"] < min_count:
             continue
-        row = {"token": model.token_strings([t])[0], "id": int(t),
-               **{k: v for k, v in st.items() if k != "examples"}}
+        row = {
+            "token": model.token_strings([t])[0],
+            "id": int(t),
+            **{k: v for k, v in st.items() if k != "examples"},
+        }
         row["assoc_raw"] = st["assoc"]
         assoc, by = residual.get(t, (st["assoc"], None))
         row["assoc"] = assoc
@@ -318,10 +396,21 @@ def detect_shortcuts(
         for k in ("attr", "signed", "rationale", "assoc", "assoc_raw", "p_label", "score"):
             r[k] = round(float(r[k]), 6)
     return ShortcutReport(
-        rows=rows, excluded=excluded, n_examples=len(data), method=method,
-        labels=dict(sorted(Counter(labels).items())), has_rationales=any(e.rationale for e in data),
+        rows=rows,
+        excluded=excluded,
+        n_examples=len(data),
+        method=method,
+        labels=dict(sorted(Counter(labels).items())),
+        has_rationales=any(e.rationale for e in data),
         model_name=model.name,
-        info={"min_count": min_count, "max_rationale": max_rationale, "prior_count": prior_count, "explain": explain,
-              "warnings": len(caught), "method_params": {
-            k: v for k, v in method_params.items() if isinstance(v, int | float | str | bool)}},
+        info={
+            "min_count": min_count,
+            "max_rationale": max_rationale,
+            "prior_count": prior_count,
+            "explain": explain,
+            "warnings": len(caught),
+            "method_params": {
+                k: v for k, v in method_params.items() if isinstance(v, int | float | str | bool)
+            },
+        },
     )

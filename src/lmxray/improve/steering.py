@@ -91,13 +91,25 @@ class SteeringVector:
 
         path = Path(path)
         if not path.parent.is_dir():
-            raise InputError(f"cannot write {path}: folder {path.parent} does not exist; create it first")
-        meta = {"format": "lmxray.steering/1", "layer": str(self.layer), "site": self.site,
-                "n_pos": str(self.n_pos), "n_neg": str(self.n_neg), "resid_norm": repr(self.resid_norm),
-                "projected": str(self.projected), "model": self.model_name, "info": json.dumps(self.info)}
+            raise InputError(
+                f"cannot write {path}: folder {path.parent} does not exist; create it first"
+            )
+        meta = {
+            "format": "lmxray.steering/1",
+            "layer": str(self.layer),
+            "site": self.site,
+            "n_pos": str(self.n_pos),
+            "n_neg": str(self.n_neg),
+            "resid_norm": repr(self.resid_norm),
+            "projected": str(self.projected),
+            "model": self.model_name,
+            "info": json.dumps(self.info),
+        }
         tmp = path.with_name(f".{path.name}.tmp")
         try:
-            save_file({"vector": torch.as_tensor(self.vector).contiguous()}, str(tmp), metadata=meta)
+            save_file(
+                {"vector": torch.as_tensor(self.vector).contiguous()}, str(tmp), metadata=meta
+            )
             os.replace(tmp, path)
         finally:
             if tmp.exists():
@@ -118,24 +130,37 @@ class SteeringVector:
             with safe_open(str(path), framework="pt") as fh:
                 meta = fh.metadata() or {}
                 if meta.get("format") != "lmxray.steering/1":
-                    raise FormatError(f"{path} is not an lmxray steering vector (lmxray.steering/1)")
+                    raise FormatError(
+                        f"{path} is not an lmxray steering vector (lmxray.steering/1)"
+                    )
                 vec = fh.get_tensor("vector").float().numpy()
         except FormatError:
             raise
         except Exception as exc:  # safetensors raises its own types
             raise FormatError(f"cannot read {path}: {exc}") from None
-        return cls(vector=vec, layer=int(meta["layer"]), site=meta["site"], n_pos=int(meta["n_pos"]),
-                   n_neg=int(meta["n_neg"]), resid_norm=float(meta["resid_norm"]),
-                   projected=meta["projected"] == "True", model_name=meta.get("model", ""),
-                   info=json.loads(meta.get("info", "{}")))
+        return cls(
+            vector=vec,
+            layer=int(meta["layer"]),
+            site=meta["site"],
+            n_pos=int(meta["n_pos"]),
+            n_neg=int(meta["n_neg"]),
+            resid_norm=float(meta["resid_norm"]),
+            projected=meta["projected"] == "True",
+            model_name=meta.get("model", ""),
+            info=json.loads(meta.get("info", "{}")),
+        )
 
 
-def _last_activations(model: Model, prompts: Sequence[str], site: str, batch_size: int) -> torch.Tensor:
+def _last_activations(
+    model: Model, prompts: Sequence[str], site: str, batch_size: int
+) -> torch.Tensor:
     """``[N, d]`` activations at ``site`` at each prompt's last token."""
     out = []
     for a in range(0, len(prompts), batch_size):
-        cache = run_with_cache(model, list(prompts[a:a + batch_size]), cache=[site], logits=False)
-        out.append(cache[site][:, -1].float().cpu())  # left padding: the last column is the last token
+        cache = run_with_cache(model, list(prompts[a : a + batch_size]), cache=[site], logits=False)
+        out.append(
+            cache[site][:, -1].float().cpu()
+        )  # left padding: the last column is the last token
     return torch.cat(out)
 
 
@@ -179,13 +204,25 @@ def steering_vector(
         u = mu / mu.norm().clamp_min(1e-12)
         vec = vec - (vec @ u) * u
     resid = float(torch.cat([hp, hn]).norm(dim=-1).mean())
-    return SteeringVector(vector=vec.numpy().astype(np.float32), layer=layer, site=site, n_pos=len(positive),
-                          n_neg=len(negative), resid_norm=resid, projected=project, model_name=model.name)
+    return SteeringVector(
+        vector=vec.numpy().astype(np.float32),
+        layer=layer,
+        site=site,
+        n_pos=len(positive),
+        n_neg=len(negative),
+        resid_norm=resid,
+        projected=project,
+        model_name=model.name,
+    )
 
 
 @contextlib.contextmanager
-def steer(model: Model, vector: SteeringVector, coef: float = 1.0,
-          positions: int | Sequence[int] | None = None) -> Iterator[None]:
+def steer(
+    model: Model,
+    vector: SteeringVector,
+    coef: float = 1.0,
+    positions: int | Sequence[int] | None = None,
+) -> Iterator[None]:
     """Inside the block, every forward of ``model`` has ``coef * vector`` added at its site.
 
     Args:
@@ -207,29 +244,51 @@ def steer(model: Model, vector: SteeringVector, coef: float = 1.0,
 
 
 @torch.no_grad()
-def steered_predictions(model: Model, prompts: Sequence[str], vector: SteeringVector | None = None,
-                        coef: float = 0.0, *, batch_size: int = 64) -> np.ndarray:
+def steered_predictions(
+    model: Model,
+    prompts: Sequence[str],
+    vector: SteeringVector | None = None,
+    coef: float = 0.0,
+    *,
+    batch_size: int = 64,
+) -> np.ndarray:
     """``[N]`` greedy next-token ids after each prompt (the first generated token), steered."""
     out: list[int] = []
-    ctx = steer(model, vector, coef) if vector is not None and coef != 0 else contextlib.nullcontext()
+    ctx = (
+        steer(model, vector, coef) if vector is not None and coef != 0 else contextlib.nullcontext()
+    )
     with ctx:
         for a in range(0, len(prompts), batch_size):
-            ids, mask, pos, _ = prepare_inputs(model, list(prompts[a:a + batch_size]))
-            logits = model.forward(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits
+            ids, mask, pos, _ = prepare_inputs(model, list(prompts[a : a + batch_size]))
+            logits = model.forward(
+                input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1
+            ).logits
             out += logits[:, -1].argmax(-1).tolist()
     return np.asarray(out, dtype=np.int64)
 
 
 @torch.no_grad()
-def lm_loss(model: Model, texts: Sequence[str], vector: SteeringVector | None = None, coef: float = 0.0,
-            *, batch_size: int = 32) -> float:
+def lm_loss(
+    model: Model,
+    texts: Sequence[str],
+    vector: SteeringVector | None = None,
+    coef: float = 0.0,
+    *,
+    batch_size: int = 32,
+) -> float:
     """Mean next-token cross-entropy (nats/token) of ``texts``, steered when ``vector`` is given."""
     total, count = 0.0, 0
-    ctx = steer(model, vector, coef) if vector is not None and coef != 0 else contextlib.nullcontext()
+    ctx = (
+        steer(model, vector, coef) if vector is not None and coef != 0 else contextlib.nullcontext()
+    )
     with ctx:
         for a in range(0, len(texts), batch_size):
-            ids, mask, pos, _ = prepare_inputs(model, list(texts[a:a + batch_size]))
-            logits = model.forward(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, :-1].float()
+            ids, mask, pos, _ = prepare_inputs(model, list(texts[a : a + batch_size]))
+            logits = (
+                model.forward(input_ids=ids, attention_mask=mask, position_ids=pos)
+                .logits[:, :-1]
+                .float()
+            )
             tgt = ids[:, 1:]
             valid = mask[:, 1:].bool() & mask[:, :-1].bool()
             ce = torch.nn.functional.cross_entropy(logits[valid], tgt[valid], reduction="sum")
@@ -271,26 +330,52 @@ class SteeringSweep(JsonResult):
 
     def table(self) -> str:
         head = ["layer", *[f"c={c:g}" for c in self.coefs]]
-        rows = [[f"{ly} flip", *[float(v) for v in self.flip[i]]] for i, ly in enumerate(self.layers)]
-        rows += [[f"{ly} loss", *[float(v) for v in self.loss[i]]] for i, ly in enumerate(self.layers)]
-        title = (f"steering {self.from_label!r} -> {self.to_label!r} at {self.site}: fraction flipped "
-                 f"({self.n_eligible} prompts) and LM loss on {self.n_fluency} held-out texts "
-                 f"(unsteered {self.loss_unsteered:.3f} nats/token)")
+        rows = [
+            [f"{ly} flip", *[float(v) for v in self.flip[i]]] for i, ly in enumerate(self.layers)
+        ]
+        rows += [
+            [f"{ly} loss", *[float(v) for v in self.loss[i]]] for i, ly in enumerate(self.layers)
+        ]
+        title = (
+            f"steering {self.from_label!r} -> {self.to_label!r} at {self.site}: fraction flipped "
+            f"({self.n_eligible} prompts) and LM loss on {self.n_fluency} held-out texts "
+            f"(unsteered {self.loss_unsteered:.3f} nats/token)"
+        )
         return format_table(head, rows, title=title)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": self.FORMAT, "model": self.model_name, "site": self.site, "layers": self.layers,
-                "coefs": self.coefs, "flip": self.flip, "loss": self.loss, "loss_unsteered": self.loss_unsteered,
-                "to_label": self.to_label, "from_label": self.from_label, "n_eligible": self.n_eligible,
-                "n_fluency": self.n_fluency, "info": self.info}
+        return {
+            "format": self.FORMAT,
+            "model": self.model_name,
+            "site": self.site,
+            "layers": self.layers,
+            "coefs": self.coefs,
+            "flip": self.flip,
+            "loss": self.loss,
+            "loss_unsteered": self.loss_unsteered,
+            "to_label": self.to_label,
+            "from_label": self.from_label,
+            "n_eligible": self.n_eligible,
+            "n_fluency": self.n_fluency,
+            "info": self.info,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SteeringSweep:
-        return cls(layers=[int(v) for v in d["layers"]], coefs=[float(v) for v in d["coefs"]],
-                   flip=from_jsonable(d["flip"]), loss=from_jsonable(d["loss"]),
-                   loss_unsteered=float(d["loss_unsteered"]), to_label=d["to_label"], from_label=d["from_label"],
-                   n_eligible=int(d["n_eligible"]), n_fluency=int(d["n_fluency"]), site=d.get("site", "resid_pre"),
-                   model_name=d.get("model", ""), info=d.get("info", {}))
+        return cls(
+            layers=[int(v) for v in d["layers"]],
+            coefs=[float(v) for v in d["coefs"]],
+            flip=from_jsonable(d["flip"]),
+            loss=from_jsonable(d["loss"]),
+            loss_unsteered=float(d["loss_unsteered"]),
+            to_label=d["to_label"],
+            from_label=d["from_label"],
+            n_eligible=int(d["n_eligible"]),
+            n_fluency=int(d["n_fluency"]),
+            site=d.get("site", "resid_pre"),
+            model_name=d.get("model", ""),
+            info=d.get("info", {}),
+        )
 
     def to_png(self, path: Any) -> Any:
         """Flip rate vs coefficient (one line per layer) and the fluency loss beside it."""
@@ -312,7 +397,9 @@ class SteeringSweep(JsonResult):
             a2.set_ylabel("LM loss on held-out text (nats/token)")
             a1.legend(fontsize=8)
             a2.legend(fontsize=8)
-            fig.suptitle(f"steering {self.site}: {self.from_label.strip()} -> {self.to_label.strip()}")
+            fig.suptitle(
+                f"steering {self.site}: {self.from_label.strip()} -> {self.to_label.strip()}"
+            )
             fig.tight_layout()
             fig.savefig(path, format="png", dpi=110)
         finally:
@@ -355,7 +442,9 @@ def steering_sweep(
     base = steered_predictions(model, eval_prompts)
     eligible = [p for p, t in zip(eval_prompts, base, strict=True) if int(t) == from_ids[0]]
     if not eligible:
-        raise InputError(f"no evaluation prompt is answered {from_label!r} without steering; nothing to flip")
+        raise InputError(
+            f"no evaluation prompt is answered {from_label!r} without steering; nothing to flip"
+        )
     texts = list(fluency_texts)
     loss0 = lm_loss(model, texts) if texts else float("nan")
     flip = np.zeros((len(layers), len(coefs)), dtype=np.float32)
@@ -375,9 +464,21 @@ def steering_sweep(
     finally:
         bar.close()
     return SteeringSweep(
-        layers=layers, coefs=[float(c) for c in coefs], flip=flip, loss=loss, loss_unsteered=loss0,
-        to_label=to_label, from_label=from_label, n_eligible=len(eligible), n_fluency=len(texts), site=site,
+        layers=layers,
+        coefs=[float(c) for c in coefs],
+        flip=flip,
+        loss=loss,
+        loss_unsteered=loss0,
+        to_label=to_label,
+        from_label=from_label,
+        n_eligible=len(eligible),
+        n_fluency=len(texts),
+        site=site,
         model_name=model.name,
-        info={"n_pos": len(positive), "n_neg": len(negative), "project": project,
-              "vector_norms": {str(k): round(v, 4) for k, v in vectors.items()}},
+        info={
+            "n_pos": len(positive),
+            "n_neg": len(negative),
+            "project": project,
+            "vector_norms": {str(k): round(v, 4) for k, v in vectors.items()},
+        },
     )
