@@ -43,6 +43,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ..errors import LmxrayError
+
 if TYPE_CHECKING:  # pragma: no cover
     from ..model import Model
     from ._engine import ScoreRow
@@ -301,16 +303,32 @@ def _trie_packs(rows: Sequence[ScoreRow], idx: Sequence[int], width: int) -> lis
 
 def _choose_width(model: Model, rows: Sequence[ScoreRow], idx: Sequence[int], longest: int) -> int:
     """The packed-row width with the fewest padded positions (attention over wider rows costs
-    a little more: about ``width / (12 d)`` of a position's other work)."""
+    more: about ``width / (8 d)`` of a position's other work, measured on CPU)."""
     best, best_cost = longest, float("inf")
     for w in sorted({max(longest, w) for w in (128, 192, 256, 384, 512)}):
         if w > 4 * max(longest, _pack_width(model)):
             continue
         packs = _trie_packs(rows, idx, w)
-        cost = len(packs) * max(pk.used for pk in packs) * (1 + w / (12.0 * model.d_model))
+        cost = len(packs) * max(pk.used for pk in packs) * (1 + w / (8.0 * model.d_model))
         if cost < best_cost:
             best, best_cost = w, cost
     return best
+
+
+@contextlib.contextmanager
+def _head_only_at(model: Model, rows: torch.Tensor, cols: torch.Tensor) -> Iterator[None]:
+    """Apply the output head only to hidden states ``[rows, cols]`` (as one ``[1, N, d]``
+    sequence): ``logits_to_keep`` can only keep the same positions in every row of a batch, and
+    packed rows need different ones. The hook is removed on exit, also when the forward raises."""
+
+    def gather(module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (args[0][rows, cols].unsqueeze(0), *args[1:])
+
+    handle = model.hf.get_output_embeddings().register_forward_pre_hook(gather)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 class _Runner:
@@ -378,23 +396,22 @@ class _Runner:
         kw: dict[str, Any] = {}
         if model._logits_kw is not None:
             kw["logits_to_keep"] = torch.as_tensor(keep, device=dev)
-        logits = model.forward(
-            input_ids=torch.as_tensor(ids, device=dev), attention_mask=mask,
-            position_ids=torch.as_tensor(pos, device=dev), **kw,
-        ).logits
-        if model._logits_kw is None:
-            logits = logits[:, keep]
-        used = sum(pk.used for pk in packs)
-        naive = sum(len(self.rows[r].input_ids) for pk in packs for r, _ in pk.reads)
-        _record(computed_tokens=used, padded_tokens=b * w, forwards=1, reused_tokens=naive - used)
         bi, ci, reads, n = [], [], [], 0
         for j, pk in enumerate(packs):
             for r, where in pk.reads:
                 bi += [j] * len(where)
-                ci += [col[p] for p in where]
+                ci += [col[p] if model._logits_kw is not None else p for p in where]
                 reads.append((r, slice(n, n + len(where))))
                 n += len(where)
-        flat = logits[torch.as_tensor(bi, device=dev), torch.as_tensor(ci, device=dev)]
+        with _head_only_at(model, torch.as_tensor(bi, device=dev), torch.as_tensor(ci, device=dev)):
+            logits = model.forward(
+                input_ids=torch.as_tensor(ids, device=dev), attention_mask=mask,
+                position_ids=torch.as_tensor(pos, device=dev), **kw,
+            ).logits
+        flat = logits[0]
+        used = sum(pk.used for pk in packs)
+        naive = sum(len(self.rows[r].input_ids) for pk in packs for r, _ in pk.reads)
+        _record(computed_tokens=used, padded_tokens=b * w, forwards=1, reused_tokens=naive - used)
         if self.model.hf not in _VERIFIED:
             self._verify(flat, reads, packs)
         self._store(flat, reads)
@@ -457,7 +474,7 @@ def _cost(model: Model, widths: Sequence[Sequence[int]], packed: bool) -> float:
     total = 0.0
     for ws in widths:
         w = max(ws)
-        att = 1.0 + (w / (12.0 * model.d_model) if packed else 0.0)
+        att = 1.0 + (w / (8.0 * model.d_model) if packed else 0.0)
         total += over + len(ws) * w * att
     return total
 
@@ -516,6 +533,19 @@ def score_rows(model: Model, rows: Sequence[ScoreRow], ctx: Context) -> list[np.
                 try:
                     for chunk in chunks:
                         runner.packed(chunk)
+                except (RuntimeError, TypeError, ValueError, IndexError) as exc:
+                    if isinstance(exc, torch.cuda.OutOfMemoryError | LmxrayError) or model.hf in _VERIFIED:
+                        raise
+                    _VERIFIED[model.hf] = False
+                    warnings.warn(
+                        f"packed prefix sharing failed for {type(model.hf).__name__} "
+                        f"({type(exc).__name__}: {str(exc)[:120]}); scoring without it",
+                        RuntimeWarning,
+                        stacklevel=4,
+                    )
+                    for i in block:
+                        out[i] = None
+                    runner.plain(block)
                 except _Fallback:
                     for i in block:
                         out[i] = None
