@@ -99,8 +99,9 @@ def score_sequences(
 ) -> list[np.ndarray]:
     """Target-function values ``[len(row.targets)]`` for each row, batched and chunked.
 
-    Identical rows are scored once, and rows that share a prefix with another row reuse its
-    KV cache: only positions from the first differing token on are recomputed
+    Identical rows are scored once, and rows that share a prefix share its computation: the
+    rows' token trie is packed into a few rows with tree-attention masks, so each shared prefix's
+    keys and values are computed once and every continuation attends to them
     (:mod:`lmxray.attribution._prefix`; the numbers equal full recomputation). ``model`` may also
     be a black-box scorer (any object with ``score(rows, ctx)``, see :mod:`lmxray.blackbox`):
     then the rows are sent to it. Results come back in input order.
