@@ -27,12 +27,13 @@ import numpy as np
 import torch
 
 
-def trace(m: Any, n: int, only_known: bool = True) -> dict[str, Any]:
+def trace(m: Any, n: int, only_known: bool = True, kinds: tuple[str, ...] = ("resid_post",),
+          window: int = 10) -> dict[str, Any]:
     from lmxray.internals import trace_facts
     from lmxray.internals._zoo import facts
 
     items = facts(n=n)
-    s = trace_facts(m, items, progress=False, only_known=only_known)
+    s = trace_facts(m, items, progress=False, only_known=only_known, kinds=kinds, window=window)
     for kind in s.aie:
         print(s.table(kind))
         print()
@@ -52,12 +53,22 @@ def _prompts(m: Any, task: str, n: int) -> tuple[list[str], list[str]]:
 def heads(m: Any, n: int, k: int) -> dict[str, Any]:
     from lmxray.internals import ablate_heads, head_means, head_scores, random_heads_control
 
-    r = head_scores(m, n_seqs=32, seq_len=20)
+    rnd = head_scores(m, n_seqs=32, seq_len=20)
+    print("induction scores on repeated random tokens, top heads:",
+          ", ".join(f"L{ly}H{h} {v:.3f}" for (ly, h), v in rnd.top("induction", k)))
+    ind_prompts, ind_targets = _prompts(m, "induction", n)
+    r = head_scores(m, [p + t for p, t in zip(ind_prompts, ind_targets, strict=True)])
     top = r.top("induction", k)
-    print("induction scores (repeated random tokens), top heads:",
-          ", ".join(f"L{ly}H{h} {v:.3f}" for (ly, h), v in top))
+    print(f"induction scores on the induction task ({len(ind_prompts)} sequences), all heads (layer x head):")
+    for ly, row in enumerate(r.scores["induction"]):
+        print(f"  L{ly}: " + " ".join(f"{v:.3f}" for v in row))
+    print("previous-token scores on the induction task:")
+    for ly, row in enumerate(r.scores["previous_token"]):
+        print(f"  L{ly}: " + " ".join(f"{v:.3f}" for v in row))
+    print("top induction heads:", ", ".join(f"L{ly}H{h} {v:.3f}" for (ly, h), v in top))
     out: dict[str, Any] = {"top_induction": [[ly, h, v] for (ly, h), v in top],
-                           "scores": {kk: v.tolist() for kk, v in r.scores.items()}}
+                           "scores": {kk: v.tolist() for kk, v in r.scores.items()},
+                           "scores_random_tokens": {kk: v.tolist() for kk, v in rnd.scores.items()}}
     chosen = [h for h, _ in top]
     for task in ("induction", "recall"):
         ps, ts = _prompts(m, task, n)
@@ -146,7 +157,7 @@ def lens(m: Any, steps: int) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", default="trace,heads,atp,probe,lens")
-    ap.add_argument("--facts", type=int, default=300, help="facts to trace")
+    ap.add_argument("--facts", type=int, default=100, help="facts to trace (the known ones are kept)")
     ap.add_argument("--n", type=int, default=200, help="examples per task for head ablation")
     ap.add_argument("--pairs", type=int, default=30, help="IOI pairs for attribution patching")
     ap.add_argument("--k", type=int, default=2, help="induction heads to ablate")
@@ -155,6 +166,8 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--model", default=None, help="another model than the zoo default (smoke runs)")
     ap.add_argument("--all-facts", action="store_true", help="trace facts the model does not know too")
+    ap.add_argument("--kinds", default="resid_post", help="causal tracing: comma list of resid_post, mlp.out, attn.out")
+    ap.add_argument("--window", type=int, default=10, help="causal tracing window for mlp.out/attn.out")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import lmxray
@@ -163,7 +176,7 @@ def main() -> None:
     print(m)
     todo = args.only.split(",")
     out: dict[str, Any] = {"model": m.name}
-    steps = {"trace": lambda: trace(m, args.facts, not args.all_facts), "heads": lambda: heads(m, args.n, args.k),
+    steps = {"trace": lambda: trace(m, args.facts, not args.all_facts, tuple(args.kinds.split(",")), args.window), "heads": lambda: heads(m, args.n, args.k),
              "atp": lambda: atp(m, args.pairs), "probe": lambda: probes(m), "lens": lambda: lens(m, args.lens_steps)}
     for name in todo:
         t = time.perf_counter()
@@ -172,8 +185,10 @@ def main() -> None:
         out[name + "_seconds"] = time.perf_counter() - t
         print(f"({time.perf_counter() - t:.1f} s)")
     if args.json:
+        from lmxray.internals._result import to_jsonable
+
         with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=1, default=float)
+            json.dump(to_jsonable(out), fh, indent=1, default=float)
 
 
 if __name__ == "__main__":
