@@ -209,7 +209,7 @@ def test_finetune_zoo_demo_prints_the_table(tiny_long_dir, tmp_path):
     assert doc["format"] == "lmxray.rrr/1" and set(doc["rows"]) == {
         "base",
         "plain fine-tune",
-        "RRR (lambda=10)",
+        "RRR (lambda=30)",
     }
     assert (out_dir / "rrr" / "config.json").exists() and (
         out_dir / "plain" / "finetune.json"
@@ -239,7 +239,7 @@ def test_finetune_zoo_demo_prints_the_table(tiny_long_dir, tmp_path):
     ok(r)
     doc = json.loads(js2.read_text())
     assert doc["penalised"] == ["Tuesday"] and doc["info"]["relabelled"] >= 0
-    assert set(doc["rows"]) == {"base", "RRR (lambda=10)"}
+    assert set(doc["rows"]) == {"base", "RRR (lambda=30)"}
 
 
 def test_edit_one_fact_and_errors(tiny_llama_dir, tmp_path):

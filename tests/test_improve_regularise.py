@@ -91,7 +91,9 @@ def test_ce_matches_teacher_forced_loop():
     nll, n = 0.0, 0
     for p, t in [(e.prompt_ids, e.target_ids) for e in enc]:
         logits = m.hf(input_ids=torch.tensor([p + t[:-1]])).logits[0, -len(t) :]
-        nll += float(torch.nn.functional.cross_entropy(logits, torch.tensor(t), reduction="sum"))
+        nll += float(
+            torch.nn.functional.cross_entropy(logits, torch.tensor(t), reduction="sum").detach()
+        )
         n += len(t)
     assert float(ce) == pytest.approx(nll / n, rel=1e-5)
 

@@ -202,7 +202,7 @@ def finetune_cmd(
             help="'shortcut' (zoo annotation), 'detect', 'none', or comma words.",
         ),
     ] = "shortcut",
-    lam: Annotated[float, typer.Option("--lam", min=0.0, help="RRR penalty weight.")] = 10.0,
+    lam: Annotated[float, typer.Option("--lam", min=0.0, help="RRR penalty weight.")] = 30.0,
     steps: Annotated[int, typer.Option("--steps", min=1)] = 200,
     lr: Annotated[float, typer.Option("--lr", min=0.0)] = 1e-3,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
