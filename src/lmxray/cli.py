@@ -495,6 +495,7 @@ OPTIONAL_COMMANDS: list[tuple[str, Callable[[Any], None]]] = [
     ("zoo.cli", _mount_zoo),
     ("evaluate.cli", _mount_register),
     ("internals.cli", _mount_register),
+    ("improve.cli", _mount_register),
 ]
 
 
