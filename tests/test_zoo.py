@@ -224,17 +224,41 @@ def test_floors_met_facts_ioi(metrics):
 
 def test_shipped_state_recall_and_induction(metrics):
     """Guards the shipped model's measured state. The issue-3 floors (recall >= 0.95,
-    induction loss ratio >= 5) are NOT met by this model (recall 0.28, ratio 2.9 at n=300):
-    issue 3 stays open for them; see README "Model organisms". These bounds catch regressions."""
+    induction loss ratio >= 5) are NOT met by this model (recall 0.28, ratio 3.7 at n=300):
+    issue 3 stays open for them; see docs/zoo.md "Open". These bounds catch regressions."""
     assert metrics["recall"]["value"] >= 0.2
-    assert metrics["induction"]["value"] >= 2.5
+    assert metrics["induction"]["value"] >= 3.3
 
 
 def test_sentiment_in_distribution_and_planted_drop(metrics):
     ind, shift = metrics["sentiment"]["value"], metrics["sentiment-shift"]["value"]
     assert ind >= 0.95
-    # the planted shortcut costs a measurable 2.3 points on the shift split (0.993 -> 0.970)
-    assert shift <= ind - 0.015, (ind, shift)
+    # the planted shortcut costs a measurable 5 points on the shift split (0.960 -> 0.910)
+    assert shift <= ind - 0.03, (ind, shift)
+
+
+def test_occlusion_ranks_a_subject_token_first_on_facts():
+    """Issue-3 ground-truth sanity on the shipped model, 120 fact queries, occlusion (remove).
+    The floor (a subject token ranked first for >= 90%) is NOT met: removing the prompt's LAST
+    token moves the prediction point ("The capital of France" predicts " is"), the largest drop
+    for 103/120 queries, although training shows such deletions with the answer kept (the
+    lead's note on issue 3). Among the other tokens a subject token is first for 100/120.
+    This guards that measured state; issue 3 stays open for the floor."""
+    import numpy as np
+
+    import lmxray
+
+    ex = zoo.dataset("facts", n=120, seed=3, verify=False)
+    m = lmxray.load()
+    atts = m.attribute([e.prompt for e in ex], target=[e.target for e in ex], method="occlusion")
+    first = but_last = 0
+    for e, a in zip(ex, atts, strict=True):
+        assert list(a.source_tokens[: len(e.tokens)]) == list(e.tokens)
+        row = np.nan_to_num(np.asarray(a.scores[0, 1 : len(e.tokens)]), nan=-np.inf)
+        first += int(np.argmax(row)) + 1 in set(e.evidence)
+        but_last += int(np.argmax(row[:-1])) + 1 in set(e.evidence)
+    assert but_last >= 0.8 * len(ex), f"{but_last}/{len(ex)}"
+    assert first >= 0.1 * len(ex), f"{first}/{len(ex)}"
 
 
 # ---------------------------------------------------------------------------- verification
@@ -318,11 +342,11 @@ def test_verification_logic_on_fake_models():
 
 @pytest.mark.parametrize("task", ["facts", "recall", "ioi"])
 def test_ground_truth_verifies_on_shipped_model(task):
-    """Shipped model, 100 test examples: facts 92, ioi 66 (BAB-order failures: deleting the
-    place or object flips the answer, a positional shortcut), recall 17 (recall is not learnt)."""
+    """Shipped model, 100 test examples: facts 87, ioi 98, recall 21 (recall is not learnt);
+    these 40 (seed 5): facts 31, ioi 40, recall 11."""
     ex = zoo.dataset(task, n=40, seed=5)
     assert all(e.verified is not None for e in ex)
-    floor = {"facts": 0.8, "ioi": 0.5, "recall": 0.0}[task]
+    floor = {"facts": 0.75, "ioi": 0.9, "recall": 0.0}[task]
     assert sum(e.verified for e in ex) >= floor * len(ex)
 
 

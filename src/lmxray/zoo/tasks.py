@@ -225,6 +225,53 @@ def _fact_item(
     )
 
 
+# word-pieces of a template: the subject, a [cue] word, a word, or one punctuation mark (the
+# units the zoo tokenizer gives them), each with its leading space
+_PIECE = re.compile(r"\s*(?:\[[^\]]+\]|\{x\}|[A-Za-z']+|[^\sA-Za-z\[\{])")
+FACT_DROP_RATE = 0.3  # share of training facts shown with one piece of the prompt deleted
+
+
+def _fact_dropped(
+    subject: str, rel: str, answer: str, t: int, meta: dict[str, Any], rng: random.Random
+) -> Item:
+    """A training fact with one word-piece deleted, answered as the evidence implies.
+
+    The piece goes with its leading space, exactly as removing its tokens does (occlusion's
+    ``remove`` mode). Deleting the subject leaves only the relation, so the answer is any
+    object of that relation; deleting the relation word leaves only the subject, so it is any
+    of the subject's objects; deleting any other word keeps the answer. These are the
+    negative cases that make the evidence (the subject) necessary and the template words
+    unnecessary, so a faithful attribution has a known ranking.
+    """
+    pieces = [m.group() for m in _PIECE.finditer(FACT_TEMPLATES[rel][t])]
+    kinds = ["x" if "{x}" in p else "cue" if "[" in p else "other" for p in pieces]
+    kind = rng.choice(("x", "cue", "other"))
+    drop = rng.choice([i for i, k in enumerate(kinds) if k == kind])
+    if kind == "x":
+        answer = rng.choice([a for _, r, a, _ in _FACTS if r == rel])
+    elif kind == "cue":
+        answer = rng.choice([a for s, _, a, _ in _FACTS if s == subject])
+    text = "".join(p for i, p in enumerate(pieces) if i != drop)
+    text = text.replace("{x}", subject).replace("[", "").replace("]", "")
+    return Item("facts", "train", text, " " + answer, (), answer, dict(meta, dropped=kind))
+
+
+CONTENT_DROP_RATE = 0.15  # share of training ioi/sentiment items shown without one content word
+
+
+def _drop_content(item: Item, rng: random.Random) -> Item:
+    """``item`` with one ``content`` word (and its leading space) deleted, same answer: content
+    words (places, objects, aspects, days) must not decide the answer."""
+    spans = [(a, b) for a, b, role in item.spans if role == "content"]
+    if not spans:
+        return item
+    a, b = rng.choice(spans)
+    a -= len(item.prompt[:a]) - len(item.prompt[:a].rstrip(" "))
+    meta = dict(item.meta, dropped="content")
+    return Item(item.task, item.split, item.prompt[:a] + item.prompt[b:], item.target, (),
+                item.label, meta)
+
+
 def all_facts(split: str = "test") -> list[Item]:
     """Every fact in every template, in a fixed order (``len == 3 * number of facts``)."""
     _check("facts", split)
@@ -369,13 +416,30 @@ def _induction(rng: random.Random, split: str) -> Item:
     return b.build("induction", split, " " + words[j], words[j], length=L, position=j)
 
 
+def _induction_train(rng: random.Random, split: str) -> Item:
+    """A training sequence for induction: random words, a random gap of other words, then a
+    copy of the words from a random start. The copy's offset and start vary, so only matching
+    the current token to its earlier occurrence predicts the next one (a pure repeat can be
+    learnt by copying from a fixed distance back, which is not an induction head and does
+    not carry over to in-context recall)."""
+    words = _induction_words(rng, split)
+    start = rng.randrange(len(words) - 3) if rng.random() < 0.7 else 0
+    pool = [w for w in D.COPY_WORDS if w not in words]
+    gap = rng.sample(pool, rng.choice((0, 0, 1, 2, 3, 5, 8)))
+    seq = " " + " ".join(words + gap + words[start:])
+    return Item("induction", split, seq, seq, (), None, {"length": len(words), "start": start})
+
+
 # ----------------------------------------------------------------------------------- public
 def _item(
     task: str, rng: random.Random, split: str, *, train_mix: bool = False, negative: bool = False
 ) -> Item:
     if task == "facts":
         s, r, a, m = rng.choice(_FACTS)
-        return _fact_item(s, r, a, rng.randrange(len(FACT_TEMPLATES[r])), m, split)
+        t = rng.randrange(len(FACT_TEMPLATES[r]))
+        if train_mix and rng.random() < FACT_DROP_RATE:
+            return _fact_dropped(s, r, a, t, m, rng)
+        return _fact_item(s, r, a, t, m, split)
     if task == "recall":
         while True:
             absent = negative or (train_mix and rng.random() < 0.2)
@@ -383,12 +447,17 @@ def _item(
             if _is_test(item.prompt) == (split == "test"):
                 return item
     if task == "ioi":
-        return _ioi(rng, split)
+        item = _ioi(rng, split)
+        if train_mix and rng.random() < CONTENT_DROP_RATE:
+            item = _drop_content(item, rng)
+        return item
     if task == "sentiment":
         while True:
             neutral = negative or (train_mix and rng.random() < 0.1)
             item = _sentiment(rng, split, neutral=neutral)
             if split == "shift" or _is_test(item.prompt) == (split == "test"):
+                if train_mix and rng.random() < CONTENT_DROP_RATE:
+                    item = _drop_content(item, rng)
                 return item
     return _induction(rng, split)
 
@@ -423,11 +492,11 @@ def generate(
 
 # Training mixture: probability of each task per example.
 MIX: dict[str, float] = {  # the shipped lmxray-tiny's mixture
-    "facts": 0.37,
-    "recall": 0.2,
-    "ioi": 0.1,
-    "sentiment": 0.18,
-    "induction": 0.15,
+    "facts": 0.28,
+    "recall": 0.3,
+    "ioi": 0.06,
+    "sentiment": 0.12,
+    "induction": 0.24,
 }
 
 
@@ -441,10 +510,8 @@ def training_items(
         task = rng.choices(names, weights)[0]
         s = split if split in SPLITS[task] else "train"
         item = _item(task, rng, s, train_mix=True)
-        if task == "induction":  # train on the whole double sequence
-            words = item.prompt.split()[: item.meta["length"]]
-            seq = " " + " ".join(words)
-            item = Item("induction", s, seq, seq, (), None, item.meta)
+        if task == "induction":  # train on the whole sequence, see _induction_train
+            item = _induction_train(rng, s)
         yield item
 
 

@@ -35,7 +35,7 @@ from lmxray.zoo import tasks
 
 __all__ = ["TrainConfig", "train", "tokenizer_corpus", "make_batch"]
 
-DEFAULT_STEPS = 1500
+DEFAULT_STEPS = 1600
 
 
 @dataclass(frozen=True)
@@ -85,10 +85,13 @@ def tokenizer_corpus(seed: int, n: int = 50000) -> list[str]:
 
 
 def make_batch(tokenizer: Any, seed: int, step: int, cfg: TrainConfig):
-    """The packed batch of ``step``: ``(input_ids, weights)``, both ``[batch, seq_len]``.
+    """The packed batch of ``step``: ``(input_ids, weights, doc)``, each ``[batch, seq_len]``.
 
     Examples are ``<bos> prompt target <eos>`` packed back to back; ``weights`` is the loss
-    weight of predicting each position's token (1, or ``1 + answer_weight`` on answers).
+    weight of predicting each position's token (1, or ``1 + answer_weight`` on answers);
+    ``doc`` numbers the examples within a row. Training masks attention across examples
+    (see :func:`_loss`): otherwise an in-context lookup sees the same key with another value in
+    the previous example of its row, and recall never forms.
     """
     import torch
 
@@ -97,17 +100,25 @@ def make_batch(tokenizer: Any, seed: int, step: int, cfg: TrainConfig):
     need = cfg.batch_size * cfg.seq_len + 1
     ids: list[int] = []
     w: list[float] = []
+    doc: list[int] = []
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    n_doc = 0
     while len(ids) < need:
         chunk = [next(stream) for _ in range(64)]
         p = tokenizer([c.prompt for c in chunk], add_special_tokens=False)["input_ids"]
         t = tokenizer([c.target for c in chunk], add_special_tokens=False)["input_ids"]
         for pi, ti in zip(p, t, strict=True):
-            ids += [bos, *pi, *ti, eos]
+            seq = [bos, *pi, *ti, eos]
+            ids += seq
             w += [1.0] * (1 + len(pi)) + [1.0 + cfg.answer_weight] * len(ti) + [1.0]
-    x = torch.tensor(ids[: cfg.batch_size * cfg.seq_len]).view(cfg.batch_size, cfg.seq_len)
-    wt = torch.tensor(w[: cfg.batch_size * cfg.seq_len]).view(cfg.batch_size, cfg.seq_len)
-    return x, wt
+            doc += [n_doc] * len(seq)
+            n_doc += 1
+    shape = (cfg.batch_size, cfg.seq_len)
+    x = torch.tensor(ids[: cfg.batch_size * cfg.seq_len]).view(shape)
+    wt = torch.tensor(w[: cfg.batch_size * cfg.seq_len]).view(shape)
+    dc = torch.tensor(doc[: cfg.batch_size * cfg.seq_len]).view(shape)
+    # a document cut at a row's start continues there: it has no <bos>, the loss keeps it
+    return x, wt, dc
 
 
 def build_model(cfg: TrainConfig, tokenizer: Any, seed: int):
@@ -179,10 +190,25 @@ def _lr(cfg: TrainConfig, step: int, steps: int) -> float:
     )
 
 
-def _loss(model: Any, x: Any, wt: Any):
+def _loss(model: Any, x: Any, wt: Any, doc: Any = None):
+    """Weighted next-token loss; with ``doc``, each example attends only to itself (a
+    block-diagonal causal 4D mask) and its positions start at 0, as at inference."""
+    import torch
     import torch.nn.functional as F
 
-    logits = model(input_ids=x).logits[:, :-1].float()
+    kw: dict[str, Any] = {}
+    if doc is not None:
+        L = x.shape[1]
+        causal = torch.ones(L, L, dtype=torch.bool).tril()
+        allow = (doc[:, :, None] == doc[:, None, :]) & causal
+        mask = torch.zeros(allow.shape, dtype=torch.float32)
+        mask.masked_fill_(~allow, torch.finfo(torch.float32).min)
+        start = torch.ones_like(doc, dtype=torch.bool)
+        start[:, 1:] = doc[:, 1:] != doc[:, :-1]
+        idx = torch.arange(L).expand_as(doc)
+        first = torch.where(start, idx, torch.zeros_like(idx)).cummax(-1).values
+        kw = dict(attention_mask=mask[:, None], position_ids=idx - first)
+    logits = model(input_ids=x, **kw).logits[:, :-1].float()
     ce = F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="none"
     )
@@ -330,10 +356,10 @@ def train(
     old_term = _on_sigterm_interrupt()
     try:
         for step in bar:
-            x, wt = make_batch(tokenizer, seed, step, cfg)
+            x, wt, dc = make_batch(tokenizer, seed, step, cfg)
             for g in opt.param_groups:
                 g["lr"] = _lr(cfg, step, steps)
-            loss, _ = _loss(model, x, wt)
+            loss, _ = _loss(model, x, wt, dc)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
