@@ -3,8 +3,6 @@ fewer token positions, duplicates once, bounded chunks, and a safe fallback."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -151,21 +149,8 @@ def test_bad_mode_is_an_input_error():
             pass
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(
-    not (REPO / "benchmarks/.peers/venv-captum/bin/python").exists(),
-    reason="needs the transformers 4.x peer venv (bash benchmarks/setup_peers.sh captum)",
-)
-def test_reuse_on_transformers_4():
-    """The same equality check under transformers 4.57 (the Captum peer venv)."""
-    py = REPO / "benchmarks/.peers/venv-captum/bin/python"
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(REPO / "src")}
-    out = subprocess.run(
-        [str(py), str(REPO / "benchmarks/perturbation/check_prefix.py")],
-        capture_output=True, text=True, timeout=600, env=env,
-    )
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    assert "transformers 4." in out.stdout and "all families equal" in out.stdout
+# The same equality under transformers 4.57 is a documented script, not a test (CI has no
+# second venv): benchmarks/.peers/venv-captum/bin/python benchmarks/perturbation/check_prefix.py
 
 
 def test_torch_state_untouched():

@@ -35,8 +35,12 @@ _LAZY: dict[str, str] = {
     "TARGET_FUNCTIONS": "lmxray.targets",
 }
 
+# subpackages reachable as attributes (``lmxray.zoo.generate(...)``, ``lmxray.evaluate(m, ...)``)
+_SUBPACKAGES = ("zoo", "evaluate", "internals", "improve", "hooks", "blackbox")
+
 __all__ = [
     "__version__",
+    *_SUBPACKAGES,
     "load",
     "Model",
     "Attribution",
@@ -59,6 +63,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"lmxray.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'lmxray' has no attribute {name!r}")

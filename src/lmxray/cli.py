@@ -191,43 +191,7 @@ def _root(ctx: typer.Context) -> None:
 
 
 # --------------------------------------------------------------------------- shared options
-ModelOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--model",
-        "-m",
-        metavar="ID_OR_PATH",
-        help="Hugging Face hub id or local model folder [default: the embedded model].",
-    ),
-]
-DeviceOpt = Annotated[
-    str | None,
-    typer.Option("--device", metavar="cpu|cuda", help="Device to run on [default: the model's]."),
-]
-JsonOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--json",
-        metavar="FILE",
-        dir_okay=False,
-        allow_dash=True,
-        help="Write the result as JSON (format lmxray.attribution/1); '-' for stdout.",
-    ),
-]
-PngOpt = Annotated[
-    Path | None,
-    typer.Option("--png", metavar="FILE", dir_okay=False, help="Write a PNG heat map."),
-]
-HtmlOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--html",
-        metavar="FILE",
-        dir_okay=False,
-        allow_dash=True,
-        help="Write a self-contained HTML report.",
-    ),
-]
+from ._cliopts import DeviceOpt, HtmlOpt, JsonOpt, ModelOpt, PngOpt  # noqa: E402
 
 
 class TargetFnName(str, Enum):
@@ -496,6 +460,7 @@ OPTIONAL_COMMANDS: list[tuple[str, Callable[[Any], None]]] = [
     ("evaluate.cli", _mount_register),
     ("internals.cli", _mount_register),
     ("improve.cli", _mount_register),
+    ("blackbox.cli", _mount_register),
 ]
 
 

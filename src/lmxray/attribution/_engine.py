@@ -234,18 +234,42 @@ def gradient_sweep(
                 else:
                     groups.append((i, j, j + 1))
             steps = [j for j in range(t_max) if bool(valid[:, j].any())]
-            for n_step, j in enumerate(steps):
-                seed = w_rows * valid[:, j].to(values.dtype)
-                (g,) = torch.autograd.grad(
-                    values[:, j], emb, grad_outputs=seed, retain_graph=n_step < len(steps) - 1
-                )
-                g = g.float()
+            for j, g in _step_vjps(values, emb, valid, w_rows, steps):
                 for i, a, b in groups:
                     t = j - (t_max - requests[i].n_target)
                     if t >= 0:
                         G[i][t] += g[a:b, L - bases[i].shape[0]:].sum(0)
             del values, emb
     return G, F
+
+
+# A chunk of at most this many token positions gets all its target steps' VJPs in one batched
+# backward (``is_grads_batched``): small matrices leave the cores idle, so batching the T
+# cotangents wins (saliency on one short prompt: ~25% less time). Bigger chunks loop over the
+# steps, which was faster there (the matmuls are already large; vmap adds copies).
+BATCHED_VJP_MAX_TOKENS = 1024
+
+
+def _step_vjps(values, emb, valid, w_rows, steps):
+    """Yield ``(j, d(sum_rows w_row * values[row, j]) / d emb)`` for each target step ``j``.
+
+    One VJP per step from the same graph, either as one batched backward (small chunks) or as a
+    loop of backward calls that keep the graph until the last one.
+    """
+    seeds = [w_rows * valid[:, j].to(values.dtype) for j in steps]
+    if len(steps) > 1 and emb.shape[0] * emb.shape[1] <= BATCHED_VJP_MAX_TOKENS:
+        cot = torch.zeros((len(steps), *values.shape), dtype=values.dtype, device=values.device)
+        for n, (j, seed) in enumerate(zip(steps, seeds, strict=True)):
+            cot[n, :, j] = seed
+        (g,) = torch.autograd.grad(values, emb, grad_outputs=cot, is_grads_batched=True)
+        for n, j in enumerate(steps):
+            yield j, g[n].float()
+        return
+    for n, (j, seed) in enumerate(zip(steps, seeds, strict=True)):
+        (g,) = torch.autograd.grad(
+            values[:, j], emb, grad_outputs=seed, retain_graph=n < len(steps) - 1
+        )
+        yield j, g.float()
 
 
 def gauss_legendre(n: int) -> tuple[np.ndarray, np.ndarray]:

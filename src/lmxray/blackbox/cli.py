@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ..cli import DeviceOpt, HtmlOpt, JsonOpt, ModelOpt
+from .._cliopts import DeviceOpt, HtmlOpt, JsonOpt, ModelOpt
 from ..errors import InputError
 
 __all__ = ["register"]
