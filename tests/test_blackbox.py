@@ -70,8 +70,10 @@ def test_blackbox_equals_local(local, remote, server, method, kw):
     assert server.requests > before  # it really went over HTTP
     for x, y in zip(a, b, strict=True):
         assert x.source_tokens == y.source_tokens and x.target_tokens == y.target_tokens
-        np.testing.assert_allclose(y.scores, x.scores, atol=1e-5, equal_nan=True)
-        np.testing.assert_allclose(y.target_scores, x.target_scores, atol=1e-5)
+        # the server scores each request in its own batch (other padding, no prefix packing):
+        # float32 rounding of log-softmax over 3072 logits, up to ~1.3e-5 on the zoo model
+        np.testing.assert_allclose(y.scores, x.scores, atol=5e-5, equal_nan=True)
+        np.testing.assert_allclose(y.target_scores, x.target_scores, atol=5e-5)
         assert y.model_name == "served" and y.method == method
 
 

@@ -91,7 +91,7 @@ def lens_train(
     n: Annotated[int, typer.Option("--n", min=1, help="Zoo texts (per task with --zoo).")] = 2000,
     steps: Annotated[int, typer.Option("--steps", min=1, help="Optimiser steps.")] = 250,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
-    lr: Annotated[float, typer.Option("--lr", min=0.0, help="SGD learning rate (linear decay).")] = 1.0,
+    lr: Annotated[float, typer.Option("--lr", min=0.0, help="SGD learning rate (linear decay).")] = 0.3,
     held_out: Annotated[float, typer.Option("--held-out", min=0.05, max=0.9, help="Fraction kept for evaluation.")] = 0.2,
     model: _Model = None, device: _Device = None, json_out: _Json = None,
 ) -> None:

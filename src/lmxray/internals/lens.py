@@ -251,7 +251,7 @@ class TunedLens:
         steps: int = 250,
         batch_size: int = 8,
         max_tokens: int = 128,
-        lr: float = 1.0,
+        lr: float = 0.3,
         momentum: float = 0.9,
         weight_decay: float = 1e-3,
         seed: int = 0,
@@ -263,6 +263,9 @@ class TunedLens:
             texts: training text (each truncated to ``max_tokens`` tokens and the model's context).
             steps: optimiser steps; each uses ``batch_size`` texts (cycling, shuffled).
             lr / momentum / weight_decay: SGD with Nesterov momentum, linear decay to 0.
+                Belrose et al. use lr 1.0 with batches of ~260k tokens; with our small
+                batches lr 1.0 overshoots the last translator (held-out KL above the logit
+                lens's on lmxray-tiny: 0.76 vs 0.29 nats), lr 0.3 gives 0.06.
 
         Returns:
             The trained lens (on the CPU; moved per call).
