@@ -16,12 +16,12 @@ ModelOpt = Annotated[
         "--model",
         "-m",
         metavar="ID_OR_PATH",
-        help="Hugging Face hub id or local model folder [default: the embedded model].",
+        help="Hugging Face hub id or local model folder (default: the embedded model).",
     ),
 ]
 DeviceOpt = Annotated[
     str | None,
-    typer.Option("--device", metavar="cpu|cuda", help="Device to run on [default: the model's]."),
+    typer.Option("--device", metavar="cpu|cuda", help="Device to run on (default: the model's)."),
 ]
 JsonOpt = Annotated[
     Path | None,

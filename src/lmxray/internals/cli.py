@@ -14,13 +14,13 @@ from typing import Annotated, Any
 
 import typer
 
+from .._cliopts import DeviceOpt, ModelOpt
 from ..errors import InputError
 
 __all__ = ["register"]
 
-_Model = Annotated[str | None, typer.Option("--model", "-m", metavar="ID_OR_PATH",
-                                               help="Hub id or local folder [default: the embedded model].")]
-_Device = Annotated[str | None, typer.Option("--device", metavar="cpu|cuda", help="Device to run on.")]
+_Model = ModelOpt
+_Device = DeviceOpt
 _Json = Annotated[Path | None, typer.Option("--json", metavar="FILE", dir_okay=False, allow_dash=True,
                                               help="Write the result as JSON; '-' for stdout.")]
 _Html = Annotated[Path | None, typer.Option("--html", metavar="FILE", dir_okay=False,
