@@ -34,3 +34,12 @@ def test_import_is_light():
 def test_methods_have_descriptions():
     for name, desc in lmxray.methods().items():
         assert desc and "\n" not in desc and len(desc) < 120, name
+
+
+def test_subpackages_resolve_lazily_on_a_fresh_import():
+    code = (
+        "import sys, lmxray; assert 'lmxray.evaluate' not in sys.modules; "
+        "assert callable(lmxray.evaluate); print(lmxray.zoo.TASKS[0], callable(lmxray.improve.finetune))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["facts", "True"]
