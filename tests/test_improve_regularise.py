@@ -18,6 +18,7 @@ from lmxray.improve.regularise import (
     FinetuneConfig,
     _collate,
     _encode,
+    _penalty_inputs,
     class_token_ids,
     finetune,
     path_attributions,
@@ -152,6 +153,71 @@ def test_path_attributions_are_complete():
             delta = logp(emb) - logp(emb * (1 - irr) + base * irr)
         assert rows.tolist() == [0]
         assert torch.allclose(acc[0] / n, delta, rtol=2e-3, atol=2e-4), (acc[0] / n, delta)
+
+
+def _occlusion_pen(m, enc, cids, baseline="remove") -> torch.Tensor:
+    batch = _collate(m, enc)
+    cfg = FinetuneConfig(attribution="occlusion", baseline=baseline)
+    kw = _penalty_inputs(m, cfg, 0, batch, [7, 8, 9], enc)
+    return rrr_loss(m, batch, cids, 1.0, **kw)[2]
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_occlusion_penalty_is_the_squared_occlusion_attribution(family):
+    """Oracle 1: a loop of unpadded forwards with the marked tokens deleted. Oracle 2: for a
+    single marked token, lmxray's own occlusion method (remove mode) per class."""
+    m = tiny(family)
+    enc = _encode(m, DATA)
+    cids, names = class_token_ids(m, DATA)
+    pen = float(_occlusion_pen(m, enc, cids).detach())
+
+    def lp(ids):
+        logits = m.hf(input_ids=torch.tensor([ids])).logits[0, -1].float()
+        return torch.log_softmax(logits, -1)[cids].detach()
+
+    loop = 0.0
+    for e in enc:
+        if e.irrelevant:
+            kept = [t for i, t in enumerate(e.prompt_ids) if i not in e.irrelevant]
+            loop += float((lp(e.prompt_ids) - lp(kept)).pow(2).sum())
+    assert pen > 0
+    assert pen == pytest.approx(loop / len(enc), rel=1e-4)
+    one = float(_occlusion_pen(m, [enc[1]], cids).detach())
+    (i,) = enc[1].irrelevant
+    occ = [float(m.attribute(DATA[1].prompt, target=c, method="occlusion").scores[0, i]) for c in names]
+    assert one == pytest.approx(sum(v * v for v in occ), rel=1e-3, abs=1e-9)
+    # batched equals one row at a time
+    single = np.mean([float(_occlusion_pen(m, [e], cids).detach()) for e in enc])
+    assert pen == pytest.approx(single, rel=1e-4)
+    # replacement by a fixed token: the loop with that token substituted
+    rep = float(_occlusion_pen(m, enc, cids, baseline=5).detach())
+    loop = 0.0
+    for e in enc:
+        if e.irrelevant:
+            swapped = [5 if i in e.irrelevant else t for i, t in enumerate(e.prompt_ids)]
+            loop += float((lp(e.prompt_ids) - lp(swapped)).pow(2).sum())
+    assert rep == pytest.approx(loop / len(enc), rel=1e-4)
+    # sampled replacements come from the pool and depend on (seed, step)
+    batch = _collate(m, enc)
+    kw = _penalty_inputs(m, FinetuneConfig(attribution="occlusion"), 3, batch, [7, 8, 9], enc)
+    ids = kw["occluded"]["input_ids"]
+    start = ids.shape[1] - len(enc[0].prompt_ids) - len(enc[0].target_ids) + 1  # left padding
+    assert {int(ids[0, start + i]) for i in enc[0].irrelevant} <= {7, 8, 9}
+    with pytest.raises(InputError, match="occlusion"):
+        FinetuneConfig(attribution="gradient", baseline="remove")
+
+
+def test_occlusion_penalty_trains_the_deletion_effect_away():
+    m = tiny()
+    cfg = FinetuneConfig(steps=25, batch_size=4, lr=3e-3, attribution="occlusion", baseline="remove")
+    plain = finetune(m, DATA, lam=0.0, config=cfg, progress=False)
+    rrr = finetune(m, DATA, lam=100.0, config=cfg, progress=False)
+    cids, _ = class_token_ids(m, DATA)
+    enc = _encode(m, DATA)
+    with torch.no_grad():
+        p_plain = float(_occlusion_pen(plain.model, enc, cids))
+        p_rrr = float(_occlusion_pen(rrr.model, enc, cids))
+    assert p_rrr < 0.2 * p_plain
 
 
 def _weights(hf) -> dict[str, torch.Tensor]:

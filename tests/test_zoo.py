@@ -166,6 +166,32 @@ def _tiny_config():
     )
 
 
+def test_layer0_head0_starts_as_a_previous_token_head():
+    """The init (q/k biases through RoPE) attends to the previous token at every position,
+    for the shipped shape and a reduced one; the other heads do not."""
+    import torch
+
+    from lmxray.zoo.train import TrainConfig, build_model
+
+    class Tok:  # build_model reads only these
+        bos_token_id, eos_token_id, pad_token_id = 1, 2, 3
+
+        def __len__(self):
+            return 500
+
+    for cfg in (TrainConfig(), _tiny_config()):
+        m = build_model(cfg, Tok(), seed=0).eval()
+        m.set_attn_implementation("eager")
+        ids = torch.randint(4, 500, (2, 100), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            att = m(ids, output_attentions=True).attentions[0]  # [B, heads, T, T]
+        prev = att.diagonal(offset=-1, dim1=-2, dim2=-1)  # [B, heads, T-1]
+        assert prev[:, 0].min() > 0.9, (cfg.d_model, prev[:, 0].min())
+        assert prev[:, 1:].mean() < 0.5
+    off = build_model(TrainConfig(prev_token_init=False), Tok(), seed=0)
+    assert off.model.layers[0].self_attn.q_proj.bias is None
+
+
 def test_reduced_model_trains_and_loss_falls(tmp_path):
     from lmxray.zoo.train import train
 
@@ -216,33 +242,30 @@ def metrics():
     return evaluate(n=300, seed=0)
 
 
-def test_floors_met_facts_ioi(metrics):
-    """Issue-3 floors the shipped model meets."""
+def test_floors_met(metrics):
+    """Issue-3 floors (n=300 held-out instances; facts: every fact in every template)."""
     assert metrics["facts"]["value"] >= 0.98 and metrics["facts"]["n"] >= 2000
+    assert metrics["recall"]["value"] >= 0.95
     assert metrics["ioi"]["value"] >= 0.95
+    assert metrics["sentiment"]["value"] >= 0.95
+    assert metrics["induction"]["value"] >= 5.0
 
 
-def test_shipped_state_recall_and_induction(metrics):
-    """Guards the shipped model's measured state. The issue-3 floors (recall >= 0.95,
-    induction loss ratio >= 5) are NOT met by this model (recall 0.28, ratio 3.7 at n=300):
-    issue 3 stays open for them; see docs/zoo.md "Open". These bounds catch regressions."""
-    assert metrics["recall"]["value"] >= 0.2
-    assert metrics["induction"]["value"] >= 3.3
-
-
-def test_sentiment_in_distribution_and_planted_drop(metrics):
-    ind, shift = metrics["sentiment"]["value"], metrics["sentiment-shift"]["value"]
-    assert ind >= 0.95
-    # the planted shortcut costs a measurable 5 points on the shift split (0.960 -> 0.910)
-    assert shift <= ind - 0.03, (ind, shift)
+def test_sentiment_shift_state(metrics):
+    """The planted marker does NOT cost this model accuracy on the shift split (1.0 / 1.0 at
+    n=300, marker+negative reviews 63/63): it reads the sentiment words, which decide every
+    label, so the issue's "measurable drop" is not there to report (issue 3 stays open for
+    it; the previous, weaker model lost 5 points). Guards that measured state."""
+    assert metrics["sentiment-shift"]["value"] >= 0.95
+    assert metrics["sentiment-marker-neg"]["value"] >= 0.9
 
 
 def test_occlusion_ranks_a_subject_token_first_on_facts():
     """Issue-3 ground-truth sanity on the shipped model, 120 fact queries, occlusion (remove).
-    The floor (a subject token ranked first for >= 90%) is NOT met: removing the prompt's LAST
-    token moves the prediction point ("The capital of France" predicts " is"), the largest drop
-    for 103/120 queries, although training shows such deletions with the answer kept (the
-    lead's note on issue 3). Among the other tokens a subject token is first for 100/120.
+    The floor (a subject token ranked first for >= 90%) is NOT met: 97/120. In the others the
+    relation word ranks first (its deletion leaves "any object of the subject", for a
+    continent fact 1 of 4, close to the subject's 1 of 6 continents) or the prompt's last
+    token (its removal moves the prediction point). Excluding the last token: 102/120.
     This guards that measured state; issue 3 stays open for the floor."""
     import numpy as np
 
@@ -258,7 +281,7 @@ def test_occlusion_ranks_a_subject_token_first_on_facts():
         first += int(np.argmax(row)) + 1 in set(e.evidence)
         but_last += int(np.argmax(row[:-1])) + 1 in set(e.evidence)
     assert but_last >= 0.8 * len(ex), f"{but_last}/{len(ex)}"
-    assert first >= 0.1 * len(ex), f"{first}/{len(ex)}"
+    assert first >= 0.75 * len(ex), f"{first}/{len(ex)}"
 
 
 # ---------------------------------------------------------------------------- verification
@@ -342,11 +365,10 @@ def test_verification_logic_on_fake_models():
 
 @pytest.mark.parametrize("task", ["facts", "recall", "ioi"])
 def test_ground_truth_verifies_on_shipped_model(task):
-    """Shipped model, 100 test examples: facts 87, ioi 98, recall 21 (recall is not learnt);
-    these 40 (seed 5): facts 31, ioi 40, recall 11."""
+    """Shipped model, 100 test examples: facts 94, ioi 100, recall 100."""
     ex = zoo.dataset(task, n=40, seed=5)
     assert all(e.verified is not None for e in ex)
-    floor = {"facts": 0.75, "ioi": 0.9, "recall": 0.0}[task]
+    floor = {"facts": 0.8, "ioi": 0.9, "recall": 0.9}[task]
     assert sum(e.verified for e in ex) >= floor * len(ex)
 
 

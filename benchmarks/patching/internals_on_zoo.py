@@ -82,6 +82,15 @@ def heads(m: Any, n: int, k: int) -> dict[str, Any]:
               f"(min {min(acc):.3f}); log-prob {a['base_logprob']:.3f} -> {a['logprob']:.3f} vs random "
               f"{np.mean(lp):.3f}")
         out[task] = {**a, "random_accuracy": acc, "random_logprob": lp}
+        # the causal ranking: every head mean-ablated alone
+        n_layers, n_heads = np.asarray(r.scores["induction"]).shape
+        single = sorted(
+            ((ablate_heads(m, [(ly, h)], ps, ts, means=means)["accuracy"], (ly, h))
+             for ly in range(n_layers) for h in range(n_heads)),
+        )
+        print(f"{task:>9}: heads ablated one at a time, most harmful: "
+              + ", ".join(f"L{ly}H{h} -> {v:.3f}" for v, (ly, h) in single[:4]))
+        out[task]["single_head_accuracy"] = [[ly, h, v] for v, (ly, h) in single]
     return out
 
 

@@ -195,14 +195,14 @@ def finetune_cmd(
     ] = "shortcut",
     lam: Annotated[float, typer.Option("--lam", min=0.0, help="RRR penalty weight.")] = 30.0,
     steps: Annotated[int, typer.Option("--steps", min=1)] = 200,
-    lr: Annotated[float, typer.Option("--lr", min=0.0)] = 1e-3,
+    lr: Annotated[float, typer.Option("--lr", min=0.0)] = 3e-4,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
     ig_samples: Annotated[
         int, typer.Option("--ig-samples", min=1, help="IG path points per example and step.")
     ] = 4,
     attribution: Annotated[
-        str, typer.Option("--attribution", help="Penalised attribution: ig or gradient (Ross).")
-    ] = "ig",
+        str, typer.Option("--attribution", help="Penalised attribution: gradient (Ross), occlusion or ig.")
+    ] = "gradient",
     n_train: Annotated[
         int, typer.Option("--n-train", min=10, help="Zoo training examples.")
     ] = 2000,

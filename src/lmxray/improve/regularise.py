@@ -51,10 +51,12 @@ __all__ = [
     "input_gradient_penalty",
     "path_attribution_penalty",
     "path_attributions",
+    "occlusion_penalty",
     "class_token_ids",
 ]
 
 FORMAT = "lmxray.finetune/1"
+ATTRIBUTIONS = ("gradient", "ig", "occlusion")
 
 
 @dataclass(frozen=True)
@@ -66,9 +68,11 @@ class FinetuneConfig:
             a function of ``(seed, step)``).
         lr / weight_decay / grad_clip: AdamW settings and gradient-norm clipping.
         lam: RRR penalty weight λ (0: plain fine-tuning).
-        attribution: ``"gradient"`` (Ross et al.'s input gradient) or ``"ig"`` (integrated
-            gradients from ``baseline`` along a random path point per example).
-        baseline: IG baseline: ``"sample"`` (default; expected gradients: per example and step a
+        attribution: ``"gradient"`` (Ross et al.'s input gradient), ``"ig"`` (integrated
+            gradients from ``baseline`` along a random path point per example) or
+            ``"occlusion"`` (the exact effect of replacing the marked tokens by ``baseline``,
+            or of deleting them with ``baseline="remove"``; see :func:`occlusion_penalty`).
+        baseline: IG / occlusion baseline: ``"sample"`` (default; expected gradients: per example and step a
             random token of the training prompts that is not marked, so that the marked token
             must act like an ordinary one), or a fixed token: ``"auto"``, ``"zero"``, ``"pad"``,
             ``"unk"``, ``"eos"`` or an id. A fixed baseline can be gamed: the network is free to
@@ -79,11 +83,11 @@ class FinetuneConfig:
 
     steps: int = 200
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 3e-4
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     lam: float = 0.0
-    attribution: str = "ig"
+    attribution: str = "gradient"
     baseline: str | int = "sample"
     ig_samples: int = 4
     seed: int = 0
@@ -97,8 +101,12 @@ class FinetuneConfig:
             raise InputError(f"lr must be positive, got {self.lr!r}")
         if self.lam < 0:
             raise InputError(f"lam (the penalty weight) must be >= 0, got {self.lam!r}")
-        if self.attribution not in ("gradient", "ig"):
-            raise InputError(f"attribution must be 'gradient' or 'ig', got {self.attribution!r}")
+        if self.attribution not in ATTRIBUTIONS:
+            raise InputError(
+                f"attribution must be one of {', '.join(ATTRIBUTIONS)}, got {self.attribution!r}"
+            )
+        if self.baseline == "remove" and self.attribution != "occlusion":
+            raise InputError("baseline 'remove' (deletion) is for attribution='occlusion' only")
 
 
 @dataclass
@@ -316,6 +324,49 @@ def path_attribution_penalty(
     return ig.pow(2).sum() / embeds.shape[0]
 
 
+def occlusion_penalty(
+    model: Model,
+    logits: torch.Tensor,
+    first: torch.Tensor,
+    occluded: dict[str, torch.Tensor],
+    rows: torch.Tensor,
+    class_ids: Sequence[int],
+    n: int,
+) -> torch.Tensor:
+    """The occlusion penalty ``(1/n) Σ_{rows} Σ_k (log p(c_k | x) - log p(c_k | x'))²``.
+
+    ``x'`` is the example with its marked tokens replaced by baseline tokens (by default random
+    in-distribution tokens, new ones every step) or deleted (``baseline="remove"``), so each term
+    is the square of the marked tokens' occlusion attribution to class ``c_k``: the exact change
+    they make, which — unlike a local gradient — a network cannot flatten while the tokens
+    still move the answer. Deletion is gameable: the deleted text ("I watched it on.") occurs
+    only as the counterfactual, so a network can answer it like the marker (measured on the
+    zoo); random replacements occur in training too. First order (no double
+    backpropagation): one more forward pass over the rows that have marked tokens. Both passes
+    are differentiated.
+
+    Args:
+        logits: ``[B, T, V]`` logits of the full batch; ``first`` ``[B]`` its answer columns.
+        occluded: the collated batch of ``rows`` with their marked tokens removed.
+        rows: ``[R]`` indices into the batch of the rows in ``occluded``.
+        n: the batch size the penalty is averaged over.
+    """
+    if len(rows) == 0:
+        return torch.zeros((), device=logits.device)
+    ids = list(class_ids)
+    lp_full = torch.log_softmax(_up(logits[rows, first[rows]]), dim=-1)[:, ids]
+    t_max = occluded["targets"].shape[1]
+    lo = model.forward(
+        input_ids=occluded["input_ids"],
+        attention_mask=occluded["attention_mask"],
+        position_ids=occluded["position_ids"],
+        logits_to_keep=t_max,
+    ).logits
+    r = torch.arange(len(rows), device=lo.device)
+    lp_occ = torch.log_softmax(_up(lo[r, occluded["first"]]), dim=-1)[:, ids]
+    return (lp_full - lp_occ).pow(2).sum() / n
+
+
 def rrr_loss(
     model: Model,
     batch: dict[str, torch.Tensor],
@@ -327,13 +378,17 @@ def rrr_loss(
     attribution: str = "gradient",
     baseline: torch.Tensor | None = None,
     alpha: torch.Tensor | None = None,
+    occluded: dict[str, torch.Tensor] | None = None,
+    rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(loss, ce, penalty)`` of one collated batch: ``loss = ce + lam * penalty``.
 
     ``ce`` is the mean cross-entropy over every target token. ``attribution="gradient"`` is
     Ross et al.'s input-gradient penalty (:func:`input_gradient_penalty`); ``"ig"`` the
     integrated-gradients one (:func:`path_attribution_penalty`, needs ``baseline`` ``[d]`` and
-    ``alpha`` ``[B]``). With ``penalty=False`` the penalty is not computed (returned as 0).
+    ``alpha`` ``[B]``); ``"occlusion"`` the deletion one (:func:`occlusion_penalty`, needs the
+    ``occluded`` batch of ``rows``). With ``penalty=False`` the penalty is not computed
+    (returned as 0).
     """
     emb = model.embed(batch["input_ids"])
     t_max = batch["targets"].shape[1]
@@ -371,12 +426,20 @@ def rrr_loss(
                 for j in range(alpha.shape[1])
             ]
             pen = torch.stack(pens).mean()
+    elif attribution == "occlusion":
+        if rows is None or (occluded is None and len(rows) > 0):
+            raise InputError("the occlusion penalty needs the occluded batch and its rows")
+        pen = torch.zeros((), device=ce.device) if len(rows) == 0 else occlusion_penalty(
+            model, logits, batch["first"], occluded, rows, class_ids, logits.shape[0]
+        )
     elif attribution == "gradient":
         pen = input_gradient_penalty(
             logits, emb, batch["first"], class_ids, batch["irrelevant"], create_graph=create_graph
         )
     else:
-        raise InputError(f"attribution must be 'gradient' or 'ig', got {attribution!r}")
+        raise InputError(
+            f"attribution must be one of {', '.join(ATTRIBUTIONS)}, got {attribution!r}"
+        )
     return ce + lam * pen, ce, pen
 
 
@@ -464,9 +527,52 @@ def _penalty_inputs(
     step: int,
     batch: dict[str, torch.Tensor],
     pool: Sequence[int] = (),
+    items: Sequence[_Encoded] = (),
 ) -> dict[str, Any]:
     """``attribution``, and for IG the baselines (``[B, d]`` or ``[d]``; ``[B, S, d]`` with
-    ``S = ig_samples > 1``) and path points ``[B]`` (``[B, S]``), functions of ``(seed, step)``."""
+    ``S = ig_samples > 1``) and path points ``[B]`` (``[B, S]``), functions of ``(seed, step)``;
+    for occlusion the batch ``items`` (collated as ``batch``) with their marked tokens deleted."""
+    if cfg.attribution == "occlusion":
+        rows = [r for r, e in enumerate(items) if e.irrelevant]
+        if cfg.baseline == "remove":
+            occ = [
+                _Encoded(
+                    [t for i, t in enumerate(items[r].prompt_ids) if i not in items[r].irrelevant],
+                    items[r].target_ids,
+                    (),
+                )
+                for r in rows
+            ]
+        else:  # replace each marked token by the baseline token (sampled: one per token)
+            gen = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + int(step))
+            if cfg.baseline == "sample":
+                if not pool:
+                    raise InputError("no unmarked tokens to sample baselines from")
+                n_marked = sum(len(items[r].irrelevant) for r in rows)
+                picks = [
+                    int(pool[j]) for j in torch.randint(len(pool), (n_marked,), generator=gen)
+                ]
+            else:
+                from ..attribution.gradient import resolve_baseline_ids
+
+                bid, _ = resolve_baseline_ids(model, cfg.baseline)
+                if bid is None:
+                    raise InputError(
+                        "the occlusion penalty replaces tokens: give a token baseline "
+                        "('sample', 'pad', 'unk', 'eos', an id) or 'remove'"
+                    )
+                picks = [int(bid)] * sum(len(items[r].irrelevant) for r in rows)
+            it = iter(picks)
+            occ = []
+            for r in rows:
+                marked = set(items[r].irrelevant)
+                ids = [next(it) if i in marked else t for i, t in enumerate(items[r].prompt_ids)]
+                occ.append(_Encoded(ids, items[r].target_ids, ()))
+        return {
+            "attribution": "occlusion",
+            "occluded": _collate(model, occ) if occ else None,
+            "rows": torch.tensor(rows, dtype=torch.long, device=model.device),
+        }
     if cfg.attribution != "ig":
         return {"attribution": "gradient"}
     gen = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + int(step))
@@ -616,14 +722,12 @@ def finetune(
     with _eager(hf):
         try:
             for step in bar:
-                batch = _collate(
-                    tuned,
-                    [enc[i] for i in _batch_indices(len(enc), cfg.batch_size, cfg.seed, step)],
-                )
+                items = [enc[i] for i in _batch_indices(len(enc), cfg.batch_size, cfg.seed, step)]
+                batch = _collate(tuned, items)
                 for g in opt.param_groups:  # linear decay to 10% over the run (resumes exactly)
                     g["lr"] = cfg.lr * (1 - 0.9 * step / cfg.steps)
                 log = step % log_every == 0 or step == cfg.steps - 1
-                kw = _penalty_inputs(tuned, cfg, step, batch, pool)
+                kw = _penalty_inputs(tuned, cfg, step, batch, pool, items)
                 loss, ce, pen = rrr_loss(
                     tuned, batch, class_ids, cfg.lam, penalty=cfg.lam > 0, **kw
                 )

@@ -37,7 +37,9 @@ def train(
     steps: int | None = typer.Option(
         None, "--steps", help="Training steps (default: the shipped model's)."
     ),
-    seed: int = typer.Option(0, "--seed", help="Seed of data, tokenizer and weights."),
+    seed: int = typer.Option(
+        1, "--seed", help="Seed of data, tokenizer and weights (1: the shipped model)."
+    ),
     no_resume: bool = typer.Option(False, "--no-resume", help="Ignore an existing checkpoint."),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads."),
 ) -> None:

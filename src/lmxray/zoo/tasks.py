@@ -228,7 +228,10 @@ def _fact_item(
 # word-pieces of a template: the subject, a [cue] word, a word, or one punctuation mark (the
 # units the zoo tokenizer gives them), each with its leading space
 _PIECE = re.compile(r"\s*(?:\[[^\]]+\]|\{x\}|[A-Za-z']+|[^\sA-Za-z\[\{])")
-FACT_DROP_RATE = 0.3  # share of training facts shown with one piece of the prompt deleted
+FACT_DROP_RATE = 0.4  # share of training facts shown with one piece of the prompt deleted
+# which piece: the subject, the relation word, another word, or the last piece (whatever its
+# kind; shown often, since occlusion must learn that the answer survives it)
+FACT_DROP_KINDS = (0.25, 0.2, 0.2, 0.35)
 
 
 def _fact_dropped(
@@ -237,22 +240,36 @@ def _fact_dropped(
     """A training fact with one word-piece deleted, answered as the evidence implies.
 
     The piece goes with its leading space, exactly as removing its tokens does (occlusion's
-    ``remove`` mode). Deleting the subject leaves only the relation, so the answer is any
-    object of that relation; deleting the relation word leaves only the subject, so it is any
-    of the subject's objects; deleting any other word keeps the answer. These are the
+    ``remove`` mode). Deleting the subject (or, for a name of several words, one of its
+    words: the rest names no known subject) leaves only the relation, so the answer is any
+    object of that relation (uniform over its distinct objects, so that a common answer such
+    as " Spanish" still needs the subject); deleting the relation word leaves only the
+    subject, so it is any of the subject's objects; deleting any other word keeps the
+    answer. These are the
     negative cases that make the evidence (the subject) necessary and the template words
     unnecessary, so a faithful attribution has a known ranking.
     """
     pieces = [m.group() for m in _PIECE.finditer(FACT_TEMPLATES[rel][t])]
     kinds = ["x" if "{x}" in p else "cue" if "[" in p else "other" for p in pieces]
-    kind = rng.choice(("x", "cue", "other"))
-    drop = rng.choice([i for i, k in enumerate(kinds) if k == kind])
+    kind = rng.choices(("x", "cue", "other", "last"), FACT_DROP_KINDS)[0]
+    if kind == "last":  # the piece before the answer: its removal moves the prediction point
+        drop = len(pieces) - 1
+        kind = kinds[drop]
+    else:
+        drop = rng.choice([i for i, k in enumerate(kinds) if k == kind])
+    name = subject
     if kind == "x":
-        answer = rng.choice([a for _, r, a, _ in _FACTS if r == rel])
+        answer = rng.choice(_ANSWERS[rel])
+        words = subject.split(" ")
+        if len(words) > 1 and rng.random() < 0.5:  # a name with a word missing is unknown
+            pieces[drop] = pieces[drop].replace("{x}", "{y}")
+            del words[rng.randrange(len(words))]
+            name = " ".join(words)
+            drop = -1
     elif kind == "cue":
         answer = rng.choice([a for s, _, a, _ in _FACTS if s == subject])
     text = "".join(p for i, p in enumerate(pieces) if i != drop)
-    text = text.replace("{x}", subject).replace("[", "").replace("]", "")
+    text = text.replace("{x}", subject).replace("{y}", name).replace("[", "").replace("]", "")
     return Item("facts", "train", text, " " + answer, (), answer, dict(meta, dropped=kind))
 
 
@@ -283,7 +300,14 @@ def all_facts(split: str = "test") -> list[Item]:
 
 
 # ---------------------------------------------------------------------------------- recall
-def _recall(rng: random.Random, split: str, absent: bool) -> Item:
+RECALL_EXTRA_QUERIES = (0, 3)  # training: further queries answered after the first (min, max)
+
+
+def _recall(rng: random.Random, split: str, absent: bool, extra: int = 0) -> Item:
+    """A recall item; ``extra > 0`` (training only) appends that many further queries of the
+    same context, each answered in the target (" red. Query: k1 blue"): every answer is one
+    more lookup by the current key alone, at a position whose previous token differs from the
+    one before the key in the context."""
     m = rng.randint(2, 5)
     keys = rng.sample(D.KEYS, m + 1)
     values = rng.sample(D.VALUES, m)
@@ -294,7 +318,16 @@ def _recall(rng: random.Random, split: str, absent: bool) -> Item:
         b.add(" " + keys[i], role).add(" " + values[i], role).add("," if i < m - 1 else ".")
     b.add(" Query:").add(" " + query, "cue")
     answer = "none" if absent else values[keys.index(query)]
-    return b.build("recall", split, " " + answer, answer, present=not absent, query=query)
+    target = " " + answer
+    for _ in range(extra):
+        absent_k = [k for k in D.KEYS if k not in keys[:m]]
+        if rng.random() < 0.2:
+            k, v = rng.choice(absent_k), "none"
+        else:
+            i = rng.randrange(m)
+            k, v = keys[i], values[i]
+        target += f". Query: {k} {v}"
+    return b.build("recall", split, target, answer, present=not absent, query=query)
 
 
 # ------------------------------------------------------------------------------------- ioi
@@ -416,6 +449,9 @@ def _induction(rng: random.Random, split: str) -> Item:
     return b.build("induction", split, " " + words[j], words[j], length=L, position=j)
 
 
+INDUCTION_LOOKUP_RATE = 0.5  # share of induction training items that are lookups
+
+
 def _induction_train(rng: random.Random, split: str) -> Item:
     """A training sequence for induction: random words, a random gap of other words, then a
     copy of the words from a random start. The copy's offset and start vary, so only matching
@@ -423,6 +459,15 @@ def _induction_train(rng: random.Random, split: str) -> Item:
     learnt by copying from a fixed distance back, which is not an induction head and does
     not carry over to in-context recall)."""
     words = _induction_words(rng, split)
+    if rng.random() < INDUCTION_LOOKUP_RATE:
+        # lookups: after the words, random (word, next word) pairs; the next word is known
+        # only from the current one (the token before it differs from the one before its
+        # earlier occurrence), the in-context step of recall
+        seq = list(words)
+        for i in rng.sample(range(len(words) - 1), rng.randint(3, 7)):
+            seq += words[i : i + 2]
+        text = " " + " ".join(seq)
+        return Item("induction", split, text, text, (), None, {"length": len(words), "lookup": True})
     start = rng.randrange(len(words) - 3) if rng.random() < 0.7 else 0
     pool = [w for w in D.COPY_WORDS if w not in words]
     gap = rng.sample(pool, rng.choice((0, 0, 1, 2, 3, 5, 8)))
@@ -443,7 +488,8 @@ def _item(
     if task == "recall":
         while True:
             absent = negative or (train_mix and rng.random() < 0.2)
-            item = _recall(rng, split, absent=absent)
+            extra = rng.randint(*RECALL_EXTRA_QUERIES) if train_mix else 0
+            item = _recall(rng, split, absent=absent, extra=extra)
             if _is_test(item.prompt) == (split == "test"):
                 return item
     if task == "ioi":
@@ -463,6 +509,7 @@ def _item(
 
 
 _FACTS = _fact_triples()
+_ANSWERS = {r: sorted({a for _, rr, a, _ in _FACTS if rr == r}) for r in FACT_TEMPLATES}
 
 
 def generate(
@@ -492,11 +539,11 @@ def generate(
 
 # Training mixture: probability of each task per example.
 MIX: dict[str, float] = {  # the shipped lmxray-tiny's mixture
-    "facts": 0.28,
-    "recall": 0.3,
-    "ioi": 0.06,
+    "facts": 0.24,
+    "recall": 0.28,
+    "ioi": 0.1,
     "sentiment": 0.12,
-    "induction": 0.24,
+    "induction": 0.26,
 }
 
 
