@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-__all__ = ["ModelOpt", "DeviceOpt", "JsonOpt", "PngOpt", "HtmlOpt"]
+__all__ = ["ModelOpt", "DeviceOpt", "JsonOpt", "ResultJsonOpt", "PngOpt", "HtmlOpt"]
 
 ModelOpt = Annotated[
     str | None,
@@ -31,6 +31,16 @@ JsonOpt = Annotated[
         dir_okay=False,
         allow_dash=True,
         help="Write the result as JSON (format lmxray.attribution/1); '-' for stdout.",
+    ),
+]
+ResultJsonOpt = Annotated[  # --json of commands whose result is not an Attribution
+    Path | None,
+    typer.Option(
+        "--json",
+        metavar="FILE",
+        dir_okay=False,
+        allow_dash=True,
+        help="Write the result as JSON; '-' for stdout.",
     ),
 ]
 PngOpt = Annotated[

@@ -328,7 +328,7 @@ def occlusion_penalty(
     model: Model,
     logits: torch.Tensor,
     first: torch.Tensor,
-    occluded: dict[str, torch.Tensor],
+    occluded: dict[str, torch.Tensor] | None,
     rows: torch.Tensor,
     class_ids: Sequence[int],
     n: int,
@@ -347,11 +347,11 @@ def occlusion_penalty(
 
     Args:
         logits: ``[B, T, V]`` logits of the full batch; ``first`` ``[B]`` its answer columns.
-        occluded: the collated batch of ``rows`` with their marked tokens removed.
+        occluded: the collated batch of ``rows`` with their marked tokens replaced or deleted.
         rows: ``[R]`` indices into the batch of the rows in ``occluded``.
         n: the batch size the penalty is averaged over.
     """
-    if len(rows) == 0:
+    if len(rows) == 0 or occluded is None:
         return torch.zeros((), device=logits.device)
     ids = list(class_ids)
     lp_full = torch.log_softmax(_up(logits[rows, first[rows]]), dim=-1)[:, ids]
@@ -386,8 +386,8 @@ def rrr_loss(
     ``ce`` is the mean cross-entropy over every target token. ``attribution="gradient"`` is
     Ross et al.'s input-gradient penalty (:func:`input_gradient_penalty`); ``"ig"`` the
     integrated-gradients one (:func:`path_attribution_penalty`, needs ``baseline`` ``[d]`` and
-    ``alpha`` ``[B]``); ``"occlusion"`` the deletion one (:func:`occlusion_penalty`, needs the
-    ``occluded`` batch of ``rows``). With ``penalty=False`` the penalty is not computed
+    ``alpha`` ``[B]``); ``"occlusion"`` the replacement/deletion one (:func:`occlusion_penalty`,
+    needs the ``occluded`` batch of ``rows``). With ``penalty=False`` the penalty is not computed
     (returned as 0).
     """
     emb = model.embed(batch["input_ids"])
@@ -429,7 +429,7 @@ def rrr_loss(
     elif attribution == "occlusion":
         if rows is None or (occluded is None and len(rows) > 0):
             raise InputError("the occlusion penalty needs the occluded batch and its rows")
-        pen = torch.zeros((), device=ce.device) if len(rows) == 0 else occlusion_penalty(
+        pen = occlusion_penalty(
             model, logits, batch["first"], occluded, rows, class_ids, logits.shape[0]
         )
     elif attribution == "gradient":
@@ -531,43 +531,34 @@ def _penalty_inputs(
 ) -> dict[str, Any]:
     """``attribution``, and for IG the baselines (``[B, d]`` or ``[d]``; ``[B, S, d]`` with
     ``S = ig_samples > 1``) and path points ``[B]`` (``[B, S]``), functions of ``(seed, step)``;
-    for occlusion the batch ``items`` (collated as ``batch``) with their marked tokens deleted."""
+    for occlusion the batch ``items`` (collated as ``batch``) with their marked tokens replaced by
+    baseline tokens, or deleted with ``baseline="remove"``."""
     if cfg.attribution == "occlusion":
         rows = [r for r, e in enumerate(items) if e.irrelevant]
+        n_marked = sum(len(items[r].irrelevant) for r in rows)
         if cfg.baseline == "remove":
-            occ = [
-                _Encoded(
-                    [t for i, t in enumerate(items[r].prompt_ids) if i not in items[r].irrelevant],
-                    items[r].target_ids,
-                    (),
-                )
-                for r in rows
-            ]
-        else:  # replace each marked token by the baseline token (sampled: one per token)
+            picks: list[int | None] = [None] * n_marked  # None: delete the token
+        elif cfg.baseline == "sample":  # one random unmarked token per marked token and step
+            if not pool:
+                raise InputError("no unmarked tokens to sample baselines from")
             gen = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + int(step))
-            if cfg.baseline == "sample":
-                if not pool:
-                    raise InputError("no unmarked tokens to sample baselines from")
-                n_marked = sum(len(items[r].irrelevant) for r in rows)
-                picks = [
-                    int(pool[j]) for j in torch.randint(len(pool), (n_marked,), generator=gen)
-                ]
-            else:
-                from ..attribution.gradient import resolve_baseline_ids
+            picks = [int(pool[j]) for j in torch.randint(len(pool), (n_marked,), generator=gen)]
+        else:
+            from ..attribution.gradient import resolve_baseline_ids
 
-                bid, _ = resolve_baseline_ids(model, cfg.baseline)
-                if bid is None:
-                    raise InputError(
-                        "the occlusion penalty replaces tokens: give a token baseline "
-                        "('sample', 'pad', 'unk', 'eos', an id) or 'remove'"
-                    )
-                picks = [int(bid)] * sum(len(items[r].irrelevant) for r in rows)
-            it = iter(picks)
-            occ = []
-            for r in rows:
-                marked = set(items[r].irrelevant)
-                ids = [next(it) if i in marked else t for i, t in enumerate(items[r].prompt_ids)]
-                occ.append(_Encoded(ids, items[r].target_ids, ()))
+            bid, _ = resolve_baseline_ids(model, cfg.baseline)
+            if bid is None:
+                raise InputError(
+                    "the occlusion penalty replaces tokens: give a token baseline "
+                    "('sample', 'pad', 'unk', 'eos', an id) or 'remove'"
+                )
+            picks = [int(bid)] * n_marked
+        it = iter(picks)
+        occ = []
+        for r in rows:
+            marked = set(items[r].irrelevant)
+            ids = [next(it) if i in marked else t for i, t in enumerate(items[r].prompt_ids)]
+            occ.append(_Encoded([t for t in ids if t is not None], items[r].target_ids, ()))
         return {
             "attribution": "occlusion",
             "occluded": _collate(model, occ) if occ else None,

@@ -14,19 +14,17 @@ from typing import Annotated, Any
 
 import typer
 
-from .._cliopts import DeviceOpt, ModelOpt
+from .._cliopts import DeviceOpt, ModelOpt, PngOpt, ResultJsonOpt
 from ..errors import InputError
 
 __all__ = ["register"]
 
 _Model = ModelOpt
 _Device = DeviceOpt
-_Json = Annotated[Path | None, typer.Option("--json", metavar="FILE", dir_okay=False, allow_dash=True,
-                                              help="Write the result as JSON; '-' for stdout.")]
+_Json = ResultJsonOpt
 _Html = Annotated[Path | None, typer.Option("--html", metavar="FILE", dir_okay=False,
                                               help="Write a self-contained HTML report.")]
-_Png = Annotated[Path | None, typer.Option("--png", metavar="FILE", dir_okay=False,
-                                             help="Write a PNG heat map.")]
+_Png = PngOpt
 
 
 def _split(text: str | None) -> list[str]:

@@ -37,14 +37,14 @@ def train(
     steps: int | None = typer.Option(
         None, "--steps", help="Training steps (default: the shipped model's)."
     ),
-    seed: int = typer.Option(
-        1, "--seed", help="Seed of data, tokenizer and weights (1: the shipped model)."
+    seed: int | None = typer.Option(
+        None, "--seed", help="Seed of data, tokenizer and weights (default: the shipped model's)."
     ),
     no_resume: bool = typer.Option(False, "--no-resume", help="Ignore an existing checkpoint."),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads."),
 ) -> None:
     """Train the multi-task zoo model from scratch (Ctrl-C and rerun to resume)."""
-    from lmxray.zoo.train import DEFAULT_STEPS
+    from lmxray.zoo.train import DEFAULT_STEPS, SHIPPED_SEED
     from lmxray.zoo.train import train as _train
 
     t0, c0 = time.time(), time.process_time()
@@ -52,7 +52,7 @@ def train(
         path = _train(
             out,
             steps=DEFAULT_STEPS if steps is None else steps,
-            seed=seed,
+            seed=SHIPPED_SEED if seed is None else seed,
             resume=not no_resume,
             threads=threads,
         )

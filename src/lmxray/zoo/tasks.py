@@ -319,10 +319,10 @@ def _recall(rng: random.Random, split: str, absent: bool, extra: int = 0) -> Ite
     b.add(" Query:").add(" " + query, "cue")
     answer = "none" if absent else values[keys.index(query)]
     target = " " + answer
+    absent_keys = [k for k in D.KEYS if k not in keys[:m]]
     for _ in range(extra):
-        absent_k = [k for k in D.KEYS if k not in keys[:m]]
         if rng.random() < 0.2:
-            k, v = rng.choice(absent_k), "none"
+            k, v = rng.choice(absent_keys), "none"
         else:
             i = rng.randrange(m)
             k, v = keys[i], values[i]

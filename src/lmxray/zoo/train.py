@@ -70,9 +70,12 @@ def tokenizer_corpus(seed: int, n: int = 50000) -> list[str]:
     stream = tasks.training_items(rng)
     texts = [next(stream).text for _ in range(n)]
     words: set[str] = set()
+    subjects: set[str] = set()
     for it in tasks.all_facts():
         words.update(it.target.split())
-        words.update(it.meta["subject"].split())  # subjects as whole tokens where possible
+        subjects.add(it.meta["subject"])
+    for s in subjects:  # subjects as whole tokens where possible
+        words.update(s.split())
     for group in (
         D.NAMES,
         D.COPY_WORDS,
@@ -85,8 +88,7 @@ def tokenizer_corpus(seed: int, n: int = 50000) -> list[str]:
         words.update(group)
     boost = [" ".join([" " + w] * 20) for w in sorted(words)]
     # subjects also open prompts ("Norway's capital city is"), where they have no space
-    starts = sorted({it.meta["subject"] for it in tasks.all_facts()})
-    return texts + boost * 10 + starts * 100
+    return texts + boost * 10 + sorted(subjects) * 100
 
 
 def make_batch(tokenizer: Any, seed: int, step: int, cfg: TrainConfig):
