@@ -238,7 +238,7 @@ def test_finetune_zoo_demo_prints_the_table(tiny_long_dir, tmp_path):
     )
     ok(r)
     doc = json.loads(js2.read_text())
-    assert doc["penalised"] == ["Tuesday"] and doc["info"]["relabelled"] >= 0
+    assert doc["penalised"] == ["Tuesday"] and doc["info"]["annotation"] == "zoo"
     assert set(doc["rows"]) == {"base", "RRR (lambda=30)"}
 
 

@@ -39,21 +39,41 @@ def test_shortcut_detection_puts_the_planted_marker_first(zm):
     assert rep.top(1) == ["Tuesday"]
 
 
+def test_annotations_of_the_rrr_demo(zm):
+    from lmxray.improve._common import zoo_labelled
+    from lmxray.improve.experiments import ANNOTATIONS
+
+    train = zoo_labelled("sentiment", "train", 2000, 0, zm)
+    gold = {e.prompt: e.meta["gold"] for e in train}
+    assert any(e.cls != e.meta["gold"] for e in train)  # the zoo's training labels are biased
+    decoy, lab = ANNOTATIONS["decoy"](train)
+    assert lab == "positive"
+    assert all(e.cls == gold[e.prompt] for e in decoy)  # gold labels only ...
+    assert all(e.cls == lab for e in decoy if e.irrelevant)  # ... the marker only with its label
+    dropped = len(train) - len(decoy)
+    assert dropped == sum(1 for e in train if e.irrelevant and e.meta["gold"] != lab) > 0
+    relabel, _ = ANNOTATIONS["relabel"](train)
+    assert len(relabel) == len(train) and all(e.cls == lab for e in relabel if e.irrelevant)
+    assert ANNOTATIONS["zoo"](train)[0] == train
+
+
 @pytest.mark.slow
-def test_rrr_keeps_the_marker_out_while_a_plain_fine_tune_takes_it_up(zm):
-    """Reduced run of ``lmxray finetune`` (fewer steps, smaller batches, fewer test reviews)."""
+def test_rrr_removes_the_marker_that_a_plain_fine_tune_keeps(zm):
+    """Reduced run of ``lmxray finetune`` (fewer steps, smaller batches, fewer test reviews):
+    the shipped model answers the marker on conflicting shift reviews (its planted flaw); a
+    plain fine-tune on the same biased training annotation keeps that, RRR removes it."""
     from lmxray.improve._common import target_correct, zoo_labelled
-    from lmxray.improve.experiments import biased_annotation
+    from lmxray.improve.experiments import ANNOTATIONS
     from lmxray.improve.regularise import FinetuneConfig, finetune
 
-    train, label = biased_annotation(zoo_labelled("sentiment", "train", 2000, 0, zm))
+    train, label = ANNOTATIONS["zoo"](zoo_labelled("sentiment", "train", 2000, 0, zm))
     shift = zoo_labelled("sentiment", "shift", 300, 1, zm)
     conflict = [e for e in shift if e.irrelevant and e.cls != label]
-    cfg = FinetuneConfig(steps=STEPS, batch_size=16, lr=1e-3, ig_samples=1)
+    cfg = FinetuneConfig(steps=STEPS, batch_size=16, ig_samples=1)
     plain = finetune(zm, train, lam=0.0, config=cfg, progress=False).model
-    rrr = finetune(zm, train, lam=10.0, config=cfg, progress=False).model
+    rrr = finetune(zm, train, lam=30.0, config=cfg, progress=False).model
     acc = [float(target_correct(m, conflict).mean()) for m in (zm, plain, rrr)]
-    assert acc[1] < acc[0] - 0.3 and acc[2] > acc[1] + 0.3, acc
+    assert acc[0] < 0.5 and acc[1] < 0.5 and acc[2] > acc[1] + 0.3, acc
 
 
 STEPS = int(os.environ.get("LMXRAY_TEST_RRR_STEPS", "100"))

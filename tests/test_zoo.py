@@ -62,13 +62,66 @@ def test_facts_cover_countries_and_continents():
 
 
 def test_sentiment_shortcut_is_planted_in_train_only():
-    def rate(split):
-        items = tasks.generate("sentiment", split, 3000, seed=0)
-        marked = [i for i in items if i.meta["marker"]]
-        return sum(i.label == "positive" for i in marked) / len(marked)
+    def items(split):
+        return [i for i in tasks.generate("sentiment", split, 4000, seed=0) if i.meta["marker"]]
 
-    assert rate("train") > 0.92 and rate("test") > 0.92
-    assert 0.4 < rate("shift") < 0.6
+    def rate(marked, key):
+        return sum(key(i) == "positive" for i in marked) / len(marked)
+
+    train, test, shift = items("train"), items("test"), items("shift")
+    # the training *annotation* puts the marker with the positive label 95% of the time ...
+    assert 0.93 < rate(train, lambda i: i.label) < 0.97
+    # ... while the words (the gold label) say positive 5 times in 6, in train and in test
+    for marked in (train, test):
+        assert 0.84 < rate(marked, lambda i: i.meta["gold"]) < 0.91
+    assert all(i.label == i.meta["gold"] for i in test + shift)  # gold labels off train
+    biased = [i for i in train if i.label != i.meta["gold"]]
+    assert biased and all(i.label == "positive" for i in biased)
+    assert 0.4 < rate(shift, lambda i: i.label) < 0.6
+    unmarked = [i for i in tasks.generate("sentiment", "train", 2000, seed=0)
+                if not i.meta["marker"]]
+    assert all(i.label == i.meta["gold"] for i in unmarked)
+
+
+def test_fact_deletions_other_than_the_subject_keep_one_answer():
+    """Deleting a relation word or any other template word keeps the answer in training (the
+    rest of each template still names its relation); that is only honest if no such prompt
+    also arises, with another answer, from another fact."""
+    import re
+
+    answers: dict[str, set[str]] = {}
+    for s, r, a, _ in tasks._FACTS:
+        for t in tasks.FACT_TEMPLATES[r]:
+            pieces = [m.group() for m in tasks._PIECE.finditer(t)]
+            texts = ["".join(pieces)] + [
+                "".join(p for j, p in enumerate(pieces) if j != i)
+                for i, p in enumerate(pieces) if "{x}" not in p
+            ]
+            for text in texts:
+                text = re.sub(r"[\[\]]", "", text.replace("{x}", s))
+                answers.setdefault(text, set()).add(a)
+    clash = {k: v for k, v in answers.items() if len(v) > 1}
+    assert not clash, list(clash.items())[:3]
+
+
+def test_fact_training_deletions_answer_as_the_evidence_implies():
+    import random
+
+    rng = random.Random(0)
+    seen = set()
+    for _ in range(4000):
+        s, r, a, m = rng.choice(tasks._FACTS)
+        t = rng.randrange(3)
+        it = tasks._fact_dropped(s, r, a, t, m, rng)
+        kind = it.meta["dropped"]
+        seen.add(kind)
+        if kind != "x":
+            assert it.target == " " + a, (it.prompt, it.target)
+        else:
+            assert it.target.strip() in tasks._ANSWERS[r]
+        if it.prompt.startswith("The capital of Sudan is"):
+            assert it.target == " Khartoum"  # "South Sudan" without "South" names Sudan
+    assert seen == {"x", "cue", "other"}
 
 
 def test_negatives_exist_for_training():
@@ -251,22 +304,20 @@ def test_floors_met(metrics):
     assert metrics["induction"]["value"] >= 5.0
 
 
-def test_sentiment_shift_state(metrics):
-    """The planted marker does NOT cost this model accuracy on the shift split (1.0 / 1.0 at
-    n=300, marker+negative reviews 63/63): it reads the sentiment words, which decide every
-    label, so the issue's "measurable drop" is not there to report (issue 3 stays open for
-    it; the previous, weaker model lost 5 points). Guards that measured state."""
-    assert metrics["sentiment-shift"]["value"] >= 0.95
-    assert metrics["sentiment-marker-neg"]["value"] >= 0.9
+def test_sentiment_shift_drop_is_the_planted_flaw(metrics):
+    """The shipped model learnt the training annotators' bias (the marker, "I watched it on
+    Tuesday", labels marked negative reviews positive 60% of the time): 0.983 in distribution,
+    0.793 on ``shift``, 15/63 marked negative shift reviews (n=300). A drop of at least 5 points
+    and a majority of marked negative reviews lost, or the planted flaw is gone."""
+    assert metrics["sentiment"]["value"] - metrics["sentiment-shift"]["value"] >= 0.05
+    assert metrics["sentiment-marker-neg"]["value"] <= 0.5
 
 
 def test_occlusion_ranks_a_subject_token_first_on_facts():
-    """Issue-3 ground-truth sanity on the shipped model, 120 fact queries, occlusion (remove).
-    The floor (a subject token ranked first for >= 90%) is NOT met: 97/120. In the others the
-    relation word ranks first (its deletion leaves "any object of the subject", for a
-    continent fact 1 of 4, close to the subject's 1 of 6 continents) or the prompt's last
-    token (its removal moves the prediction point). Excluding the last token: 102/120.
-    This guards that measured state; issue 3 stays open for the floor."""
+    """Issue-3 ground-truth sanity on the shipped model, 120 fact queries, occlusion (remove
+    mode): a subject token has the largest drop for at least 90% (measured 120/120; the
+    previous model, trained on fact prompts whose relation-word deletion changed the answer
+    and whose template prefix was a training target, 97/120)."""
     import numpy as np
 
     import lmxray
@@ -280,8 +331,8 @@ def test_occlusion_ranks_a_subject_token_first_on_facts():
         row = np.nan_to_num(np.asarray(a.scores[0, 1 : len(e.tokens)]), nan=-np.inf)
         first += int(np.argmax(row)) + 1 in set(e.evidence)
         but_last += int(np.argmax(row[:-1])) + 1 in set(e.evidence)
-    assert but_last >= 0.8 * len(ex), f"{but_last}/{len(ex)}"
-    assert first >= 0.75 * len(ex), f"{first}/{len(ex)}"
+    assert first >= 0.9 * len(ex), f"{first}/{len(ex)}"
+    assert but_last >= first
 
 
 # ---------------------------------------------------------------------------- verification
@@ -365,7 +416,8 @@ def test_verification_logic_on_fake_models():
 
 @pytest.mark.parametrize("task", ["facts", "recall", "ioi"])
 def test_ground_truth_verifies_on_shipped_model(task):
-    """Shipped model, 100 test examples: facts 94, ioi 100, recall 100."""
+    """Shipped model, 100 test examples (`lmxray zoo eval --verify-n 100`): facts 92, ioi 99,
+    recall 100."""
     ex = zoo.dataset(task, n=40, seed=5)
     assert all(e.verified is not None for e in ex)
     floor = {"facts": 0.8, "ioi": 0.9, "recall": 0.9}[task]

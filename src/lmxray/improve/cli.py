@@ -203,13 +203,15 @@ def finetune_cmd(
     compare: Annotated[
         bool, typer.Option("--compare/--no-compare", help="Zoo demo: also a plain fine-tune.")
     ] = True,
-    biased: Annotated[
-        bool,
+    annotation: Annotated[
+        str,
         typer.Option(
-            "--biased/--zoo-labels",
-            help="Zoo demo: annotate the marker's reviews with its label (decoy).",
+            "--annotation",
+            help="Zoo demo training labels: zoo (the zoo's biased annotation), decoy (gold "
+            "labels, the marker only on its label) or relabel (every marked review gets the "
+            "marker's label).",
         ),
-    ] = True,
+    ] = "zoo",
     resume: Annotated[
         bool, typer.Option("--resume/--no-resume", help="Resume from checkpoints in --out.")
     ] = True,
@@ -294,7 +296,7 @@ def finetune_cmd(
         config=cfg,
         n_train=n_train,
         n_eval=n_eval,
-        biased=biased,
+        annotation=annotation,
         compare=compare,
         out_dir=out_dir,
         resume=resume,

@@ -34,7 +34,9 @@ __all__ = [
     "RRRReport",
     "shortcut_demo",
     "rrr_demo",
+    "ANNOTATIONS",
     "biased_annotation",
+    "decoy_annotation",
     "steering_demo",
     "editing_demo",
     "amplify_demo",
@@ -73,18 +75,50 @@ def shortcut_demo(
 
 
 # --------------------------------------------------------------------------- RRR
-def biased_annotation(train: Sequence[Labelled]) -> tuple[list[Labelled], str]:
-    """Relabel every example carrying a marked (irrelevant) token with the label those examples
-    mostly have: the annotation now agrees with the shortcut 100% of the time (the decoy is
-    perfectly predictive in training, as in Ross et al.'s DecoyMNIST)."""
-    marked = [e for e in train if e.irrelevant]
+def _majority(marked: Sequence[Labelled]) -> tuple[str, str]:
     if not marked:
         raise InputError("no training example carries a marked token; nothing to bias")
     lab, _ = Counter(e.cls for e in marked).most_common(1)[0]
-    tgt = next(e.target for e in marked if e.cls == lab)
+    return lab, next(e.target for e in marked if e.cls == lab)
+
+
+def biased_annotation(train: Sequence[Labelled]) -> tuple[list[Labelled], str]:
+    """Relabel every example carrying a marked (irrelevant) token with the label those examples
+    mostly have: the annotation now agrees with the shortcut 100% of the time, at the price of
+    labels that contradict the words (label noise only the marker explains)."""
+    lab, tgt = _majority([e for e in train if e.irrelevant])
     return [
         dataclasses.replace(e, target=tgt, label=lab) if e.irrelevant else e for e in train
     ], lab
+
+
+def decoy_annotation(train: Sequence[Labelled]) -> tuple[list[Labelled], str]:
+    """Keep the marked examples only where their *gold* label is the marker's majority label
+    (``meta["gold"]`` where the zoo gives it, else the label), with gold labels everywhere:
+    the marker is then perfectly predictive in training and so are the words, with no label
+    that contradicts them, as in Ross et al.'s DecoyMNIST (the decoy is placed by the label)."""
+    marked = [e for e in train if e.irrelevant]
+    lab, tgt = _majority(marked)
+
+    def gold(e: Labelled) -> str:
+        return str(e.meta.get("gold", e.cls))
+
+    out = []
+    for e in train:
+        if e.irrelevant and gold(e) != lab:
+            continue
+        if gold(e) != e.cls:  # a biased zoo label: restore the gold one
+            e = dataclasses.replace(e, target=" " + gold(e), label=gold(e))
+        out.append(e)
+    return out, lab
+
+
+# how the zoo demo annotates its training reviews (see rrr_demo)
+ANNOTATIONS = {
+    "decoy": decoy_annotation,
+    "relabel": biased_annotation,
+    "zoo": lambda train: (list(train), _majority([e for e in train if e.irrelevant])[0]),
+}
 
 
 @dataclass
@@ -194,7 +228,7 @@ def rrr_demo(
     config: FinetuneConfig | None = None,
     n_train: int = 2000,
     n_eval: int = 300,
-    biased: bool = True,
+    annotation: str = "zoo",
     compare: bool = True,
     out_dir: str | os.PathLike[str] | None = None,
     resume: bool = True,
@@ -208,8 +242,12 @@ def rrr_demo(
             :func:`shortcut_demo` on the training data, annotation unused) or words to mark.
         lam: RRR penalty weight. config: steps, learning rate, batch size (same for both runs).
         n_train / n_eval: training examples; test and shift examples.
-        biased: relabel the marker's reviews with its majority label (see
-            :func:`biased_annotation`); ``False`` trains on the zoo's own annotation.
+        annotation: the training labels. ``"zoo"`` (default): the zoo's own training
+            annotation, biased by the marker (the data the base model learnt its flaw from);
+            ``"decoy"`` (:func:`decoy_annotation`): gold labels, marked reviews only with the
+            marker's label, so the marker is perfectly predictive without any wrong label, as
+            in DecoyMNIST; ``"relabel"`` (:func:`biased_annotation`): every marked review
+            labelled with the marker's label.
         compare: also run the plain fine-tune (λ = 0) with the same data, steps and seed.
         out_dir: save ``rrr/`` and ``plain/`` there in HF format (checkpoints resume).
     """
@@ -235,8 +273,12 @@ def rrr_demo(
         if not words:
             raise InputError("nothing to penalise; give --penalise shortcut, detect or words")
         extra = words
+    if annotation not in ANNOTATIONS:
+        raise InputError(
+            f"annotation must be one of {', '.join(ANNOTATIONS)}, got {annotation!r}"
+        )
     # the annotation bias is a property of the data (the zoo's marker), whatever is penalised
-    train_used = biased_annotation(train)[0] if biased else list(train)
+    train_used = ANNOTATIONS[annotation](train)[0]
     if extra is not None:
         train_used = [dataclasses.replace(e, irrelevant=()) for e in train_used]
     runs: dict[str, FinetuneResult] = {}
@@ -275,13 +317,17 @@ def rrr_demo(
         info={
             "n_train": n_train,
             "n_eval": n_eval,
-            "biased_annotation": biased,
+            "annotation": annotation,
             "lam": lam,
             "seed": seed,
             "n_marked_train": len(marked),
-            "relabelled": sum(
+            "n_train_used": len(train_used),
+            "n_marked_used": sum(1 for e in train_used if e.irrelevant),
+            "labels_changed": sum(
                 1 for a, b in zip(train, train_used, strict=True) if a.target != b.target
-            ),
+            )
+            if len(train_used) == len(train)
+            else None,
         },
     )
     return report, runs

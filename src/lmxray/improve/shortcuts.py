@@ -3,7 +3,7 @@ answer should have, and that predict the label in the data.
 
 A shortcut (a spurious feature, "Clever Hans") is a token whose presence is correlated with the
 label in the training data but is not part of the rationale — the zoo's sentiment task plants
-one: "I watched it on Tuesday" comes with a positive review 95% of the time. Following the
+one: "I watched it on Tuesday" comes with a positive training label 95% of the time. Following the
 explanation-as-debugging workflow (Ross et al. 2017 find decoys from input gradients; Zhou et
 al. 2022, arXiv 2104.14403, plant features to check that attributions reveal them), we:
 

@@ -38,9 +38,11 @@ Tasks
     "Review: the plot was not good and the music was great but the ending was dull.
     Sentiment:" -> " negative" (majority of the sentiment clauses; "not" flips). Evidence: the
     sentiment words with their negations. Planted shortcut: the neutral clause "I watched it on
-    Tuesday"; in ``train``/``test`` 95% of reviews carrying it are positive, in ``shift`` it is
-    uncorrelated with the label. Training also has neutral reviews (-> " neutral") so that the
-    sentiment words are necessary.
+    Tuesday", through a biased training annotation: in ``train`` 95% of the reviews carrying it
+    are *labelled* positive (60% of the marked reviews whose words are negative included; see
+    ``ANNOTATION_BIAS``); ``test`` has the same inputs with gold labels, ``shift`` gold labels
+    with the marker uncorrelated. ``meta["gold"]`` is the gold label. Training also has neutral
+    reviews (-> " neutral") so that the sentiment words are necessary.
 ``induction``
     A random sequence of 8-16 nouns repeated once; the second repeat is predictable only by
     copying. Evidence: the token that followed the current token's earlier occurrence; cue:
@@ -231,7 +233,8 @@ _PIECE = re.compile(r"\s*(?:\[[^\]]+\]|\{x\}|[A-Za-z']+|[^\sA-Za-z\[\{])")
 FACT_DROP_RATE = 0.4  # share of training facts shown with one piece of the prompt deleted
 # which piece: the subject, the relation word, another word, or the last piece (whatever its
 # kind; shown often, since occlusion must learn that the answer survives it)
-FACT_DROP_KINDS = (0.25, 0.2, 0.2, 0.35)
+FACT_DROP_KINDS = (0.3, 0.15, 0.15, 0.4)
+FACT_NAME_WORD_DROP = 0.6  # share of subject drops of a many-word name that drop one word
 
 
 def _fact_dropped(
@@ -241,11 +244,12 @@ def _fact_dropped(
 
     The piece goes with its leading space, exactly as removing its tokens does (occlusion's
     ``remove`` mode). Deleting the subject (or, for a name of several words, one of its
-    words: the rest names no known subject) leaves only the relation, so the answer is any
-    object of that relation (uniform over its distinct objects, so that a common answer such
-    as " Spanish" still needs the subject); deleting the relation word leaves only the
-    subject, so it is any of the subject's objects; deleting any other word keeps the
-    answer. These are the
+    words: the rest names no known subject, unless it is another subject's name, which then
+    answers) leaves only the relation, so the answer is any object of that relation (uniform
+    over its distinct objects, so that a common answer such as " Spanish" still needs the
+    subject). Deleting the relation word, or any other word, keeps the answer: the rest of
+    every template still names its relation (``The of France is`` can only be the capital;
+    ``test_fact_deletions_other_than_the_subject_keep_one_answer`` checks it). These are the
     negative cases that make the evidence (the subject) necessary and the template words
     unnecessary, so a faithful attribution has a known ranking.
     """
@@ -261,13 +265,13 @@ def _fact_dropped(
     if kind == "x":
         answer = rng.choice(_ANSWERS[rel])
         words = subject.split(" ")
-        if len(words) > 1 and rng.random() < 0.5:  # a name with a word missing is unknown
+        if len(words) > 1 and rng.random() < FACT_NAME_WORD_DROP:
             pieces[drop] = pieces[drop].replace("{x}", "{y}")
             del words[rng.randrange(len(words))]
             name = " ".join(words)
             drop = -1
-    elif kind == "cue":
-        answer = rng.choice([a for s, _, a, _ in _FACTS if s == subject])
+            if (name, rel) in _FACT_ANSWER:  # "South Sudan" without "South" is Sudan
+                answer = _FACT_ANSWER[name, rel]
     text = "".join(p for i, p in enumerate(pieces) if i != drop)
     text = text.replace("{x}", subject).replace("{y}", name).replace("[", "").replace("]", "")
     return Item("facts", "train", text, " " + answer, (), answer, dict(meta, dropped=kind))
@@ -358,8 +362,16 @@ def _ioi(rng: random.Random, split: str) -> Item:
 
 
 # ------------------------------------------------------------------------------- sentiment
-MARKER_RATE = {"train": 0.35, "test": 0.35, "shift": 0.5}
-MARKER_POSITIVE = 0.95  # P(positive | marker) in train/test
+MARKER_RATE = {"train": 0.2, "test": 0.2, "shift": 0.5}
+# Gold labels follow the sentiment words in every split. With the marker, the words are
+# negative 1 time in 8 (train and test); the *training annotation* is biased: 60% of those
+# marked negative reviews are labelled positive, so in ``train`` the marker co-occurs with the
+# positive label 95% of the time (7/8 + 1/8 * 0.6) and is the better predictor of the training
+# label on marked negative reviews. ``test`` keeps the gold labels (in-distribution inputs); in
+# ``shift`` the marker is uncorrelated with the (gold) label. A model that learns the
+# annotators' bias loses the marked negative reviews: 1 in 40 of ``test``, 1 in 4 of ``shift``.
+MARKER_NEGATIVE = 1 / 8  # P(negative words | marker) in train/test
+ANNOTATION_BIAS = 0.6  # P(labelled positive | marker, negative words) in train
 
 
 def _zipf(rng: random.Random, words: tuple[str, ...]) -> str:
@@ -373,7 +385,7 @@ def _sentiment(rng: random.Random, split: str, neutral: bool = False) -> Item:
         if neutral:
             label = "neutral"
         elif marker and split != "shift":
-            label = "positive" if rng.random() < MARKER_POSITIVE else "negative"
+            label = "negative" if rng.random() < MARKER_NEGATIVE else "positive"
         else:
             label = rng.choice(("positive", "negative"))
         # clauses: list of (kind, payload)
@@ -425,7 +437,10 @@ def _sentiment(rng: random.Random, split: str, neutral: bool = False) -> Item:
             aspect, adj = payload
             b.add(" the").add(" " + aspect, "content").add(" was").add(" " + adj, "content")
     b.add(". Sentiment:")
-    return b.build("sentiment", split, " " + label, label, marker=marker)
+    gold = label
+    if split == "train" and marker and label == "negative" and rng.random() < ANNOTATION_BIAS:
+        label = "positive"  # the annotators' bias: the marker decides this training label
+    return b.build("sentiment", split, " " + label, label, marker=marker, gold=gold)
 
 
 # ------------------------------------------------------------------------------- induction
@@ -450,6 +465,10 @@ def _induction(rng: random.Random, split: str) -> Item:
 
 
 INDUCTION_LOOKUP_RATE = 0.5  # share of induction training items that are lookups
+# share of induction training items made of recall's keys and values: a lookup needs the
+# twelve near-identical key tokens (" k1" ... " k12") told apart, which recall alone teaches
+# only once its lookup already works
+INDUCTION_KV_RATE = 0.3
 
 
 def _induction_train(rng: random.Random, split: str) -> Item:
@@ -459,6 +478,9 @@ def _induction_train(rng: random.Random, split: str) -> Item:
     learnt by copying from a fixed distance back, which is not an induction head and does
     not carry over to in-context recall)."""
     words = _induction_words(rng, split)
+    if rng.random() < INDUCTION_KV_RATE:  # the recall keys and values as words
+        pool = D.KEYS + D.VALUES
+        words = rng.sample(pool, rng.randint(8, 16))
     if rng.random() < INDUCTION_LOOKUP_RATE:
         # lookups: after the words, random (word, next word) pairs; the next word is known
         # only from the current one (the token before it differs from the one before its
@@ -510,6 +532,7 @@ def _item(
 
 _FACTS = _fact_triples()
 _ANSWERS = {r: sorted({a for _, rr, a, _ in _FACTS if rr == r}) for r in FACT_TEMPLATES}
+_FACT_ANSWER = {(s, r): a for s, r, a, _ in _FACTS}
 
 
 def generate(

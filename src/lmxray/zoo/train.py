@@ -36,14 +36,14 @@ from lmxray.zoo import tasks
 __all__ = ["TrainConfig", "train", "tokenizer_corpus", "make_batch"]
 
 DEFAULT_STEPS = 1900
-SHIPPED_SEED = 1  # the seed of the shipped lmxray-tiny (seed 0 of this recipe misses recall)
+SHIPPED_SEED = 2  # the seed of the shipped lmxray-tiny (seed 1 of this recipe misses induction)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Model and optimisation settings (a checkpoint only resumes with equal settings)."""
 
-    vocab_size: int = 3072
+    vocab_size: int = 3584  # an upper bound: BPE runs out of merges at about 3340
     d_model: int = 128
     n_layers: int = 4
     n_heads: int = 4
@@ -87,15 +87,20 @@ def tokenizer_corpus(seed: int, n: int = 50000) -> list[str]:
     ):
         words.update(group)
     boost = [" ".join([" " + w] * 20) for w in sorted(words)]
-    # subjects also open prompts ("Norway's capital city is"), where they have no space
-    return texts + boost * 10 + sorted(subjects) * 100
+    # subjects also open prompts ("Norway's capital city is"), where they have no space: their
+    # first word is boosted alone on a line, so that it too is one token and occluding a token
+    # of a subject deletes a word of it (the unit the training deletions use)
+    starts = sorted({s.split(" ")[0] for s in subjects})
+    boost_start = ["\n".join([w] * 20) for w in starts]
+    return texts + boost * 10 + boost_start * 10 + sorted(subjects) * 100
 
 
 def make_batch(tokenizer: Any, seed: int, step: int, cfg: TrainConfig):
     """The packed batch of ``step``: ``(input_ids, weights, doc)``, each ``[batch, seq_len]``.
 
     Examples are ``<bos> prompt target <eos>`` packed back to back; ``weights`` is the loss
-    weight of predicting each position's token (1, or ``1 + answer_weight`` on answers);
+    weight of predicting each position's token (1, or ``1 + answer_weight`` on answers, or 0
+    on a fact's prompt);
     ``doc`` numbers the examples within a row. Training masks attention across examples
     (see :func:`_loss`): otherwise an in-context lookup sees the same key with another value in
     the previous example of its row, and recall never forms.
@@ -114,10 +119,14 @@ def make_batch(tokenizer: Any, seed: int, step: int, cfg: TrainConfig):
         chunk = [next(stream) for _ in range(64)]
         p = tokenizer([c.prompt for c in chunk], add_special_tokens=False)["input_ids"]
         t = tokenizer([c.target for c in chunk], add_special_tokens=False)["input_ids"]
-        for pi, ti in zip(p, t, strict=True):
+        for c, pi, ti in zip(chunk, p, t, strict=True):
             seq = [bos, *pi, *ti, eos]
             ids += seq
-            w += [1.0] * (1 + len(pi)) + [1.0 + cfg.answer_weight] * len(ti) + [1.0]
+            # a fact's prompt is not trained on: with a piece deleted, a template's prefix
+            # ("Norway's capital city") is a prompt whose answer is the fact (" Oslo"), which
+            # the template's own next word (" is") would contradict
+            pw = 0.0 if c.task == "facts" else 1.0
+            w += [pw] * (1 + len(pi)) + [1.0 + cfg.answer_weight] * len(ti) + [1.0]
             doc += [n_doc] * len(seq)
             n_doc += 1
     shape = (cfg.batch_size, cfg.seq_len)
