@@ -215,6 +215,11 @@ def test_finetune_zoo_demo_prints_the_table(tiny_long_dir, tmp_path):
         out_dir / "plain" / "finetune.json"
     ).exists()
     assert_clean_error(invoke("finetune", "--model", tiny_long_dir, "--penalise", "none"))
+    bad = invoke("finetune", "--model", tiny_long_dir, "--annotation", "gold", "--out",
+                 tmp_path / "never")
+    assert_clean_error(bad)
+    assert "annotation must be one of zoo, decoy, relabel" in bad.stderr
+    assert not (tmp_path / "never").exists()
     # penalising words (not the annotation) keeps the biased annotation and marks the words
     js2 = tmp_path / "words.json"
     r = invoke(

@@ -115,9 +115,9 @@ def decoy_annotation(train: Sequence[Labelled]) -> tuple[list[Labelled], str]:
 
 # how the zoo demo annotates its training reviews (see rrr_demo)
 ANNOTATIONS = {
+    "zoo": lambda train: (list(train), _majority([e for e in train if e.irrelevant])[0]),
     "decoy": decoy_annotation,
     "relabel": biased_annotation,
-    "zoo": lambda train: (list(train), _majority([e for e in train if e.irrelevant])[0]),
 }
 
 
