@@ -23,26 +23,21 @@ DeviceOpt = Annotated[
     str | None,
     typer.Option("--device", metavar="cpu|cuda", help="Device to run on (default: the model's)."),
 ]
-JsonOpt = Annotated[
-    Path | None,
-    typer.Option(
+
+
+def _json_opt(what: str) -> typer.models.OptionInfo:
+    return typer.Option(
         "--json",
         metavar="FILE",
         dir_okay=False,
         allow_dash=True,
-        help="Write the result as JSON (format lmxray.attribution/1); '-' for stdout.",
-    ),
-]
-ResultJsonOpt = Annotated[  # --json of commands whose result is not an Attribution
-    Path | None,
-    typer.Option(
-        "--json",
-        metavar="FILE",
-        dir_okay=False,
-        allow_dash=True,
-        help="Write the result as JSON; '-' for stdout.",
-    ),
-]
+        help=f"Write the result as JSON{what}; '-' for stdout.",
+    )
+
+
+JsonOpt = Annotated[Path | None, _json_opt(" (format lmxray.attribution/1)")]
+# --json of commands whose result is not an Attribution
+ResultJsonOpt = Annotated[Path | None, _json_opt("")]
 PngOpt = Annotated[
     Path | None,
     typer.Option("--png", metavar="FILE", dir_okay=False, help="Write a PNG heat map."),

@@ -11,7 +11,7 @@ tokenizer files) and ``training.json``, and the checkpoint is removed.
 Example::
 
     from lmxray.zoo.train import train
-    train("runs/tiny", steps=1900, seed=1)   # Ctrl-C and rerun to resume
+    train("runs/tiny", steps=1900, seed=2)   # Ctrl-C and rerun to resume
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ SHIPPED_SEED = 2  # the seed of the shipped lmxray-tiny (seeds 1 and 3 of this r
 class TrainConfig:
     """Model and optimisation settings (a checkpoint only resumes with equal settings)."""
 
-    vocab_size: int = 3584  # an upper bound: BPE runs out of merges at about 3340
+    vocab_size: int = 3584  # an upper bound: BPE runs out of merges at about 3350
     d_model: int = 128
     n_layers: int = 4
     n_heads: int = 4
