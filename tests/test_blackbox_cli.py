@@ -1,4 +1,4 @@
-"""``lmxray explain-endpoint`` / ``serve-completions`` (mounted through blackbox.cli.register)."""
+"""``lmxray explain-endpoint`` / ``serve-completions`` (``lmxray.cli.served``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from typer.testing import CliRunner
 import lmxray
 import lmxray.blackbox as bb
 from lmxray import cli
-from lmxray.blackbox.cli import register
 from lmxray.result import Attribution
 
 runner = CliRunner()
@@ -18,9 +17,6 @@ PROMPT, TARGET = "The capital of France is", " Paris. The"
 
 @pytest.fixture(scope="module")
 def app():
-    names = {c.name for c in cli.app.registered_commands}
-    if "explain-endpoint" not in names:  # until the lead mounts blackbox.cli in lmxray.cli
-        register(cli.app)
     return cli.app
 
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.machinery
-import importlib.util
 import os
 import subprocess
 import sys
@@ -196,7 +193,7 @@ def test_output_folder_checked_before_model_load(tmp_path, monkeypatch):
     def boom(*a, **k):  # pragma: no cover - must not be reached
         raise AssertionError("the model was loaded before the outputs were checked")
 
-    monkeypatch.setattr(lmxray, "load", boom)
+    monkeypatch.setattr(lmxray.model, "load", boom)
     result = invoke("explain", "hi", "--json", tmp_path / "nope" / "x.json")
     assert_clean_error(result)
     result = invoke("explain", "hi", "--html", tmp_path)  # a folder, not a file
@@ -211,7 +208,7 @@ def test_default_model_missing_is_a_clean_error(monkeypatch):
     def no_default(*a, **k):
         raise ModelLoadError("the embedded default model is unavailable; pass --model")
 
-    monkeypatch.setattr(lmxray, "load", no_default)
+    monkeypatch.setattr(lmxray.model, "load", no_default)
     assert_clean_error(invoke("explain", "hi", *FAST_IG))
 
 
@@ -242,71 +239,17 @@ def test_real_process_error_contract(tmp_path):
     assert not js.exists()
 
 
-# --------------------------------------------------------------------------- optional sub-apps
-class _FakeZooCli(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Serves ``lmxray.zoo.cli`` as a module whose import fails with ``error``."""
-
-    def __init__(self, error: BaseException):
-        self.error = error
-
-    def find_spec(self, name, path=None, target=None):
-        if name == "lmxray.zoo.cli":
-            return importlib.machinery.ModuleSpec(name, self)
-        return None
-
-    def create_module(self, spec):
-        return None
-
-    def exec_module(self, module):
-        raise self.error
-
-
-@pytest.fixture
-def fake_zoo(monkeypatch):
-    mounted: list[str] = []
-    monkeypatch.setattr(
-        cli, "OPTIONAL_COMMANDS", [("zoo.cli", lambda m: mounted.append(m.__name__))]
-    )
-    monkeypatch.setattr(cli, "_MOUNTED", set())
-
-    def install(error: BaseException):
-        monkeypatch.delitem(sys.modules, "lmxray.zoo.cli", raising=False)
-        monkeypatch.setattr(sys, "meta_path", [_FakeZooCli(error), *sys.meta_path])
-        return mounted
-
-    return install
-
-
-def test_absent_zoo_cli_is_tolerated(fake_zoo):
-    mounted = fake_zoo(
-        ModuleNotFoundError("No module named 'lmxray.zoo.cli'", name="lmxray.zoo.cli")
-    )
-    cli._mount_optional_apps()  # no error: the sub-app is simply not there
-    assert mounted == []
-
-
-def test_broken_zoo_cli_is_not_hidden(fake_zoo):
-    fake_zoo(ModuleNotFoundError("No module named 'somedep'", name="somedep"))
-    with pytest.raises(ModuleNotFoundError, match="somedep"):
-        cli._mount_optional_apps()
-    fake_zoo(ImportError("cannot import name 'x' from 'lmxray.zoo'"))
-    with pytest.raises(ImportError):
-        cli._mount_optional_apps()
-
-
-def test_present_sub_apps_are_mounted_once():
+# --------------------------------------------------------------------------- command groups
+def test_every_command_group_is_mounted_once():
     import typer
 
-    def names() -> list[str]:
-        return list(typer.main.get_command(cli.app).commands)  # type: ignore[attr-defined]
-
-    before = names()
-    assert {"explain", "methods"} <= set(before)
-    for rel, _ in cli.OPTIONAL_COMMANDS:
-        if importlib.util.find_spec(f"lmxray.{rel}") is not None:
-            assert f"lmxray.{rel}" in cli._MOUNTED
-    cli._mount_optional_apps()  # idempotent
-    assert names() == before and len(set(before)) == len(before)
+    commands = typer.main.get_command(cli.app).commands  # type: ignore[attr-defined]
+    for name in ("explain", "methods", "lens", "lens-train", "trace", "heads", "probe", "evaluate",
+                 "shortcuts", "finetune", "steer", "edit", "amplify", "explain-endpoint",
+                 "serve-completions", "zoo"):
+        assert name in commands, name
+    names = [c.name or c.callback.__name__ for c in cli.app.registered_commands]
+    assert len(names) == len(set(names))
 
 
 # --------------------------------------------------------------------------- shared helpers

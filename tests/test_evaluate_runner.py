@@ -188,9 +188,9 @@ def _cli(args, cwd, **kw):
 
 
 def test_cli_bad_input_exits_2_with_one_line(tiny_dir, tmp_path, capfd):
-    from lmxray.evaluate.cli import standalone_app
+    from lmxray.cli import app
 
-    command = __import__("typer").main.get_command(standalone_app())
+    command = __import__("typer").main.get_command(app)
     for args, match in [
         ([], "give the data"),
         (["ioi", "--task", "ioi"], "not both"),
@@ -208,11 +208,11 @@ def test_cli_bad_input_exits_2_with_one_line(tiny_dir, tmp_path, capfd):
 
 
 def test_cli_writes_every_output(tiny_dir, tmp_path, capfd):
-    from lmxray.evaluate.cli import standalone_app
+    from lmxray.cli import app
 
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps(e) + "\n" for e in EXAMPLES[:2]))
-    command = __import__("typer").main.get_command(standalone_app())
+    command = __import__("typer").main.get_command(app)
     outs = {k: tmp_path / f"lb.{k}" for k in ("csv", "html", "png", "json")}
     args = ["evaluate", str(data), "--model", str(tiny_dir), "--methods", "random,saliency",
             "--metrics", "comprehensiveness,deletion", "--curve-steps", "4", "--no-progress",

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 import lmxray
 from lmxray import cli
-from lmxray.improve.cli import register
+from lmxray.cli.improve import register
 
 runner = CliRunner()
 

@@ -12,8 +12,8 @@ import typer
 from typer.testing import CliRunner
 
 from lmxray import cli
+from lmxray.cli.internals import register
 from lmxray.internals import _zoo
-from lmxray.internals.cli import register
 
 runner = CliRunner()
 

@@ -428,7 +428,7 @@ def test_ground_truth_verifies_on_shipped_model(task):
 def _cli(*args, cwd=None):
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return subprocess.run(
-        [sys.executable, "-m", "lmxray.zoo.cli", *args],
+        [sys.executable, "-m", "lmxray.cli", "zoo", *args],
         capture_output=True,
         text=True,
         env=env,

@@ -13,51 +13,148 @@ Results are saved as versioned JSON (``lmxray.attribution/1``); loading never ex
 
 from __future__ import annotations
 
-import json
+import importlib
 import math
 import os
-import tempfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from .errors import FormatError
+from .errors import FormatError, MethodError
+from .io import atomic_write_bytes, atomic_write_text, check_format, dumps, read_json, to_jsonable
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-__all__ = ["Attribution", "FORMAT", "atomic_write_text", "atomic_write_bytes"]
+__all__ = ["Result", "Attribution", "FORMAT", "register_renderer", "renderer_for"]
 
 FORMAT = "lmxray.attribution/1"
 
+# --------------------------------------------------------------------------- views
+# Views live in ``lmxray.render``; a result finds its view here, by kind and class, so that no
+# result module imports a renderer and ``render`` may import result types freely.
+# Kinds: "console" (-> iterable of rich renderables), "html" (-> str), "png" (-> bytes).
+_RENDERERS: dict[tuple[str, type], Callable[..., Any]] = {}
+_RENDER_PACKAGE = "lmxray.render"
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` to ``path`` atomically: a reader sees the old file or the new one, never half."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
+
+def register_renderer(result_type: type, kind: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: the function is the ``kind`` view (``console``/``html``/``png``) of
+    ``result_type`` and of its subclasses.
+
+    Example:
+        >>> @register_renderer(MyResult, "html")  # doctest: +SKIP
+        ... def my_result_html(result, standalone=True): ...
+    """
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        _RENDERERS[(kind, result_type)] = fn
+        return fn
+
+    return deco
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    if path.parent and not path.parent.exists():
-        from .errors import InputError
+def renderer_for(result_type: type, kind: str) -> Callable[..., Any] | None:
+    """The registered ``kind`` view of ``result_type`` (or of its nearest base class).
 
-        raise InputError(f"cannot write {path}: folder {path.parent} does not exist; create it first")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    The render package is imported on first use: this is the one lazy import of views (they
+    bring matplotlib and jinja2, which computing a result never needs)."""
+    for _ in range(2):
+        for klass in result_type.__mro__:
+            fn = _RENDERERS.get((kind, klass))
+            if fn is not None:
+                return fn
+        importlib.import_module(_RENDER_PACKAGE)
+    return None
+
+
+class Result:
+    """Base of every lmxray result: versioned JSON, atomic ``save``, ``load`` that never
+    executes code, and views (``show`` / ``to_html`` / ``to_png``) found in ``lmxray.render``.
+
+    A subclass sets ``FORMAT`` (``"lmxray.<name>/<version>"``), may list older formats it still
+    reads in ``READS``, and defines ``to_dict`` (its fields; ``format`` is added) and
+    ``from_dict``. Results stored as safetensors override ``save``/``load`` with
+    :func:`lmxray.io.save_tensors` / :func:`lmxray.io.load_tensors`.
+    """
+
+    FORMAT: ClassVar[str] = ""
+    READS: ClassVar[tuple[str, ...]] = ()
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, Any]:  # pragma: no cover - each class defines it
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any:  # pragma: no cover
+        raise NotImplementedError
+
+    @classmethod
+    def formats(cls) -> tuple[str, ...]:
+        """The formats :meth:`load` accepts: ``FORMAT`` first, then ``READS``."""
+        return (cls.FORMAT, *cls.READS)
+
+    def to_json(self, indent: int | None = None) -> str:
+        """The result as JSON text (NaN as ``null``)."""
+        d = self.to_dict()
+        if "format" not in d:
+            d = {"format": self.FORMAT, **d}
+        return dumps(d, indent=indent)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write versioned JSON, atomically."""
+        return atomic_write_text(path, self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Any:
+        """Read a file written by :meth:`save` (plain JSON; no code is executed)."""
+        data = read_json(path, formats=cls.formats(), what=f"{cls.__name__} result")
+        try:
+            return cls.from_dict(data)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise FormatError(f"{path} is a malformed {cls.FORMAT} file: {exc!r}") from None
+
+    # ------------------------------------------------------------------ views
+    def _view(self, kind: str) -> Callable[..., Any]:
+        fn = renderer_for(type(self), kind)
+        if fn is None:
+            raise MethodError(f"{type(self).__name__} has no {kind} view")
+        return fn
+
+    def renderables(self, **kwargs: Any) -> Iterable[Any]:
+        """The terminal view as rich renderables."""
+        return self._view("console")(self, **kwargs)
+
+    def __rich_console__(self, console: Any, options: Any) -> Any:
+        yield from self.renderables()
+
+    def show(self, console: Any = None, **kwargs: Any) -> None:
+        """Print the terminal view (``console``: a rich ``Console``; default stdout)."""
+        from rich.console import Console
+
+        out = console if console is not None else Console()
+        for r in self.renderables(**kwargs):
+            out.print(r)
+
+    def to_html(self, path: str | os.PathLike[str] | None = None, **kwargs: Any) -> str:
+        """Self-contained HTML report (escaped); written atomically to ``path`` when given."""
+        html = self._view("html")(self, **kwargs)
+        if path is not None:
+            atomic_write_text(path, html)
+        return html
+
+    def _repr_html_(self) -> str:
+        return self._view("html")(self, standalone=False)
+
+    def to_png(self, path: str | os.PathLike[str] | None = None, **kwargs: Any) -> bytes:
+        """PNG figure as bytes; written atomically to ``path`` when given."""
+        data = self._view("png")(self, **kwargs)
+        if path is not None:
+            atomic_write_bytes(path, data)
+        return data
 
 
 def _nan_to_none(rows: np.ndarray) -> list[Any]:
@@ -68,8 +165,8 @@ def _none_to_nan(rows: Any) -> np.ndarray:
     return np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=np.float32)
 
 
-@dataclass
-class Attribution:
+@dataclass(repr=False)
+class Attribution(Result):
     """Token attribution for one prompt and its target tokens.
 
     Attributes:
@@ -87,6 +184,8 @@ class Attribution:
         >>> a.scores.shape == (len(a.target_tokens), len(a.source_tokens))  # doctest: +SKIP
         True
     """
+
+    FORMAT: ClassVar[str] = FORMAT
 
     source_tokens: list[str]
     target_tokens: list[str]
@@ -157,19 +256,14 @@ class Attribution:
             "target_tokens": list(self.target_tokens),
             "scores": _nan_to_none(self.scores),
             "target_scores": [None if math.isnan(v) else float(v) for v in self.target_scores.tolist()],
-            "info": _jsonable(self.info),
+            "info": to_jsonable(self.info),
             "source_ids": self.source_ids,
             "target_ids": self.target_ids,
         }
 
-    def to_json(self, indent: int | None = None) -> str:
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Attribution:
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            got = data.get("format") if isinstance(data, dict) else type(data).__name__
-            raise FormatError(f"not an lmxray attribution (format {got!r}, expected {FORMAT!r})")
+        check_format(data, cls.formats(), "input")
         try:
             return cls(
                 source_tokens=data["source_tokens"],
@@ -188,22 +282,6 @@ class Attribution:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise FormatError(f"malformed lmxray attribution: {exc}") from None
-
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write versioned JSON (NaN as ``null``), atomically."""
-        return atomic_write_text(path, self.to_json(indent=None) + "\n")
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> Attribution:
-        """Read a result written by :meth:`save` (plain JSON; no code is executed)."""
-        try:
-            with open(path, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except FileNotFoundError:
-            raise FormatError(f"no such file: {path}") from None
-        except json.JSONDecodeError as exc:
-            raise FormatError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
-        return cls.from_dict(data)
 
     def to_dataframe(self) -> pd.DataFrame:
         """Long format: one row per (target step, source token), NaN cells included."""
@@ -224,51 +302,9 @@ class Attribution:
             }
         )
 
-    # ------------------------------------------------------------------ rendering
-    def show(self, **kwargs: Any) -> None:
-        """Print a coloured terminal view (tokens by score, per target step)."""
-        from .render.console import show_attribution
-
-        show_attribution(self, **kwargs)
-
-    def __rich_console__(self, console: Any, options: Any) -> Any:
-        from .render.console import attribution_renderables
-
-        yield from attribution_renderables(self)
-
-    def to_html(self, path: str | os.PathLike[str] | None = None, **kwargs: Any) -> str:
-        """Self-contained HTML report; written atomically to ``path`` when given."""
-        from .render.html import attribution_html
-
-        html = attribution_html(self, **kwargs)
-        if path is not None:
-            atomic_write_text(path, html)
-        return html
-
-    def _repr_html_(self) -> str:
-        from .render.html import attribution_html
-
-        return attribution_html(self, standalone=False)
-
     def __repr__(self) -> str:
         return (
             f"Attribution(method={self.method!r}, model={self.model_name!r}, "
             f"sources={len(self.source_tokens)}, targets={self.target_tokens!r})"
         )
 
-
-def _jsonable(obj: Any) -> Any:
-    """Convert numpy scalars/arrays and other simple objects to plain JSON types."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return _jsonable(obj.item())
-    if isinstance(obj, float):
-        return None if math.isnan(obj) or math.isinf(obj) else obj
-    if obj is None or isinstance(obj, str | int | bool):
-        return obj
-    return repr(obj)

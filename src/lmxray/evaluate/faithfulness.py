@@ -50,8 +50,9 @@ from ..attribution.api import eval_mode
 from ..attribution.base import Context
 from ..attribution.gradient import resolve_baseline_ids
 from ..errors import InputError
+from ..io import to_jsonable
 from ..model import Model
-from ..result import Attribution, _jsonable
+from ..result import Attribution
 from ..targets import logprob
 from ._common import candidate_positions, check_rank_by, nanmean, ranking, special_ids
 
@@ -172,7 +173,7 @@ class Faithfulness:
             data[name] = None if v is None else v.tolist()
         data["summary"] = self.summary()
         data["info"] = self.info
-        return _jsonable(data)
+        return to_jsonable(data)
 
 
 def _fmt_bin(b: float) -> str:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import InputError
-from ..result import _jsonable, atomic_write_bytes, atomic_write_text
+from ..io import atomic_write_bytes, atomic_write_text, to_jsonable
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -186,7 +186,7 @@ class Evaluation:
         data = {"format": "lmxray.leaderboard/1", "config": self.config,
                 "leaderboard": {str(m): {k: v for k, v in rec.items()} for m, rec in board.iterrows()},
                 "sanity": self.sanity}
-        return json.dumps(_jsonable(data), indent=1, allow_nan=False)
+        return json.dumps(to_jsonable(data), indent=1, allow_nan=False)
 
     def to_parquet(self, path: str | os.PathLike[str]) -> Path:
         """Per-example rows as Parquet (needs pyarrow)."""

@@ -30,8 +30,8 @@ import numpy as np
 from ..attribution.api import attribute
 from ..attribution.base import methods as registered_methods
 from ..errors import InputError
+from ..io import to_jsonable
 from ..model import Model
-from ..result import _jsonable
 from .data import Example, to_examples
 from .faithfulness import DEFAULT_BINS, FAITHFULNESS_METRICS, faithfulness
 from .groundtruth import evidence_recovery, verify_evidence
@@ -135,13 +135,13 @@ class _ResultsFile:
     def append(self, records: list[dict[str, Any]]) -> None:
         if not records:
             return
-        text = "".join(json.dumps(_jsonable(r), allow_nan=False) + "\n" for r in records)
+        text = "".join(json.dumps(to_jsonable(r), allow_nan=False) + "\n" for r in records)
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         for r in records:
-            (self.sanity if r.get("kind") == "sanity" else self.rows).append(json.loads(json.dumps(_jsonable(r))))
+            (self.sanity if r.get("kind") == "sanity" else self.rows).append(json.loads(json.dumps(to_jsonable(r))))
 
 
 class _Memory(_ResultsFile):
@@ -152,7 +152,7 @@ class _Memory(_ResultsFile):
     def append(self, records: list[dict[str, Any]]) -> None:
         for r in records:
             (self.sanity if r.get("kind") == "sanity" else self.rows).append(
-                json.loads(json.dumps(_jsonable(r)))
+                json.loads(json.dumps(to_jsonable(r)))
             )
 
 
@@ -215,7 +215,7 @@ def evaluate(
             params[m].update(p)
     faith_kw = {"removal": removal, "baseline": baseline, "bins": list(bins), "n_steps": n_steps,
                 "metrics": faith_metrics}
-    config = _jsonable({
+    config = to_jsonable({
         "model": model.name, "data": name, "methods": chosen, "groups": sorted(groups),
         "method_params": params, "faithfulness": faith_kw, "sanity_examples": sanity_examples,
         "examples": [e.id for e in exs],

@@ -31,8 +31,9 @@ import torch
 
 from ..attribution.api import attribute
 from ..errors import InputError
+from ..io import to_jsonable
 from ..model import Model
-from ..result import Attribution, _jsonable
+from ..result import Attribution
 
 __all__ = ["sanity_check", "SanityResult", "randomisation_stages", "rank_correlation"]
 
@@ -74,7 +75,7 @@ class SanityResult:
         return bool(np.isfinite(self.final) and abs(self.final) < self.threshold)
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable({
+        return to_jsonable({
             "format": "lmxray.sanity/1", "method": self.method, "mode": self.mode,
             "stages": self.stages, "spearman": self.spearman, "spearman_abs": self.spearman_abs,
             "per_example": self.per_example, "threshold": self.threshold, "passed": self.passed,

@@ -39,8 +39,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError, NumericalError
+from ..io import atomic_write_text
 from ..model import Model
-from ..result import atomic_write_text
 from ._common import Labelled, as_labelled
 
 __all__ = [

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..io import atomic_write_text
 from ..render._view import display_token, rgb_hex, score_rgb, text_rgb
-from ..result import atomic_write_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from .heads import HeadScores

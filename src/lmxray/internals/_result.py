@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import FormatError, InputError
-from ..result import atomic_write_text
+from ..io import atomic_write_text
 
 __all__ = ["JsonResult", "to_jsonable", "from_jsonable"]
 

@@ -1,26 +1,17 @@
-"""Renderers: terminal (rich), HTML (jinja2, escaped), PNG plots (matplotlib).
+"""Views: terminal (rich), HTML (jinja2, escaped), PNG plots (matplotlib).
 
-Renderers read result objects by their fields and never compute on a model. Each submodule
-imports its heavy dependency only when used.
+Renderers read result objects by their fields and never compute on a model. Each view module
+registers its functions for the result types it draws (:func:`lmxray.result.register_renderer`);
+importing this package registers them all, and a result's ``show`` / ``to_html`` / ``to_png``
+imports it on first use. matplotlib is imported only when a figure is drawn.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from . import console, html, plots
+from .console import show_attribution
+from .html import attribution_html
+from .plots import heatmap_png, plot_attribution
 
-__all__ = ["show_attribution", "attribution_html", "plot_attribution", "heatmap_png"]
-
-_WHERE = {
-    "show_attribution": "console",
-    "attribution_html": "html",
-    "plot_attribution": "plots",
-    "heatmap_png": "plots",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        from importlib import import_module
-
-        return getattr(import_module(f"{__name__}.{_WHERE[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = ["show_attribution", "attribution_html", "plot_attribution", "heatmap_png",
+           "console", "html", "plots"]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from rich.console import Console, Group, RenderableType
@@ -26,6 +26,7 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
+from ..result import Attribution, register_renderer
 from ._view import (
     aggregate_row,
     display_token,
@@ -37,9 +38,6 @@ from ._view import (
     score_rgb,
     text_rgb,
 )
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..result import Attribution
 
 __all__ = ["show_attribution", "attribution_renderables", "DEFAULT_MAX_STEPS"]
 
@@ -155,6 +153,7 @@ def _select_steps(
     return chosen, hidden
 
 
+@register_renderer(Attribution, "console")
 def attribution_renderables(
     a: Attribution,
     *,

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..result import Attribution, register_renderer
 from ._view import (
     PALETTE,
     aggregate_row,
@@ -44,7 +45,6 @@ from ._view import (
 if TYPE_CHECKING:  # pragma: no cover
     import jinja2
 
-    from ..result import Attribution
 
 __all__ = ["attribution_html", "render_template"]
 
@@ -102,6 +102,7 @@ def _step_option(a: Attribution, t: int) -> str:
     return f"{t + 1} · {display_token(a.target_tokens[t])}"
 
 
+@register_renderer(Attribution, "html")
 def attribution_html(
     a: Attribution,
     standalone: bool = True,

@@ -14,8 +14,8 @@ from typing import Annotated, Any
 
 import typer
 
-from .._cliopts import DeviceOpt, ModelOpt, PngOpt, ResultJsonOpt
 from ..errors import InputError
+from ._common import DeviceOpt, ModelOpt, PngOpt, ResultJsonOpt
 
 __all__ = ["register"]
 
@@ -32,7 +32,8 @@ def _split(text: str | None) -> list[str]:
 
 
 def _prepare(*paths: Path | None) -> tuple[Any, Any]:
-    from ..cli import _consoles, check_outputs
+    from ._common import check_outputs
+    from ._common import consoles as _consoles
 
     check_outputs(*paths)
     return _consoles()
@@ -40,7 +41,7 @@ def _prepare(*paths: Path | None) -> tuple[Any, Any]:
 
 def _write(result: Any, json_out: Path | None, html_out: Path | None, png_out: Path | None, err: Any,
            png: Any = None) -> None:
-    from ..cli import write_outputs
+    from ._common import write_outputs
 
     write_outputs([(json_out, lambda: result.to_json() + "\n"), (html_out, lambda: result.to_html())], err)
     if png_out is not None:
@@ -49,7 +50,7 @@ def _write(result: Any, json_out: Path | None, html_out: Path | None, png_out: P
 
 
 def _load(model: str | None, device: str | None) -> Any:
-    from ..cli import load_model
+    from ._common import load_model
 
     return load_model(model, device)
 
@@ -67,7 +68,7 @@ def lens(
     png_out: _Png = None,
 ) -> None:
     """Logit lens (or tuned lens) of a prompt: top tokens, target probability and rank, KL per layer."""
-    from .lens import TunedLens, logit_lens
+    from ..internals.lens import TunedLens, logit_lens
 
     out, err = _prepare(json_out, html_out, png_out)
     tl = TunedLens.load(tuned) if tuned is not None else None
@@ -96,10 +97,10 @@ def lens_train(
     """Train a tuned lens; print held-out KL(final ‖ lens) per layer for the logit and tuned lens."""
     import numpy as np
 
-    from ..result import atomic_write_text
-    from ._result import to_jsonable
-    from ._zoo import texts as zoo_texts
-    from .lens import TunedLens, lens_kl
+    from ..internals._result import to_jsonable
+    from ..internals._zoo import texts as zoo_texts
+    from ..internals.lens import TunedLens, lens_kl
+    from ..io import atomic_write_text
 
     out, err = _prepare(out_file, json_out)
     rng = np.random.default_rng(0)
@@ -128,7 +129,7 @@ def lens_train(
     kl_logit, kl_tuned = lens_kl(m, test), lens_kl(m, test, tl)
     tl.info.update(heldout_kl_logit=kl_logit.tolist(), heldout_kl_tuned=kl_tuned.tolist())
     labels = ["embed"] + [str(i) for i in range(m.n_layers)]
-    from ._render import show_matrix
+    from ..internals._render import show_matrix
 
     show_matrix(f"held-out KL(final ‖ lens), nats ({len(test)} texts)", np.stack([kl_logit, kl_tuned]),
                 ["logit lens", "tuned lens"], labels, out, fmt="{:.4f}")
@@ -177,8 +178,8 @@ def trace(
     out, err = _prepare(json_out, html_out, png_out, checkpoint)
     m = _load(model, device)
     if zoo_facts is not None:
-        from ._zoo import facts
-        from .tracing import trace_facts
+        from ..internals._zoo import facts
+        from ..internals.tracing import trace_facts
 
         s = trace_facts(m, facts(n=zoo_facts), window=window, n_samples=samples, noise=noise,
                         checkpoint=checkpoint)
@@ -189,11 +190,11 @@ def trace(
         return
     assert prompt is not None
     if subject is not None:
-        from .tracing import causal_trace
+        from ..internals.tracing import causal_trace
 
         r = causal_trace(m, prompt, subject, answer, window=window, n_samples=samples, noise=noise, progress=True)
         if str(json_out) != "-":
-            from ._render import show_matrix
+            from ..internals._render import show_matrix
 
             out.print(f"P({r.answer!r}) clean {r.p_clean:.4f}, corrupted {r.p_corrupt:.4f}", markup=False)
             show_matrix("P(answer) after restoring resid_post (rows: tokens, columns: layers)",
@@ -201,7 +202,7 @@ def trace(
                         [str(i) for i in range(m.n_layers)], out)
         _write(r, json_out, html_out, png_out, err)
         return
-    from .patching import activation_patching, attribution_patching, compare
+    from ..internals.patching import activation_patching, attribution_patching, compare
 
     kinds = _split(sites)
     r = activation_patching(m, prompt, corrupt, answer, foil, sites=kinds, positions=positions, metric=metric,
@@ -232,7 +233,7 @@ def heads(
     png_out: _Png = None,
 ) -> None:
     """Previous-token, duplicate-token and induction scores of every head (and ablation)."""
-    from .heads import SCORE_KINDS, ablate_heads, head_scores, random_heads_control
+    from ..internals.heads import SCORE_KINDS, ablate_heads, head_scores, random_heads_control
 
     if kind not in SCORE_KINDS:
         raise InputError(f"--kind must be one of {', '.join(SCORE_KINDS)}")
@@ -240,7 +241,7 @@ def heads(
     m = _load(model, device)
     r = head_scores(m, prompts or None, n_seqs=n_seqs, seq_len=seq_len)
     if ablate_zoo is not None:
-        from ._zoo import zoo_examples
+        from ..internals._zoo import zoo_examples
 
         ex = zoo_examples(ablate_zoo, "test", n)
         ps = [e["prompt"] if isinstance(e, dict) else e.prompt for e in ex]
@@ -275,9 +276,9 @@ def probe_cmd(
     model: _Model = None, device: _Device = None, json_out: _Json = None,
 ) -> None:
     """Linear probes per layer on zoo facts (last subject token), with a control task (Hewitt & Liang)."""
-    from ._zoo import facts
-    from .probing import probe
-    from .tracing import subject_positions
+    from ..internals._zoo import facts
+    from ..internals.probing import probe
+    from ..internals.tracing import subject_positions
 
     out, err = _prepare(json_out)
     m = _load(model, device)

@@ -15,8 +15,8 @@ from typing import Annotated, Any
 
 import typer
 
-from .._cliopts import DeviceOpt, ModelOpt, ResultJsonOpt
 from ..errors import InputError
+from ._common import DeviceOpt, ModelOpt, ResultJsonOpt
 
 __all__ = ["register"]
 
@@ -33,14 +33,14 @@ _NoProgress = Annotated[bool, typer.Option("--no-progress", help="Hide progress 
 
 
 def _prepare(*paths: Path | None) -> tuple[Any, Any]:
-    from ..cli import check_outputs, consoles
+    from ._common import check_outputs, consoles
 
     check_outputs(*paths)
     return consoles()
 
 
 def _load(model: str | None, device: str | None) -> Any:
-    from ..cli import load_model
+    from ._common import load_model
 
     return load_model(model, device)
 
@@ -55,7 +55,7 @@ def _emit(
     table: str | None = None,
 ) -> None:
     """Print the table (unless JSON goes to stdout), then write the outputs atomically."""
-    from ..cli import render_png, write_outputs
+    from ._common import render_png, write_outputs
 
     if str(json_out) != "-":
         out.print(
@@ -121,10 +121,10 @@ def shortcuts(
     no_progress: _NoProgress = False,
 ) -> None:
     """Rank tokens that get attribution, are not rationales and predict the label (shortcuts)."""
-    from ..cli import _check_method
-    from ._common import load_jsonl
-    from .experiments import shortcut_demo
-    from .shortcuts import detect_shortcuts
+    from ..improve._common import load_jsonl
+    from ..improve.experiments import shortcut_demo
+    from ..improve.shortcuts import detect_shortcuts
+    from ._common import check_method as _check_method
 
     out, err = _prepare(json_out, png_out)
     _check_method(method)
@@ -222,9 +222,9 @@ def finetune_cmd(
     no_progress: _NoProgress = False,
 ) -> None:
     """Fine-tune with a right-for-the-right-reasons penalty on input gradients of marked tokens."""
-    from ._common import load_jsonl
-    from .experiments import rrr_demo
-    from .regularise import FinetuneConfig, finetune
+    from ..improve._common import load_jsonl
+    from ..improve.experiments import rrr_demo
+    from ..improve.regularise import FinetuneConfig, finetune
 
     out, err = _prepare(json_out)
     if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
@@ -279,7 +279,7 @@ def finetune_cmd(
         if json_out is not None:
             import json
 
-            from ..cli import write_outputs
+            from ._common import write_outputs
 
             write_outputs([(json_out, lambda: json.dumps(to_jsonable(r.to_dict())) + "\n")], err)
         return
@@ -352,8 +352,8 @@ def steer_cmd(
     """Contrastive activation addition on zoo sentiment: flips per layer and coefficient, and fluency."""
     import numpy as np
 
-    from .experiments import steering_demo
-    from .steering import steer, steering_vector
+    from ..improve.experiments import steering_demo
+    from ..improve.steering import steer, steering_vector
 
     out, err = _prepare(json_out, png_out, save)
     m = _load(model, device)
@@ -374,7 +374,7 @@ def steer_cmd(
     best_layer, best_coef = sw.layers[int(best_i)], sw.coefs[int(best_j)]
     vec = None
     if prompt is not None or save is not None:
-        from ._common import zoo_labelled
+        from ..improve._common import zoo_labelled
 
         train = zoo_labelled("sentiment", "train", n_vector, seed, m)
         other = "negative" if to == "positive" else "positive"
@@ -449,7 +449,7 @@ def edit_cmd(
         )
     out, err = _prepare(json_out)
     if facts_n is not None:
-        from .experiments import editing_demo
+        from ..improve.experiments import editing_demo
 
         m = _load(model, device)
         rep = editing_demo(
@@ -472,13 +472,13 @@ def edit_cmd(
         raise InputError(
             f"cannot write {out_dir}: folder {out_dir.parent} does not exist; create it first"
         )
+    from ..improve.editing import key_covariance, locate_layer, rome_edit
     from ..internals._zoo import facts
     from ..zoo import corpus
-    from .editing import key_covariance, locate_layer, rome_edit
 
     m = _load(model, device)
     if layer is None:
-        from ._common import Labelled, target_correct
+        from ..improve._common import Labelled, target_correct
 
         pool = facts(n=200, seed=seed)
         known = target_correct(m, [Labelled(f["prompt"], f["answer"]) for f in pool])
@@ -513,7 +513,7 @@ def edit_cmd(
     if json_out is not None:
         import json
 
-        from ..cli import write_outputs
+        from ._common import write_outputs
 
         doc = {
             "format": "lmxray.edit/1",
@@ -556,13 +556,13 @@ def amplify_cmd(
     no_progress: _NoProgress = False,
 ) -> None:
     """AMPLIFY: few-shot prompts with rationales from a proxy's attributions, vs two controls."""
-    from .experiments import amplify_demo
+    from ..improve.experiments import amplify_demo
 
     if split not in ("train", "test", "shift"):
         raise InputError(f"split must be train, test or shift, got {split!r}")
     out, err = _prepare(json_out)
     if method is not None:
-        from ..cli import _check_method
+        from ._common import check_method as _check_method
 
         _check_method(method)
     m = _load(model, device)

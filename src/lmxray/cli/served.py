@@ -17,8 +17,8 @@ from typing import Annotated, Any
 
 import typer
 
-from .._cliopts import DeviceOpt, HtmlOpt, JsonOpt, ModelOpt
 from ..errors import InputError
+from ._common import DeviceOpt, HtmlOpt, JsonOpt, ModelOpt
 
 __all__ = ["register"]
 
@@ -52,9 +52,9 @@ def register(app: typer.Typer) -> None:
         """Explain a served model (OpenAI-compatible completions with echo + logprobs)."""
         import os
 
-        from ..cli import check_outputs, consoles, write_outputs
-        from . import connect
-        from .scorer import blackbox_methods
+        from ..blackbox import connect
+        from ..blackbox.scorer import blackbox_methods
+        from ._common import check_outputs, consoles, write_outputs
 
         if target is not None and max_new_tokens is not None:
             raise InputError("give either --target or --max-new-tokens, not both")
@@ -104,8 +104,8 @@ def register(app: typer.Typer) -> None:
         """Serve a local model as an OpenAI-compatible /v1/completions endpoint (Ctrl-C stops)."""
         import time
 
-        from ..cli import consoles, load_model
-        from .server import serve
+        from ..blackbox.server import serve
+        from ._common import consoles, load_model
 
         m = load_model(model, device)
         srv = serve(m, host=host, port=port, name=name, allow_remote=allow_remote)

@@ -11,8 +11,7 @@ Rows stream to ``--out`` (default ``evaluate-<data>.jsonl``); a rerun with the s
 resumes where the last one stopped. The leaderboard is printed, and written to the requested
 files atomically once the run is complete.
 
-The main CLI mounts this command with :func:`register`; ``python -m lmxray.evaluate ...`` runs it
-on its own.
+The main CLI mounts this command with :func:`register`.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ import typer
 
 from ..errors import InputError
 
-__all__ = ["register", "evaluate_command", "standalone_app"]
+__all__ = ["register", "evaluate_command"]
 
 
 def evaluate_command(
@@ -77,9 +76,9 @@ def evaluate_command(
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
     """Compare attribution methods on faithfulness, plausibility, ground truth and sanity."""
-    from ..cli import check_outputs, load_model
-    from .data import load_examples
-    from .runner import evaluate
+    from ..evaluate.data import load_examples
+    from ..evaluate.runner import evaluate
+    from ._common import check_outputs, load_model
 
     if data is not None and task is not None:
         raise InputError("give the data either as DATA or as --task, not both")
@@ -118,7 +117,7 @@ def evaluate_command(
             write(path)
             err.print(f"wrote {path}", style="dim", markup=False)
     if json_out is not None:
-        from ..result import atomic_write_text
+        from ..io import atomic_write_text
 
         atomic_write_text(json_out, result.to_json() + "\n")
         err.print(f"wrote {json_out}", style="dim", markup=False)
@@ -128,17 +127,3 @@ def evaluate_command(
 def register(app: typer.Typer) -> None:
     """Add ``evaluate`` to the main ``lmxray`` Typer app."""
     app.command("evaluate")(evaluate_command)
-
-
-def standalone_app() -> typer.Typer:
-    """An app holding only ``evaluate`` with the main CLI's error contract (exit 2, one line)."""
-    from ..cli import LmxrayGroup
-
-    app = typer.Typer(cls=LmxrayGroup, add_completion=False, pretty_exceptions_enable=False)
-    register(app)
-
-    @app.callback()
-    def _root() -> None:  # a group, so that the command is named: `... evaluate DATA`
-        pass
-
-    return app

@@ -1,9 +1,9 @@
 """``lmxray zoo``: train and evaluate the model organisms.
 
-Mounted by the main CLI as ``app.add_typer(zoo_app, name="zoo")``; also runs standalone::
+Mounted by the main CLI as ``app.add_typer(zoo.app, name="zoo")``::
 
-    python -m lmxray.zoo.cli train --out runs/tiny --steps 1800
-    python -m lmxray.zoo.cli eval --model runs/tiny --json eval.json
+    lmxray zoo train --out runs/tiny --steps 1800
+    lmxray zoo eval --model runs/tiny --json eval.json
 
 Errors a user can cause print one line on stderr and exit with code 2.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import typer
 
-from lmxray.errors import LmxrayError
+from ..errors import LmxrayError
 
 app = typer.Typer(
     help="Model organisms: train and evaluate the zoo models.",

@@ -1,0 +1,5 @@
+"""``python -m lmxray ...``: the same as the ``lmxray`` command."""
+
+from .cli import main
+
+main()

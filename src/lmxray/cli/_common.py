@@ -1,0 +1,270 @@
+"""What every ``lmxray`` command shares: the error contract, output checks and writes, model
+loading, consoles and option types.
+
+Error contract: every :class:`~lmxray.errors.LmxrayError` and every usage mistake prints ONE line
+on stderr (``lmxray: error: ...``) and exits with code 2, without a traceback. Output paths are
+checked before any work (:func:`lmxray.io.check_outputs`); results are computed completely before
+any file is written, and files are written atomically (:mod:`lmxray.io`), so a failed run leaves
+no partial output. Anything else is a bug and keeps its traceback. Python warnings become one
+``lmxray: warning: ...`` line each. Ctrl-C exits 130 with one line (``interrupted``; commands that
+resume say so).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from .. import io as lmx_io
+from ..errors import InputError, LmxrayError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rich.console import Console
+
+    from ..model import Model
+
+
+__all__ = [
+    "LmxrayGroup", "PROG", "check_outputs", "write_outputs", "render_png", "load_model", "consoles",
+    "check_method", "is_stdout", "ModelOpt", "DeviceOpt", "JsonOpt", "ResultJsonOpt", "HtmlOpt",
+    "PngOpt",
+]
+
+PROG = "lmxray"
+DEFAULT_METHOD = "integrated_gradients"
+DEFAULT_NEW_TOKENS = 5
+
+
+# --------------------------------------------------------------------------- error handling
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _fail(message: str) -> int:
+    """Print one error line on stderr; return the exit code (2)."""
+    sys.stderr.write(f"{PROG}: error: {_one_line(message)}\n")
+    sys.stderr.flush()
+    return 2
+
+
+def _show_warning(
+    message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None
+) -> None:
+    sys.stderr.write(f"{PROG}: warning: {_one_line(str(message))}\n")
+
+
+_RESTORE: list[Callable[[], None]] = []
+
+
+def _quiet_transformers() -> None:
+    """Silence transformers' info logs and progress bars until the command ends."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    _RESTORE.append(lambda: hf_logging.set_verbosity(level))
+    if bars:
+        _RESTORE.append(hf_logging.enable_progress_bar)
+
+
+@contextlib.contextmanager
+def _cli_environment() -> Iterator[None]:
+    """One-line warnings; library noise restored to its state when the command ends."""
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        warnings.simplefilter("default")
+        for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
+            warnings.filterwarnings("ignore", category=category)
+        try:
+            yield
+        finally:
+            while _RESTORE:
+                _RESTORE.pop()()
+
+
+def _exception_types(*names: str) -> tuple[type[BaseException], ...]:
+    """Exception classes of both click flavours (recent typer releases vendor their own click)."""
+    found: list[type[BaseException]] = []
+    for mod_name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            mod = __import__(mod_name, fromlist=list(names))
+        except ImportError:
+            continue
+        found.extend(getattr(mod, n) for n in names if hasattr(mod, n))
+    return tuple(dict.fromkeys(found))
+
+
+_USAGE_ERRORS = _exception_types("ClickException")  # bad option, missing argument, out of range
+_ABORTS = _exception_types("Abort") + (typer.Abort,)
+
+
+class LmxrayGroup(TyperGroup):
+    """The root command group: applies the error contract to every (sub)command."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        code: int = 0
+        try:
+            with _cli_environment():
+                rv = super().main(
+                    args=args,
+                    prog_name=prog_name or PROG,
+                    complete_var=complete_var,
+                    standalone_mode=False,
+                    **extra,
+                )
+            code = rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
+        except _USAGE_ERRORS as exc:
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            code = _fail(exc.format_message() + hint)  # type: ignore[attr-defined]
+        except LmxrayError as exc:
+            code = _fail(str(exc) or type(exc).__name__)
+        except _ABORTS:
+            sys.stderr.write(f"{PROG}: aborted\n")
+            code = 130
+        except KeyboardInterrupt:
+            sys.stderr.write(f"{PROG}: interrupted\n")
+            code = 130
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+# --------------------------------------------------------------------------- shared helpers
+def is_stdout(path: Path | None) -> bool:
+    return path is not None and str(path) == "-"
+
+
+def check_outputs(*paths: Path | None) -> None:
+    """Fail before any work if an output cannot be written (missing folder, a folder, a clash)."""
+    lmx_io.check_outputs(*paths)
+
+
+def render_png(draw: Callable[[Any], Any]) -> bytes:
+    """PNG bytes from a drawing function that takes a path or binary file (``a.to_png``,
+    ``heatmap_png``...), so a PNG can be rendered before any file is written."""
+    buf = io.BytesIO()
+    draw(buf)
+    return buf.getvalue()
+
+
+def write_outputs(
+    outputs: list[tuple[Path | None, Callable[[], str | bytes]]], console: Console
+) -> None:
+    """Render every output first (text or bytes), then write them all atomically.
+
+    Args:
+        outputs: ``(path, render)`` pairs; ``path=None`` skips, ``'-'`` prints to stdout.
+            ``render`` returns ``str`` (written as UTF-8) or ``bytes`` (e.g. :func:`render_png`).
+        console: where to report the files written (stderr console).
+    """
+    rendered = [(path, render()) for path, render in outputs if path is not None]
+    for path, data in rendered:
+        if is_stdout(path):
+            if isinstance(data, bytes):
+                sys.stdout.buffer.write(data)
+            else:
+                sys.stdout.write(data if data.endswith("\n") else data + "\n")
+            sys.stdout.flush()
+            continue
+        try:
+            if isinstance(data, bytes):
+                lmx_io.atomic_write_bytes(path, data)
+            else:
+                lmx_io.atomic_write_text(path, data)
+        except OSError as exc:
+            raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+        console.print(f"wrote {path}", style="dim", highlight=False, markup=False)
+
+
+def load_model(model: str | None, device: str | None) -> Model:
+    """``lmxray.load`` with the CLI's conventions (no model → the embedded default)."""
+    from ..model import load
+
+    _quiet_transformers()
+    kwargs: dict[str, Any] = {}
+    if device is not None:
+        kwargs["device"] = device
+    return load(model, **kwargs) if model is not None else load(**kwargs)
+
+
+def check_method(method: str) -> None:
+    import lmxray
+
+    known = lmxray.methods()
+    if method not in known:
+        raise InputError(f"unknown method {method!r}; choose one of: {', '.join(known)}")
+
+
+def consoles() -> tuple[Console, Console]:
+    """``(stdout, stderr)`` rich consoles for a command's output and its status lines."""
+    from rich.console import Console
+
+    return Console(highlight=False), Console(stderr=True, highlight=False)
+
+
+
+
+
+# --------------------------------------------------------------------------- option types
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        metavar="ID_OR_PATH",
+        help="Hugging Face hub id or local model folder (default: the embedded model).",
+    ),
+]
+DeviceOpt = Annotated[
+    str | None,
+    typer.Option("--device", metavar="cpu|cuda", help="Device to run on (default: the model's)."),
+]
+
+
+def _json_opt(what: str) -> typer.models.OptionInfo:
+    return typer.Option(
+        "--json",
+        metavar="FILE",
+        dir_okay=False,
+        allow_dash=True,
+        help=f"Write the result as JSON{what}; '-' for stdout.",
+    )
+
+
+JsonOpt = Annotated[Path | None, _json_opt(" (format lmxray.attribution/1)")]
+# --json of commands whose result is not an Attribution
+ResultJsonOpt = Annotated[Path | None, _json_opt("")]
+PngOpt = Annotated[
+    Path | None,
+    typer.Option("--png", metavar="FILE", dir_okay=False, help="Write a PNG heat map."),
+]
+HtmlOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--html",
+        metavar="FILE",
+        dir_okay=False,
+        allow_dash=True,
+        help="Write a self-contained HTML report.",
+    ),
+]

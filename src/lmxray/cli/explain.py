@@ -1,0 +1,179 @@
+"""``lmxray explain`` and ``lmxray methods``: token attribution of a model's output."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Any
+
+import typer
+
+from ..errors import InputError
+from ._common import (
+    DeviceOpt,
+    HtmlOpt,
+    JsonOpt,
+    ModelOpt,
+    check_method,
+    check_outputs,
+    consoles,
+    is_stdout,
+    load_model,
+    write_outputs,
+)
+
+__all__ = ["register", "explain", "methods"]
+
+DEFAULT_METHOD = "integrated_gradients"
+DEFAULT_NEW_TOKENS = 5
+
+
+
+class TargetFnName(str, Enum):
+    logprob = "logprob"
+    prob = "prob"
+    logit = "logit"
+
+
+class NormalizeMode(str, Enum):
+    step = "step"
+    global_ = "global"
+
+
+# --------------------------------------------------------------------------- commands
+CLI_IG_STEPS = 128  # the API's default is 50 (peer parity); the CLI favours a converged answer
+
+
+def _parse_baseline(text: str) -> int | str:
+    text = text.strip()
+    if not text:
+        raise InputError("--baseline is empty; use auto, zero, pad, unk, eos or a token id")
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def explain(
+    prompt: Annotated[str, typer.Argument(help="The prompt to explain.", show_default=False)],
+    target: Annotated[
+        str | None,
+        typer.Option(
+            "--target",
+            "-t",
+            metavar="TEXT",
+            help="Continuation to explain (teacher-forced). Default: generate.",
+        ),
+    ] = None,
+    max_new_tokens: Annotated[
+        int | None,
+        typer.Option(
+            "--max-new-tokens",
+            "-n",
+            min=1,
+            metavar="N",
+            help=f"Generate N tokens greedily and explain them [default: {DEFAULT_NEW_TOKENS}].",
+        ),
+    ] = None,
+    foil: Annotated[
+        str | None,
+        typer.Option(
+            "--foil", metavar="TEXT", help="Contrastive alternative: explain f(target) - f(foil)."
+        ),
+    ] = None,
+    method: Annotated[
+        str,
+        typer.Option("--method", metavar="NAME", help="Attribution method (see 'lmxray methods')."),
+    ] = DEFAULT_METHOD,
+    model: ModelOpt = None,
+    json_out: JsonOpt = None,
+    html_out: HtmlOpt = None,
+    device: DeviceOpt = None,
+    target_fn: Annotated[
+        TargetFnName, typer.Option("--target-fn", help="What to explain at each step.")
+    ] = TargetFnName.logprob,
+    n_steps: Annotated[
+        int | None,
+        typer.Option(
+            "--n-steps", min=1, metavar="N",
+            help="Integration steps (integrated gradients; default 128, enough for the 1% completeness check).",
+        ),
+    ] = None,
+    baseline: Annotated[
+        str | None,
+        typer.Option(
+            "--baseline", metavar="B", help="Baseline: auto, zero, pad, unk, eos or a token id."
+        ),
+    ] = None,
+    normalize: Annotated[
+        NormalizeMode, typer.Option("--normalize", help="Colour scale of the terminal view.")
+    ] = NormalizeMode.step,
+    max_steps: Annotated[
+        int,
+        typer.Option(
+            "--max-steps", min=1, metavar="N", help="Show at most N steps in the terminal."
+        ),
+    ] = 20,
+) -> None:
+    """Attribute a target (given or generated) to the prompt tokens, and show the heatmap."""
+    if target is not None and max_new_tokens is not None:
+        raise InputError("give either --target or --max-new-tokens, not both")
+    if foil is not None and target is None:
+        raise InputError("--foil needs --target: the foil is contrasted with a given target")
+    check_outputs(json_out, html_out)
+    if is_stdout(json_out) and is_stdout(html_out):
+        raise InputError("only one of --json and --html can go to stdout ('-')")
+    check_method(method)
+    params: dict[str, Any] = {}
+    if n_steps is not None:
+        params["n_steps"] = n_steps
+    elif method == "integrated_gradients":
+        params["n_steps"] = CLI_IG_STEPS
+    if baseline is not None:
+        params["baseline"] = _parse_baseline(baseline)
+
+    m = load_model(model, device)
+    result = m.attribute(
+        prompt,
+        target=target,
+        max_new_tokens=None if target is not None else (max_new_tokens or DEFAULT_NEW_TOKENS),
+        foil=foil,
+        method=method,
+        target_fn=target_fn.value,
+        **params,
+    )
+    assert not isinstance(result, list)
+
+    out, err = consoles()
+    to_stdout = is_stdout(json_out) or is_stdout(html_out)
+    if not to_stdout:
+        from ..render.console import show_attribution
+
+        show_attribution(result, console=out, max_steps=max_steps, normalize=normalize.value)
+    write_outputs(
+        [
+            (json_out, lambda: result.to_json() + "\n"),
+            (html_out, lambda: result.to_html()),
+        ],
+        err,
+    )
+
+
+def methods() -> None:
+    """List the registered attribution methods."""
+    from rich.table import Table
+    from rich.text import Text
+
+    import lmxray
+
+    out, _ = consoles()
+    table = Table(box=None, show_header=True, header_style="bold", pad_edge=False)
+    table.add_column("method", no_wrap=True)
+    table.add_column("description")
+    for name, desc in lmxray.methods().items():
+        table.add_row(Text(name, style="bold"), Text(desc))
+    out.print(table)
+
+
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``explain`` and ``methods`` to the root app."""
+    app.command()(explain)
+    app.command()(methods)
