@@ -197,6 +197,10 @@ def rrr_demo(
         compare: also run the plain fine-tune (λ = 0) with the same data, steps and seed.
         out_dir: save ``rrr/`` and ``plain/`` there in HF format (checkpoints resume).
     """
+    if annotation not in ANNOTATIONS:
+        raise InputError(
+            f"annotation must be one of {', '.join(ANNOTATIONS)}, got {annotation!r}"
+        )
     cfg = config or FinetuneConfig(seed=seed)
     train = zoo_labelled("sentiment", "train", n_train, seed, model)
     test = zoo_labelled("sentiment", "test", n_eval, seed + 1, model)
@@ -219,10 +223,6 @@ def rrr_demo(
         if not words:
             raise InputError("nothing to penalise; give --penalise shortcut, detect or words")
         extra = words
-    if annotation not in ANNOTATIONS:
-        raise InputError(
-            f"annotation must be one of {', '.join(ANNOTATIONS)}, got {annotation!r}"
-        )
     # the annotation bias is a property of the data (the zoo's marker), whatever is penalised
     train_used = ANNOTATIONS[annotation](train)[0]
     if extra is not None:

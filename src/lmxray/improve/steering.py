@@ -242,6 +242,8 @@ def steering_sweep(
     to_ids, from_ids = model.encode_target(to_label), model.encode_target(from_label)
     if not to_ids or not from_ids:
         raise InputError("the steered labels must tokenize to at least one token")
+    if site not in SITE_KINDS:
+        raise InputError(f"steer at one of {', '.join(SITE_KINDS)}, got {site!r}")
     layers = check_layers(model, layers)
     if not len(coefs):
         raise InputError("no steering coefficients given; pass e.g. coefs=(0, 1, 2, 4, 8)")
