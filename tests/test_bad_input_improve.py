@@ -8,8 +8,8 @@ import json
 
 import numpy as np
 import pytest
-from badinput import ApiCase, CliCase, run_api_case, run_cli_case
 
+from badinput import ApiCase, CliCase, run_api_case, run_cli_case
 from lmxray.errors import FormatError, InputError
 
 GOOD = '{"prompt": "Review: a fine film. Sentiment:", "target": " positive"}\n'

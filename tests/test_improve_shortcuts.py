@@ -15,8 +15,8 @@ from conftest import build_tiny
 from lmxray.errors import InputError
 from lmxray.examples import spans_to_tokens
 from lmxray.improve._common import Labelled, as_labelled, zoo_labelled
-from lmxray.io import read_jsonl
 from lmxray.improve.shortcuts import ShortcutReport, detect_shortcuts, token_table
+from lmxray.io import read_jsonl
 
 
 @pytest.fixture(autouse=True, scope="module")
