@@ -3,9 +3,9 @@ prints and ``docs/improve.md`` quotes), the terminal view (the same table), and 
 (shortcut scores; steering flip rates and fluency).
 
 Every table goes through :func:`format_table` (floats with 3 decimals, first column left-aligned).
-In the steering figure each layer has its own colour, marker and dash pattern and is nudged
-sideways by a small offset, so lines with equal values (several layers that flip nothing, or
-all) stay visible; the legend names them.
+In the steering figure each layer has its own colour, marker and dash pattern, is nudged
+sideways by a small offset, and earlier layers are drawn wider under later ones, so lines with
+equal values (several layers that flip nothing, or all) stay visible; the legend names them.
 """
 
 from __future__ import annotations
@@ -213,7 +213,9 @@ def _line_styles(n: int, span: float) -> list[dict[str, Any]]:
     return [
         {"marker": _MARKERS[i % len(_MARKERS)], "ls": _DASHES[i % len(_DASHES)],
          "color": f"C{i % 10}", "offset": float(offsets[i]),
-         "mfc": "none" if i % 2 else None}
+         # earlier lines are drawn wider and with larger markers, so where lines coincide
+         # (flat stretches) each one still shows around the ones drawn over it
+         "lw": 1.2 + 1.3 * (n - 1 - i), "ms": 5.0 + 2.0 * (n - 1 - i)}
         for i in range(n)
     ]
 
@@ -228,8 +230,8 @@ def steering_png(r: SteeringSweep) -> bytes:
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
     for (i, ly), st in zip(enumerate(r.layers), _line_styles(len(r.layers), span), strict=True):
         x = coefs + st["offset"]
-        kw = dict(marker=st["marker"], ls=st["ls"], color=st["color"], mfc=st["mfc"],
-                  lw=1.4, ms=6, alpha=0.9, label=f"layer {ly}")
+        kw = dict(marker=st["marker"], ls=st["ls"], color=st["color"], lw=st["lw"],
+                  ms=st["ms"], label=f"layer {ly}")
         a1.plot(x, r.flip[i], **kw)
         a2.plot(x, r.loss[i], **kw)
     if np.isfinite(r.loss_unsteered):
