@@ -42,6 +42,13 @@ _Png = Annotated[
 _Seed = Annotated[
     int, typer.Option("--seed", help="Seed of the zoo data (and of random controls).")
 ]
+
+
+def _data_arg(help: str) -> Any:
+    """The optional ``[DATA.jsonl]`` argument (without it, the command runs the zoo demo)."""
+    return typer.Argument(metavar="[DATA.jsonl]", dir_okay=False, show_default=False, help=help)
+
+
 _NoProgress = Annotated[bool, typer.Option("--no-progress", help="Hide progress bars.")]
 
 
@@ -139,13 +146,7 @@ def _ints(text: str | None, name: str) -> list[int] | None:
 # --------------------------------------------------------------------------- shortcuts
 def shortcuts(
     data: Annotated[
-        Path | None,
-        typer.Argument(
-            metavar="[DATA.jsonl]",
-            dir_okay=False,
-            show_default=False,
-            help="Labelled JSONL: prompt, target (or label), optional rationale.",
-        ),
+        Path | None, _data_arg("Labelled JSONL: prompt, target (or label), optional rationale.")
     ] = None,
     task: Annotated[
         str, typer.Option("--task", help="Zoo task used when no DATA is given.")
@@ -203,13 +204,7 @@ def shortcuts(
 # --------------------------------------------------------------------------- finetune
 def finetune_cmd(
     data: Annotated[
-        Path | None,
-        typer.Argument(
-            metavar="[DATA.jsonl]",
-            dir_okay=False,
-            show_default=False,
-            help="Training JSONL: prompt, target (or label), optional irrelevant.",
-        ),
+        Path | None, _data_arg("Training JSONL: prompt, target (or label), optional irrelevant.")
     ] = None,
     out_dir: Annotated[
         Path | None,

@@ -45,16 +45,61 @@ CONDITIONS = ("zero-shot", "no rationale", "random rationale", "amplify")
 
 
 class ImproveResult(Result):
-    """Base of the improve results: ``table()`` is their fixed-width text view (what the CLI
-    prints and the docs quote), ``show()`` prints it."""
+    """Base of the improve results: JSON fields from the dataclass fields, and ``table()``,
+    their fixed-width text view (what the CLI prints and the docs quote).
+
+    ``to_dict`` writes ``format`` then every field (a dataclass value as a dict), under the
+    name in ``JSON_KEYS`` (``model_name`` is ``"model"``), except those in ``NOT_SAVED``;
+    ``from_dict`` reads them back (a missing key takes the field's default; the fields in
+    ``ARRAYS`` become float32 arrays with NaN for ``null``). Subclasses adjust what differs.
+    """
+
+    JSON_KEYS: ClassVar[dict[str, str]] = {"model_name": "model"}
+    NOT_SAVED: ClassVar[tuple[str, ...]] = ()
+    ARRAYS: ClassVar[tuple[str, ...]] = ()
 
     def table(self, *args: Any, **kwargs: Any) -> str:
         """The fixed-width text table (see :mod:`lmxray.render.improve`); arguments go to the
         view (e.g. ``report.table(5)``: the top 5 shortcut candidates)."""
         return self._view("text")(self, *args, **kwargs)
 
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"format": self.FORMAT}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            if f.name not in self.NOT_SAVED:
+                v = getattr(self, f.name)
+                d[self.JSON_KEYS.get(f.name, f.name)] = (
+                    dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+                )
+        return d
+
+    @classmethod
+    def _fields_from(cls, d: dict[str, Any]) -> dict[str, Any]:
+        """Constructor arguments from a JSON dict (see the class docstring)."""
+        kw: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            if f.name in cls.NOT_SAVED:
+                continue
+            key = cls.JSON_KEYS.get(f.name, f.name)
+            if key in d:
+                kw[f.name] = from_jsonable(d[key]) if f.name in cls.ARRAYS else d[key]
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise KeyError(key)
+        return kw
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        return cls(**cls._fields_from(d))
+
+
+def _nan(v: Any) -> float:
+    """A float written as JSON (``null`` for NaN)."""
+    return float("nan") if v is None else float(v)
+
 
 # --------------------------------------------------------------------------- shortcuts
+
+
 @dataclass
 class ShortcutReport(ImproveResult):
     """Tokens ranked by how much they look like a shortcut.
@@ -84,34 +129,10 @@ class ShortcutReport(ImproveResult):
         """The ``k`` best candidate tokens (as text, stripped), e.g. for ``finetune(irrelevant=...)``."""
         return [str(r["token"]).strip() for r in self.rows[:k]]
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": self.FORMAT,
-            "model": self.model_name,
-            "method": self.method,
-            "n_examples": self.n_examples,
-            "labels": self.labels,
-            "has_rationales": self.has_rationales,
-            "rows": self.rows,
-            "excluded": self.excluded,
-            "info": self.info,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ShortcutReport:
-        return cls(
-            rows=list(d["rows"]),
-            excluded=list(d.get("excluded", [])),
-            n_examples=int(d["n_examples"]),
-            method=str(d["method"]),
-            labels=dict(d["labels"]),
-            has_rationales=bool(d["has_rationales"]),
-            model_name=d.get("model", ""),
-            info=d.get("info", {}),
-        )
-
 
 # --------------------------------------------------------------------------- fine-tuning
+
+
 @dataclass(frozen=True)
 class FinetuneConfig:
     """Settings of one fine-tuning run (a checkpoint resumes only with equal settings).
@@ -190,34 +211,16 @@ class FinetuneResult(ImproveResult):
     info: dict[str, Any] = field(default_factory=dict)
     model_name: str = ""
 
+    NOT_SAVED: ClassVar[tuple[str, ...]] = ("model", "path")
+
     def __post_init__(self) -> None:
         if self.model is not None and not self.model_name:
             self.model_name = str(getattr(self.model, "name", ""))
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": self.FORMAT,
-            "model": self.model_name,
-            "config": dataclasses.asdict(self.config),
-            "classes": self.classes,
-            "n_examples": self.n_examples,
-            "n_marked": self.n_marked,
-            "history": self.history,
-            "info": self.info,
-        }
-
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FinetuneResult:
-        return cls(
-            model=None,
-            config=FinetuneConfig(**d["config"]),
-            history=list(d["history"]),
-            classes=list(d["classes"]),
-            n_examples=int(d["n_examples"]),
-            n_marked=int(d["n_marked"]),
-            info=d.get("info", {}),
-            model_name=d.get("model", ""),
-        )
+        kw = cls._fields_from(d)
+        return cls(model=None, **{**kw, "config": FinetuneConfig(**kw["config"])})
 
 
 @dataclass
@@ -241,34 +244,10 @@ class RRRReport(ImproveResult):
     model_name: str = ""
     info: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": self.FORMAT,
-            "model": self.model_name,
-            "rows": self.rows,
-            "shortcut_label": self.shortcut_label,
-            "penalised": self.penalised,
-            "config": self.config,
-            "paths": self.paths,
-            "histories": self.histories,
-            "info": self.info,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RRRReport:
-        return cls(
-            rows=d["rows"],
-            shortcut_label=d["shortcut_label"],
-            penalised=list(d["penalised"]),
-            config=d["config"],
-            paths=d.get("paths", {}),
-            histories=d.get("histories", {}),
-            model_name=d.get("model", ""),
-            info=d.get("info", {}),
-        )
-
 
 # --------------------------------------------------------------------------- steering
+
+
 def _flag(v: Any) -> bool:
     """A boolean of metadata: JSON ``true`` now, the text ``"True"`` in files of lmxray <= 0.x."""
     if isinstance(v, bool):
@@ -303,6 +282,8 @@ class SteeringVector(ImproveResult):
     model_name: str = ""
     info: dict[str, Any] = field(default_factory=dict)
 
+    ARRAYS: ClassVar[tuple[str, ...]] = ("vector",)
+
     @property
     def site_name(self) -> str:
         return f"layers.{self.layer}.{self.site}"
@@ -310,20 +291,6 @@ class SteeringVector(ImproveResult):
     @property
     def norm(self) -> float:
         return float(np.linalg.norm(self.vector))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": self.FORMAT,
-            "model": self.model_name,
-            "layer": self.layer,
-            "site": self.site,
-            "n_pos": self.n_pos,
-            "n_neg": self.n_neg,
-            "resid_norm": self.resid_norm,
-            "projected": self.projected,
-            "vector": np.asarray(self.vector, dtype=np.float32),
-            "info": self.info,
-        }
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write ``.safetensors`` (the vector + JSON metadata) atomically."""
@@ -352,20 +319,6 @@ class SteeringVector(ImproveResult):
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise FormatError(f"{path} is a malformed {cls.FORMAT} file: {exc!r}") from None
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SteeringVector:
-        return cls(
-            vector=from_jsonable(d["vector"]),
-            layer=int(d["layer"]),
-            site=d.get("site", "resid_pre"),
-            n_pos=int(d.get("n_pos", 0)),
-            n_neg=int(d.get("n_neg", 0)),
-            resid_norm=float(d.get("resid_norm", 0.0)),
-            projected=bool(d.get("projected", False)),
-            model_name=d.get("model", ""),
-            info=d.get("info", {}),
-        )
 
 
 @dataclass
@@ -397,42 +350,17 @@ class SteeringSweep(ImproveResult):
     model_name: str = ""
     info: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": self.FORMAT,
-            "model": self.model_name,
-            "site": self.site,
-            "layers": self.layers,
-            "coefs": self.coefs,
-            "flip": self.flip,
-            "loss": self.loss,
-            "loss_unsteered": self.loss_unsteered,
-            "to_label": self.to_label,
-            "from_label": self.from_label,
-            "n_eligible": self.n_eligible,
-            "n_fluency": self.n_fluency,
-            "info": self.info,
-        }
+    ARRAYS: ClassVar[tuple[str, ...]] = ("flip", "loss")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SteeringSweep:
-        return cls(
-            layers=[int(v) for v in d["layers"]],
-            coefs=[float(v) for v in d["coefs"]],
-            flip=from_jsonable(d["flip"]),
-            loss=from_jsonable(d["loss"]),
-            loss_unsteered=float("nan") if d["loss_unsteered"] is None else float(d["loss_unsteered"]),
-            to_label=d["to_label"],
-            from_label=d["from_label"],
-            n_eligible=int(d["n_eligible"]),
-            n_fluency=int(d["n_fluency"]),
-            site=d.get("site", "resid_pre"),
-            model_name=d.get("model", ""),
-            info=d.get("info", {}),
-        )
+        kw = cls._fields_from(d)
+        return cls(**{**kw, "loss_unsteered": _nan(kw["loss_unsteered"])})
 
 
 # --------------------------------------------------------------------------- editing
+
+
 @dataclass
 class EditReport(ImproveResult):
     """Before/after metrics of single edits at the located layer and at random layers.
@@ -453,27 +381,10 @@ class EditReport(ImproveResult):
     model_name: str = ""
     info: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": self.FORMAT,
-            "model": self.model_name,
-            "layer": self.layer,
-            "aie": self.aie,
-            "rows": self.rows,
-            "edits": self.edits,
-            "info": self.info,
-        }
-
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EditReport:
-        return cls(
-            layer=int(d["layer"]),
-            aie=[float("nan") if v is None else float(v) for v in d["aie"]],
-            rows=d["rows"],
-            edits=d["edits"],
-            model_name=d.get("model", ""),
-            info=d.get("info", {}),
-        )
+        kw = cls._fields_from(d)
+        return cls(**{**kw, "aie": [_nan(v) for v in kw["aie"]]})
 
 
 @dataclass
@@ -491,34 +402,10 @@ class EditResult(ImproveResult):
     model_name: str = ""
     info: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": self.FORMAT,
-            "model": self.model_name,
-            "prompt": self.prompt,
-            "subject": self.subject,
-            "target": self.target,
-            "layer": self.layer,
-            "before": self.before,
-            "after": self.after,
-            "info": self.info,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> EditResult:
-        return cls(
-            prompt=d["prompt"],
-            subject=d["subject"],
-            target=d["target"],
-            layer=int(d["layer"]),
-            before=d["before"],
-            after=d["after"],
-            model_name=d.get("model", ""),
-            info=d.get("info", {}),
-        )
-
 
 # --------------------------------------------------------------------------- prompting
+
+
 @dataclass
 class AmplifyResult(ImproveResult):
     """Accuracy of each prompting condition on the same queries.
@@ -540,28 +427,4 @@ class AmplifyResult(ImproveResult):
     proxy_name: str = ""
     info: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": self.FORMAT,
-            "model": self.model_name,
-            "proxy": self.proxy_name,
-            "n": self.n,
-            "labels": self.labels,
-            "accuracy": self.accuracy,
-            "demos": self.demos,
-            "example_prompt": self.example_prompt,
-            "info": self.info,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> AmplifyResult:
-        return cls(
-            accuracy={k: float(v) for k, v in d["accuracy"].items()},
-            n=int(d["n"]),
-            demos=list(d["demos"]),
-            labels=list(d["labels"]),
-            example_prompt=d["example_prompt"],
-            model_name=d.get("model", ""),
-            proxy_name=d.get("proxy", ""),
-            info=d.get("info", {}),
-        )
+    JSON_KEYS: ClassVar[dict[str, str]] = {"model_name": "model", "proxy_name": "proxy"}

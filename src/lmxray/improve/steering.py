@@ -158,6 +158,24 @@ def steer(
         yield
 
 
+def _steered_batches(
+    model: Model,
+    texts: Sequence[str],
+    vector: SteeringVector | None,
+    coef: float,
+    batch_size: int,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Left-padded ``(input_ids, attention_mask, position_ids)`` batches of ``texts``, each
+    consumed while ``coef * vector`` steers the model (no steering without a vector or at 0)."""
+    ctx = (
+        steer(model, vector, coef) if vector is not None and coef != 0 else contextlib.nullcontext()
+    )
+    with ctx:
+        for a in range(0, len(texts), batch_size):
+            ids, mask, pos, _ = prepare_inputs(model, list(texts[a : a + batch_size]))
+            yield ids, mask, pos
+
+
 @torch.no_grad()
 def steered_predictions(
     model: Model,
@@ -169,16 +187,11 @@ def steered_predictions(
 ) -> np.ndarray:
     """``[N]`` greedy next-token ids after each prompt (the first generated token), steered."""
     out: list[int] = []
-    ctx = (
-        steer(model, vector, coef) if vector is not None and coef != 0 else contextlib.nullcontext()
-    )
-    with ctx:
-        for a in range(0, len(prompts), batch_size):
-            ids, mask, pos, _ = prepare_inputs(model, list(prompts[a : a + batch_size]))
-            logits = model.forward(
-                input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1
-            ).logits
-            out += logits[:, -1].argmax(-1).tolist()
+    for ids, mask, pos in _steered_batches(model, prompts, vector, coef, batch_size):
+        logits = model.forward(
+            input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1
+        ).logits
+        out += logits[:, -1].argmax(-1).tolist()
     return np.asarray(out, dtype=np.int64)
 
 
@@ -193,22 +206,17 @@ def lm_loss(
 ) -> float:
     """Mean next-token cross-entropy (nats/token) of ``texts``, steered when ``vector`` is given."""
     total, count = 0.0, 0
-    ctx = (
-        steer(model, vector, coef) if vector is not None and coef != 0 else contextlib.nullcontext()
-    )
-    with ctx:
-        for a in range(0, len(texts), batch_size):
-            ids, mask, pos, _ = prepare_inputs(model, list(texts[a : a + batch_size]))
-            logits = (
-                model.forward(input_ids=ids, attention_mask=mask, position_ids=pos)
-                .logits[:, :-1]
-                .float()
-            )
-            tgt = ids[:, 1:]
-            valid = mask[:, 1:].bool() & mask[:, :-1].bool()
-            ce = torch.nn.functional.cross_entropy(logits[valid], tgt[valid], reduction="sum")
-            total += float(ce)
-            count += int(valid.sum())
+    for ids, mask, pos in _steered_batches(model, texts, vector, coef, batch_size):
+        logits = (
+            model.forward(input_ids=ids, attention_mask=mask, position_ids=pos)
+            .logits[:, :-1]
+            .float()
+        )
+        tgt = ids[:, 1:]
+        valid = mask[:, 1:].bool() & mask[:, :-1].bool()
+        ce = torch.nn.functional.cross_entropy(logits[valid], tgt[valid], reduction="sum")
+        total += float(ce)
+        count += int(valid.sum())
     if count == 0:
         raise InputError("the fluency texts hold no tokens to predict")
     return total / count
