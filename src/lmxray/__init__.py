@@ -23,7 +23,7 @@ from .errors import (
     NumericalError,
 )
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 # public name -> module that defines it
 _LAZY: dict[str, str] = {

@@ -148,10 +148,11 @@ def _single_point(
     "saliency",
     description="Gradient magnitude |d f / d embedding| per source token (Simonyan et al. 2014).",
     kind="gradient",
-    params={"reduce": "sum"},
     passes="1 forward + T vector-Jacobian products per prompt",
 )
-def saliency(model: Model, requests: list[Request], ctx: Context, *, reduce: str) -> list[MethodOutput]:
+def saliency(
+    model: Model, requests: list[Request], ctx: Context, *, reduce: str = "sum"
+) -> list[MethodOutput]:
     reduce_dims(torch.zeros(1, 1), reduce)
     _, G, F = _single_point(model, requests, ctx)
     return [
@@ -164,11 +165,10 @@ def saliency(model: Model, requests: list[Request], ctx: Context, *, reduce: str
     "input_x_gradient",
     description="Embedding times gradient, signed (Shrikumar et al. 2016).",
     kind="gradient",
-    params={"reduce": "sum"},
     passes="1 forward + T vector-Jacobian products per prompt",
 )
 def input_x_gradient(
-    model: Model, requests: list[Request], ctx: Context, *, reduce: str
+    model: Model, requests: list[Request], ctx: Context, *, reduce: str = "sum"
 ) -> list[MethodOutput]:
     reduce_dims(torch.zeros(1, 1), reduce)
     xs, G, F = _single_point(model, requests, ctx)
@@ -182,14 +182,6 @@ def input_x_gradient(
     "integrated_gradients",
     description="Integrated gradients from a baseline, completeness-checked per step (Sundararajan et al. 2017).",
     kind="gradient",
-    params={
-        "n_steps": 50,
-        "baseline": "auto",
-        "integration": "gausslegendre",
-        "interpolate": "all",
-        "reduce": "sum",
-        "warn_delta": 0.01,
-    },
     passes="ceil(n_steps/chunk) forwards + T vector-Jacobian products per chunk, + 1 no-grad forward",
 )
 def integrated_gradients(
@@ -197,12 +189,12 @@ def integrated_gradients(
     requests: list[Request],
     ctx: Context,
     *,
-    n_steps: int,
-    baseline: Any,
-    integration: str,
-    interpolate: str,
-    reduce: str,
-    warn_delta: float,
+    n_steps: int = 128,
+    baseline: Any = "auto",
+    integration: str = "gausslegendre",
+    interpolate: str = "all",
+    reduce: str = "sum",
+    warn_delta: float = 0.01,
 ) -> list[MethodOutput]:
     reduce_dims(torch.zeros(1, 1), reduce)
     if interpolate not in ("all", "prompt"):

@@ -269,3 +269,15 @@ def header_facts(a: Attribution) -> list[tuple[str, str]]:
         facts.append(("convergence", conv))
     facts.append(("tokens", f"{a.prompt_length} prompt + {len(a.target_tokens)} target"))
     return facts
+
+
+def eos_note(a: Attribution) -> str | None:
+    """A line saying the model ended the text before the requested number of new tokens."""
+    info = a.info if isinstance(a.info, dict) else {}
+    if not info.get("stopped_at_eos"):
+        return None
+    n = len(a.target_tokens)
+    return (
+        f"the model ended the text (<eos>) after {n} of the {info.get('requested_new_tokens')} "
+        "requested new tokens"
+    )

@@ -30,6 +30,7 @@ from ..result import Attribution, register_renderer
 from ._view import (
     aggregate_row,
     display_token,
+    eos_note,
     format_value,
     header_facts,
     is_special_token,
@@ -39,7 +40,7 @@ from ._view import (
     text_rgb,
 )
 
-__all__ = ["show_attribution", "attribution_renderables", "DEFAULT_MAX_STEPS"]
+__all__ = ["show_attribution", "attribution_renderables", "attribution_text", "DEFAULT_MAX_STEPS"]
 
 DEFAULT_MAX_STEPS = 20
 
@@ -178,6 +179,9 @@ def attribution_renderables(
     if header:
         yield _header(a)
         yield _answer(a)
+        note = eos_note(a)
+        if note is not None:
+            yield Text(note, style="dim")
 
     table = Table(box=None, padding=(0, 1), show_edge=False, expand=False, pad_edge=False)
     table.add_column("step", justify="right", style="dim", no_wrap=True)
@@ -243,3 +247,39 @@ def show_attribution(
             )
         )
     )
+
+
+def attribution_text(
+    a: Attribution,
+    steps: Iterable[int] | None = None,
+    max_steps: int | None = DEFAULT_MAX_STEPS,
+    header: bool = True,
+) -> str:
+    """The terminal view as plain text with the numbers (for pipes and files, where colours
+    are lost): per step, the target token and its value, then every source token it reads with
+    its score.
+    """
+    chosen, hidden = _select_steps(len(a.target_tokens), steps, max_steps)
+    facts = header_facts(a)
+    lines: list[str] = []
+    if header:
+        lines.append("lmxray attribution  ·  " + "  ·  ".join(f"{k} {v}" for k, v in facts))
+        lines.append(_answer(a).plain)
+        note = eos_note(a)
+        if note is not None:
+            lines.append(note)
+    p = a.prompt_length
+    width = max((len(display_token(t)) for t in a.source_tokens), default=5)
+    width = min(max(width, 5), 30)
+    for t in chosen:
+        lines.append(
+            f"step {t + 1}  target {display_token(a.target_tokens[t])}  "
+            f"{facts[2][1]} {format_value(a.target_scores[t])}"
+        )
+        lines.append(f"  {'pos':>4}  {'token':<{width}}  score")
+        for s in range(p + t):
+            tok = display_token(a.source_tokens[s])
+            lines.append(f"  {s:>4}  {tok:<{width}}  {format_value(a.scores[t, s])}")
+    if hidden:
+        lines.append(f"{hidden} more step(s) not shown (--max-steps)")
+    return "\n".join(lines) + "\n"
