@@ -538,15 +538,7 @@ class Model:
 
     # ------------------------------------------------------------------ attribution
     def attribute(
-        self,
-        prompt: str | Sequence[str],
-        target: str | Sequence[str] | None = None,
-        *,
-        method: str = "integrated_gradients",
-        max_new_tokens: int | None = None,
-        foil: str | Sequence[str] | None = None,
-        target_fn: Any = None,
-        **params: Any,
+        self, prompt: str | Sequence[str], target: str | Sequence[str] | None = None, **kwargs: Any
     ) -> Attribution | list[Attribution]:
         """Attribute target tokens to source tokens. See :func:`lmxray.attribution.attribute`.
 
@@ -554,10 +546,7 @@ class Model:
         (the one lazy import of this module, as :func:`lmxray.result.renderer_for` does for views).
         """
         attribute = importlib.import_module(_ATTRIBUTION_PACKAGE).attribute
-        return attribute(
-            self, prompt, target, method=method, max_new_tokens=max_new_tokens, foil=foil,
-            target_fn=target_fn, **params,
-        )
+        return attribute(self, prompt, target, **kwargs)
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:

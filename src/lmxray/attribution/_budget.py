@@ -96,7 +96,7 @@ def run_sized(
             n = min(n, cap)
         chunk = items[start:start + n]
         before = len(ctx.info.get("oom_backoff", ()))
-        out.extend(run_chunks(chunk, n, fn, ctx.info))
+        out.extend(run_chunks(chunk, len(chunk), fn, ctx.info))
         backoffs = ctx.info.get("oom_backoff", ())
         if len(backoffs) > before:
             cap = int(backoffs[-1][1])

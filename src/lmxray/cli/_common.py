@@ -158,8 +158,23 @@ _USAGE_ERRORS = _exception_types("ClickException")  # bad option, missing argume
 _ABORTS = _exception_types("Abort") + (typer.Abort,)
 
 
+class _Stopped(Exception):
+    """Ctrl-C on its way out: typer turns a KeyboardInterrupt into a silent exit 130, so the
+    line to print travels in this exception instead."""
+
+    def __init__(self, line: str) -> None:
+        super().__init__(line)
+        self.line = line
+
+
 class LmxrayGroup(TyperGroup):
     """The root command group: applies the error contract to every (sub)command."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            raise _Stopped(interrupted_message(exc)) from None
 
     def main(  # type: ignore[override]
         self,
@@ -188,6 +203,9 @@ class LmxrayGroup(TyperGroup):
             code = _fail(str(exc) or type(exc).__name__)
         except _ABORTS:
             sys.stderr.write(f"{PROG}: aborted\n")
+            code = 130
+        except _Stopped as exc:
+            sys.stderr.write(f"{PROG}: {exc.line}\n")
             code = 130
         except KeyboardInterrupt as exc:
             sys.stderr.write(f"{PROG}: {interrupted_message(exc)}\n")

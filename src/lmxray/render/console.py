@@ -282,4 +282,12 @@ def attribution_text(
             lines.append(f"  {s:>4}  {tok:<{width}}  {format_value(a.scores[t, s])}")
     if hidden:
         lines.append(f"{hidden} more step(s) not shown (--max-steps)")
+    if len(a.target_tokens) > 1:
+        raw, _, _ = aggregate_row(a)
+        total = sum(float(x) for x in a.target_scores if math.isfinite(x))
+        lines.append(f"Σ all steps  {facts[2][1]} {format_value(total)}")
+        lines.append(f"  {'pos':>4}  {'token':<{width}}  score")
+        for s in range(len(a.source_tokens) - 1):
+            tok = display_token(a.source_tokens[s])
+            lines.append(f"  {s:>4}  {tok:<{width}}  {format_value(raw[s])}")
     return "\n".join(lines) + "\n"

@@ -102,6 +102,75 @@ def _step_option(a: Attribution, t: int) -> str:
     return f"{t + 1} · {display_token(a.target_tokens[t])}"
 
 
+def _token_items(
+    a: Attribution, view_norm: np.ndarray, view_raw: np.ndarray, view_upto: int, step: int | str
+) -> list[dict[str, Any]]:
+    """The coloured source tokens of the first view (the rest of the views are the script's)."""
+    p = a.prompt_length
+    tokens = []
+    for s, tok in enumerate(a.source_tokens):
+        label = display_token(tok, whitespace=False)
+        cls = ["lmx-tok"]
+        if s >= p:
+            cls.append("lmx-tgt")
+        if is_special_token(a, s):
+            cls.append("lmx-special")
+        colours = None
+        if s < view_upto:
+            colours = _colours(float(view_norm[s]))
+            if colours is None:
+                cls.append("lmx-nan")
+        elif step != "sum" and s == view_upto:
+            cls.append("lmx-current")
+        else:
+            cls.append("lmx-future")
+        val = float(view_raw[s]) if s < view_upto else float("nan")
+        tokens.append(
+            {
+                "s": s,
+                "label": label,
+                "cls": " ".join(cls),
+                "style": f"background-color:{colours[0]};color:{colours[1]}" if colours else "",
+                "title": f"{tok!r} · {format_value(val)}" if s < view_upto else repr(tok),
+                "step": s - p if s >= p else None,
+                "newline": "\n" in tok,
+            }
+        )
+    return tokens
+
+
+def _heat_rows(a: Attribution, norm: np.ndarray) -> list[dict[str, Any]]:
+    """One row of the source × target table per source token, every cell coloured."""
+    p, n_t = a.prompt_length, len(a.target_tokens)
+    heat_rows = []
+    for s, tok in enumerate(a.source_tokens):
+        cells = []
+        for t in range(n_t):
+            v = float(a.scores[t, s])
+            colours = _colours(float(norm[t, s]))
+            head = f"{display_token(tok)} → {display_token(a.target_tokens[t])} (step {t + 1})"
+            cells.append(
+                {
+                    "text": _short(v),
+                    "style": f"background-color:{colours[0]};color:{colours[1]}" if colours else "",
+                    "title": f"{head}: {format_value(v)}"
+                    if colours
+                    else f"{head}: not attributable",
+                    "nan": colours is None,
+                }
+            )
+        heat_rows.append(
+            {
+                "label": display_token(tok),
+                "title": repr(tok),
+                "target": s >= p,
+                "special": is_special_token(a, s),
+                "cells": cells,
+            }
+        )
+    return heat_rows
+
+
 @register_renderer(Attribution, "html")
 def attribution_html(
     a: Attribution,
@@ -143,62 +212,8 @@ def attribution_html(
         assert isinstance(step, int)
         view_norm, view_raw, view_upto = norm[step], a.scores[step], p + step
 
-    tokens = []
-    for s, tok in enumerate(a.source_tokens):
-        label = display_token(tok, whitespace=False)
-        cls = ["lmx-tok"]
-        if s >= p:
-            cls.append("lmx-tgt")
-        if is_special_token(a, s):
-            cls.append("lmx-special")
-        colours = None
-        if s < view_upto:
-            colours = _colours(float(view_norm[s]))
-            if colours is None:
-                cls.append("lmx-nan")
-        elif step != "sum" and s == view_upto:
-            cls.append("lmx-current")
-        else:
-            cls.append("lmx-future")
-        val = float(view_raw[s]) if s < view_upto else float("nan")
-        tokens.append(
-            {
-                "s": s,
-                "label": label,
-                "cls": " ".join(cls),
-                "style": f"background-color:{colours[0]};color:{colours[1]}" if colours else "",
-                "title": f"{tok!r} · {format_value(val)}" if s < view_upto else repr(tok),
-                "step": s - p if s >= p else None,
-                "newline": "\n" in tok,
-            }
-        )
-
-    heat_rows = []
-    for s, tok in enumerate(a.source_tokens):
-        cells = []
-        for t in range(n_t):
-            v = float(a.scores[t, s])
-            colours = _colours(float(norm[t, s]))
-            head = f"{display_token(tok)} → {display_token(a.target_tokens[t])} (step {t + 1})"
-            cells.append(
-                {
-                    "text": _short(v),
-                    "style": f"background-color:{colours[0]};color:{colours[1]}" if colours else "",
-                    "title": f"{head}: {format_value(v)}"
-                    if colours
-                    else f"{head}: not attributable",
-                    "nan": colours is None,
-                }
-            )
-        heat_rows.append(
-            {
-                "label": display_token(tok),
-                "title": repr(tok),
-                "target": s >= p,
-                "special": is_special_token(a, s),
-                "cells": cells,
-            }
-        )
+    tokens = _token_items(a, view_norm, view_raw, view_upto, step)
+    heat_rows = _heat_rows(a, norm)
 
     data = {
         "scores": [[_none_if_nan(v) for v in row] for row in a.scores.tolist()],
