@@ -7,8 +7,8 @@ import functools
 
 import numpy as np
 import pytest
-from badinput import ApiCase, CliCase, run_api_case, run_cli_case
 
+from badinput import ApiCase, CliCase, run_api_case, run_cli_case
 from lmxray.errors import InputError, MethodError, ModelLoadError
 
 URL = "http://127.0.0.1:9/v1"  # nothing listens there; every case below fails before a request

@@ -11,9 +11,8 @@ import torch
 import lmxray
 from conftest import FAMILIES, build_tiny, tiny_tokenizer
 from lmxray.errors import InputError, MethodError
-from lmxray.hooks import run_with_cache
+from lmxray.hooks import check_additive, run_with_cache
 from lmxray.sites import FAMILIES as TABLE
-from lmxray.hooks import check_additive
 from lmxray.sites import LAYER_KINDS, SiteMap, site_map
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ._version import __version__
 from .errors import (
     FormatError,
     InputError,
@@ -22,8 +23,6 @@ from .errors import (
     ModelLoadError,
     NumericalError,
 )
-
-from ._version import __version__
 
 # public name -> module that defines it
 _LAZY: dict[str, str] = {

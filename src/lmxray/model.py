@@ -22,7 +22,13 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 import transformers
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    PreTrainedModel,
+)
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from .errors import InputError, ModelLoadError, NumericalError
@@ -212,7 +218,7 @@ def load(
         kwargs["device_map"] = device_map
     try:
         tok = tokenizer or AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        hf = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
+        hf: Any = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
     except Exception as exc:
         raise ModelLoadError(f"cannot load {display!r}: {_one_line(exc)}") from None
     hf.eval()

@@ -115,12 +115,8 @@ def _run_path_rows(
 
 
 def path_values(
-    model: Model,
-    requests: Sequence[Request],
-    bases: Sequence[torch.Tensor],
-    diffs: Sequence[torch.Tensor],
-    alphas: torch.Tensor,
-    ctx: Context,
+    model: Model, requests: Sequence[Request], bases: Sequence[torch.Tensor],
+    diffs: Sequence[torch.Tensor], alphas: torch.Tensor, ctx: Context,
 ) -> list[np.ndarray]:
     """Target-function values ``[K, T_i]`` at path points ``base + alpha * diff`` (no grad)."""
     out = [np.zeros((len(alphas), r.n_target), dtype=np.float32) for r in requests]

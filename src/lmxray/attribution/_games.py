@@ -323,6 +323,8 @@ def _coalition_rows(game: Game, z: np.ndarray) -> list[tuple[ScoreRow, int]]:
     t = t0
     while t < req.n_target:
         if c[t] == 0:
+            # only replace="remove" deletes tokens, and it always has a context token (build_games)
+            assert game.context_id is not None
             row = ScoreRow([game.context_id], [tg[t]], [fo[t]] if fo else None)
             out.append((row, t))
             t += 1

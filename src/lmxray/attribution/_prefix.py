@@ -339,14 +339,14 @@ class _Runner:
         if self.bar is not None:
             self.bar.update(n)
 
-    def _store(self, logits: torch.Tensor, reads: Sequence[tuple[int, torch.Tensor]]) -> None:
+    def _store(self, logits: torch.Tensor, reads: Sequence[tuple[int, slice]]) -> None:
         """Target values from ``logits [N, V]`` laid out as ``reads`` (row, slice of N)."""
         rows, fn = self.rows, self.ctx.target_fn
         tgt = torch.as_tensor([t for r, _ in reads for t in rows[r].targets], device=logits.device)
         values = fn(logits, tgt)
         foil_at = [k for r, sl in reads if rows[r].foils is not None for k in range(sl.start, sl.stop)]
         if foil_at:
-            foils = [f for r, _ in reads if rows[r].foils is not None for f in rows[r].foils]
+            foils = [f for r, _ in reads for f in (rows[r].foils or [])]
             sel = torch.as_tensor(foil_at, device=logits.device)
             values[sel] = values[sel] - fn(logits[sel], torch.as_tensor(foils, device=logits.device))
         v = values.float().cpu().numpy()

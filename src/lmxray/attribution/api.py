@@ -122,17 +122,10 @@ def build_requests(
 
 
 def attribute(
-    model: Model,
-    prompt: str | Sequence[str],
-    target: str | Sequence[str] | None = None,
-    *,
-    method: str = "integrated_gradients",
-    max_new_tokens: int | None = None,
-    foil: str | Sequence[str] | None = None,
-    target_fn: Any = None,
-    internal_batch_size: int | None = None,
-    memory_budget: int | None = None,
-    **params: Any,
+    model: Model, prompt: str | Sequence[str], target: str | Sequence[str] | None = None, *,
+    method: str = "integrated_gradients", max_new_tokens: int | None = None,
+    foil: str | Sequence[str] | None = None, target_fn: Any = None,
+    internal_batch_size: int | None = None, memory_budget: int | None = None, **params: Any,
 ) -> Attribution | list[Attribution]:
     """Attribute each target token of each prompt to the source tokens before it.
 

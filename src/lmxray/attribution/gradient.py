@@ -69,10 +69,10 @@ def resolve_baseline_ids(model: Model, baseline: Any) -> tuple[int | None, str]:
     if isinstance(baseline, bool):
         raise InputError("baseline must be 'auto', 'zero', 'pad', 'unk', 'eos', a token id or an array")
     if isinstance(baseline, int | np.integer):
-        bid = int(baseline)
-        if not 0 <= bid < model.vocab_size:
-            raise InputError(f"baseline token id {bid} is outside the vocabulary (0..{model.vocab_size - 1})")
-        return bid, f"token:{bid} {model.token_strings([bid])[0]!r}"
+        given = int(baseline)
+        if not 0 <= given < model.vocab_size:
+            raise InputError(f"baseline token id {given} is outside the vocabulary (0..{model.vocab_size - 1})")
+        return given, f"token:{given} {model.token_strings([given])[0]!r}"
     if baseline == "zero":
         return None, "zero"
     if baseline in ("pad", "unk", "eos", "bos"):
@@ -134,14 +134,20 @@ def _finish(
 
 
 def _single_point(
-    model: Model, requests: list[Request], ctx: Context
-) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    model: Model, requests: list[Request], ctx: Context, reduce: str, times_input: bool
+) -> list[MethodOutput]:
+    """Saliency (``|grad|``) or input x gradient (``e * grad``) from one gradient per step."""
+    reduce_dims(torch.zeros(1, 1), reduce)
     xs = [_input_embeddings(model, r) for r in requests]
     zeros = [torch.zeros_like(x) for x in xs]
-    G, F = gradient_sweep(
-        model, requests, zeros, xs, torch.ones(1), torch.ones(1), ctx
-    )
-    return xs, G, F
+    G, F = gradient_sweep(model, requests, zeros, xs, torch.ones(1), torch.ones(1), ctx)
+    return [
+        MethodOutput(
+            _finish(r, g * x.unsqueeze(0) if times_input else g.abs(), reduce), f[0],
+            {"reduce": reduce},
+        )
+        for r, x, g, f in zip(requests, xs, G, F, strict=True)
+    ]
 
 
 @register_method(
@@ -153,12 +159,7 @@ def _single_point(
 def saliency(
     model: Model, requests: list[Request], ctx: Context, *, reduce: str = "sum"
 ) -> list[MethodOutput]:
-    reduce_dims(torch.zeros(1, 1), reduce)
-    _, G, F = _single_point(model, requests, ctx)
-    return [
-        MethodOutput(_finish(r, g.abs(), reduce), f[0], {"reduce": reduce})
-        for r, g, f in zip(requests, G, F, strict=True)
-    ]
+    return _single_point(model, requests, ctx, reduce, times_input=False)
 
 
 @register_method(
@@ -170,12 +171,7 @@ def saliency(
 def input_x_gradient(
     model: Model, requests: list[Request], ctx: Context, *, reduce: str = "sum"
 ) -> list[MethodOutput]:
-    reduce_dims(torch.zeros(1, 1), reduce)
-    xs, G, F = _single_point(model, requests, ctx)
-    return [
-        MethodOutput(_finish(r, g * x.unsqueeze(0), reduce), f[0], {"reduce": reduce})
-        for r, x, g, f in zip(requests, xs, G, F, strict=True)
-    ]
+    return _single_point(model, requests, ctx, reduce, times_input=True)
 
 
 @register_method(

@@ -26,8 +26,8 @@ import numpy as np
 from ..errors import InputError
 from ..model import Model
 from ._engine import ScoreRow, score_sequences
-from .base import Context, MethodOutput, Request, nan_mask_scores, register_method
 from ._games import check_replace
+from .base import Context, MethodOutput, Request, nan_mask_scores, register_method
 
 __all__ = ["occlusion_rows", "occlude", "check_replace"]
 

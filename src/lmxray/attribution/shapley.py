@@ -96,7 +96,9 @@ def shapley_sampling(
         info = game_info(g, stats, empty)
         info.update(n_samples=n_samples, seed=seed, antithetic=True)
         if se_scores is not None:
-            info["standard_error"] = np.where(np.isnan(se_scores), None, se_scores).tolist()
+            info["standard_error"] = [
+                [None if math.isnan(x) else x for x in row] for row in se_scores.tolist()
+            ]
         if undefined:
             info["undefined_cells"] = undefined
         outs.append(MethodOutput(scores.astype(np.float32), fx.astype(np.float32), info))

@@ -80,7 +80,8 @@ def lime(
     for g, z, v, fx in zip(games, coalitions, values, full, strict=True):
         t_n = g.req.n_target
         phi = np.zeros((t_n, g.n_players))
-        r2, intercept = [], []
+        r2: list[float | None] = []
+        intercept: list[float] = []
         for t in range(t_n):
             rel = g.relevant[t]
             x = z[:, rel].astype(np.float64)

@@ -182,6 +182,14 @@ def text_rgb(background: tuple[int, int, int]) -> tuple[int, int, int]:
 
 
 # --------------------------------------------------------------------------- facts
+def cell_colours(v: float) -> tuple[str, str] | None:
+    """``(background, text)`` hex colours of a normalised score; ``None`` for NaN."""
+    rgb = score_rgb(v)
+    if rgb is None:
+        return None
+    return rgb_hex(rgb), rgb_hex(text_rgb(rgb))
+
+
 def format_value(v: Any, digits: int = 4) -> str:
     """Compact number formatting: ``nan`` for NaN, 4 significant digits otherwise."""
     if v is None:

@@ -29,6 +29,7 @@ from rich.text import Text
 from ..result import Attribution, register_renderer
 from ._view import (
     aggregate_row,
+    cell_colours,
     display_token,
     eos_note,
     format_value,
@@ -37,7 +38,6 @@ from ._view import (
     normalised_rows,
     rgb_hex,
     score_rgb,
-    text_rgb,
 )
 
 __all__ = ["show_attribution", "attribution_renderables", "attribution_text", "DEFAULT_MAX_STEPS"]
@@ -50,10 +50,10 @@ _TARGET_STYLE = Style(bold=True, reverse=True)
 
 
 def _cell_style(v: float) -> Style:
-    rgb = score_rgb(v)
-    if rgb is None:
+    colours = cell_colours(v)
+    if colours is None:
         return _NAN_STYLE
-    return Style(bgcolor=rgb_hex(rgb), color=rgb_hex(text_rgb(rgb)))
+    return Style(bgcolor=colours[0], color=colours[1])
 
 
 def _token_line(
