@@ -4,12 +4,13 @@ and the attribution API: each is refused with one line (exit 2 on the CLI), noth
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from badinput import ApiCase, CliCase, run_api_case, run_cli_case
-from lmxray.errors import InputError, MethodError, ModelLoadError
+from lmxray.errors import FormatError, InputError, MethodError, ModelLoadError
 
 URL = "http://127.0.0.1:9/v1"  # nothing listens there; every case below fails before a request
 
@@ -114,6 +115,23 @@ def _tiny():
     return lmxray.load()
 
 
+def _saved(tmp):
+    from lmxray.result import Attribution
+
+    return Attribution.load(Path(__file__).parent / "fixtures" / "attribution_v1_orig.json")
+
+
+def _load(path):
+    from lmxray.result import Attribution
+
+    return Attribution.load(path)
+
+
+def _file(tmp, name, data: bytes):
+    (tmp / name).write_bytes(data)
+    return tmp / name
+
+
 def _attr(*args, **kw):
     return lambda tmp: _tiny().attribute(*args, **kw)
 
@@ -177,6 +195,20 @@ API_CASES: list[ApiCase] = [
                                                     n_samples=0), "n_samples", InputError),
     ApiCase("attribute-unknown-features", _attr("hi", target=" x", method="kernel_shap",
                                                 features="paragraph"), "features", InputError),
+    ApiCase("attribution-save-to-a-folder", lambda tmp: _saved(tmp).save(tmp), "is a folder"),
+    ApiCase("attribution-save-no-such-folder", lambda tmp: _saved(tmp).save(tmp / "no" / "a.json"),
+            "does not exist", outputs=["{tmp}/no/a.json"]),
+    ApiCase("attribution-load-missing", lambda tmp: _load(tmp / "none.json"), "no Attribution result file",
+            InputError),
+    ApiCase("attribution-load-folder", lambda tmp: _load(tmp), "is a folder", InputError),
+    ApiCase("attribution-load-not-utf8", lambda tmp: _load(_file(tmp, "a.json", b'{"x": "\xff"}')),
+            "not UTF-8", InputError),
+    ApiCase("attribution-load-not-json", lambda tmp: _load(_file(tmp, "a.json", b"{nope")), "JSON",
+            FormatError),
+    ApiCase("attribution-load-other-format", lambda tmp: _load(_file(
+        tmp, "a.json", b'{"format": "lmxray.lens/1"}')), "lmxray.attribution/1", FormatError),
+    ApiCase("cache-load-an-attribution", lambda tmp: __import__("lmxray.hooks", fromlist=["x"])
+            .ActivationCache.load(_file(tmp, "a.safetensors", b"{}")), "cannot read", FormatError),
     ApiCase("load-offline-hub-id", lambda tmp: __import__("lmxray").load("no-such-org/no-such-model"),
             "HF_HUB_OFFLINE is set", ModelLoadError),
     ApiCase("load-empty-name", lambda tmp: __import__("lmxray").load(""), "model name is empty",

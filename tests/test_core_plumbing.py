@@ -122,6 +122,12 @@ def test_activation_cache_round_trip(tiny, tmp_path):
     assert (d.model_name, d.n_layers, d.tokens) == (c.model_name, c.n_layers, c.tokens)
     torch.testing.assert_close(d["layers.0.resid_post"], c["layers.0.resid_post"])
     assert d.to_dict()["sites"] == {"layers.0.resid_post": list(c["layers.0.resid_post"].shape)}
+    assert d._repr_html_() is None  # no HTML view: notebooks fall back to the repr
+    from rich.console import Console
+
+    con = Console(record=True, width=100)
+    con.print(d)
+    assert "ActivationCache(1 sites" in con.export_text()
 
 
 # ------------------------------------------------------------------ one permission rule
