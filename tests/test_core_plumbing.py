@@ -50,6 +50,19 @@ def test_method_params_are_the_signature_defaults():
     assert all(isinstance(s.params, dict) for s in specs.values())
 
 
+def test_cli_help_defaults_are_the_apis():
+    import inspect
+
+    from lmxray.attribution import api
+    from lmxray.cli import _common
+
+    assert _common.DEFAULT_NEW_TOKENS == api.DEFAULT_NEW_TOKENS
+    assert _common.DEFAULT_METHOD == inspect.signature(api.attribute).parameters["method"].default
+    assert inspect.signature(lmxray.blackbox.BlackBoxModel.attribute).parameters["method"].default in (
+        method_specs()
+    )
+
+
 def test_register_method_refuses_a_parameter_without_default():
     with pytest.raises(ValueError, match="has no default"):
 

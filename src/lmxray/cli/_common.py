@@ -44,6 +44,8 @@ __all__ = [
 ]
 
 PROG = "lmxray"
+# the API's defaults (lmxray.attribution.api), repeated here for --help text only, which must not
+# import torch; tests/test_core_plumbing.py checks that they agree
 DEFAULT_METHOD = "integrated_gradients"
 DEFAULT_NEW_TOKENS = 5
 

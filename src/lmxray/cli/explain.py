@@ -14,6 +14,8 @@ import typer
 
 from ..errors import InputError
 from ._common import (
+    DEFAULT_METHOD,
+    DEFAULT_NEW_TOKENS,
     DeviceOpt,
     HtmlOpt,
     JsonOpt,
@@ -29,8 +31,6 @@ from ._common import (
 
 __all__ = ["register", "explain", "methods"]
 
-DEFAULT_METHOD = "integrated_gradients"
-DEFAULT_NEW_TOKENS = 5
 
 
 class TargetFnName(str, Enum):
@@ -133,7 +133,7 @@ def explain(
     result = m.attribute(
         prompt,
         target=target,
-        max_new_tokens=None if target is not None else (max_new_tokens or DEFAULT_NEW_TOKENS),
+        max_new_tokens=max_new_tokens,  # None: the API's default (DEFAULT_NEW_TOKENS)
         foil=foil,
         method=method,
         target_fn=target_fn.value,

@@ -85,7 +85,7 @@ def explain_endpoint(
     remote = connect(url, tokenizer, model=served_model, api_key=key)
     result = remote.attribute(
         prompt, target=target, foil=foil, method=method,
-        max_new_tokens=None if target is not None else (max_new_tokens or 5), **params,
+        max_new_tokens=max_new_tokens, **params,
     )
     out, err = consoles()
     if not (is_stdout(json_out) or is_stdout(html_out)):
