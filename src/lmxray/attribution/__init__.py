@@ -6,7 +6,7 @@ from . import attention, gradient, perturbation, shapley, surrogate  # noqa: F40
 from ._budget import ScoreRow
 from ._engine import score_sequences
 from ._prefix import count_forward_tokens, prefix_cache
-from .api import attribute
+from .api import attribute, eval_mode
 from .base import (
     Context,
     MethodOutput,
@@ -18,6 +18,7 @@ from .base import (
     methods,
     register_method,
 )
+from .gradient import resolve_baseline_ids
 
 __all__ = [
     "attribute",
@@ -34,4 +35,6 @@ __all__ = [
     "score_sequences",
     "count_forward_tokens",
     "prefix_cache",
+    "eval_mode",
+    "resolve_baseline_ids",
 ]
