@@ -166,6 +166,7 @@ def test_occlusion_equals_direct_forward(llama, replace):
 
 # ---------------------------------------------------------------- attention methods
 def test_attention_is_head_mean_of_eager_weights(gpt2):
+    before = gpt2.config._attn_implementation
     a = gpt2.attribute(PROMPT, target=TARGET, method="attention", layer=1)
     ids = torch.tensor([a.source_ids[:-1]])
     with gpt2.eager_attention(), torch.no_grad():
@@ -175,7 +176,21 @@ def test_attention_is_head_mean_of_eager_weights(gpt2):
         np.testing.assert_allclose(a.scores[t, : P + t], att[P + t - 1, : P + t].numpy(), atol=1e-6)
     r = gpt2.attribute(PROMPT, target=TARGET, method="attention_rollout")
     assert np.allclose(np.nansum(r.scores, 1), 1.0, atol=1e-5)  # rollout rows stay stochastic
-    assert gpt2.config._attn_implementation != "eager" or True
+    assert gpt2.config._attn_implementation == before  # the user's setting is restored
+
+
+def test_attention_methods_restore_a_non_eager_implementation(gpt2):
+    """The attention methods switch to eager attention for their forward and back after it."""
+    before = gpt2.config._attn_implementation
+    gpt2.hf.set_attn_implementation("sdpa")
+    try:
+        assert gpt2.config._attn_implementation == "sdpa"
+        for method in ("attention", "attention_rollout"):
+            a = gpt2.attribute(PROMPT, target=TARGET, method=method)
+            assert np.isfinite(a.scores[0, : a.prompt_length]).all()
+            assert gpt2.config._attn_implementation == "sdpa", method
+    finally:
+        gpt2.hf.set_attn_implementation(before)
 
 
 # ---------------------------------------------------------------- batching and determinism

@@ -67,3 +67,21 @@ def test_unreachable_endpoint_is_one_line_exit_2(app, tiny_dir):
 def test_serve_completions_refuses_a_remote_bind(app, tiny_dir):
     res = runner.invoke(app, ["serve-completions", "--model", str(tiny_dir), "--host", "0.0.0.0"])
     assert res.exit_code == 2 and "loopback" in res.stderr
+
+
+def test_explain_endpoint_with_the_embedded_tokenizer_name(app, tmp_path, monkeypatch):
+    """``--tokenizer lmxray-tiny`` is the embedded tokenizer (no hub lookup, even offline), and
+    the piped output carries the scores."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    m = lmxray.load()
+    js = tmp_path / "a.json"
+    with bb.serve(m) as srv:
+        res = runner.invoke(app, ["explain-endpoint", PROMPT, "--url", srv.url, "--tokenizer",
+                                  "lmxray-tiny", "--target", " Paris", "--method", "occlusion",
+                                  "--json", str(js)])
+    assert res.exit_code == 0, res.output
+    a = Attribution.load(js)
+    ref = m.attribute(PROMPT, target=" Paris", method="occlusion")
+    assert a.source_tokens == ref.source_tokens
+    np.testing.assert_allclose(a.scores, ref.scores, atol=1e-4, equal_nan=True)
+    assert "step 1  target ·Paris" in res.stdout and "·France" in res.stdout

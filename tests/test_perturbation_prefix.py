@@ -12,8 +12,7 @@ import torch
 
 import lmxray
 from conftest import FAMILIES, build_tiny
-from lmxray.attribution import _prefix
-from lmxray.attribution._engine import ScoreRow, score_sequences
+from lmxray.attribution import ScoreRow, _prefix, score_sequences
 from lmxray.attribution._prefix import count_forward_tokens, prefix_cache
 from lmxray.attribution.base import Context
 from lmxray.targets import resolve_target_fn

@@ -11,9 +11,9 @@ import torch
 import lmxray
 from conftest import FAMILIES, build_tiny, tiny_tokenizer
 from lmxray.errors import InputError, MethodError
-from lmxray.hooks import run_with_cache
+from lmxray.hooks import check_additive, run_with_cache
 from lmxray.sites import FAMILIES as TABLE
-from lmxray.sites import LAYER_KINDS, SiteMap, check_additive, site_map
+from lmxray.sites import LAYER_KINDS, SiteMap, site_map
 
 
 @pytest.fixture(autouse=True, scope="module")

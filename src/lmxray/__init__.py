@@ -14,16 +14,9 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .errors import (
-    FormatError,
-    InputError,
-    LmxrayError,
-    MethodError,
-    ModelLoadError,
-    NumericalError,
-)
-
-__version__ = "0.1.0"
+from . import errors
+from ._version import __version__
+from .errors import *  # noqa: F403  (the exception classes: errors.__all__)
 
 # public name -> module that defines it
 _LAZY: dict[str, str] = {
@@ -47,12 +40,7 @@ __all__ = [
     "methods",
     "register_method",
     "TARGET_FUNCTIONS",
-    "LmxrayError",
-    "InputError",
-    "ModelLoadError",
-    "MethodError",
-    "NumericalError",
-    "FormatError",
+    *errors.__all__,
 ]
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -10,36 +10,119 @@ and chat-template prompts. It never mutates the user's model or tokenizer.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import inspect
 import os
+import socket
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
+import transformers
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    PreTrainedModel,
+)
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from .errors import InputError, ModelLoadError, NumericalError
+from .hooks import intervene as _intervene
+from .hooks import run_with_cache
 
 if TYPE_CHECKING:  # pragma: no cover
     from .result import Attribution
 
-__all__ = ["Model", "load", "DEFAULT_MODEL"]
+__all__ = ["Model", "load", "load_tokenizer", "embedded_model_path", "DEFAULT_MODEL", "EMBEDDED_MODELS"]
 
 DEFAULT_MODEL = "lmxray-tiny"
+#: the models shipped inside the package (``lmxray/zoo/models/<name>``), loadable by name offline
+EMBEDDED_MODELS = Path(__file__).resolve().parent / "zoo" / "models"
+
+
+def embedded_model_path(name: str = DEFAULT_MODEL) -> Path | None:
+    """The folder of a model shipped inside the package, or ``None`` when ``name`` is not one."""
+    if not name or "/" in name or name.startswith("."):
+        return None
+    path = EMBEDDED_MODELS / name
+    return path if (path / "config.json").is_file() else None
 
 
 def _default_model_path() -> Path:
-    try:
-        from .zoo import model_path
-    except ImportError as exc:  # pragma: no cover - zoo is part of the package
-        raise ModelLoadError(f"the embedded default model is unavailable ({exc}); pass a model") from None
-    path = Path(model_path(DEFAULT_MODEL))
-    if not (path / "config.json").exists():
+    path = embedded_model_path(DEFAULT_MODEL)
+    if path is None:
         raise ModelLoadError(
-            f"the embedded default model is missing at {path}; reinstall lmxray or pass --model"
+            f"the embedded default model is missing at {EMBEDDED_MODELS / DEFAULT_MODEL}; "
+            "reinstall lmxray or pass --model"
         )
     return path
+
+
+def _offline() -> bool:
+    flags = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    return any(os.environ.get(k, "").strip().upper() in ("1", "ON", "YES", "TRUE") for k in flags)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the hub (``HF_ENDPOINT`` or huggingface.co) opens quickly."""
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _resolve_source(name_or_path: str | os.PathLike[str], what: str) -> str:
+    """The folder or hub id to load ``name_or_path`` (a model or a tokenizer) from.
+
+    A local folder wins; then an embedded model name (``lmxray-tiny``); then a hub id, read from
+    the local cache when it is there. A hub id that is neither cached nor reachable (offline, or
+    ``HF_HUB_OFFLINE=1``) fails at once with one line instead of minutes of retries.
+    """
+    display = str(name_or_path)
+    path = os.path.expanduser(display)
+    if not path.strip():
+        raise InputError(f"{what} name is empty; pass a hub id or a local folder")
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise ModelLoadError(f"{path} is not a {what} folder")
+        if what == "model" and not os.path.exists(os.path.join(path, "config.json")):
+            raise ModelLoadError(f"{path} is not a model folder (no config.json in it)")
+        return path
+    if _looks_like_path(path):
+        raise ModelLoadError(f"{what} folder {path} does not exist; check the path")
+    embedded = embedded_model_path(path)
+    if embedded is not None:
+        return str(embedded)
+    try:
+        AutoConfig.from_pretrained(path, local_files_only=True)
+        return path  # cached (the config at least; the rest may still download)
+    except Exception:  # not in the local cache
+        pass
+    if _offline() or not _hub_reachable():
+        why = "HF_HUB_OFFLINE is set" if _offline() else "the Hugging Face hub is unreachable"
+        raise ModelLoadError(
+            f"{display!r} is not a local folder, an embedded model ({DEFAULT_MODEL}) or in the "
+            f"Hugging Face cache, and {why}; check the name, connect, or pass a local folder"
+        )
+    return path
+
+
+def load_tokenizer(name_or_path: str | os.PathLike[str], *, trust_remote_code: bool = False) -> Any:
+    """A tokenizer by hub id, folder or embedded model name (``lmxray-tiny``), failing fast
+    (one line) when it is not local and the hub cannot be reached."""
+    path = _resolve_source(name_or_path, "tokenizer")
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # transformers raises OSError/ValueError/HTTP errors
+        raise ModelLoadError(f"cannot load the tokenizer {str(name_or_path)!r}: {_one_line(exc)}") from None
 
 
 def _resolve_dtype(dtype: Any) -> Any:
@@ -105,23 +188,13 @@ def load(
         name = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
         return Model(model, tokenizer, name=str(name))
 
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
     resolved = _resolve_dtype(dtype)
     if name_or_path is None:
         path: str = str(_default_model_path())
         display = DEFAULT_MODEL
     else:
-        path = os.path.expanduser(str(name_or_path))
+        path = _resolve_source(name_or_path, "model")
         display = str(name_or_path)
-        if not str(path).strip():
-            raise InputError("model name is empty; pass a hub id or a local folder")
-        if os.path.exists(path):
-            if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "config.json")):
-                raise ModelLoadError(f"{path} is not a model folder (no config.json in it)")
-        elif _looks_like_path(path):
-            raise ModelLoadError(f"model folder {path} does not exist; check the path")
 
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -145,7 +218,7 @@ def load(
         kwargs["device_map"] = device_map
     try:
         tok = tokenizer or AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        hf = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
+        hf: Any = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
     except Exception as exc:
         raise ModelLoadError(f"cannot load {display!r}: {_one_line(exc)}") from None
     hf.eval()
@@ -161,8 +234,6 @@ _ENCODER_ONLY = {"bert", "roberta", "xlm-roberta", "camembert", "electra", "erni
 
 
 def _transformers_major() -> int:
-    import transformers
-
     return int(transformers.__version__.split(".")[0])
 
 
@@ -175,9 +246,6 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _check_causal(model: Any) -> None:
-    from transformers import PreTrainedModel
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
     if not isinstance(model, PreTrainedModel):
         raise ModelLoadError(
             f"expected a transformers PreTrainedModel, got {type(model).__name__}"
@@ -192,6 +260,9 @@ def _check_causal(model: Any) -> None:
         )
     if model.get_output_embeddings() is None:
         raise ModelLoadError(f"{type(model).__name__} has no language-model head (use *ForCausalLM)")
+
+
+_ATTRIBUTION_PACKAGE = "lmxray.attribution"
 
 
 class Model:
@@ -414,8 +485,6 @@ class Model:
         self.check_length(len(prompt_ids) + max_new_tokens)
         ids = torch.tensor([list(prompt_ids)], device=self.device)
         mask = torch.ones_like(ids)
-        from transformers import GenerationConfig
-
         gen_cfg = GenerationConfig(
             max_new_tokens=max_new_tokens,
             do_sample=False,
@@ -467,35 +536,23 @@ class Model:
     # ------------------------------------------------------------------ internals
     def run(self, inputs: Any, cache: str | Sequence[str] | None = None, **kwargs: Any) -> Any:
         """Forward pass that returns an ``ActivationCache`` (see :func:`lmxray.hooks.run_with_cache`)."""
-        from .hooks import run_with_cache
-
         return run_with_cache(self, inputs, cache, **kwargs)
 
     def intervene(self, spec: Any) -> Any:
         """Context manager applying interventions (see :func:`lmxray.hooks.intervene`)."""
-        from .hooks import intervene
-
-        return intervene(self, spec)
+        return _intervene(self, spec)
 
     # ------------------------------------------------------------------ attribution
     def attribute(
-        self,
-        prompt: str | Sequence[str],
-        target: str | Sequence[str] | None = None,
-        *,
-        method: str = "integrated_gradients",
-        max_new_tokens: int | None = None,
-        foil: str | Sequence[str] | None = None,
-        target_fn: Any = None,
-        **params: Any,
+        self, prompt: str | Sequence[str], target: str | Sequence[str] | None = None, **kwargs: Any
     ) -> Attribution | list[Attribution]:
-        """Attribute target tokens to source tokens. See :func:`lmxray.attribution.attribute`."""
-        from .attribution.api import attribute
+        """Attribute target tokens to source tokens. See :func:`lmxray.attribution.attribute`.
 
-        return attribute(
-            self, prompt, target, method=method, max_new_tokens=max_new_tokens, foil=foil,
-            target_fn=target_fn, **params,
-        )
+        ``lmxray.attribution`` is a layer above this module, so it is looked up on first use
+        (the one lazy import of this module, as :func:`lmxray.result.renderer_for` does for views).
+        """
+        attribute = importlib.import_module(_ATTRIBUTION_PACKAGE).attribute
+        return attribute(self, prompt, target, **kwargs)
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:

@@ -129,6 +129,9 @@ class Result:
         return self._view("console")(self, **kwargs)
 
     def __rich_console__(self, console: Any, options: Any) -> Any:
+        if renderer_for(type(self), "console") is None:
+            yield repr(self)
+            return
         yield from self.renderables()
 
     def show(self, console: Any = None, **kwargs: Any) -> None:
@@ -146,8 +149,10 @@ class Result:
             atomic_write_text(path, html)
         return html
 
-    def _repr_html_(self) -> str:
-        return self._view("html")(self, standalone=False)
+    def _repr_html_(self) -> str | None:
+        """The HTML view in a notebook (``None``, so the plain repr, when there is none)."""
+        fn = renderer_for(type(self), "html")
+        return None if fn is None else fn(self, standalone=False)
 
     def to_png(self, path: str | os.PathLike[str] | None = None, **kwargs: Any) -> bytes:
         """PNG figure as bytes; written atomically to ``path`` when given."""

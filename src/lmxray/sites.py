@@ -24,7 +24,7 @@ module plays which role (the TransformerLens-3 ``component_mapping`` / pyvene id
 not in the table goes through a generic fallback that looks for the usual module names; roles it
 cannot find are simply unavailable, and asking for them raises :class:`~lmxray.errors.MethodError`.
 ``resid_pre = resid_post of the previous block`` and, for sequential or parallel pre-norm blocks,
-``resid_post = resid_pre + attn.out + mlp.out`` (checked by :func:`check_additive`).
+``resid_post = resid_pre + attn.out + mlp.out`` (checked by :func:`lmxray.hooks.check_additive`).
 
 Example:
     >>> from lmxray.sites import site_map
@@ -53,7 +53,6 @@ __all__ = [
     "Site",
     "SiteMap",
     "site_map",
-    "check_additive",
 ]
 
 # --------------------------------------------------------------------------- the data
@@ -410,22 +409,3 @@ def site_map(model: Any) -> SiteMap:
         sm = SiteMap(hf)
         _CACHE[hf] = sm
     return sm
-
-
-def check_additive(model: Any, atol: float = 1e-4) -> dict[int, float]:
-    """Per layer, ``max |resid_post - (resid_pre + attn.out + mlp.out)|`` on a short input.
-
-    A small value confirms that ``attn.out`` and ``mlp.out`` are exactly what the block adds to the
-    residual stream (true for pre-norm sequential and parallel blocks; not for post-norm ones).
-    """
-    from .hooks import run_with_cache  # local: hooks imports sites
-
-    sm = site_map(model)
-    ids = [[1 + (7 * k) % 50 for k in range(6)]]
-    cache = run_with_cache(model, ids, cache=["resid_pre", "attn.out", "mlp.out", "resid_post"])
-    out = {}
-    for i in range(sm.n_layers):
-        p = f"layers.{i}."
-        est = cache[p + "resid_pre"] + cache[p + "attn.out"] + cache[p + "mlp.out"]
-        out[i] = float((cache[p + "resid_post"] - est).abs().max())
-    return out

@@ -17,82 +17,23 @@ Two primitives:
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
+from ..errors import InputError
 from ..model import Model
 from ..targets import evaluate_target
+from ._budget import ScoreRow, rows_per_chunk, run_sized, target_tensors
+from ._prefix import score_rows
 from .base import Context, Request
 
 __all__ = [
     "score_sequences", "gradient_sweep", "path_values", "rows_per_chunk", "ScoreRow", "quadrature",
+    "target_tensors",
 ]
-
-_MAX_ROWS = 256
-
-
-def _available_memory(device: torch.device) -> int:
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free * 0.7)
-    try:
-        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover
-        avail = 8 << 30
-    return int(min(avail * 0.3, 4 << 30))
-
-
-def rows_per_chunk(
-    model: Model, seq_len: int, n_keep: int, *, with_grad: bool, ctx: Context | None = None
-) -> int:
-    """How many sequences of ``seq_len`` tokens fit in one forward (and backward) pass.
-
-    Activation memory per sequence is estimated as ``layers * L * (34 d + 5 h L)`` half-words
-    (Korthikanti et al. 2022, with grad) or two layers' worth (no grad), plus the kept logits.
-    """
-    if ctx is not None and ctx.internal_batch_size:
-        return max(1, int(ctx.internal_batch_size))
-    budget = ctx.memory_budget if ctx is not None and ctx.memory_budget else None
-    if budget is None:
-        budget = _available_memory(model.device)
-    elt = torch.finfo(model.dtype).bits // 8
-    d, h, L = model.d_model, model.n_heads, max(seq_len, 1)
-    layers = model.n_layers if with_grad else 2
-    act = layers * L * (34 * d + 5 * h * L) * elt / 2
-    logits = n_keep * model.vocab_size * 4 * (3 if with_grad else 2)
-    per_row = act + logits + 1
-    return int(max(1, min(_MAX_ROWS, budget // per_row)))
-
-
-@dataclass
-class ScoreRow:
-    """A sequence to score and the targets its last ``len(targets)`` positions predict."""
-
-    input_ids: list[int]
-    targets: list[int]
-    foils: list[int] | None = None
-
-
-def _target_tensors(
-    rows: Sequence[ScoreRow], t_max: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    tgt = torch.zeros((len(rows), t_max), dtype=torch.long)
-    valid = torch.zeros((len(rows), t_max), dtype=torch.bool)
-    has_foil = any(r.foils is not None for r in rows)
-    foil = torch.zeros((len(rows), t_max), dtype=torch.long) if has_foil else None
-    for i, r in enumerate(rows):
-        n = len(r.targets)
-        if n:
-            tgt[i, t_max - n:] = torch.as_tensor(r.targets)
-            valid[i, t_max - n:] = True
-            if foil is not None and r.foils is not None:
-                foil[i, t_max - n:] = torch.as_tensor(r.foils)
-    return tgt.to(device), (foil.to(device) if foil is not None else None), valid.to(device)
-
 
 def score_sequences(
     model: Model, rows: Sequence[ScoreRow], ctx: Context
@@ -108,8 +49,6 @@ def score_sequences(
     """
     if not isinstance(model, Model):
         return model.score(rows, ctx)
-    from ._prefix import score_rows
-
     with torch.inference_mode():
         return score_rows(model, rows, ctx)
 
@@ -152,42 +91,46 @@ def _path_values(
         inputs_embeds=emb, attention_mask=mask, position_ids=pos, logits_to_keep=t_max
     ).logits
     rows = [ScoreRow([], requests[i].target_ids, requests[i].foil_ids) for i, _ in chunk]
-    tgt, foil, valid = _target_tensors(rows, t_max, logits.device)
+    tgt, foil, valid = target_tensors(rows, t_max, logits.device)
     return evaluate_target(ctx.target_fn, logits, tgt, foil), valid, t_max
 
 
-def _chunks(
+def _run_path_rows(
     model: Model, rows: list[tuple[int, int]], requests: Sequence[Request], ctx: Context,
-    *, with_grad: bool,
-):
-    start = 0
-    while start < len(rows):
-        probe = rows[start:start + _MAX_ROWS]
+    fn: Any, *, with_grad: bool,
+) -> None:
+    """``fn(chunk)`` over the ``(request, path point)`` rows in memory-sized chunks (halved and
+    retried on out-of-memory; ``fn`` must not change anything before it succeeds)."""
+
+    def size(probe: Sequence[tuple[int, int]]) -> int:
         longest = max(len(requests[i].input_ids) for i, _ in probe)
         keep = max(requests[i].n_target for i, _ in probe)
-        n = rows_per_chunk(model, longest, keep, with_grad=with_grad, ctx=ctx)
-        yield rows[start:start + n]
-        start += n
+        return rows_per_chunk(model, longest, keep, with_grad=with_grad, ctx=ctx)
+
+    def run(chunk: Sequence[tuple[int, int]]) -> list[None]:
+        fn(chunk)
+        return [None] * len(chunk)
+
+    run_sized(rows, size, run, ctx)
 
 
 def path_values(
-    model: Model,
-    requests: Sequence[Request],
-    bases: Sequence[torch.Tensor],
-    diffs: Sequence[torch.Tensor],
-    alphas: torch.Tensor,
-    ctx: Context,
+    model: Model, requests: Sequence[Request], bases: Sequence[torch.Tensor],
+    diffs: Sequence[torch.Tensor], alphas: torch.Tensor, ctx: Context,
 ) -> list[np.ndarray]:
     """Target-function values ``[K, T_i]`` at path points ``base + alpha * diff`` (no grad)."""
     out = [np.zeros((len(alphas), r.n_target), dtype=np.float32) for r in requests]
     rows = [(i, k) for i in range(len(requests)) for k in range(len(alphas))]
+
+    def chunk_values(chunk: Sequence[tuple[int, int]]) -> None:
+        emb, mask, pos, _ = _path_chunk(model, chunk, requests, bases, diffs, alphas)
+        values, _, t_max = _path_values(model, chunk, requests, emb, mask, pos, ctx)
+        v = values.float().cpu().numpy()
+        for j, (i, k) in enumerate(chunk):
+            out[i][k] = v[j, t_max - requests[i].n_target:]
+
     with torch.no_grad():
-        for chunk in _chunks(model, rows, requests, ctx, with_grad=False):
-            emb, mask, pos, _ = _path_chunk(model, chunk, requests, bases, diffs, alphas)
-            values, _, t_max = _path_values(model, chunk, requests, emb, mask, pos, ctx)
-            v = values.float().cpu().numpy()
-            for j, (i, k) in enumerate(chunk):
-                out[i][k] = v[j, t_max - requests[i].n_target:]
+        _run_path_rows(model, rows, requests, ctx, chunk_values, with_grad=False)
     return out
 
 
@@ -217,30 +160,42 @@ def gradient_sweep(
          for r, b in zip(requests, bases, strict=True)]
     F = [np.zeros((k_pts, r.n_target), dtype=np.float32) for r in requests]
     rows = [(i, k) for i in range(len(requests)) for k in range(k_pts)]
+
+    def chunk_grads(chunk: Sequence[tuple[int, int]]) -> None:
+        emb, mask, pos, L = _path_chunk(model, chunk, requests, bases, diffs, alphas)
+        emb.requires_grad_(True)
+        values, valid, t_max = _path_values(model, chunk, requests, emb, mask, pos, ctx)
+        w_rows = torch.stack([weights[k] for _, k in chunk]).to(values.device, values.dtype)
+        groups = _request_groups(chunk)
+        steps = [j for j in range(t_max) if bool(valid[:, j].any())]
+        # collected first, added to G only when every step's VJP succeeded (an out-of-memory
+        # retry of the chunk must not count anything twice)
+        adds: list[tuple[int, int, torch.Tensor]] = []
+        for j, g in _step_vjps(values, emb, valid, w_rows, steps):
+            for i, a, b in groups:
+                t = j - (t_max - requests[i].n_target)
+                if t >= 0:
+                    adds.append((i, t, g[a:b, L - bases[i].shape[0]:].sum(0)))
+        v = values.detach().float().cpu().numpy()
+        for j, (i, k) in enumerate(chunk):
+            F[i][k] = v[j, t_max - requests[i].n_target:]
+        for i, t, g_sum in adds:
+            G[i][t] += g_sum
+
     with torch.enable_grad():
-        for chunk in _chunks(model, rows, requests, ctx, with_grad=True):
-            emb, mask, pos, L = _path_chunk(model, chunk, requests, bases, diffs, alphas)
-            emb.requires_grad_(True)
-            values, valid, t_max = _path_values(model, chunk, requests, emb, mask, pos, ctx)
-            v = values.detach().float().cpu().numpy()
-            for j, (i, k) in enumerate(chunk):
-                F[i][k] = v[j, t_max - requests[i].n_target:]
-            w_rows = torch.stack([weights[k] for _, k in chunk]).to(values.device, values.dtype)
-            # rows of one request are contiguous in a chunk: [(i, start, end)]
-            groups: list[tuple[int, int, int]] = []
-            for j, (i, _) in enumerate(chunk):
-                if groups and groups[-1][0] == i:
-                    groups[-1] = (i, groups[-1][1], j + 1)
-                else:
-                    groups.append((i, j, j + 1))
-            steps = [j for j in range(t_max) if bool(valid[:, j].any())]
-            for j, g in _step_vjps(values, emb, valid, w_rows, steps):
-                for i, a, b in groups:
-                    t = j - (t_max - requests[i].n_target)
-                    if t >= 0:
-                        G[i][t] += g[a:b, L - bases[i].shape[0]:].sum(0)
-            del values, emb
+        _run_path_rows(model, rows, requests, ctx, chunk_grads, with_grad=True)
     return G, F
+
+
+def _request_groups(chunk: Sequence[tuple[int, int]]) -> list[tuple[int, int, int]]:
+    """``[(request, first row, end row)]``: the rows of one request are contiguous in a chunk."""
+    groups: list[tuple[int, int, int]] = []
+    for j, (i, _) in enumerate(chunk):
+        if groups and groups[-1][0] == i:
+            groups[-1] = (i, groups[-1][1], j + 1)
+        else:
+            groups.append((i, j, j + 1))
+    return groups
 
 
 # A chunk of at most this many token positions gets all its target steps' VJPs in one batched
@@ -250,7 +205,10 @@ def gradient_sweep(
 BATCHED_VJP_MAX_TOKENS = 1024
 
 
-def _step_vjps(values, emb, valid, w_rows, steps):
+def _step_vjps(
+    values: torch.Tensor, emb: torch.Tensor, valid: torch.Tensor, w_rows: torch.Tensor,
+    steps: list[int],
+) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield ``(j, d(sum_rows w_row * values[row, j]) / d emb)`` for each target step ``j``.
 
     One VJP per step from the same graph, either as one batched backward (small chunks) or as a
@@ -280,10 +238,8 @@ def gauss_legendre(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def quadrature(rule: str, n: int) -> tuple[np.ndarray, np.ndarray]:
     """``(alphas, weights)`` on [0, 1] for ``gausslegendre``, ``trapezoid`` or ``riemann_*``."""
-    from ..errors import InputError
-
     if n < 1:
-        raise InputError("n_steps must be at least 1")
+        raise InputError(f"n_steps must be at least 1, got {n}")
     if rule == "gausslegendre":
         return gauss_legendre(n)
     if rule == "trapezoid":

@@ -30,11 +30,16 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, MethodError
+from ..model import Model
 from ._engine import ScoreRow, score_sequences
 from ._prefix import count_forward_tokens
 from .base import Context, Request, nan_mask_scores
+from .gradient import resolve_baseline_ids
 
-__all__ = ["Game", "build_games", "evaluate", "spread", "FEATURES", "segment_spans", "int_param"]
+__all__ = [
+    "Game", "build_games", "evaluate", "spread", "FEATURES", "segment_spans", "int_param",
+    "check_replace",
+]
 
 FEATURES = ("token", "word", "sentence")
 _SENT_END = re.compile(r"[.!?][\"')\]]*\s*$")
@@ -236,6 +241,25 @@ def segment_spans(model: Any, segments: Sequence[str]) -> list[tuple[int, int]]:
 
 
 # ------------------------------------------------------------------------------ games
+def check_replace(model: Any, replace: str, baseline: Any) -> tuple[int | None, str]:
+    """The baseline token of ``replace="baseline"`` (``None`` for ``"remove"``) and its description."""
+    if replace == "remove":
+        return None, "remove"
+    if replace == "baseline":
+        if isinstance(baseline, str) and baseline == "auto" and not isinstance(model, Model):
+            # a black-box model has no embeddings to inspect: first of unk, pad, eos
+            tok = model.tokenizer
+            ids = [i for i in (tok.unk_token_id, tok.pad_token_id, tok.eos_token_id) if i is not None]
+            if not ids:
+                raise InputError("the tokenizer has no unk/pad/eos token; pass baseline=<token id>")
+            baseline = int(ids[0])
+        bid, desc = resolve_baseline_ids(model, baseline)
+        if bid is None:
+            raise InputError("occlusion with replace='baseline' needs a token baseline, not 'zero'")
+        return bid, desc
+    raise InputError(f"replace must be 'remove' or 'baseline', got {replace!r}")
+
+
 def build_games(
     model: Any,
     requests: list[Request],
@@ -244,8 +268,6 @@ def build_games(
     baseline: Any,
     sources: str,
 ) -> list[Game]:
-    from .perturbation import check_replace
-
     baseline_id, _ = check_replace(model, replace, baseline)
     if sources not in ("all", "prompt"):
         raise InputError(f"sources must be 'all' or 'prompt', got {sources!r}")
@@ -301,6 +323,8 @@ def _coalition_rows(game: Game, z: np.ndarray) -> list[tuple[ScoreRow, int]]:
     t = t0
     while t < req.n_target:
         if c[t] == 0:
+            # only replace="remove" deletes tokens, and it always has a context token (build_games)
+            assert game.context_id is not None
             row = ScoreRow([game.context_id], [tg[t]], [fo[t]] if fo else None)
             out.append((row, t))
             t += 1

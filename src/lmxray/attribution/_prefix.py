@@ -43,11 +43,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..errors import LmxrayError
+from ..errors import InputError, LmxrayError
+from ..memory import is_oom, run_chunks
+from ._budget import MAX_ROWS, ScoreRow, rows_per_chunk
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..model import Model
-    from ._engine import ScoreRow
     from .base import Context
 
 __all__ = ["ForwardStats", "count_forward_tokens", "prefix_cache", "score_rows"]
@@ -119,8 +120,6 @@ def _record(**kw: int) -> None:
 def prefix_cache(mode: str) -> Iterator[None]:
     """Choose prefix reuse inside the block: ``"auto"`` (default: when the plan saves work),
     ``"on"`` (whenever the model supports it; for tests) or ``"off"`` (plain batches)."""
-    from ..errors import InputError
-
     if mode not in _MODES:
         raise InputError(f"prefix cache mode must be one of {', '.join(_MODES)}, got {mode!r}")
     token = _mode.set(mode)
@@ -340,14 +339,14 @@ class _Runner:
         if self.bar is not None:
             self.bar.update(n)
 
-    def _store(self, logits: torch.Tensor, reads: Sequence[tuple[int, torch.Tensor]]) -> None:
+    def _store(self, logits: torch.Tensor, reads: Sequence[tuple[int, slice]]) -> None:
         """Target values from ``logits [N, V]`` laid out as ``reads`` (row, slice of N)."""
         rows, fn = self.rows, self.ctx.target_fn
         tgt = torch.as_tensor([t for r, _ in reads for t in rows[r].targets], device=logits.device)
         values = fn(logits, tgt)
         foil_at = [k for r, sl in reads if rows[r].foils is not None for k in range(sl.start, sl.stop)]
         if foil_at:
-            foils = [f for r, _ in reads if rows[r].foils is not None for f in rows[r].foils]
+            foils = [f for r, _ in reads for f in (rows[r].foils or [])]
             sel = torch.as_tensor(foil_at, device=logits.device)
             values[sel] = values[sel] - fn(logits[sel], torch.as_tensor(foils, device=logits.device))
         v = values.float().cpu().numpy()
@@ -356,25 +355,39 @@ class _Runner:
         self._tick(len(reads))
 
     def plain(self, idx: Sequence[int]) -> None:
-        """Left-padded batches sorted by length, chunked by the memory budget (no reuse)."""
+        """Left-padded batches sorted by length, chunked by the memory budget (no reuse); a
+        chunk that runs out of memory is halved and retried (recorded in ``ctx.info``)."""
+        for chunk in _plain_chunks(self.model, self.rows, idx, self.ctx):
+            run_chunks(chunk, len(chunk), self._plain_chunk, self.ctx.info)
+
+    def packed_chunk(self, packs: Sequence[_Packed]) -> None:
+        """:meth:`packed` over a memory-sized chunk, halved and retried on out-of-memory."""
+        run_chunks(packs, len(packs), self._packed_list, self.ctx.info)
+
+    def _packed_list(self, packs: Sequence[_Packed]) -> list[None]:
+        self.packed(packs)
+        return [None] * len(packs)
+
+    def _plain_chunk(self, chunk: Sequence[int]) -> list[None]:
+        """One left-padded forward over rows ``chunk``."""
         rows, model = self.rows, self.model
-        for chunk in _plain_chunks(model, rows, idx, self.ctx):
-            t_max = max(len(rows[i].targets) for i in chunk)
-            seqs = [rows[i].input_ids for i in chunk]
-            ids, mask, pos = model.pad_batch(seqs)
-            logits = model.forward(
-                input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=t_max
-            ).logits
-            _record(
-                computed_tokens=sum(len(s) for s in seqs), padded_tokens=ids.numel(), forwards=1
-            )
-            flat, reads, n = [], [], 0
-            for j, i in enumerate(chunk):
-                n_t = len(rows[i].targets)
-                flat.append(logits[j, t_max - n_t:])
-                reads.append((i, slice(n, n + n_t)))
-                n += n_t
-            self._store(torch.cat(flat), reads)
+        t_max = max(len(rows[i].targets) for i in chunk)
+        seqs = [rows[i].input_ids for i in chunk]
+        ids, mask, pos = model.pad_batch(seqs)
+        logits = model.forward(
+            input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=t_max
+        ).logits
+        _record(
+            computed_tokens=sum(len(s) for s in seqs), padded_tokens=ids.numel(), forwards=1
+        )
+        flat, reads, n = [], [], 0
+        for j, i in enumerate(chunk):
+            n_t = len(rows[i].targets)
+            flat.append(logits[j, t_max - n_t:])
+            reads.append((i, slice(n, n + n_t)))
+            n += n_t
+        self._store(torch.cat(flat), reads)
+        return [None] * len(chunk)
 
     def packed(self, packs: Sequence[_Packed]) -> None:
         """One forward over packed rows: tree attention through a 4D additive mask."""
@@ -441,13 +454,11 @@ class _Runner:
 
 def _plain_chunks(model: Model, rows: Sequence[ScoreRow], idx: Sequence[int], ctx: Context) -> list[list[int]]:
     """Length-sorted chunks of ``idx`` as the plain path runs them (memory-bounded)."""
-    from ._engine import _MAX_ROWS, rows_per_chunk
-
     order = sorted(idx, key=lambda i: len(rows[i].input_ids))
     chunks, start = [], 0
     while start < len(order):
-        longest = len(rows[order[min(len(order) - 1, start + _MAX_ROWS - 1)]].input_ids)
-        keep = max(1, max(len(rows[i].targets) for i in order[start:start + _MAX_ROWS]))
+        longest = len(rows[order[min(len(order) - 1, start + MAX_ROWS - 1)]].input_ids)
+        keep = max(1, max(len(rows[i].targets) for i in order[start:start + MAX_ROWS]))
         n = rows_per_chunk(model, longest, keep, with_grad=False, ctx=ctx)
         chunks.append(order[start:start + n])
         start += n
@@ -455,8 +466,6 @@ def _plain_chunks(model: Model, rows: Sequence[ScoreRow], idx: Sequence[int], ct
 
 
 def _packed_chunks(model: Model, packs: list[_Packed], ctx: Context) -> list[list[_Packed]]:
-    from ._engine import rows_per_chunk
-
     packs = sorted(packs, key=lambda pk: -pk.used)
     chunks, start = [], 0
     while start < len(packs):
@@ -532,9 +541,9 @@ def score_rows(model: Model, rows: Sequence[ScoreRow], ctx: Context) -> list[np.
                     continue
                 try:
                     for chunk in chunks:
-                        runner.packed(chunk)
+                        runner.packed_chunk(chunk)
                 except (RuntimeError, TypeError, ValueError, IndexError) as exc:
-                    if isinstance(exc, torch.cuda.OutOfMemoryError | LmxrayError) or model.hf in _VERIFIED:
+                    if is_oom(exc) or isinstance(exc, LmxrayError) or model.hf in _VERIFIED:
                         raise
                     _VERIFIED[model.hf] = False
                     warnings.warn(

@@ -13,13 +13,16 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
+import torch
+import transformers
 
+from .._version import __version__
 from ..errors import InputError, NumericalError
 from ..model import Model
 from ..result import Attribution
 from ..targets import resolve_target_fn, target_fn_name
 from ._engine import ScoreRow, score_sequences
-from .base import Context, Request, get_method
+from .base import Context, MethodSpec, Request, get_method
 
 __all__ = ["attribute", "build_requests", "versions"]
 
@@ -27,11 +30,6 @@ DEFAULT_NEW_TOKENS = 5
 
 
 def versions() -> dict[str, str]:
-    import torch
-    import transformers
-
-    from .. import __version__
-
     return {
         "lmxray": __version__,
         "torch": torch.__version__,
@@ -60,7 +58,21 @@ def _as_list(value: Any, name: str) -> list[str] | None:
         return [value]
     if isinstance(value, Sequence) and all(isinstance(v, str) for v in value):
         return list(value)
-    raise InputError(f"{name} must be a string or a list of strings")
+    raise InputError(f"{name} must be a string or a list of strings, got {_kind(value)}")
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        bad = next((v for v in value if not isinstance(v, str)), None)
+        return f"a list holding {type(bad).__name__} {bad!r}"[:120]
+    return f"{type(value).__name__} {value!r}"[:120]
+
+
+def check_new_tokens(n_new: Any) -> int:
+    """``max_new_tokens`` as a positive int, or an :class:`InputError`."""
+    if not isinstance(n_new, int) or isinstance(n_new, bool) or n_new < 1:
+        raise InputError(f"max_new_tokens must be a positive integer, got {n_new!r}")
+    return n_new
 
 
 def build_requests(
@@ -87,9 +99,7 @@ def build_requests(
                 raise InputError(f"the target{where} tokenizes to no tokens")
             model.check_length(len(p_ids) + len(t_ids))
         else:
-            n_new = DEFAULT_NEW_TOKENS if max_new_tokens is None else max_new_tokens
-            if not isinstance(n_new, int) or isinstance(n_new, bool) or n_new < 1:
-                raise InputError(f"max_new_tokens must be a positive integer, got {n_new!r}")
+            n_new = check_new_tokens(DEFAULT_NEW_TOKENS if max_new_tokens is None else max_new_tokens)
             t_ids = model.generate_ids(p_ids, n_new)
             if not t_ids:
                 raise InputError(
@@ -98,6 +108,8 @@ def build_requests(
                 )
         f_ids = None
         if foils is not None:
+            if not foils[i]:
+                raise InputError(f"the foil is empty{where}; give a foil of the target's token length")
             f_ids = model.encode_target(foils[i])
             if len(f_ids) != len(t_ids):
                 raise InputError(
@@ -110,17 +122,10 @@ def build_requests(
 
 
 def attribute(
-    model: Model,
-    prompt: str | Sequence[str],
-    target: str | Sequence[str] | None = None,
-    *,
-    method: str = "integrated_gradients",
-    max_new_tokens: int | None = None,
-    foil: str | Sequence[str] | None = None,
-    target_fn: Any = None,
-    internal_batch_size: int | None = None,
-    memory_budget: int | None = None,
-    **params: Any,
+    model: Model, prompt: str | Sequence[str], target: str | Sequence[str] | None = None, *,
+    method: str = "integrated_gradients", max_new_tokens: int | None = None,
+    foil: str | Sequence[str] | None = None, target_fn: Any = None,
+    internal_batch_size: int | None = None, memory_budget: int | None = None, **params: Any,
 ) -> Attribution | list[Attribution]:
     """Attribute each target token of each prompt to the source tokens before it.
 
@@ -142,20 +147,7 @@ def attribute(
     """
     spec = get_method(method)
     resolved = spec.resolve_params(params)
-    batched = not isinstance(prompt, str)
-    prompts = _as_list(prompt, "prompt")
-    assert prompts is not None
-    if batched and not prompts:
-        raise InputError("the prompt list is empty")
-    targets = _as_list(target, "target")
-    foils = _as_list(foil, "foil")
-    if targets is not None and max_new_tokens is not None:
-        raise InputError("give either target= or max_new_tokens=, not both")
-    for name, seq in (("target", targets), ("foil", foils)):
-        if seq is not None and len(seq) != len(prompts):
-            raise InputError(f"got {len(prompts)} prompts but {len(seq)} {name}s; give one per prompt")
-    if foils is not None and targets is None:
-        raise InputError("a foil needs an explicit target= to contrast with")
+    prompts, targets, foils = _check_texts(prompt, target, foil, max_new_tokens)
     fn = resolve_target_fn(target_fn)
     ctx = Context(target_fn=fn, internal_batch_size=internal_batch_size, memory_budget=memory_budget)
 
@@ -172,41 +164,76 @@ def attribute(
             for i, v in zip(missing, vals, strict=True):
                 outputs[i].target_scores = v
 
-    base_info = {
+    base_info: dict[str, Any] = {
         "method_params": _describe(resolved),
         "target_fn": target_fn_name(target_fn),
         "generated": targets is None,
         "versions": versions(),
         "passes": spec.passes,
     }
-    results = []
-    for i, (req, out) in enumerate(zip(requests, outputs, strict=True)):
-        valid = ~np.isnan(out.scores)
-        defined = _defined_mask(req)
-        if np.isinf(out.scores).any() or (defined & ~valid).sum() > _allowed_undefined(out):
-            raise NumericalError(
-                f"method {spec.name!r} produced non-finite scores; check the model's dtype "
-                "(try float32) and the method parameters"
-            )
-        info = dict(base_info)
-        info.update(out.info)
-        if foils is not None:
-            info["foil"] = foils[i]
-            info["foil_tokens"] = model.token_strings(req.foil_ids or [])
-        results.append(
-            Attribution(
-                source_tokens=model.token_strings(req.source_ids),
-                target_tokens=model.token_strings(req.target_ids),
-                scores=out.scores,
-                target_scores=np.asarray(out.target_scores, dtype=np.float32),
-                method=spec.name,
-                model_name=model.name,
-                info=info,
-                source_ids=req.source_ids,
-                target_ids=req.target_ids,
-            )
+    base_info.update(ctx.info)  # e.g. oom_backoff
+    n_new = None if targets is not None else DEFAULT_NEW_TOKENS if max_new_tokens is None else max_new_tokens
+    results = [
+        _result(model, spec, req, out, base_info, None if foils is None else foils[i], n_new)
+        for i, (req, out) in enumerate(zip(requests, outputs, strict=True))
+    ]
+    return results if not isinstance(prompt, str) else results[0]
+
+
+def _check_texts(
+    prompt: Any, target: Any, foil: Any, max_new_tokens: Any
+) -> tuple[list[str], list[str] | None, list[str] | None]:
+    """Prompts, targets and foils as lists of one length, or a one-line :class:`InputError`."""
+    prompts = _as_list(prompt, "prompt")
+    if prompts is None:
+        raise InputError("prompt must be a string or a list of strings, got None")
+    if not isinstance(prompt, str) and not prompts:
+        raise InputError("the prompt list is empty")
+    targets = _as_list(target, "target")
+    foils = _as_list(foil, "foil")
+    if targets is not None and max_new_tokens is not None:
+        raise InputError("give either target= or max_new_tokens=, not both")
+    if max_new_tokens is not None:
+        check_new_tokens(max_new_tokens)
+    for name, seq in (("target", targets), ("foil", foils)):
+        if seq is not None and len(seq) != len(prompts):
+            raise InputError(f"got {len(prompts)} prompts but {len(seq)} {name}s; give one per prompt")
+    if foils is not None and targets is None:
+        raise InputError("a foil needs an explicit target= to contrast with")
+    return prompts, targets, foils
+
+
+def _result(
+    model: Model, spec: MethodSpec, req: Request, out: Any, base_info: dict[str, Any],
+    foil: str | None, n_new: int | None,
+) -> Attribution:
+    """The :class:`Attribution` of one request (scores checked for non-finite values)."""
+    valid = ~np.isnan(out.scores)
+    defined = _defined_mask(req)
+    if np.isinf(out.scores).any() or (defined & ~valid).sum() > _allowed_undefined(out):
+        raise NumericalError(
+            f"method {spec.name!r} produced non-finite scores; check the model's dtype "
+            "(try float32) and the method parameters"
         )
-    return results if batched else results[0]
+    info = dict(base_info)
+    info.update(out.info)
+    if n_new is not None:  # generated: say when the model ended the text before n_new tokens
+        info["requested_new_tokens"] = n_new
+        info["stopped_at_eos"] = req.n_target < n_new
+    if foil is not None:
+        info["foil"] = foil
+        info["foil_tokens"] = model.token_strings(req.foil_ids or [])
+    return Attribution(
+        source_tokens=model.token_strings(req.source_ids),
+        target_tokens=model.token_strings(req.target_ids),
+        scores=out.scores,
+        target_scores=np.asarray(out.target_scores, dtype=np.float32),
+        method=spec.name,
+        model_name=model.name,
+        info=info,
+        source_ids=req.source_ids,
+        target_ids=req.target_ids,
+    )
 
 
 def _defined_mask(req: Request) -> np.ndarray:

@@ -22,7 +22,7 @@ import torch
 from ..errors import InputError, MethodError
 from ..model import Model
 from ..targets import evaluate_target
-from ._engine import ScoreRow, _target_tensors
+from ._budget import ScoreRow, target_tensors
 from .base import Context, MethodOutput, Request, nan_mask_scores, register_method
 
 
@@ -45,7 +45,7 @@ def _attentions(
         )
     L = ids.shape[1]
     rows = [ScoreRow([], r.target_ids, r.foil_ids) for r in requests]
-    tgt, foil, _ = _target_tensors(rows, t_max, out.logits.device)
+    tgt, foil, _ = target_tensors(rows, t_max, out.logits.device)
     values = evaluate_target(ctx.target_fn, out.logits, tgt, foil).float().cpu().numpy()
     per_req, fx = [], []
     for b, r in enumerate(requests):
@@ -79,10 +79,11 @@ def _scores_from_matrix(r: Request, mat: torch.Tensor) -> np.ndarray:
     "attention",
     description="Attention weights of one layer (head mean) from each step's query position.",
     kind="attention",
-    params={"layer": -1, "heads": "mean"},
     passes="1 forward per batch (eager attention)",
 )
-def attention(model: Model, requests: list[Request], ctx: Context, *, layer: int, heads: Any) -> list[MethodOutput]:
+def attention(
+    model: Model, requests: list[Request], ctx: Context, *, layer: int = -1, heads: Any = "mean"
+) -> list[MethodOutput]:
     n = model.n_layers
     if not isinstance(layer, int | np.integer) or not -n <= int(layer) < n:
         raise InputError(f"layer must be an integer in {-n}..{n - 1}, got {layer!r}")
@@ -98,10 +99,11 @@ def attention(model: Model, requests: list[Request], ctx: Context, *, layer: int
     "attention_rollout",
     description="Attention rollout through all layers with residual identity (Abnar & Zuidema 2020).",
     kind="attention",
-    params={"residual": 0.5},
     passes="1 forward per batch (eager attention)",
 )
-def attention_rollout(model: Model, requests: list[Request], ctx: Context, *, residual: float) -> list[MethodOutput]:
+def attention_rollout(
+    model: Model, requests: list[Request], ctx: Context, *, residual: float = 0.5
+) -> list[MethodOutput]:
     if not 0.0 <= float(residual) < 1.0:
         raise InputError(f"residual must be in [0, 1), got {residual!r}")
     per_req, fx = _attentions(model, requests, ctx)

@@ -2,8 +2,12 @@
 
 A method is one function registered by name::
 
-    @register_method("saliency", description="...", kind="gradient", params={"reduce": "sum"})
-    def saliency(model, requests, ctx, *, reduce): -> list[MethodOutput]
+    @register_method("saliency", description="...", kind="gradient")
+    def saliency(model, requests, ctx, *, reduce: str = "sum") -> list[MethodOutput]
+
+The method's parameters are its keyword-only parameters, declared once in its signature with
+their defaults (:attr:`MethodSpec.params` reads them with :func:`inspect.signature`; the CLI and
+``lmxray methods --verbose`` read them from there).
 
 It receives the wrapped :class:`~lmxray.model.Model`, a list of :class:`Request` (token ids of
 each prompt, target and optional foil), and a :class:`Context` (target function, chunking), and
@@ -15,17 +19,16 @@ else — tokenisation, generation, validation, provenance, result objects — is
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ..errors import InputError
+from ..memory import check_batch_size
 from ..targets import TargetFn
-
-if TYPE_CHECKING:  # pragma: no cover
-    pass
 
 __all__ = [
     "Request",
@@ -35,6 +38,8 @@ __all__ = [
     "register_method",
     "get_method",
     "methods",
+    "method_specs",
+    "method_params",
     "nan_mask_scores",
 ]
 
@@ -76,6 +81,16 @@ class Context:
     target_fn: TargetFn
     internal_batch_size: int | None = None
     memory_budget: int | None = None  # bytes; None = automatic (free device memory)
+    # what the engine records for every result of the call (e.g. ``oom_backoff``)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_batch_size(self.internal_batch_size)
+        b = self.memory_budget
+        if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 1):
+            raise InputError(
+                f"memory_budget must be a positive number of bytes or None (automatic), got {b!r}"
+            )
 
 
 @dataclass
@@ -94,8 +109,12 @@ class MethodSpec:
     description: str
     kind: str  # gradient | perturbation | attention | control
     fn: MethodFn
-    params: dict[str, Any]  # accepted keyword parameters and their defaults
     passes: str = ""  # forward/backward passes, documented
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """Accepted keyword parameters and their defaults, from the method's signature."""
+        return method_params(self.fn)
 
     def resolve_params(self, given: dict[str, Any]) -> dict[str, Any]:
         unknown = sorted(set(given) - set(self.params))
@@ -117,29 +136,44 @@ def register_method(
     *,
     description: str,
     kind: str,
-    params: dict[str, Any] | None = None,
     passes: str = "",
 ) -> Callable[[MethodFn], MethodFn]:
-    """Register an attribution method under ``name`` (raises if the name is taken)."""
+    """Register an attribution method under ``name`` (raises if the name is taken).
+
+    The method's parameters are its keyword-only parameters; each needs a default."""
 
     def deco(fn: MethodFn) -> MethodFn:
         if name in _REGISTRY:
             raise ValueError(f"an attribution method named {name!r} is already registered")
+        method_params(fn)  # checks the signature now, not at the first call
         _REGISTRY[name] = MethodSpec(
-            name=name, description=description, kind=kind, fn=fn, params=dict(params or {}),
-            passes=passes,
+            name=name, description=description, kind=kind, fn=fn, passes=passes
         )
         return fn
 
     return deco
 
 
-def _ensure_builtin() -> None:
-    from . import attention, gradient, perturbation  # noqa: F401  (registers the built-ins)
+def method_params(fn: Callable[..., Any]) -> dict[str, Any]:
+    """The keyword-only parameters of a method function and their defaults."""
+    out: dict[str, Any] = {}
+    for p in inspect.signature(fn).parameters.values():
+        if p.kind is not inspect.Parameter.KEYWORD_ONLY:
+            continue
+        if p.default is inspect.Parameter.empty:
+            raise ValueError(
+                f"method parameter {p.name!r} of {fn.__name__} has no default; "
+                "give every keyword-only parameter a default"
+            )
+        out[p.name] = p.default
+    return out
+
+
+# The built-in methods register themselves when ``lmxray.attribution`` is imported (its
+# ``__init__`` imports their modules), which happens before this module can be used.
 
 
 def get_method(name: str) -> MethodSpec:
-    _ensure_builtin()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -150,12 +184,11 @@ def get_method(name: str) -> MethodSpec:
 
 def methods() -> dict[str, str]:
     """Registered method names with their one-line descriptions."""
-    _ensure_builtin()
     return {k: _REGISTRY[k].description for k in sorted(_REGISTRY)}
 
 
 def method_specs() -> dict[str, MethodSpec]:
-    _ensure_builtin()
+    """Registered methods by name (description, kind, parameters with defaults, passes)."""
     return dict(sorted(_REGISTRY.items()))
 
 

@@ -69,10 +69,10 @@ def resolve_baseline_ids(model: Model, baseline: Any) -> tuple[int | None, str]:
     if isinstance(baseline, bool):
         raise InputError("baseline must be 'auto', 'zero', 'pad', 'unk', 'eos', a token id or an array")
     if isinstance(baseline, int | np.integer):
-        bid = int(baseline)
-        if not 0 <= bid < model.vocab_size:
-            raise InputError(f"baseline token id {bid} is outside the vocabulary (0..{model.vocab_size - 1})")
-        return bid, f"token:{bid} {model.token_strings([bid])[0]!r}"
+        given = int(baseline)
+        if not 0 <= given < model.vocab_size:
+            raise InputError(f"baseline token id {given} is outside the vocabulary (0..{model.vocab_size - 1})")
+        return given, f"token:{given} {model.token_strings([given])[0]!r}"
     if baseline == "zero":
         return None, "zero"
     if baseline in ("pad", "unk", "eos", "bos"):
@@ -134,62 +134,50 @@ def _finish(
 
 
 def _single_point(
-    model: Model, requests: list[Request], ctx: Context
-) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    model: Model, requests: list[Request], ctx: Context, reduce: str, times_input: bool
+) -> list[MethodOutput]:
+    """Saliency (``|grad|``) or input x gradient (``e * grad``) from one gradient per step."""
+    reduce_dims(torch.zeros(1, 1), reduce)
     xs = [_input_embeddings(model, r) for r in requests]
     zeros = [torch.zeros_like(x) for x in xs]
-    G, F = gradient_sweep(
-        model, requests, zeros, xs, torch.ones(1), torch.ones(1), ctx
-    )
-    return xs, G, F
+    G, F = gradient_sweep(model, requests, zeros, xs, torch.ones(1), torch.ones(1), ctx)
+    return [
+        MethodOutput(
+            _finish(r, g * x.unsqueeze(0) if times_input else g.abs(), reduce), f[0],
+            {"reduce": reduce},
+        )
+        for r, x, g, f in zip(requests, xs, G, F, strict=True)
+    ]
 
 
 @register_method(
     "saliency",
     description="Gradient magnitude |d f / d embedding| per source token (Simonyan et al. 2014).",
     kind="gradient",
-    params={"reduce": "sum"},
     passes="1 forward + T vector-Jacobian products per prompt",
 )
-def saliency(model: Model, requests: list[Request], ctx: Context, *, reduce: str) -> list[MethodOutput]:
-    reduce_dims(torch.zeros(1, 1), reduce)
-    _, G, F = _single_point(model, requests, ctx)
-    return [
-        MethodOutput(_finish(r, g.abs(), reduce), f[0], {"reduce": reduce})
-        for r, g, f in zip(requests, G, F, strict=True)
-    ]
+def saliency(
+    model: Model, requests: list[Request], ctx: Context, *, reduce: str = "sum"
+) -> list[MethodOutput]:
+    return _single_point(model, requests, ctx, reduce, times_input=False)
 
 
 @register_method(
     "input_x_gradient",
     description="Embedding times gradient, signed (Shrikumar et al. 2016).",
     kind="gradient",
-    params={"reduce": "sum"},
     passes="1 forward + T vector-Jacobian products per prompt",
 )
 def input_x_gradient(
-    model: Model, requests: list[Request], ctx: Context, *, reduce: str
+    model: Model, requests: list[Request], ctx: Context, *, reduce: str = "sum"
 ) -> list[MethodOutput]:
-    reduce_dims(torch.zeros(1, 1), reduce)
-    xs, G, F = _single_point(model, requests, ctx)
-    return [
-        MethodOutput(_finish(r, g * x.unsqueeze(0), reduce), f[0], {"reduce": reduce})
-        for r, x, g, f in zip(requests, xs, G, F, strict=True)
-    ]
+    return _single_point(model, requests, ctx, reduce, times_input=True)
 
 
 @register_method(
     "integrated_gradients",
     description="Integrated gradients from a baseline, completeness-checked per step (Sundararajan et al. 2017).",
     kind="gradient",
-    params={
-        "n_steps": 50,
-        "baseline": "auto",
-        "integration": "gausslegendre",
-        "interpolate": "all",
-        "reduce": "sum",
-        "warn_delta": 0.01,
-    },
     passes="ceil(n_steps/chunk) forwards + T vector-Jacobian products per chunk, + 1 no-grad forward",
 )
 def integrated_gradients(
@@ -197,12 +185,12 @@ def integrated_gradients(
     requests: list[Request],
     ctx: Context,
     *,
-    n_steps: int,
-    baseline: Any,
-    integration: str,
-    interpolate: str,
-    reduce: str,
-    warn_delta: float,
+    n_steps: int = 128,
+    baseline: Any = "auto",
+    integration: str = "gausslegendre",
+    interpolate: str = "all",
+    reduce: str = "sum",
+    warn_delta: float = 0.01,
 ) -> list[MethodOutput]:
     reduce_dims(torch.zeros(1, 1), reduce)
     if interpolate not in ("all", "prompt"):

@@ -26,10 +26,10 @@ import numpy as np
 from ..errors import InputError
 from ..model import Model
 from ._engine import ScoreRow, score_sequences
+from ._games import check_replace
 from .base import Context, MethodOutput, Request, nan_mask_scores, register_method
-from .gradient import resolve_baseline_ids
 
-__all__ = ["occlusion_rows"]
+__all__ = ["occlusion_rows", "occlude", "check_replace"]
 
 
 def occlusion_rows(
@@ -82,35 +82,16 @@ def occlude(
     return list(zip(full, drops, strict=True))
 
 
-def check_replace(model: Model, replace: str, baseline: Any) -> tuple[int | None, str]:
-    if replace == "remove":
-        return None, "remove"
-    if replace == "baseline":
-        if isinstance(baseline, str) and baseline == "auto" and not isinstance(model, Model):
-            # a black-box model has no embeddings to inspect: first of unk, pad, eos
-            tok = model.tokenizer
-            ids = [i for i in (tok.unk_token_id, tok.pad_token_id, tok.eos_token_id) if i is not None]
-            if not ids:
-                raise InputError("the tokenizer has no unk/pad/eos token; pass baseline=<token id>")
-            baseline = int(ids[0])
-        bid, desc = resolve_baseline_ids(model, baseline)
-        if bid is None:
-            raise InputError("occlusion with replace='baseline' needs a token baseline, not 'zero'")
-        return bid, desc
-    raise InputError(f"replace must be 'remove' or 'baseline', got {replace!r}")
-
-
 @register_method(
     "occlusion",
     description="Leave-one-token-out: drop in the target when a source token is removed or replaced.",
     kind="perturbation",
-    params={"replace": "remove", "baseline": "auto", "sources": "all"},
     passes="1 + (S - 1) sequence evaluations per prompt (prompt only: 1 + P), batched; "
     "shared prefixes from the KV cache",
 )
 def occlusion(
-    model: Model, requests: list[Request], ctx: Context, *, replace: str, baseline: Any,
-    sources: str,
+    model: Model, requests: list[Request], ctx: Context, *, replace: str = "remove",
+    baseline: Any = "auto", sources: str = "all",
 ) -> list[MethodOutput]:
     baseline_id, desc = check_replace(model, replace, baseline)
     if sources not in ("all", "prompt"):
@@ -141,18 +122,14 @@ def occlusion(
     "random",
     description="Control: seeded random scores (a floor every real method must beat).",
     kind="control",
-    params={"seed": 0},
     passes="none for scores (1 forward for the target values)",
 )
-def random_scores(model: Model, requests: list[Request], ctx: Context, *, seed: int) -> list[MethodOutput]:
+def random_scores(
+    model: Model, requests: list[Request], ctx: Context, *, seed: int = 0
+) -> list[MethodOutput]:
     outs = []
     for r in requests:
         rng = np.random.default_rng([int(seed), *r.source_ids])  # per request: batch-invariant
         scores = rng.standard_normal((r.n_target, r.n_source)).astype(np.float32)
         outs.append(MethodOutput(nan_mask_scores(scores, r.n_prompt), None, {"seed": seed}))
     return outs
-
-
-# the coalition methods live in their own modules; importing them here registers them with the
-# built-ins (base._ensure_builtin imports this module)
-from . import shapley, surrogate  # noqa: E402, F401

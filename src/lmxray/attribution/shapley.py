@@ -40,7 +40,6 @@ from .base import Context, MethodOutput, Request, register_method
 
 __all__ = ["shapley_kernel_weights", "constrained_wls", "antithetic_permutations"]
 
-_COMMON = {"seed": 0, "features": "token", "replace": "remove", "baseline": "auto", "sources": "all"}
 _MAX_EXACT_PLAYERS = 20
 
 
@@ -59,13 +58,12 @@ def antithetic_permutations(rng: np.random.Generator, n_players: int, n: int) ->
     "shapley_sampling",
     description="Shapley values per target step by permutation sampling (antithetic pairs).",
     kind="perturbation",
-    params={"n_samples": 25, **_COMMON},
     passes="n_samples x (players + 1) coalitions per prompt, each one sequence for all steps; "
     "duplicates once, shared prefixes from the KV cache",
 )
 def shapley_sampling(
-    model: Any, requests: list[Request], ctx: Context, *, n_samples: int, seed: int,
-    features: Any, replace: str, baseline: Any, sources: str,
+    model: Any, requests: list[Request], ctx: Context, *, n_samples: int = 25, seed: int = 0,
+    features: Any = "token", replace: str = "remove", baseline: Any = "auto", sources: str = "all",
 ) -> list[MethodOutput]:
     n_samples = int_param(n_samples, "n_samples", 1)
     seed = int_param(seed, "seed", 0)
@@ -98,7 +96,9 @@ def shapley_sampling(
         info = game_info(g, stats, empty)
         info.update(n_samples=n_samples, seed=seed, antithetic=True)
         if se_scores is not None:
-            info["standard_error"] = np.where(np.isnan(se_scores), None, se_scores).tolist()
+            info["standard_error"] = [
+                [None if math.isnan(x) else x for x in row] for row in se_scores.tolist()
+            ]
         if undefined:
             info["undefined_cells"] = undefined
         outs.append(MethodOutput(scores.astype(np.float32), fx.astype(np.float32), info))
@@ -168,13 +168,13 @@ def _all_coalitions(n: int) -> np.ndarray:
     "kernel_shap",
     description="KernelSHAP per target step: Shapley kernel-weighted regression (exact for few players).",
     kind="perturbation",
-    params={"n_samples": 256, "exact": "auto", **_COMMON},
     passes="2^players coalitions (exact) or n_samples + 2 per prompt, each one sequence for all "
     "steps; duplicates once, shared prefixes from the KV cache",
 )
 def kernel_shap(
-    model: Any, requests: list[Request], ctx: Context, *, n_samples: int, exact: Any, seed: int,
-    features: Any, replace: str, baseline: Any, sources: str,
+    model: Any, requests: list[Request], ctx: Context, *, n_samples: int = 256,
+    exact: Any = "auto", seed: int = 0, features: Any = "token", replace: str = "remove",
+    baseline: Any = "auto", sources: str = "all",
 ) -> list[MethodOutput]:
     n_samples = int_param(n_samples, "n_samples", 1)
     seed = int_param(seed, "seed", 0)

@@ -59,16 +59,13 @@ def _check_number(value: Any, name: str, *, strictly_positive: bool) -> None:
     "lime",
     description="LIME per target step: proximity-weighted ridge surrogate over removed features.",
     kind="perturbation",
-    params={
-        "n_samples": 256, "kernel_width": 25.0, "alpha": 1.0, "seed": 0, "features": "token",
-        "replace": "remove", "baseline": "auto", "sources": "all",
-    },
     passes="n_samples coalitions per prompt, each one sequence for all steps; duplicates once, "
     "shared prefixes from the KV cache",
 )
 def lime(
-    model: Any, requests: list[Request], ctx: Context, *, n_samples: int, kernel_width: float,
-    alpha: float, seed: int, features: Any, replace: str, baseline: Any, sources: str,
+    model: Any, requests: list[Request], ctx: Context, *, n_samples: int = 256,
+    kernel_width: float = 25.0, alpha: float = 1.0, seed: int = 0, features: Any = "token",
+    replace: str = "remove", baseline: Any = "auto", sources: str = "all",
 ) -> list[MethodOutput]:
     from sklearn.linear_model import Ridge
 
@@ -83,7 +80,8 @@ def lime(
     for g, z, v, fx in zip(games, coalitions, values, full, strict=True):
         t_n = g.req.n_target
         phi = np.zeros((t_n, g.n_players))
-        r2, intercept = [], []
+        r2: list[float | None] = []
+        intercept: list[float] = []
         for t in range(t_n):
             rel = g.relevant[t]
             x = z[:, rel].astype(np.float64)

@@ -24,13 +24,12 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from ..attribution import Context, ScoreRow, attribute, get_method, method_specs, score_sequences
 from ..errors import InputError, MethodError
-from ..model import Model
+from ..model import Model, load_tokenizer
 from ..targets import logprob, prob
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..attribution._engine import ScoreRow
-    from ..attribution.base import Context
     from ..result import Attribution
 
 __all__ = [
@@ -46,8 +45,6 @@ BLACKBOX_KINDS = ("perturbation", "control")
 
 def blackbox_methods() -> list[str]:
     """Registered methods that run on a black-box model (they only need log-probabilities)."""
-    from ..attribution.base import method_specs
-
     return [n for n, s in method_specs().items() if s.kind in BLACKBOX_KINDS]
 
 
@@ -67,8 +64,6 @@ class LocalScorer:
         self.model = model
 
     def score(self, rows: Sequence[ScoreRow], ctx: Context) -> list[np.ndarray]:
-        from ..attribution._engine import score_sequences
-
         return score_sequences(self.model, rows, ctx)
 
 
@@ -217,16 +212,8 @@ class BlackBoxModel:
     ) -> None:
         if not isinstance(scorer, Scorer):
             raise InputError("scorer must have a score(rows, ctx) method (see lmxray.blackbox.Scorer)")
-        if isinstance(tokenizer, str):
-            from transformers import AutoTokenizer
-
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(tokenizer)
-            except Exception as exc:  # transformers raises OSError/ValueError/HTTP errors
-                from ..errors import ModelLoadError
-
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-                raise ModelLoadError(f"cannot load the tokenizer {tokenizer!r}: {first}") from None
+        if isinstance(tokenizer, str):  # hub id, folder or embedded model name (lmxray-tiny)
+            tokenizer = load_tokenizer(tokenizer)
         self.scorer = scorer
         self.tokenizer = tokenizer
         self.name = name
@@ -273,9 +260,6 @@ class BlackBoxModel:
         **kwargs: Any,
     ) -> Attribution | list[Attribution]:
         """Attribute with a perturbation method. See :func:`lmxray.attribution.attribute`."""
-        from ..attribution.api import attribute
-        from ..attribution.base import get_method
-
         spec = get_method(method)
         if spec.kind not in BLACKBOX_KINDS:
             raise MethodError(

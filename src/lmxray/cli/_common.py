@@ -6,8 +6,13 @@ on stderr (``lmxray: error: ...``) and exits with code 2, without a traceback. O
 checked before any work (:func:`lmxray.io.check_outputs`); results are computed completely before
 any file is written, and files are written atomically (:mod:`lmxray.io`), so a failed run leaves
 no partial output. Anything else is a bug and keeps its traceback. Python warnings become one
-``lmxray: warning: ...`` line each. Ctrl-C exits 130 with one line (``interrupted``; commands that
-resume say so).
+``lmxray: warning: ...`` line each. Ctrl-C exits 130 with one line: ``lmxray: interrupted``, or
+``lmxray: interrupted; rerun the same command to resume`` inside :func:`resumable` (commands that
+continue from a checkpoint or an existing output on the next run use it around their work).
+
+Lazy imports: command functions import their feature packages inside the function, so that
+``lmxray --help`` and a bad option fail fast without importing torch; this package is the only
+place in lmxray where function-level imports of lmxray modules are allowed.
 """
 
 from __future__ import annotations
@@ -35,10 +40,12 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "LmxrayGroup", "PROG", "check_outputs", "write_outputs", "render_png", "load_model", "consoles",
     "check_method", "is_stdout", "ModelOpt", "DeviceOpt", "JsonOpt", "ResultJsonOpt", "HtmlOpt",
-    "PngOpt",
+    "PngOpt", "show_result", "resumable", "Interrupted", "RESUME_HINT",
 ]
 
 PROG = "lmxray"
+# the API's defaults (lmxray.attribution.api), repeated here for --help text only, which must not
+# import torch; tests/test_core_plumbing.py checks that they agree
 DEFAULT_METHOD = "integrated_gradients"
 DEFAULT_NEW_TOKENS = 5
 
@@ -106,12 +113,70 @@ def _exception_types(*names: str) -> tuple[type[BaseException], ...]:
     return tuple(dict.fromkeys(found))
 
 
+RESUME_HINT = "rerun the same command to resume"
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C inside :func:`resumable`: the command can be rerun to continue.
+
+    Attributes:
+        resumable: whether rerunning the same command resumes the work.
+        note: optional detail for the message (e.g. where the checkpoint is).
+    """
+
+    def __init__(self, resumable: bool = True, note: str = "") -> None:
+        super().__init__(note)
+        self.resumable = resumable
+        self.note = note
+
+
+@contextlib.contextmanager
+def resumable(enabled: bool = True, note: str = "") -> Iterator[None]:
+    """Ctrl-C inside the block ends the command with ``lmxray: interrupted; rerun the same
+    command to resume`` (exit 130) instead of ``lmxray: interrupted``.
+
+    Use it around the work of a command that resumes (a checkpoint, an ``--out`` it continues),
+    with ``enabled=False`` when resuming is switched off (``--no-resume``)::
+
+        with resumable(enabled=resume, note=f"checkpoint in {out}"):
+            run(...)
+    """
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        if not enabled or isinstance(exc, Interrupted):
+            raise
+        raise Interrupted(True, note) from None
+
+
+def interrupted_message(exc: BaseException) -> str:
+    """The one line printed for Ctrl-C (without the program name)."""
+    if isinstance(exc, Interrupted) and exc.resumable:
+        return f"interrupted; {RESUME_HINT}" + (f" ({_one_line(exc.note)})" if exc.note else "")
+    return "interrupted"
+
+
 _USAGE_ERRORS = _exception_types("ClickException")  # bad option, missing argument, out of range
 _ABORTS = _exception_types("Abort") + (typer.Abort,)
 
 
+class _Stopped(Exception):
+    """Ctrl-C on its way out: typer turns a KeyboardInterrupt into a silent exit 130, so the
+    line to print travels in this exception instead."""
+
+    def __init__(self, line: str) -> None:
+        super().__init__(line)
+        self.line = line
+
+
 class LmxrayGroup(TyperGroup):
     """The root command group: applies the error contract to every (sub)command."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            raise _Stopped(interrupted_message(exc)) from None
 
     def main(  # type: ignore[override]
         self,
@@ -141,8 +206,11 @@ class LmxrayGroup(TyperGroup):
         except _ABORTS:
             sys.stderr.write(f"{PROG}: aborted\n")
             code = 130
-        except KeyboardInterrupt:
-            sys.stderr.write(f"{PROG}: interrupted\n")
+        except _Stopped as exc:
+            sys.stderr.write(f"{PROG}: {exc.line}\n")
+            code = 130
+        except KeyboardInterrupt as exc:
+            sys.stderr.write(f"{PROG}: {interrupted_message(exc)}\n")
             code = 130
         if standalone_mode:
             sys.exit(code)
@@ -205,6 +273,19 @@ def load_model(model: str | None, device: str | None) -> Model:
     if device is not None:
         kwargs["device"] = device
     return load(model, **kwargs) if model is not None else load(**kwargs)
+
+
+def show_result(result: Any, console: Console, **kwargs: Any) -> None:
+    """Print an Attribution's view: coloured on a terminal; plain text with every score when
+    stdout is a pipe or a file (colours would be lost, and the numbers with them)."""
+    from ..render.console import attribution_text, show_attribution
+
+    if console.is_terminal:
+        show_attribution(result, console=console, **kwargs)
+        return
+    kwargs.pop("normalize", None)  # colours only
+    sys.stdout.write(attribution_text(result, **kwargs))
+    sys.stdout.flush()
 
 
 def check_method(method: str) -> None:

@@ -1,4 +1,9 @@
-"""``lmxray explain`` and ``lmxray methods``: token attribution of a model's output."""
+"""``lmxray explain`` and ``lmxray methods``: token attribution of a model's output.
+
+Method parameters are declared once, in each method's signature; the CLI passes only what the
+user gave, so every default (integrated gradients' ``n_steps`` included) is the method's, and
+``lmxray methods --verbose`` lists them.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,8 @@ import typer
 
 from ..errors import InputError
 from ._common import (
+    DEFAULT_METHOD,
+    DEFAULT_NEW_TOKENS,
     DeviceOpt,
     HtmlOpt,
     JsonOpt,
@@ -18,13 +25,11 @@ from ._common import (
     consoles,
     is_stdout,
     load_model,
+    show_result,
     write_outputs,
 )
 
 __all__ = ["register", "explain", "methods"]
-
-DEFAULT_METHOD = "integrated_gradients"
-DEFAULT_NEW_TOKENS = 5
 
 
 
@@ -40,9 +45,6 @@ class NormalizeMode(str, Enum):
 
 
 # --------------------------------------------------------------------------- commands
-CLI_IG_STEPS = 128  # the API's default is 50 (peer parity); the CLI favours a converged answer
-
-
 def _parse_baseline(text: str) -> int | str:
     text = text.strip()
     if not text:
@@ -92,7 +94,8 @@ def explain(
         int | None,
         typer.Option(
             "--n-steps", min=1, metavar="N",
-            help="Integration steps (integrated gradients; default 128, enough for the 1% completeness check).",
+            help="Integration steps (integrated gradients; default: the method's, see "
+            "'lmxray methods --verbose').",
         ),
     ] = None,
     baseline: Annotated[
@@ -123,8 +126,6 @@ def explain(
     params: dict[str, Any] = {}
     if n_steps is not None:
         params["n_steps"] = n_steps
-    elif method == "integrated_gradients":
-        params["n_steps"] = CLI_IG_STEPS
     if baseline is not None:
         params["baseline"] = _parse_baseline(baseline)
 
@@ -132,7 +133,7 @@ def explain(
     result = m.attribute(
         prompt,
         target=target,
-        max_new_tokens=None if target is not None else (max_new_tokens or DEFAULT_NEW_TOKENS),
+        max_new_tokens=max_new_tokens,  # None: the API's default (DEFAULT_NEW_TOKENS)
         foil=foil,
         method=method,
         target_fn=target_fn.value,
@@ -141,11 +142,8 @@ def explain(
     assert not isinstance(result, list)
 
     out, err = consoles()
-    to_stdout = is_stdout(json_out) or is_stdout(html_out)
-    if not to_stdout:
-        from ..render.console import show_attribution
-
-        show_attribution(result, console=out, max_steps=max_steps, normalize=normalize.value)
+    if not (is_stdout(json_out) or is_stdout(html_out)):
+        show_result(result, out, max_steps=max_steps, normalize=normalize.value)
     write_outputs(
         [
             (json_out, lambda: result.to_json() + "\n"),
@@ -155,22 +153,28 @@ def explain(
     )
 
 
-def methods() -> None:
-    """List the registered attribution methods."""
+def methods(
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", "-v", help="Also list every parameter with its default."),
+    ] = False,
+) -> None:
+    """List the registered attribution methods (--verbose: their parameters and defaults)."""
     from rich.table import Table
     from rich.text import Text
 
-    import lmxray
+    from ..attribution import method_specs
 
     out, _ = consoles()
     table = Table(box=None, show_header=True, header_style="bold", pad_edge=False)
     table.add_column("method", no_wrap=True)
     table.add_column("description")
-    for name, desc in lmxray.methods().items():
-        table.add_row(Text(name, style="bold"), Text(desc))
+    for name, spec in method_specs().items():
+        table.add_row(Text(name, style="bold"), Text(spec.description))
+        if verbose:
+            for param, default in spec.params.items():
+                table.add_row(Text(f"  {param}", style="dim"), Text(f"default {default!r}"))
     out.print(table)
-
-
 
 
 def register(app: typer.Typer) -> None:

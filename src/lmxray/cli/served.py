@@ -13,108 +13,115 @@ a local model that way (loopback only unless ``--allow-remote``).
 
 from __future__ import annotations
 
+import os
+import time
 from typing import Annotated, Any
 
 import typer
 
 from ..errors import InputError
-from ._common import DeviceOpt, HtmlOpt, JsonOpt, ModelOpt
+from ._common import (
+    DeviceOpt,
+    HtmlOpt,
+    JsonOpt,
+    ModelOpt,
+    check_outputs,
+    consoles,
+    is_stdout,
+    load_model,
+    show_result,
+    write_outputs,
+)
 
-__all__ = ["register"]
+__all__ = ["register", "explain_endpoint", "serve_completions"]
+
+
+def explain_endpoint(
+    prompt: Annotated[str, typer.Argument(help="The prompt to explain.", show_default=False)],
+    url: Annotated[str, typer.Option("--url", metavar="URL",
+                                     help="Server base, e.g. http://127.0.0.1:8000/v1.")],
+    tokenizer: Annotated[str, typer.Option(
+        "--tokenizer", metavar="ID_OR_PATH",
+        help="The served model's tokenizer: hub id, folder, or an embedded model name (lmxray-tiny).")],
+    served_model: Annotated[str | None, typer.Option(
+        "--served-model", metavar="NAME", help="The 'model' field of requests.")] = None,
+    target: Annotated[str | None, typer.Option("--target", "-t", metavar="TEXT")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(
+        "--max-new-tokens", "-n", min=1, metavar="N")] = None,
+    foil: Annotated[str | None, typer.Option("--foil", metavar="TEXT")] = None,
+    method: Annotated[str, typer.Option("--method", metavar="NAME")] = "kernel_shap",
+    n_samples: Annotated[int | None, typer.Option("--n-samples", min=1, metavar="N")] = None,
+    features: Annotated[str | None, typer.Option(
+        "--features", metavar="token|word|sentence")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", min=0)] = None,
+    api_key_env: Annotated[str | None, typer.Option(
+        "--api-key-env", metavar="VAR", help="Read the API key from this environment variable.")] = None,
+    json_out: JsonOpt = None,
+    html_out: HtmlOpt = None,
+) -> None:
+    """Explain a served model (OpenAI-compatible completions with echo + logprobs)."""
+    from ..blackbox import connect
+    from ..blackbox.scorer import blackbox_methods
+
+    if target is not None and max_new_tokens is not None:
+        raise InputError("give either --target or --max-new-tokens, not both")
+    if foil is not None and target is None:
+        raise InputError("--foil needs --target: the foil is contrasted with a given target")
+    if method not in blackbox_methods():
+        raise InputError(
+            f"method {method!r} cannot run on a served model; use one of: "
+            f"{', '.join(blackbox_methods())}"
+        )
+    check_outputs(json_out, html_out)
+    if is_stdout(json_out) and is_stdout(html_out):
+        raise InputError("only one of --json and --html can go to stdout ('-')")
+    given = {"n_samples": n_samples, "features": features, "seed": seed}
+    params: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    key = None
+    if api_key_env:
+        key = os.environ.get(api_key_env)
+        if not key:
+            raise InputError(f"environment variable {api_key_env} is not set")
+    remote = connect(url, tokenizer, model=served_model, api_key=key)
+    result = remote.attribute(
+        prompt, target=target, foil=foil, method=method,
+        max_new_tokens=max_new_tokens, **params,
+    )
+    out, err = consoles()
+    if not (is_stdout(json_out) or is_stdout(html_out)):
+        show_result(result, out)
+    write_outputs(
+        [(json_out, lambda: result.to_json() + "\n"), (html_out, lambda: result.to_html())],
+        err,
+    )
+
+
+def serve_completions(
+    model: ModelOpt = None,
+    device: DeviceOpt = None,
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8000,
+    name: Annotated[str | None, typer.Option("--name", help="Model name to answer to.")] = None,
+    allow_remote: Annotated[bool, typer.Option(
+        "--allow-remote", help="Bind a non-loopback address.")] = False,
+) -> None:
+    """Serve a local model as an OpenAI-compatible /v1/completions endpoint (Ctrl-C stops)."""
+    from ..blackbox.server import serve
+
+    m = load_model(model, device)
+    srv = serve(m, host=host, port=port, name=name, allow_remote=allow_remote)
+    _, err = consoles()
+    err.print(f"serving {srv.name!r} at {srv.url} (Ctrl-C to stop)", highlight=False)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        srv.close()
 
 
 def register(app: typer.Typer) -> None:
     """Add ``explain-endpoint`` and ``serve-completions`` to the main app."""
-
-    @app.command("explain-endpoint")
-    def explain_endpoint(
-        prompt: Annotated[str, typer.Argument(help="The prompt to explain.", show_default=False)],
-        url: Annotated[str, typer.Option("--url", metavar="URL",
-                                         help="Server base, e.g. http://127.0.0.1:8000/v1.")],
-        tokenizer: Annotated[str, typer.Option("--tokenizer", metavar="ID_OR_PATH",
-                                               help="The served model's tokenizer.")],
-        served_model: Annotated[str | None, typer.Option(
-            "--served-model", metavar="NAME", help="The 'model' field of requests.")] = None,
-        target: Annotated[str | None, typer.Option("--target", "-t", metavar="TEXT")] = None,
-        max_new_tokens: Annotated[int | None, typer.Option(
-            "--max-new-tokens", "-n", min=1, metavar="N")] = None,
-        foil: Annotated[str | None, typer.Option("--foil", metavar="TEXT")] = None,
-        method: Annotated[str, typer.Option("--method", metavar="NAME")] = "kernel_shap",
-        n_samples: Annotated[int | None, typer.Option("--n-samples", min=1, metavar="N")] = None,
-        features: Annotated[str | None, typer.Option(
-            "--features", metavar="token|word|sentence")] = None,
-        seed: Annotated[int | None, typer.Option("--seed", min=0)] = None,
-        api_key_env: Annotated[str | None, typer.Option(
-            "--api-key-env", metavar="VAR", help="Read the API key from this environment variable.")] = None,
-        json_out: JsonOpt = None,
-        html_out: HtmlOpt = None,
-    ) -> None:
-        """Explain a served model (OpenAI-compatible completions with echo + logprobs)."""
-        import os
-
-        from ..blackbox import connect
-        from ..blackbox.scorer import blackbox_methods
-        from ._common import check_outputs, consoles, write_outputs
-
-        if target is not None and max_new_tokens is not None:
-            raise InputError("give either --target or --max-new-tokens, not both")
-        if method not in blackbox_methods():
-            raise InputError(
-                f"method {method!r} cannot run on a served model; use one of: "
-                f"{', '.join(blackbox_methods())}"
-            )
-        check_outputs(json_out, html_out)
-        params: dict[str, Any] = {}
-        if n_samples is not None:
-            params["n_samples"] = n_samples
-        if features is not None:
-            params["features"] = features
-        if seed is not None:
-            params["seed"] = seed
-        key = None
-        if api_key_env:
-            key = os.environ.get(api_key_env)
-            if not key:
-                raise InputError(f"environment variable {api_key_env} is not set")
-        remote = connect(url, tokenizer, model=served_model, api_key=key)
-        result = remote.attribute(
-            prompt, target=target, foil=foil, method=method,
-            max_new_tokens=None if target is not None else (max_new_tokens or 5), **params,
-        )
-        out, err = consoles()
-        if str(json_out) != "-" and str(html_out) != "-":
-            from ..render.console import show_attribution
-
-            show_attribution(result, console=out)
-        write_outputs(
-            [(json_out, lambda: result.to_json() + "\n"), (html_out, lambda: result.to_html())],
-            err,
-        )
-
-    @app.command("serve-completions")
-    def serve_completions(
-        model: ModelOpt = None,
-        device: DeviceOpt = None,
-        host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
-        port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8000,
-        name: Annotated[str | None, typer.Option("--name", help="Model name to answer to.")] = None,
-        allow_remote: Annotated[bool, typer.Option(
-            "--allow-remote", help="Bind a non-loopback address.")] = False,
-    ) -> None:
-        """Serve a local model as an OpenAI-compatible /v1/completions endpoint (Ctrl-C stops)."""
-        import time
-
-        from ..blackbox.server import serve
-        from ._common import consoles, load_model
-
-        m = load_model(model, device)
-        srv = serve(m, host=host, port=port, name=name, allow_remote=allow_remote)
-        _, err = consoles()
-        err.print(f"serving {srv.name!r} at {srv.url} (Ctrl-C to stop)", highlight=False)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            srv.close()
+    app.command("explain-endpoint")(explain_endpoint)
+    app.command("serve-completions")(serve_completions)

@@ -65,6 +65,7 @@ __all__ = [
     "scatter",
     "intervene",
     "run_with_cache",
+    "check_additive",
     "capture",
     "prepare_inputs",
     "CACHE_FORMAT",
@@ -701,3 +702,20 @@ def run_with_cache(
         tokens=[model.token_strings(s) for s in seqs], logits=lg if logits else None,
         n_layers=sm.n_layers, model_name=model.name,
     )
+
+
+def check_additive(model: Any, atol: float = 1e-4) -> dict[int, float]:
+    """Per layer, ``max |resid_post - (resid_pre + attn.out + mlp.out)|`` on a short input.
+
+    A small value confirms that ``attn.out`` and ``mlp.out`` are exactly what the block adds to the
+    residual stream (true for pre-norm sequential and parallel blocks; not for post-norm ones).
+    """
+    sm = site_map(model)
+    ids = [[1 + (7 * k) % 50 for k in range(6)]]
+    cache = run_with_cache(model, ids, cache=["resid_pre", "attn.out", "mlp.out", "resid_post"])
+    out = {}
+    for i in range(sm.n_layers):
+        p = f"layers.{i}."
+        est = cache[p + "resid_pre"] + cache[p + "attn.out"] + cache[p + "mlp.out"]
+        out[i] = float((cache[p + "resid_post"] - est).abs().max())
+    return out

@@ -7,12 +7,14 @@ import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 
 from ..errors import FormatError, InputError
+from ..io import load_tensors, save_tensors
+from ..result import Result
 from ..sites import LAYER_KINDS
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -55,7 +57,7 @@ def prepare_inputs(model: Model, inputs: Any) -> tuple[torch.Tensor, torch.Tenso
 
 
 # --------------------------------------------------------------------------- the cache
-class ActivationCache(Mapping[str, torch.Tensor]):
+class ActivationCache(Result, Mapping[str, torch.Tensor]):
     """Activations of one forward, by site name, with the tokens they belong to.
 
     Tensors are ``[B, L, ...]`` over the left-padded batch (``attn.head_out``:
@@ -69,7 +71,11 @@ class ActivationCache(Mapping[str, torch.Tensor]):
         tokens: per row, the token strings (unpadded).
         logits: ``[B, L, vocab]`` or None.
         n_layers: the model's layer count (to resolve negative layers).
+
+    A :class:`~lmxray.result.Result` stored as safetensors (:meth:`save` / :meth:`load`).
     """
+
+    FORMAT: ClassVar[str] = CACHE_FORMAT
 
     def __init__(self, activations: dict[str, torch.Tensor], *, input_ids: torch.Tensor,
                  attention_mask: torch.Tensor, tokens: list[list[str]] | None = None,
@@ -143,48 +149,42 @@ class ActivationCache(Mapping[str, torch.Tensor]):
         )
 
     # persistence (safetensors + JSON metadata; never pickle)
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON summary (model, tokens, each site's shape); the tensors are saved by :meth:`save`."""
+        return {
+            "model": self.model_name, "n_layers": self.n_layers, "tokens": self.tokens,
+            "sites": {k: list(v.shape) for k, v in self.activations.items()},
+        }
+
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write a ``.safetensors`` file atomically (format ``lmxray.cache/1``)."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        if not path.parent.is_dir():
-            raise InputError(f"cannot write {path}: folder {path.parent} does not exist; create it first")
-        tensors = {f"act/{k}": v.detach().contiguous().cpu() for k, v in self.activations.items()}
-        tensors["input_ids"] = self.input_ids.detach().cpu().contiguous()
-        tensors["attention_mask"] = self.attention_mask.detach().cpu().contiguous()
+        tensors = {f"act/{k}": v for k, v in self.activations.items()}
+        tensors["input_ids"] = self.input_ids
+        tensors["attention_mask"] = self.attention_mask
         if self.logits is not None:
-            tensors["logits"] = self.logits.detach().cpu().contiguous()
-        meta = {"format": CACHE_FORMAT, "model": self.model_name, "n_layers": str(self.n_layers),
-                "tokens": json.dumps(self.tokens)}
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            save_file(tensors, str(tmp), metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-        return path
+            tensors["logits"] = self.logits
+        meta = {"model": self.model_name, "n_layers": self.n_layers, "tokens": self.tokens}
+        return save_tensors(path, tensors, format=CACHE_FORMAT, metadata=meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu") -> ActivationCache:
-        """Read a file written by :meth:`save`."""
-        from safetensors import safe_open
-
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(f"no cache file at {path}")
+        """Read a file written by :meth:`save` (also by lmxray before ``lmxray.io``, whose
+        metadata values were plain strings: ``"model": "lmxray-tiny"``, ``"n_layers": "4"``)."""
+        tensors, meta = load_tensors(
+            path, formats=cls.formats(), what="activation cache", device=str(device)
+        )
+        if "input_ids" not in tensors or "attention_mask" not in tensors:
+            raise FormatError(f"{path} is a malformed {CACHE_FORMAT} file: no input_ids or attention_mask")
+        model = meta.get("model", "")
+        if not isinstance(model, str):  # an old plain-string name that happens to parse as JSON
+            model = json.dumps(model)
+        tokens = meta.get("tokens", [])
+        if isinstance(tokens, str):  # not JSON
+            raise FormatError(f"{path} is a malformed {CACHE_FORMAT} file: tokens are not JSON")
         try:
-            with safe_open(str(path), framework="pt", device=str(device)) as fh:
-                meta = fh.metadata() or {}
-                if meta.get("format") != CACHE_FORMAT:
-                    raise FormatError(f"{path} is not an lmxray activation cache ({CACHE_FORMAT})")
-                tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
-        except FormatError:
-            raise
-        except Exception as exc:  # safetensors raises its own error types
-            raise FormatError(f"cannot read {path}: {exc}") from None
+            n_layers = int(meta.get("n_layers", 0))
+        except (TypeError, ValueError):
+            raise FormatError(f"{path} is a malformed {CACHE_FORMAT} file: n_layers is not a number") from None
         acts = {k[4:]: v for k, v in tensors.items() if k.startswith("act/")}
         return cls(acts, input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"],
-                   tokens=json.loads(meta.get("tokens", "[]")), logits=tensors.get("logits"),
-                   n_layers=int(meta.get("n_layers", "0")), model_name=meta.get("model", ""))
+                   tokens=tokens, logits=tensors.get("logits"), n_layers=n_layers, model_name=model)

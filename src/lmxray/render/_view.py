@@ -182,6 +182,14 @@ def text_rgb(background: tuple[int, int, int]) -> tuple[int, int, int]:
 
 
 # --------------------------------------------------------------------------- facts
+def cell_colours(v: float) -> tuple[str, str] | None:
+    """``(background, text)`` hex colours of a normalised score; ``None`` for NaN."""
+    rgb = score_rgb(v)
+    if rgb is None:
+        return None
+    return rgb_hex(rgb), rgb_hex(text_rgb(rgb))
+
+
 def format_value(v: Any, digits: int = 4) -> str:
     """Compact number formatting: ``nan`` for NaN, 4 significant digits otherwise."""
     if v is None:
@@ -269,3 +277,15 @@ def header_facts(a: Attribution) -> list[tuple[str, str]]:
         facts.append(("convergence", conv))
     facts.append(("tokens", f"{a.prompt_length} prompt + {len(a.target_tokens)} target"))
     return facts
+
+
+def eos_note(a: Attribution) -> str | None:
+    """A line saying the model ended the text before the requested number of new tokens."""
+    info = a.info if isinstance(a.info, dict) else {}
+    if not info.get("stopped_at_eos"):
+        return None
+    n = len(a.target_tokens)
+    return (
+        f"the model ended the text (<eos>) after {n} of the {info.get('requested_new_tokens')} "
+        "requested new tokens"
+    )

@@ -29,17 +29,18 @@ from rich.text import Text
 from ..result import Attribution, register_renderer
 from ._view import (
     aggregate_row,
+    cell_colours,
     display_token,
+    eos_note,
     format_value,
     header_facts,
     is_special_token,
     normalised_rows,
     rgb_hex,
     score_rgb,
-    text_rgb,
 )
 
-__all__ = ["show_attribution", "attribution_renderables", "DEFAULT_MAX_STEPS"]
+__all__ = ["show_attribution", "attribution_renderables", "attribution_text", "DEFAULT_MAX_STEPS"]
 
 DEFAULT_MAX_STEPS = 20
 
@@ -49,10 +50,10 @@ _TARGET_STYLE = Style(bold=True, reverse=True)
 
 
 def _cell_style(v: float) -> Style:
-    rgb = score_rgb(v)
-    if rgb is None:
+    colours = cell_colours(v)
+    if colours is None:
         return _NAN_STYLE
-    return Style(bgcolor=rgb_hex(rgb), color=rgb_hex(text_rgb(rgb)))
+    return Style(bgcolor=colours[0], color=colours[1])
 
 
 def _token_line(
@@ -178,6 +179,9 @@ def attribution_renderables(
     if header:
         yield _header(a)
         yield _answer(a)
+        note = eos_note(a)
+        if note is not None:
+            yield Text(note, style="dim")
 
     table = Table(box=None, padding=(0, 1), show_edge=False, expand=False, pad_edge=False)
     table.add_column("step", justify="right", style="dim", no_wrap=True)
@@ -243,3 +247,47 @@ def show_attribution(
             )
         )
     )
+
+
+def attribution_text(
+    a: Attribution,
+    steps: Iterable[int] | None = None,
+    max_steps: int | None = DEFAULT_MAX_STEPS,
+    header: bool = True,
+) -> str:
+    """The terminal view as plain text with the numbers (for pipes and files, where colours
+    are lost): per step, the target token and its value, then every source token it reads with
+    its score.
+    """
+    chosen, hidden = _select_steps(len(a.target_tokens), steps, max_steps)
+    facts = header_facts(a)
+    lines: list[str] = []
+    if header:
+        lines.append("lmxray attribution  ·  " + "  ·  ".join(f"{k} {v}" for k, v in facts))
+        lines.append(_answer(a).plain)
+        note = eos_note(a)
+        if note is not None:
+            lines.append(note)
+    p = a.prompt_length
+    width = max((len(display_token(t)) for t in a.source_tokens), default=5)
+    width = min(max(width, 5), 30)
+    for t in chosen:
+        lines.append(
+            f"step {t + 1}  target {display_token(a.target_tokens[t])}  "
+            f"{facts[2][1]} {format_value(a.target_scores[t])}"
+        )
+        lines.append(f"  {'pos':>4}  {'token':<{width}}  score")
+        for s in range(p + t):
+            tok = display_token(a.source_tokens[s])
+            lines.append(f"  {s:>4}  {tok:<{width}}  {format_value(a.scores[t, s])}")
+    if hidden:
+        lines.append(f"{hidden} more step(s) not shown (--max-steps)")
+    if len(a.target_tokens) > 1:
+        raw, _, _ = aggregate_row(a)
+        total = sum(float(x) for x in a.target_scores if math.isfinite(x))
+        lines.append(f"Σ all steps  {facts[2][1]} {format_value(total)}")
+        lines.append(f"  {'pos':>4}  {'token':<{width}}  score")
+        for s in range(len(a.source_tokens) - 1):
+            tok = display_token(a.source_tokens[s])
+            lines.append(f"  {s:>4}  {tok:<{width}}  {format_value(raw[s])}")
+    return "\n".join(lines) + "\n"

@@ -28,19 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..result import Attribution, register_renderer
-from ._view import (
-    PALETTE,
-    aggregate_row,
-    display_token,
-    format_value,
-    header_facts,
-    is_special_token,
-    normalised_rows,
-    rgb_hex,
-    score_rgb,
-    target_fn_label,
-    text_rgb,
-)
+from . import _view
 
 if TYPE_CHECKING:  # pragma: no cover
     import jinja2
@@ -78,13 +66,6 @@ def _version() -> str:
         return "dev"
 
 
-def _colours(v: float) -> tuple[str, str] | None:
-    rgb = score_rgb(v)
-    if rgb is None:
-        return None
-    return rgb_hex(rgb), rgb_hex(text_rgb(rgb))
-
-
 def _short(v: float) -> str:
     if not math.isfinite(v):
         return ""
@@ -99,7 +80,76 @@ def _none_if_nan(x: Any) -> float | None:
 
 
 def _step_option(a: Attribution, t: int) -> str:
-    return f"{t + 1} · {display_token(a.target_tokens[t])}"
+    return f"{t + 1} · {_view.display_token(a.target_tokens[t])}"
+
+
+def _token_items(
+    a: Attribution, view_norm: np.ndarray, view_raw: np.ndarray, view_upto: int, step: int | str
+) -> list[dict[str, Any]]:
+    """The coloured source tokens of the first view (the rest of the views are the script's)."""
+    p = a.prompt_length
+    tokens = []
+    for s, tok in enumerate(a.source_tokens):
+        label = _view.display_token(tok, whitespace=False)
+        cls = ["lmx-tok"]
+        if s >= p:
+            cls.append("lmx-tgt")
+        if _view.is_special_token(a, s):
+            cls.append("lmx-special")
+        colours = None
+        if s < view_upto:
+            colours = _view.cell_colours(float(view_norm[s]))
+            if colours is None:
+                cls.append("lmx-nan")
+        elif step != "sum" and s == view_upto:
+            cls.append("lmx-current")
+        else:
+            cls.append("lmx-future")
+        val = float(view_raw[s]) if s < view_upto else float("nan")
+        tokens.append(
+            {
+                "s": s,
+                "label": label,
+                "cls": " ".join(cls),
+                "style": f"background-color:{colours[0]};color:{colours[1]}" if colours else "",
+                "title": f"{tok!r} · {_view.format_value(val)}" if s < view_upto else repr(tok),
+                "step": s - p if s >= p else None,
+                "newline": "\n" in tok,
+            }
+        )
+    return tokens
+
+
+def _heat_rows(a: Attribution, norm: np.ndarray) -> list[dict[str, Any]]:
+    """One row of the source × target table per source token, every cell coloured."""
+    p, n_t = a.prompt_length, len(a.target_tokens)
+    heat_rows = []
+    for s, tok in enumerate(a.source_tokens):
+        cells = []
+        for t in range(n_t):
+            v = float(a.scores[t, s])
+            colours = _view.cell_colours(float(norm[t, s]))
+            head = f"{_view.display_token(tok)} → {_view.display_token(a.target_tokens[t])} (step {t + 1})"
+            cells.append(
+                {
+                    "text": _short(v),
+                    "style": f"background-color:{colours[0]};color:{colours[1]}" if colours else "",
+                    "title": f"{head}: {_view.format_value(v)}"
+                    if colours
+                    else f"{head}: not attributable",
+                    "nan": colours is None,
+                }
+            )
+        heat_rows.append(
+            {
+                "label": _view.display_token(tok),
+                "title": repr(tok),
+                "target": s >= p,
+                "special": _view.is_special_token(a, s),
+                "cells": cells,
+            }
+        )
+    return heat_rows
 
 
 @register_renderer(Attribution, "html")
@@ -135,80 +185,26 @@ def attribution_html(
             raise ValueError(f"step must be 'sum' or an index below {n_t}, got {step!r}")
         step = int(step) % n_t
 
-    norm, scale = normalised_rows(a, normalize)
-    agg_raw, agg_norm, agg_scale = aggregate_row(a)
+    norm, scale = _view.normalised_rows(a, normalize)
+    agg_raw, agg_norm, agg_scale = _view.aggregate_row(a)
     if step == "sum":
         view_norm, view_raw, view_upto = agg_norm, agg_raw, n_s - 1
     else:
         assert isinstance(step, int)
         view_norm, view_raw, view_upto = norm[step], a.scores[step], p + step
 
-    tokens = []
-    for s, tok in enumerate(a.source_tokens):
-        label = display_token(tok, whitespace=False)
-        cls = ["lmx-tok"]
-        if s >= p:
-            cls.append("lmx-tgt")
-        if is_special_token(a, s):
-            cls.append("lmx-special")
-        colours = None
-        if s < view_upto:
-            colours = _colours(float(view_norm[s]))
-            if colours is None:
-                cls.append("lmx-nan")
-        elif step != "sum" and s == view_upto:
-            cls.append("lmx-current")
-        else:
-            cls.append("lmx-future")
-        val = float(view_raw[s]) if s < view_upto else float("nan")
-        tokens.append(
-            {
-                "s": s,
-                "label": label,
-                "cls": " ".join(cls),
-                "style": f"background-color:{colours[0]};color:{colours[1]}" if colours else "",
-                "title": f"{tok!r} · {format_value(val)}" if s < view_upto else repr(tok),
-                "step": s - p if s >= p else None,
-                "newline": "\n" in tok,
-            }
-        )
-
-    heat_rows = []
-    for s, tok in enumerate(a.source_tokens):
-        cells = []
-        for t in range(n_t):
-            v = float(a.scores[t, s])
-            colours = _colours(float(norm[t, s]))
-            head = f"{display_token(tok)} → {display_token(a.target_tokens[t])} (step {t + 1})"
-            cells.append(
-                {
-                    "text": _short(v),
-                    "style": f"background-color:{colours[0]};color:{colours[1]}" if colours else "",
-                    "title": f"{head}: {format_value(v)}"
-                    if colours
-                    else f"{head}: not attributable",
-                    "nan": colours is None,
-                }
-            )
-        heat_rows.append(
-            {
-                "label": display_token(tok),
-                "title": repr(tok),
-                "target": s >= p,
-                "special": is_special_token(a, s),
-                "cells": cells,
-            }
-        )
+    tokens = _token_items(a, view_norm, view_raw, view_upto, step)
+    heat_rows = _heat_rows(a, norm)
 
     data = {
         "scores": [[_none_if_nan(v) for v in row] for row in a.scores.tolist()],
         "targetScores": [_none_if_nan(v) for v in a.target_scores.tolist()],
-        "sourceLabels": [display_token(t) for t in a.source_tokens],
+        "sourceLabels": [_view.display_token(t) for t in a.source_tokens],
         "sourceRepr": [repr(t) for t in a.source_tokens],
-        "targetLabels": [display_token(t) for t in a.target_tokens],
+        "targetLabels": [_view.display_token(t) for t in a.target_tokens],
         "promptLength": p,
-        "palette": PALETTE,
-        "fnName": target_fn_label(a),
+        "palette": _view.PALETTE,
+        "fnName": _view.target_fn_label(a),
         "initialStep": step,
         "normalize": normalize,
     }
@@ -217,24 +213,24 @@ def attribution_html(
         "standalone": standalone,
         "uid": uid,
         "title": title or f"lmxray · {a.method} · {a.model_name or 'model'}",
-        "facts": header_facts(a),
+        "facts": _view.header_facts(a),
         "prompt_text": "".join(a.prompt_tokens),
         "target_text": "".join(a.target_tokens),
         "tokens": tokens,
         "steps": [
-            {"index": t, "label": _step_option(a, t), "value": format_value(a.target_scores[t])}
+            {"index": t, "label": _step_option(a, t), "value": _view.format_value(a.target_scores[t])}
             for t in range(n_t)
         ],
         "n_targets": n_t,
         "step": step,
-        "fn_name": target_fn_label(a),
-        "scale": format_value(agg_scale if step == "sum" else scale[step]),
-        "caption_value": format_value(
+        "fn_name": _view.target_fn_label(a),
+        "scale": _view.format_value(agg_scale if step == "sum" else scale[step]),
+        "caption_value": _view.format_value(
             float(np.nansum(a.target_scores)) if step == "sum" else a.target_scores[step]
         ),
-        "heat_targets": [{"label": display_token(t), "title": repr(t)} for t in a.target_tokens],
+        "heat_targets": [{"label": _view.display_token(t), "title": repr(t)} for t in a.target_tokens],
         "heat_rows": heat_rows,
-        "palette_css": ", ".join(PALETTE),
+        "palette_css": ", ".join(_view.PALETTE),
         "normalize": normalize,
         "data": data,
         "info_json": json.dumps(a.to_dict()["info"], indent=2, ensure_ascii=False, sort_keys=True),

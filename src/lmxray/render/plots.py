@@ -11,23 +11,21 @@ Example:
 
 from __future__ import annotations
 
+import io
 import math
 import os
-import tempfile
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from ..errors import InputError
-from ._view import display_token, normalised_rows, text_rgb
+from ..io import atomic_write_with, check_output
+from ..result import Attribution, register_renderer
+from ._view import display_token, normalised_rows, target_fn_label, text_rgb
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ..result import Attribution
-
-__all__ = ["heatmap_png", "plot_attribution"]
+__all__ = ["heatmap_png", "plot_attribution", "attribution_png"]
 
 _MAX_INCHES = 40.0  # a figure side never exceeds this (6000 px at 150 dpi)
 _ANNOTATE_MAX_CELLS = 600
@@ -38,32 +36,116 @@ def _plain(label: Any) -> str:
     return display_token(str(label), whitespace=False).replace("$", r"\$")
 
 
-def _check_target(path: str | os.PathLike[str]) -> Path:
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(f"cannot write {path}: folder {parent} does not exist; create it first")
-    if path.is_dir():
-        raise InputError(f"cannot write {path}: it is a folder")
-    return path
-
-
 def _save(fig: Any, path: Path | BinaryIO, dpi: int) -> None:
-    """Save as PNG: atomically to a path, or straight into a binary file object."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"Glyph .* missing from")
-        if not isinstance(path, Path):
-            fig.savefig(path, dpi=dpi, format="png", bbox_inches="tight")
-            return
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.png", dir=path.parent)
-        os.close(fd)
-        try:
-            fig.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight")
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+    """Save as PNG: atomically to a path (:func:`lmxray.io.atomic_write_with`, the one
+    permission rule), or straight into a binary file object."""
+    if not isinstance(path, Path):
+        fig.savefig(path, dpi=dpi, format="png", bbox_inches="tight")
+        return
+    atomic_write_with(
+        path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight"),
+        suffix=".tmp.png",
+    )
+
+
+def _color_limits(
+    m: np.ndarray, center: bool, vmin: float | None, vmax: float | None
+) -> tuple[float, float]:
+    """Colour limits: given ones win; else symmetric around 0 (``center``) or the data range."""
+    finite = m[np.isfinite(m)]
+    if vmin is not None and vmax is not None:
+        return vmin, vmax
+    if center:
+        lim = float(np.abs(finite).max()) if finite.size else 1.0
+        lim = lim if lim > 0 else 1.0
+        lo, hi = -lim, lim
+    else:
+        lo = float(finite.min()) if finite.size else 0.0
+        hi = float(finite.max()) if finite.size else 1.0
+        if hi <= lo:
+            hi = lo + 1.0
+    return (lo if vmin is None else vmin), (hi if vmax is None else vmax)
+
+
+def _figure_size(rows: list[str], cols: list[str]) -> tuple[float, float]:
+    """Inches wide and high for these labels (capped at ``_MAX_INCHES``)."""
+    n_r, n_c = len(rows), len(cols)
+    row_chars = max((len(r) for r in rows), default=1)
+    col_chars = max((len(c) for c in cols), default=1)
+    width = min(_MAX_INCHES, 1.6 + 0.11 * min(row_chars, 40) + 0.42 * n_c + 1.2)
+    height = min(_MAX_INCHES, 1.4 + 0.09 * min(col_chars, 40) + (0.30 if n_r <= 40 else 0.16) * n_r)
+    return max(width, 4.0), max(height, 2.6)
+
+
+def _ticks(n: int, max_labels: int) -> list[int]:
+    step = max(1, math.ceil(n / max_labels))
+    return list(range(0, n, step))
+
+
+def _label_axes(
+    ax: Any, rows: list[str], cols: list[str], size: tuple[float, float],
+    xlabel: str, ylabel: str, title: str,
+) -> None:
+    """Tick labels (every k-th on long axes), axis labels and title."""
+    col_chars = max((len(c) for c in cols), default=1)
+    xt = _ticks(len(cols), int(size[0] * 3.2))
+    yt = _ticks(len(rows), int(size[1] * 4.5))
+    ax.set_xticks(
+        xt,
+        [cols[i] for i in xt],
+        rotation=60 if col_chars > 2 else 0,
+        ha="right" if col_chars > 2 else "center",
+        rotation_mode="anchor",
+        fontsize=8,
+        family="monospace",
+    )
+    ax.set_yticks(yt, [rows[i] for i in yt], fontsize=8, family="monospace")
+    ax.tick_params(length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    if xlabel:
+        ax.set_xlabel(xlabel, fontsize=9)
+    if ylabel:
+        ax.set_ylabel(ylabel, fontsize=9)
+    if title:
+        ax.set_title(title.replace("$", r"\$"), fontsize=10, loc="left")
+
+
+def _annotate_cells(ax: Any, m: np.ndarray, cm: Any, norm: Any) -> None:
+    """The value of every finite cell, in black or white by contrast with its colour."""
+    for r in range(m.shape[0]):
+        for c in range(m.shape[1]):
+            v = m[r, c]
+            if not math.isfinite(v):
+                continue
+            rgba = cm(norm(v))
+            fg = text_rgb(tuple(int(x * 255) for x in rgba[:3]))  # type: ignore[arg-type]
+            ax.text(c, r, f"{v:.2g}", ha="center", va="center", fontsize=6.5,
+                    color="#{:02x}{:02x}{:02x}".format(*fg))
+
+
+def _draw(
+    m: np.ndarray, rows: list[str], cols: list[str], cmap: str, limits: tuple[float, float],
+) -> tuple[Any, Any, Any, Any, Any]:
+    """Figure, axes, image, colour map and norm of the heatmap (NaN cells transparent over a
+    hatched grey ground, so "undefined" never looks like "zero")."""
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    fig = Figure(figsize=_figure_size(rows, cols))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    cm = colormaps[cmap].with_extremes(bad=(0.0, 0.0, 0.0, 0.0))
+    norm = Normalize(vmin=limits[0], vmax=limits[1])
+    n_r, n_c = m.shape
+    ax.add_patch(Rectangle((-0.5, -0.5), n_c, n_r, facecolor="#eef0f3", edgecolor="#c4c9d0",
+                           hatch="///", linewidth=0, zorder=0))
+    im = ax.imshow(np.ma.masked_invalid(m), cmap=cm, norm=norm, aspect="auto",
+                   interpolation="nearest", zorder=1)
+    return fig, ax, im, cm, norm
 
 
 def heatmap_png(
@@ -103,11 +185,6 @@ def heatmap_png(
     Returns:
         The path written (or the file object given).
     """
-    from matplotlib import colormaps
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.colors import Normalize
-    from matplotlib.figure import Figure
-
     m = np.asarray(matrix, dtype=np.float64)
     if m.ndim != 2:
         raise InputError(f"heatmap needs a 2-D matrix, got shape {m.shape}")
@@ -117,104 +194,15 @@ def heatmap_png(
             f"labels do not match the matrix: {len(row_labels)} rows × {len(col_labels)} columns "
             f"for shape {m.shape}"
         )
-    out: Path | BinaryIO = _check_target(path) if isinstance(path, (str, os.PathLike)) else path
-
-    finite = m[np.isfinite(m)]
-    if vmin is None or vmax is None:
-        if center:
-            lim = float(np.abs(finite).max()) if finite.size else 1.0
-            lim = lim if lim > 0 else 1.0
-            lo, hi = -lim, lim
-        else:
-            lo = float(finite.min()) if finite.size else 0.0
-            hi = float(finite.max()) if finite.size else 1.0
-            if hi <= lo:
-                hi = lo + 1.0
-        vmin = lo if vmin is None else vmin
-        vmax = hi if vmax is None else vmax
-
+    out: Path | BinaryIO = check_output(path) if isinstance(path, (str, os.PathLike)) else path
     rows = [_plain(x) for x in row_labels]
     cols = [_plain(x) for x in col_labels]
-    row_chars = max((len(r) for r in rows), default=1)
-    col_chars = max((len(c) for c in cols), default=1)
-    width = min(_MAX_INCHES, 1.6 + 0.11 * min(row_chars, 40) + 0.42 * n_c + 1.2)
-    height = min(_MAX_INCHES, 1.4 + 0.09 * min(col_chars, 40) + (0.30 if n_r <= 40 else 0.16) * n_r)
-    width, height = max(width, 4.0), max(height, 2.6)
-
-    fig = Figure(figsize=(width, height))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    cm = colormaps[cmap].with_extremes(bad=(0.0, 0.0, 0.0, 0.0))
-    norm = Normalize(vmin=vmin, vmax=vmax)
-    # NaN cells are transparent over a hatched grey ground, so "undefined" never looks like "zero".
-    from matplotlib.patches import Rectangle
-
-    ax.add_patch(
-        Rectangle(
-            (-0.5, -0.5),
-            n_c,
-            n_r,
-            facecolor="#eef0f3",
-            edgecolor="#c4c9d0",
-            hatch="///",
-            linewidth=0,
-            zorder=0,
-        )
-    )
-    im = ax.imshow(
-        np.ma.masked_invalid(m),
-        cmap=cm,
-        norm=norm,
-        aspect="auto",
-        interpolation="nearest",
-        zorder=1,
-    )
-
-    def ticks(n: int, max_labels: int) -> list[int]:
-        step = max(1, math.ceil(n / max_labels))
-        return list(range(0, n, step))
-
-    xt = ticks(n_c, int(width * 3.2))
-    yt = ticks(n_r, int(height * 4.5))
-    ax.set_xticks(
-        xt,
-        [cols[i] for i in xt],
-        rotation=60 if col_chars > 2 else 0,
-        ha="right" if col_chars > 2 else "center",
-        rotation_mode="anchor",
-        fontsize=8,
-        family="monospace",
-    )
-    ax.set_yticks(yt, [rows[i] for i in yt], fontsize=8, family="monospace")
-    ax.tick_params(length=0)
-    for side in ax.spines.values():
-        side.set_visible(False)
-    if xlabel:
-        ax.set_xlabel(xlabel, fontsize=9)
-    if ylabel:
-        ax.set_ylabel(ylabel, fontsize=9)
-    if title:
-        ax.set_title(title.replace("$", r"\$"), fontsize=10, loc="left")
-
+    fig, ax, im, cm, norm = _draw(m, rows, cols, cmap, _color_limits(m, center, vmin, vmax))
+    _label_axes(ax, rows, cols, _figure_size(rows, cols), xlabel, ylabel, title)
     if annotate is None:
         annotate = n_r * n_c <= _ANNOTATE_MAX_CELLS
     if annotate:
-        for r in range(n_r):
-            for c in range(n_c):
-                v = m[r, c]
-                if not math.isfinite(v):
-                    continue
-                rgba = cm(norm(v))
-                fg = text_rgb(tuple(int(x * 255) for x in rgba[:3]))  # type: ignore[arg-type]
-                ax.text(
-                    c,
-                    r,
-                    f"{v:.2g}",
-                    ha="center",
-                    va="center",
-                    fontsize=6.5,
-                    color="#{:02x}{:02x}{:02x}".format(*fg),
-                )
+        _annotate_cells(ax, m, cm, norm)
     cbar = fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
     cbar.ax.tick_params(labelsize=7)
     if colorbar_label:
@@ -243,8 +231,6 @@ def plot_attribution(
         title: figure title (default: method, model and target function).
         dpi: resolution.
     """
-    from ._view import target_fn_label
-
     if normalize is None:
         matrix, label = np.asarray(a.scores, dtype=np.float64).T, "score"
     else:
@@ -265,3 +251,11 @@ def plot_attribution(
         colorbar_label=label,
         dpi=dpi,
     )
+
+
+@register_renderer(Attribution, "png")
+def attribution_png(a: Attribution, **kwargs: Any) -> bytes:
+    """``a.to_png()``: the heatmap of :func:`plot_attribution` as PNG bytes."""
+    buf = io.BytesIO()
+    plot_attribution(a, buf, **kwargs)
+    return buf.getvalue()
