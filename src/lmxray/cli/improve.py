@@ -10,9 +10,6 @@ exit code 2). Commands parse options, call :mod:`lmxray.improve` and print table
 
 from __future__ import annotations
 
-import contextlib
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,6 +25,7 @@ from ._common import (
     check_outputs,
     consoles,
     load_model,
+    resumable,
     write_outputs,
 )
 
@@ -50,28 +48,6 @@ def _data_arg(help: str) -> Any:
 
 
 _NoProgress = Annotated[bool, typer.Option("--no-progress", help="Hide progress bars.")]
-
-
-RESUME_HINT = "rerun the same command to resume"
-
-
-@contextlib.contextmanager
-def _resumable(enabled: bool = True, note: str = "") -> Iterator[None]:
-    """Ctrl-C (or SIGTERM) inside the block ends the command with one line, ``lmxray:
-    interrupted; rerun the same command to resume (NOTE)``, and exit code 130; the training
-    loop has written its checkpoint first (:class:`lmxray.training.Interrupted`).
-
-    LEAD: the same contract as ``cli._common.resumable`` (helper A); replace this with it.
-    """
-    try:
-        yield
-    except KeyboardInterrupt:
-        if not enabled:
-            raise
-        sys.stderr.write(
-            f"lmxray: interrupted; {RESUME_HINT}" + (f" ({note})" if note else "") + "\n"
-        )
-        raise typer.Exit(130) from None
 
 
 def _check_out_dir(out_dir: Path | None) -> None:
@@ -284,7 +260,7 @@ def finetune_cmd(
         raise InputError(
             "--penalise none is a plain fine-tune; the zoo demo already runs one with --compare"
         )
-    with _resumable(resume and out_dir is not None, note=f"checkpoints in {out_dir}"):
+    with resumable(resume and out_dir is not None, note=f"checkpoints in {out_dir}"):
         report, _ = rrr_demo(
             m,
             penalise=pen,
@@ -331,7 +307,7 @@ def _finetune_file(
         else [w.strip() for w in penalise.split(",") if w.strip()]
     )
     m = _load(model, device)
-    with _resumable(resume, note=f"checkpoint in {out_dir / 'checkpoint'}"):
+    with resumable(resume, note=f"checkpoint in {out_dir / 'checkpoint'}"):
         r = finetune(
             m,
             rows,

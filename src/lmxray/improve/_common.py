@@ -17,8 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..attribution import Context
-from ..attribution._engine import ScoreRow, score_sequences  # LEAD: public in lmxray.attribution
+from ..attribution import Context, ScoreRow, score_sequences
 from ..errors import InputError
 from ..examples import AnnotatedExample
 from ..model import Model
