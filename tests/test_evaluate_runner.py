@@ -146,7 +146,7 @@ def test_data_loading(gpt2, tmp_path):
         with pytest.raises(InputError, match=match):
             to_examples(gpt2, items)
     (tmp_path / "broken.jsonl").write_text('{"prompt": "a"\n')
-    with pytest.raises(InputError, match="not valid JSON"):
+    with pytest.raises(InputError, match="broken.jsonl line 1 is not JSON"):
         load_examples(gpt2, tmp_path / "broken.jsonl")
     with pytest.raises(InputError, match="neither a file"):
         load_examples(gpt2, "no-such-task")
@@ -278,6 +278,7 @@ def test_metric_lists_and_callable_package(gpt2):
     from lmxray.evaluate.runner import METRIC_GROUPS, _resolve_metrics
 
     assert _resolve_metrics("all,sanity") == (set(METRIC_GROUPS), None)
+    assert _resolve_metrics("all") == (set(METRIC_GROUPS), None)  # 'all' includes sanity
     assert _resolve_metrics(None) == (set(METRIC_GROUPS) - {"sanity"}, None)
     assert _resolve_metrics("deletion,groundtruth") == ({"faithfulness", "groundtruth"}, ["deletion"])
     ev = package(gpt2, EXAMPLES[:1], methods="random", metrics="deletion", progress=False, n_steps=2)
