@@ -80,12 +80,14 @@ def read_results(path: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], in
                 break  # torn write: dropped (and rewritten by a resumed run)
             try:
                 rec = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                raise InputError(f"{path} line {n} is not UTF-8 text; this is not an lmxray "
-                                 "evaluate results file") from None
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path} line {n} is not JSON ({exc.msg}); the results file is "
-                                 "damaged: remove that line or start over with --no-resume") from None
+            except ValueError as exc:  # not UTF-8, or not JSON
+                rec = exc
+            if n == 1 and not (isinstance(rec, dict) and rec.get("kind") == "header"):
+                raise InputError(f"{path} is not an lmxray evaluate results file (its first line "
+                                 "is no results header); choose another --out")
+            if isinstance(rec, ValueError):
+                raise InputError(f"{path} line {n} is not UTF-8 JSON; the results file is "
+                                 "damaged: remove that line or start over with --no-resume")
             if not isinstance(rec, dict):
                 raise InputError(f"{path} line {n} is not a JSON object")
             records.append(rec)

@@ -78,7 +78,8 @@ class LeaderboardTable:
         return table
 
     def _fits(self, console: Console, options: ConsoleOptions, table: Table) -> bool:
-        return Measurement.get(console, options, table).maximum <= options.max_width
+        wide_open = options.update(width=10_000, max_width=10_000)  # unclamped natural width
+        return Measurement.get(console, wide_open, table).maximum <= options.max_width
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> Iterator[RenderableType]:
         wide = self.wide()
@@ -265,11 +266,13 @@ def faithfulness_renderables(f: Faithfulness, **_: Any) -> list[RenderableType]:
 def zoo_evaluation_renderables(ev: ZooEvaluation, **_: Any) -> list[RenderableType]:
     """Per task: the metric, its value, the examples, and how many ground truths verify."""
     table = Table(title=f"zoo eval: {ev.model}", header_style="bold")
-    for col in ("task", "metric", "value", "n", "verified", "details"):
-        table.add_column(col, justify="left" if col in ("task", "metric", "details") else "right")
+    for col in ("task", "metric", "value", "n", "verified"):
+        table.add_column(col, justify="left" if col in ("task", "metric") else "right",
+                         no_wrap=True)
+    table.add_column("details", overflow="fold")
     for task, row in ev.tasks.items():
-        details = ", ".join(f"{k}={v}" for k, v in row.items()
-                            if k not in ("metric", "value", "n", "verified", "verify_n"))
+        details = "\n".join(f"{k}={v}" for k, v in row.items()
+                             if k not in ("metric", "value", "n", "verified", "verify_n"))
         ver = f"{row['verified']}/{row['verify_n']}" if "verified" in row else ""
         table.add_row(task, str(row["metric"]), f"{row['value']}", str(row["n"]), ver, details)
     return [table]
