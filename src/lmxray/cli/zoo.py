@@ -31,11 +31,12 @@ app = typer.Typer(
 
 
 def _check_out_dir(out: Path) -> None:
+    """Before any work: ``--out`` is a folder (it and its parents are created if missing)."""
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file; give a folder for the model")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(f"cannot write {out}: folder {parent} does not exist; create it first")
+    blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise InputError(f"cannot create {out}: {blocking} is a file; give another --out")
 
 
 @app.command()
