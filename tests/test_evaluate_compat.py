@@ -201,3 +201,23 @@ def test_a_damaged_rows_file_is_refused_not_truncated(tiny, tmp_path):
     with pytest.raises(InputError, match="line 2 is not UTF-8 JSON"):
         evaluate(tiny, [{"prompt": "a b", "target": " c"}], out=out, progress=False)
     assert out.read_text() == lines[0] + "{not json\n" + "".join(lines[1:])
+
+
+def test_ctrl_c_says_a_rerun_resumes(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from lmxray import cli
+
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"prompt": "The capital of France is", "target": " Paris"}) + "\n")
+    monkeypatch.setattr("lmxray.evaluate.runner._rows",
+                        lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    args = ["evaluate", str(data), "--methods", "random", "--metrics", "deletion", "--no-progress",
+            "--out", str(tmp_path / "r.jsonl"), "--csv", str(tmp_path / "b.csv")]
+    res = CliRunner().invoke(cli.app, args)
+    assert res.exit_code == 130
+    assert res.stderr.strip().splitlines() == [
+        f"lmxray: interrupted; rerun the same command to resume (rows so far in {tmp_path / 'r.jsonl'})"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl"]  # nothing half-written
+    res = CliRunner().invoke(cli.app, [*args, "--no-resume"])
+    assert res.exit_code == 130 and "resume" not in res.stderr  # --no-resume: nothing to resume
