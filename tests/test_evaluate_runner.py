@@ -181,7 +181,7 @@ def test_bad_arguments(gpt2, kwargs, match):
 def _cli(args, cwd, **kw):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     # SIGINT at its default, even if this test runs in a background job that ignores it
-    return subprocess.Popen([sys.executable, "-m", "lmxray.evaluate", "evaluate", *args],
+    return subprocess.Popen([sys.executable, "-m", "lmxray", "evaluate", *args],
                             cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                             **kw)
@@ -253,6 +253,7 @@ def test_sigint_halfway_then_resume_gives_the_uninterrupted_table(tiny_dir, tmp_
     _, err = run.communicate(timeout=120)
     assert run.returncode == 130, err  # the CLI's exit code for an interrupted command
     print("stderr after SIGINT:", repr(err))
+    assert err.strip().splitlines()[-1].startswith("lmxray: interrupted; rerun the same command to resume")
     partial = [json.loads(x) for x in results.read_text().splitlines()[1:] if x.strip()]
     assert 8 <= len(partial) < 48, len(partial)  # stopped halfway
     assert not (tmp_path / "r.csv").exists()  # no output before the run completes
