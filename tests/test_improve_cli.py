@@ -183,6 +183,44 @@ def test_finetune_jsonl_saves_a_loadable_model(tiny_llama_dir, tmp_path):
     )  # nothing marked, lam > 0
 
 
+def test_finetune_ctrl_c_says_how_to_resume_and_resumes(tiny_llama_dir, tmp_path, monkeypatch):
+    """Ctrl-C in the middle of a step: the step completes, a checkpoint is written, the command
+    exits 130 with "interrupted; rerun the same command to resume"; rerunning finishes the run
+    from the checkpoint with the weights of an uninterrupted run."""
+    import os
+    import signal
+
+    from safetensors.torch import load_file
+
+    from lmxray.improve import regularise
+
+    data = _jsonl(tmp_path / "d.jsonl", ROWS)
+    args = ["finetune", data, "--model", tiny_llama_dir, "--steps", 5, "--batch-size", 4,
+            "--lam", 1.0, "--no-progress"]
+    ok(invoke(*args, "--out", tmp_path / "whole"))
+    step = regularise._Steps.__call__
+
+    def interrupted_at_2(self, i):
+        if i == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(self, i)
+
+    monkeypatch.setattr(regularise._Steps, "__call__", interrupted_at_2)
+    r = invoke(*args, "--out", tmp_path / "run")
+    assert r.exit_code == 130, (r.exit_code, r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "interrupted; rerun the same command to resume" in lines[0]
+    state = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 3 and not (tmp_path / "run" / "model.safetensors").exists()
+    monkeypatch.setattr(regularise._Steps, "__call__", step)
+    ok(invoke(*args, "--out", tmp_path / "run", "--json", tmp_path / "run.json"))
+    assert json.loads((tmp_path / "run.json").read_text())["info"]["resumed_from"] == 3
+    a = load_file(str(tmp_path / "whole" / "model.safetensors"))
+    b = load_file(str(tmp_path / "run" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not (tmp_path / "run" / "checkpoint").exists()
+
+
 def test_finetune_zoo_demo_prints_the_table(tiny_long_dir, tmp_path):
     out_dir, js = tmp_path / "demo", tmp_path / "demo.json"
     r = invoke(

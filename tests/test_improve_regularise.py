@@ -331,7 +331,7 @@ def test_errors_are_one_line():
             config=FinetuneConfig(steps=1),
             progress=False,
         )
-    with pytest.raises(InputError, match="outside its prompt"):
+    with pytest.raises(InputError, match="irrelevant position 40 is outside"):
         finetune(m, [Labelled("The fox", " jumps", irrelevant=(40,))], lam=1.0, progress=False)
     with pytest.raises(InputError, match="steps"):
         FinetuneConfig(steps=0)

@@ -13,8 +13,10 @@ import torch
 import lmxray
 from conftest import build_tiny
 from lmxray.errors import InputError
-from lmxray.improve._common import Labelled, as_labelled, load_jsonl, token_positions, zoo_labelled
+from lmxray.examples import spans_to_tokens
+from lmxray.improve._common import Labelled, as_labelled, zoo_labelled
 from lmxray.improve.shortcuts import ShortcutReport, detect_shortcuts, token_table
+from lmxray.io import read_jsonl
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -133,9 +135,9 @@ def test_errors(m, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a", "target": " b"}\nnot json\n')
     with pytest.raises(InputError, match="line 2"):
-        load_jsonl(bad)
-    with pytest.raises(InputError, match="no file"):
-        load_jsonl(tmp_path / "missing.jsonl")
+        read_jsonl(bad)
+    with pytest.raises(InputError, match="no JSONL file"):
+        read_jsonl(tmp_path / "missing.jsonl")
 
 
 def test_zoo_spans_map_to_any_tokenizer(m):
@@ -146,9 +148,10 @@ def test_zoo_spans_map_to_any_tokenizer(m):
     for e in marked:
         ids = m.encode(e.prompt)
         text = "".join(m.token_strings([ids[i]])[0] for i in e.irrelevant)
-        assert "Tuesday" in text.replace(" ", "") or text.strip() in "Tuesday"
+        # the marked tokens spell the whole marker word (an empty or partial mark fails)
+        assert "Tuesday" in text.replace(" ", ""), text
     assert all(e.rationale for e in data)
-    assert token_positions(m, "The fox", [(4, 7)]) == [
+    assert spans_to_tokens(m, "The fox", [(4, 7)]) == [
         i
         for i, t in enumerate(m.encode("The fox"))
         if "fox" in m.token_strings([t])[0]

@@ -199,3 +199,32 @@ def test_errors():
         steering_vector(m, POS, NEG, 0, site="mlp.out")
     with pytest.raises(InputError, match="nothing to flip"):
         steering_sweep(m, POS, NEG, ["great film"], " Paris", " zzzz", progress=False)
+
+
+def test_steering_png_shows_every_layer_when_lines_coincide():
+    """Four layers with the same flip rates and losses: each layer's colour is still drawn (own
+    marker, dashes and a sideways offset), and the legend names every layer."""
+    import io as _io
+
+    import matplotlib.colors as mcolors
+    import matplotlib.image as mpimg
+
+    from lmxray.improve.results import SteeringSweep
+    from lmxray.render.improve import _line_styles
+
+    n = 4
+    sw = SteeringSweep(layers=list(range(n)), coefs=[0.0, 2.0, 4.0, 8.0],
+                       flip=np.tile(np.array([0.0, 0.5, 1.0, 1.0], dtype=np.float32), (n, 1)),
+                       loss=np.full((n, 4), 3.0, dtype=np.float32), loss_unsteered=3.0,
+                       to_label=" positive", from_label=" negative", n_eligible=10, n_fluency=5)
+    styles = _line_styles(n, 8.0)
+    assert len({s["marker"] for s in styles}) == n and len({s["offset"] for s in styles}) == n
+    assert len({s["ls"] for s in styles}) == n
+    png = sw.to_png()
+    assert png[:4] == b"\x89PNG"
+    img = mpimg.imread(_io.BytesIO(png))[..., :3]
+    for panel in (img[:, : img.shape[1] // 2], img[:, img.shape[1] // 2 :]):  # flips, losses
+        for i in range(n):
+            rgb = np.array(mcolors.to_rgb(f"C{i}"))
+            close = (np.abs(panel - rgb).max(-1) < 0.08).sum()
+            assert close > 250, (i, close)  # drawn, not hidden under the last line

@@ -14,18 +14,18 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "lmxray"
 # Lower layers first; a module may import modules of its own layer or below, never above.
 # Within a layer, the order given is the allowed direction too (earlier ones never import later).
 LAYERS: list[list[str]] = [
-    ["errors"],
+    ["errors", "_version"],
     ["sites", "targets", "io", "memory", "examples", "training"],
     ["result"],
     ["hooks", "model"],
     ["attribution", "internals"],
-    ["render"],
     ["zoo"],
     ["evaluate", "improve", "blackbox", "selfexplain"],
+    ["render"],
     ["__init__"],
     ["cli", "__main__"],
 ]
-# Within-layer order where it matters (earlier never imports later).
+# Within-layer order where it matters: in a pair (a, b), a never imports b (b may import a).
 ORDERED_PAIRS = [("hooks", "model"), ("attribution", "internals"), ("io", "examples"),
                  ("io", "training"), ("io", "memory")]
 
@@ -113,7 +113,7 @@ def _violations() -> list[str]:
             other = parts[1]
             if other == me or other not in rank:
                 continue
-            if rank[other] > rank[me] or (me, other) in {(b, a) for a, b in ORDERED_PAIRS}:
+            if rank[other] > rank[me] or (me, other) in ORDERED_PAIRS:
                 bad.append(f"{rel}:{line} ({me}) imports {mod} ({other}, a higher layer)")
     return bad
 
@@ -168,7 +168,7 @@ def test_no_private_names_across_packages():
             if other is None or other == me:
                 continue
             private_module = any(p.startswith("_") and p != "__init__" for p in parts[2:])
-            private_names = [n for n in imported if n.startswith("_")]
+            private_names = [n for n in imported if n.startswith("_") and not n.endswith("__")]
             if private_module or private_names:
                 bad.append(f"{rel}:{line} imports {mod} {private_names or ''}")
     assert bad == []
@@ -208,7 +208,7 @@ def test_no_function_body_over_80_lines():
     assert long == []
 
 
-@pytest.mark.parametrize("layer", [u for layer in LAYERS for u in layer])
+@pytest.mark.parametrize("layer", [u for layer in LAYERS for u in layer if u != "_version"])
 def test_layers_named_in_design_doc(layer):
     design = (SRC.parents[1] / "docs" / "design.md").read_text(encoding="utf-8")
     assert f"`{layer}`" in design, f"docs/design.md does not describe the layer unit {layer!r}"

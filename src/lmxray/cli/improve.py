@@ -10,13 +10,26 @@ exit code 2). Commands parse options, call :mod:`lmxray.improve` and print table
 
 from __future__ import annotations
 
+import contextlib
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from ..errors import InputError
-from ._common import DeviceOpt, ModelOpt, ResultJsonOpt
+from ..io import atomic_folder, read_jsonl
+from ._common import (
+    DeviceOpt,
+    ModelOpt,
+    ResultJsonOpt,
+    check_method,
+    check_outputs,
+    consoles,
+    load_model,
+    write_outputs,
+)
 
 __all__ = ["register"]
 
@@ -29,19 +42,62 @@ _Png = Annotated[
 _Seed = Annotated[
     int, typer.Option("--seed", help="Seed of the zoo data (and of random controls).")
 ]
+
+
+def _data_arg(help: str) -> Any:
+    """The optional ``[DATA.jsonl]`` argument (without it, the command runs the zoo demo)."""
+    return typer.Argument(metavar="[DATA.jsonl]", dir_okay=False, show_default=False, help=help)
+
+
 _NoProgress = Annotated[bool, typer.Option("--no-progress", help="Hide progress bars.")]
 
 
-def _prepare(*paths: Path | None) -> tuple[Any, Any]:
-    from ._common import check_outputs, consoles
+RESUME_HINT = "rerun the same command to resume"
 
+
+@contextlib.contextmanager
+def _resumable(enabled: bool = True, note: str = "") -> Iterator[None]:
+    """Ctrl-C (or SIGTERM) inside the block ends the command with one line, ``lmxray:
+    interrupted; rerun the same command to resume (NOTE)``, and exit code 130; the training
+    loop has written its checkpoint first (:class:`lmxray.training.Interrupted`).
+
+    LEAD: the same contract as ``cli._common.resumable`` (helper A); replace this with it.
+    """
+    try:
+        yield
+    except KeyboardInterrupt:
+        if not enabled:
+            raise
+        sys.stderr.write(
+            f"lmxray: interrupted; {RESUME_HINT}" + (f" ({note})" if note else "") + "\n"
+        )
+        raise typer.Exit(130) from None
+
+
+def _check_out_dir(out_dir: Path | None) -> None:
+    """``--out DIR`` is checked before any work: not a file, its parent folder exists."""
+    if out_dir is None:
+        return
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out {out_dir} is a file; give a folder")
+    if not (out_dir.parent if str(out_dir.parent) else Path(".")).is_dir():
+        raise InputError(
+            f"cannot write {out_dir}: folder {out_dir.parent} does not exist; create it first"
+        )
+
+
+def _data_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a JSONL dataset (one-line errors naming the line: not UTF-8, not JSON...)."""
+    return read_jsonl(path, what="JSONL dataset",
+                      hint="; give a JSONL file with one example (prompt, target) per line")
+
+
+def _prepare(*paths: Path | None) -> tuple[Any, Any]:
     check_outputs(*paths)
     return consoles()
 
 
 def _load(model: str | None, device: str | None) -> Any:
-    from ._common import load_model
-
     return load_model(model, device)
 
 
@@ -51,12 +107,10 @@ def _emit(
     err: Any,
     json_out: Path | None,
     png_out: Path | None,
-    png: Any = None,
+    png_kw: dict[str, Any] | None = None,
     table: str | None = None,
 ) -> None:
     """Print the table (unless JSON goes to stdout), then write the outputs atomically."""
-    from ._common import render_png, write_outputs
-
     if str(json_out) != "-":
         out.print(
             table if table is not None else result.table(),
@@ -66,8 +120,7 @@ def _emit(
         )
     outputs: list[tuple[Path | None, Any]] = [(json_out, lambda: result.to_json() + "\n")]
     if png_out is not None:
-        draw = png or result.to_png
-        outputs.append((png_out, lambda: render_png(draw)))
+        outputs.append((png_out, lambda: result.to_png(**(png_kw or {}))))
     write_outputs(outputs, err)
 
 
@@ -93,13 +146,7 @@ def _ints(text: str | None, name: str) -> list[int] | None:
 # --------------------------------------------------------------------------- shortcuts
 def shortcuts(
     data: Annotated[
-        Path | None,
-        typer.Argument(
-            metavar="[DATA.jsonl]",
-            dir_okay=False,
-            show_default=False,
-            help="Labelled JSONL: prompt, target (or label), optional rationale.",
-        ),
+        Path | None, _data_arg("Labelled JSONL: prompt, target (or label), optional rationale.")
     ] = None,
     task: Annotated[
         str, typer.Option("--task", help="Zoo task used when no DATA is given.")
@@ -121,14 +168,12 @@ def shortcuts(
     no_progress: _NoProgress = False,
 ) -> None:
     """Rank tokens that get attribution, are not rationales and predict the label (shortcuts)."""
-    from ..improve._common import load_jsonl
     from ..improve.experiments import shortcut_demo
     from ..improve.shortcuts import detect_shortcuts
-    from ._common import check_method as _check_method
 
     out, err = _prepare(json_out, png_out)
-    _check_method(method)
-    rows = load_jsonl(data) if data is not None else None
+    check_method(method)
+    rows = _data_rows(data) if data is not None else None
     if rows is None and task != "sentiment":
         raise InputError(
             "the zoo shortcut demo uses --task sentiment (the task with a planted shortcut); "
@@ -149,7 +194,7 @@ def shortcuts(
             min_count=min_count,
             progress=not no_progress,
         )
-    _emit(rep, out, err, json_out, png_out, png=lambda p: rep.to_png(p, top), table=rep.table(top))
+    _emit(rep, out, err, json_out, png_out, png_kw={"k": top}, table=rep.table(k=top))
     if rows is None and str(json_out) != "-":
         out.print(
             f"planted shortcut {rep.info['planted']}: rank {rep.info['planted_rank']}", markup=False
@@ -159,13 +204,7 @@ def shortcuts(
 # --------------------------------------------------------------------------- finetune
 def finetune_cmd(
     data: Annotated[
-        Path | None,
-        typer.Argument(
-            metavar="[DATA.jsonl]",
-            dir_okay=False,
-            show_default=False,
-            help="Training JSONL: prompt, target (or label), optional irrelevant.",
-        ),
+        Path | None, _data_arg("Training JSONL: prompt, target (or label), optional irrelevant.")
     ] = None,
     out_dir: Annotated[
         Path | None,
@@ -222,17 +261,11 @@ def finetune_cmd(
     no_progress: _NoProgress = False,
 ) -> None:
     """Fine-tune with a right-for-the-right-reasons penalty on input gradients of marked tokens."""
-    from ..improve._common import load_jsonl
     from ..improve.experiments import rrr_demo
-    from ..improve.regularise import FinetuneConfig, finetune
+    from ..improve.regularise import FinetuneConfig
 
     out, err = _prepare(json_out)
-    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"--out {out_dir} is a file; give a folder")
-    if out_dir is not None and not (out_dir.parent if str(out_dir.parent) else Path(".")).is_dir():
-        raise InputError(
-            f"cannot write {out_dir}: folder {out_dir.parent} does not exist; create it first"
-        )
+    _check_out_dir(out_dir)
     cfg = FinetuneConfig(
         steps=steps,
         lr=lr,
@@ -242,19 +275,63 @@ def finetune_cmd(
         attribution=attribution,
     )
     if data is not None:
-        rows = load_jsonl(data)
-        if out_dir is None:
-            raise InputError("fine-tuning a JSONL dataset needs --out DIR to save the model")
-        words = (
-            None
-            if penalise in ("shortcut", "none", "")
-            else [w.strip() for w in penalise.split(",") if w.strip()]
+        _finetune_file(data, out_dir, penalise, lam, cfg, resume, model, device, json_out,
+                       no_progress, out, err)
+        return
+    m = _load(model, device)
+    pen: Any = penalise
+    if penalise == "none":
+        raise InputError(
+            "--penalise none is a plain fine-tune; the zoo demo already runs one with --compare"
         )
-        if penalise == "detect":
-            raise InputError(
-                "--penalise detect works on the zoo task; run 'lmxray shortcuts DATA' and pass the words"
-            )
-        m = _load(model, device)
+    with _resumable(resume and out_dir is not None, note=f"checkpoints in {out_dir}"):
+        report, _ = rrr_demo(
+            m,
+            penalise=pen,
+            lam=lam,
+            config=cfg,
+            n_train=n_train,
+            n_eval=n_eval,
+            annotation=annotation,
+            compare=compare,
+            out_dir=out_dir,
+            resume=resume,
+            seed=seed,
+            progress=not no_progress,
+        )
+    _emit(report, out, err, json_out, None)
+
+
+def _finetune_file(
+    data: Path,
+    out_dir: Path | None,
+    penalise: str,
+    lam: float,
+    cfg: Any,
+    resume: bool,
+    model: str | None,
+    device: str | None,
+    json_out: Path | None,
+    no_progress: bool,
+    out: Any,
+    err: Any,
+) -> None:
+    """``lmxray finetune DATA.jsonl --out DIR``: fine-tune on the file's examples."""
+    from ..improve.regularise import finetune
+    rows = _data_rows(data)
+    if out_dir is None:
+        raise InputError("fine-tuning a JSONL dataset needs --out DIR to save the model")
+    if penalise == "detect":
+        raise InputError(
+            "--penalise detect works on the zoo task; run 'lmxray shortcuts DATA' and pass the words"
+        )
+    words = (
+        None
+        if penalise in ("shortcut", "none", "")
+        else [w.strip() for w in penalise.split(",") if w.strip()]
+    )
+    m = _load(model, device)
+    with _resumable(resume, note=f"checkpoint in {out_dir / 'checkpoint'}"):
         r = finetune(
             m,
             rows,
@@ -265,45 +342,17 @@ def finetune_cmd(
             resume=resume,
             progress=not no_progress,
         )
-        from ..internals._result import to_jsonable
-
-        last = r.history[-1] if r.history else {}
-        if str(json_out) != "-":
-            out.print(
-                f"fine-tuned {r.n_examples} examples ({r.n_marked} with marked tokens), {cfg.steps} steps, "
-                f"lambda {r.config.lam:g}: last CE {last.get('ce', float('nan')):.4f}, penalty "
-                f"{last.get('penalty', float('nan')):.4g}; saved to {r.path}",
-                markup=False,
-                soft_wrap=True,
-            )
-        if json_out is not None:
-            import json
-
-            from ._common import write_outputs
-
-            write_outputs([(json_out, lambda: json.dumps(to_jsonable(r.to_dict())) + "\n")], err)
-        return
-    m = _load(model, device)
-    pen: Any = penalise
-    if penalise == "none":
-        raise InputError(
-            "--penalise none is a plain fine-tune; the zoo demo already runs one with --compare"
+    last = r.history[-1] if r.history else {}
+    if str(json_out) != "-":
+        out.print(
+            f"fine-tuned {r.n_examples} examples ({r.n_marked} with marked tokens), "
+            f"{cfg.steps} steps, lambda {r.config.lam:g}: last CE "
+            f"{last.get('ce', float('nan')):.4f}, penalty "
+            f"{last.get('penalty', float('nan')):.4g}; saved to {r.path}",
+            markup=False,
+            soft_wrap=True,
         )
-    report, _ = rrr_demo(
-        m,
-        penalise=pen,
-        lam=lam,
-        config=cfg,
-        n_train=n_train,
-        n_eval=n_eval,
-        annotation=annotation,
-        compare=compare,
-        out_dir=out_dir,
-        resume=resume,
-        seed=seed,
-        progress=not no_progress,
-    )
-    _emit(report, out, err, json_out, None)
+    write_outputs([(json_out, lambda: r.to_json() + "\n")], err)
 
 
 # --------------------------------------------------------------------------- steer
@@ -352,16 +401,20 @@ def steer_cmd(
     """Contrastive activation addition on zoo sentiment: flips per layer and coefficient, and fluency."""
     import numpy as np
 
-    from ..improve.experiments import steering_demo
-    from ..improve.steering import steer, steering_vector
+    from ..improve.experiments import sentiment_vector, steering_demo
+    from ..improve.steering import check_layers, steer
 
+    if prompt is not None and not prompt.strip():
+        raise InputError("the PROMPT is empty; give text to generate from, or leave it out")
     out, err = _prepare(json_out, png_out, save)
+    coef_list = _floats(coefs, "--coefs")
     m = _load(model, device)
+    layer_list = check_layers(m, _ints(layers, "--layers"))
     sw = steering_demo(
         m,
         to=to,
-        layers=_ints(layers, "--layers"),
-        coefs=_floats(coefs, "--coefs"),
+        layers=layer_list,
+        coefs=coef_list,
         n_vector=n_vector,
         n_eval=n_eval,
         n_fluency=n_fluency,
@@ -374,18 +427,8 @@ def steer_cmd(
     best_layer, best_coef = sw.layers[int(best_i)], sw.coefs[int(best_j)]
     vec = None
     if prompt is not None or save is not None:
-        from ..improve._common import zoo_labelled
-
-        train = zoo_labelled("sentiment", "train", n_vector, seed, m)
-        other = "negative" if to == "positive" else "positive"
-        vec = steering_vector(
-            m,
-            [e.prompt for e in train if e.cls == to],
-            [e.prompt for e in train if e.cls == other],
-            best_layer,
-            site=site,
-            project=project,
-        )
+        vec = sentiment_vector(m, to, best_layer, n_vector=n_vector, seed=seed, site=site,
+                               project=project)
     _emit(sw, out, err, json_out, png_out)
     if prompt is not None and vec is not None and str(json_out) != "-":
         plain = m.generate(prompt, max_new_tokens)
@@ -462,71 +505,27 @@ def edit_cmd(
         )
         _emit(rep, out, err, json_out, None)
         return
-    if not subject or not target:
+    if not prompt.strip():  # type: ignore[union-attr]
+        raise InputError("the PROMPT is empty; give a fact prompt to edit")
+    if not subject or not target or not target.strip():
         raise InputError(
             "editing a PROMPT needs --subject (a substring of it) and --target (the new object)"
         )
-    if subject not in prompt:
+    if subject not in prompt:  # type: ignore[operator]
         raise InputError(f"--subject {subject!r} does not occur in the prompt")
-    if out_dir is not None and not (out_dir.parent if str(out_dir.parent) else Path(".")).is_dir():
-        raise InputError(
-            f"cannot write {out_dir}: folder {out_dir.parent} does not exist; create it first"
-        )
-    from ..improve.editing import key_covariance, locate_layer, rome_edit
-    from ..internals._zoo import facts
-    from ..zoo import corpus
+    _check_out_dir(out_dir)
+    from ..improve.experiments import edit_prompt
 
     m = _load(model, device)
-    if layer is None:
-        from ..improve._common import Labelled, target_correct
-
-        pool = facts(n=200, seed=seed)
-        known = target_correct(m, [Labelled(f["prompt"], f["answer"]) for f in pool])
-        layer, _ = locate_layer(
-            m, [f for f, k in zip(pool, known, strict=True) if k][:30], seed=seed
-        )
-    if not 0 <= layer < m.n_layers:
+    if layer is not None and not 0 <= layer < m.n_layers:
         raise InputError(f"--layer {layer} is out of range; the model has {m.n_layers} layers")
-    before = m.generate(prompt, 1)
-    ed = rome_edit(
-        m,
-        prompt,
-        subject,
-        target if target.startswith(" ") else " " + target,
-        layer=layer,
-        cov=key_covariance(m, layer, corpus("train", 300, seed=seed)),
-    )
-    edited = ed.apply(m)
-    after = edited.generate(prompt, 1)
-    if str(json_out) != "-":
-        out.print(
-            f"layer {layer}: {prompt}[{before}] -> [{after}] (optimised P(target) {ed.info['p_target']:.3f})",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
-        )
+    res, edited = edit_prompt(m, prompt, subject, target, layer=layer, seed=seed)  # type: ignore[arg-type]
     if out_dir is not None:
-        out_dir.mkdir(exist_ok=True)
-        edited.hf.save_pretrained(str(out_dir))
-        edited.tokenizer.save_pretrained(str(out_dir))
+        with atomic_folder(out_dir) as tmp:
+            edited.hf.save_pretrained(str(tmp))
+            edited.tokenizer.save_pretrained(str(tmp))
         err.print(f"wrote {out_dir}", style="dim", highlight=False, markup=False)
-    if json_out is not None:
-        import json
-
-        from ._common import write_outputs
-
-        doc = {
-            "format": "lmxray.edit/1",
-            "model": m.name,
-            "prompt": prompt,
-            "subject": subject,
-            "target": target,
-            "layer": layer,
-            "before": before,
-            "after": after,
-            "info": ed.info,
-        }
-        write_outputs([(json_out, lambda: json.dumps(doc) + "\n")], err)
+    _emit(res, out, err, json_out, None)
 
 
 # --------------------------------------------------------------------------- amplify
@@ -562,9 +561,8 @@ def amplify_cmd(
         raise InputError(f"split must be train, test or shift, got {split!r}")
     out, err = _prepare(json_out)
     if method is not None:
-        from ._common import check_method as _check_method
 
-        _check_method(method)
+        check_method(method)
     m = _load(model, device)
     px = _load(proxy, device) if proxy is not None else None
     res = amplify_demo(

@@ -25,6 +25,7 @@ _LAZY: dict[str, str] = {
     "steering_vector": ".steering",
     "steer": ".steering",
     "steering_sweep": ".steering",
+    "EditResult": ".results",
     "RankOneEdit": ".editing",
     "EditReport": ".editing",
     "key_covariance": ".editing",
@@ -44,6 +45,7 @@ _LAZY: dict[str, str] = {
 __all__ = [
     "AmplifyResult",
     "EditReport",
+    "EditResult",
     "FinetuneConfig",
     "FinetuneResult",
     "Labelled",
@@ -90,6 +92,7 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from .prompting import AmplifyResult, amplify_experiment
     from .regularise import FinetuneConfig, FinetuneResult, finetune
+    from .results import EditResult
     from .shortcuts import ShortcutReport, detect_shortcuts
     from .steering import SteeringSweep, SteeringVector, steer, steering_sweep, steering_vector
 

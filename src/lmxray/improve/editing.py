@@ -30,20 +30,24 @@ from __future__ import annotations
 import contextlib
 import copy
 import random
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..errors import InputError, MethodError
+from ..examples import AnnotatedExample
 from ..hooks import add, intervene, run_with_cache
-from ..internals._result import JsonResult
-from ..internals.tracing import subject_positions
+from ..internals.tracing import subject_positions, trace_facts
 from ..model import Model
 from ..sites import site_map
-from ._common import format_table
+from ..zoo import corpus
+from ._common import target_correct
+from .results import EditReport
 
 __all__ = [
     "RankOneEdit",
@@ -220,72 +224,20 @@ def rome_edit(
     _down(model, layer)  # checks the family
     cache = run_with_cache(model, [p_ids], cache=[hid, out], logits=False)
     k_star = cache[hid][0, pos].double().cpu()
-    wk = cache[out][0, pos].float()
-    scale = float(wk.norm()) or 1.0
-    dev, dt = model.device, model.dtype
+    scale = float(cache[out][0, pos].float().norm()) or 1.0
     ess_ids = model.encode(ess)
     e_pos = (
         _subject_last(model, ess, subj_text) if subj_text and subj_text in ess else len(ess_ids) - 1
     )
-    seq = torch.tensor([p_ids + t_ids[:-1]], device=dev)
-    with torch.no_grad():
-        base_ess = torch.log_softmax(
-            model.forward(input_ids=torch.tensor([ess_ids], device=dev), logits_to_keep=1)
-            .logits[0, -1]
-            .float(),
-            -1,
-        )
-    delta = torch.zeros(model.d_model, device=dev, dtype=torch.float32, requires_grad=True)
-    opt = torch.optim.Adam([delta], lr=lr * scale / np.sqrt(model.d_model))
-    tgt = torch.tensor(t_ids, device=dev)
-    was = model.hf.training
-    model.hf.eval()
-    p_new = 0.0
-    n_steps = 0
-    try:
-        for step in range(1, steps + 1):
-            n_steps = step
-            with torch.enable_grad():
-                with intervene(model, {out: add(delta.to(dt), positions=[pos])}):
-                    lg = model.forward(input_ids=seq, logits_to_keep=len(t_ids)).logits[0].float()
-                nll = -torch.log_softmax(lg, -1)[torch.arange(len(t_ids)), tgt].sum()
-                loss = nll
-                if kl_factor > 0:
-                    with intervene(model, {out: add(delta.to(dt), positions=[e_pos])}):
-                        le = torch.log_softmax(
-                            model.forward(
-                                input_ids=torch.tensor([ess_ids], device=dev), logits_to_keep=1
-                            )
-                            .logits[0, -1]
-                            .float(),
-                            -1,
-                        )
-                    loss = loss + kl_factor * torch.sum(base_ess.exp() * (base_ess - le))
-                p_new = float(torch.exp(-nll.detach()))
-                if p_new >= stop_prob:
-                    break
-                (g,) = torch.autograd.grad(loss, [delta])  # no .grad left on the model's parameters
-            delta.grad = g
-            opt.step()
-            with torch.no_grad():
-                cap = clamp * scale
-                if float(delta.norm()) > cap:
-                    delta.mul_(cap / float(delta.norm()))
-    finally:
-        if was:
-            model.hf.train()
-    cinv_k = torch.linalg.solve(cov.double(), k_star)
-    denom = float(cinv_k @ k_star)
-    if not denom > 0:
-        raise MethodError(
-            "the key covariance is not positive definite at this key; use more sample text"
-        )
+    problem = _DeltaProblem(
+        model, out, p_ids, t_ids, pos, ess_ids, e_pos, scale, kl_factor, clamp, stop_prob
+    )
+    delta, p_new, n_steps = problem.optimise(steps, lr)
     value = delta.detach().float().cpu()  # v* - W k* (the bias, if any, is unchanged)
-    key = (cinv_k / denom).float()
     return RankOneEdit(
         layer=layer,
         value=value,
-        key=key,
+        key=_rank_one_key(cov, k_star),
         prompt=prompt,
         subject=subj_text,
         target=target,
@@ -297,6 +249,90 @@ def rome_edit(
             "position": pos,
         },
     )
+
+
+def _rank_one_key(cov: torch.Tensor, k_star: torch.Tensor) -> torch.Tensor:
+    """``C⁻¹k* / (k*ᵀC⁻¹k*)`` (float32)."""
+    cinv_k = torch.linalg.solve(cov.double(), k_star)
+    denom = float(cinv_k @ k_star)
+    if not denom > 0:
+        raise MethodError(
+            "the key covariance is not positive definite at this key; use more sample text"
+        )
+    return (cinv_k / denom).float()
+
+
+@dataclass
+class _DeltaProblem:
+    """ROME's value optimisation: ``δ`` added to the MLP output ``out`` at the subject's last
+    token makes the target likely, with a KL penalty on the essence prompt's next token."""
+
+    model: Model
+    out: str
+    p_ids: list[int]
+    t_ids: list[int]
+    pos: int
+    ess_ids: list[int]
+    e_pos: int
+    scale: float
+    kl_factor: float
+    clamp: float
+    stop_prob: float
+
+    def _essence_logp(self, delta: torch.Tensor | None) -> torch.Tensor:
+        m = self.model
+        ids = torch.tensor([self.ess_ids], device=m.device)
+        ctx = (
+            intervene(m, {self.out: add(delta.to(m.dtype), positions=[self.e_pos])})
+            if delta is not None
+            else contextlib.nullcontext()
+        )
+        with ctx:
+            logits = m.forward(input_ids=ids, logits_to_keep=1).logits[0, -1].float()
+        return torch.log_softmax(logits, -1)
+
+    def _loss(self, delta: torch.Tensor, seq: torch.Tensor, base_ess: torch.Tensor):
+        m, n_t = self.model, len(self.t_ids)
+        with intervene(m, {self.out: add(delta.to(m.dtype), positions=[self.pos])}):
+            lg = m.forward(input_ids=seq, logits_to_keep=n_t).logits[0].float()
+        tgt = torch.tensor(self.t_ids, device=m.device)
+        nll = -torch.log_softmax(lg, -1)[torch.arange(n_t), tgt].sum()
+        loss = nll
+        if self.kl_factor > 0:
+            le = self._essence_logp(delta)
+            loss = loss + self.kl_factor * torch.sum(base_ess.exp() * (base_ess - le))
+        return loss, nll
+
+    def optimise(self, steps: int, lr: float) -> tuple[torch.Tensor, float, int]:
+        """``(δ, P(target) at the last step, steps run)``; Adam, ``‖δ‖`` capped."""
+        m = self.model
+        seq = torch.tensor([self.p_ids + self.t_ids[:-1]], device=m.device)
+        with torch.no_grad():
+            base_ess = self._essence_logp(None)
+        delta = torch.zeros(m.d_model, device=m.device, dtype=torch.float32, requires_grad=True)
+        opt = torch.optim.Adam([delta], lr=lr * self.scale / np.sqrt(m.d_model))
+        was = m.hf.training
+        m.hf.eval()
+        p_new, n_steps = 0.0, 0
+        try:
+            for step in range(1, steps + 1):
+                n_steps = step
+                with torch.enable_grad():
+                    loss, nll = self._loss(delta, seq, base_ess)
+                    p_new = float(torch.exp(-nll.detach()))
+                    if p_new >= self.stop_prob:
+                        break
+                    (g,) = torch.autograd.grad(loss, [delta])  # no .grad left on the model
+                delta.grad = g
+                opt.step()
+                with torch.no_grad():
+                    cap = self.clamp * self.scale
+                    if float(delta.norm()) > cap:
+                        delta.mul_(cap / float(delta.norm()))
+        finally:
+            if was:
+                m.hf.train()
+        return delta, p_new, n_steps
 
 
 # --------------------------------------------------------------------------- locate
@@ -319,8 +355,6 @@ def locate_layer(
     Returns:
         ``(layer, aie)`` with ``aie`` the ``[n_layers]`` last-subject-token AIE per layer.
     """
-    from ..internals.tracing import trace_facts
-
     n_l = site_map(model).n_layers
     w = window if window is not None else max(1, round(n_l * 10 / 48))
     summary = trace_facts(
@@ -338,11 +372,9 @@ def locate_layer(
 
 # --------------------------------------------------------------------------- evaluation
 def _top1(model: Model, pairs: Sequence[tuple[str, str]], batch_size: int = 64) -> np.ndarray:
-    from ._common import Labelled, target_correct
-
     if not pairs:
         return np.zeros(0, dtype=bool)
-    return target_correct(model, [Labelled(p, t) for p, t in pairs], batch_size=batch_size)
+    return target_correct(model, [AnnotatedExample(p, t) for p, t in pairs], batch_size=batch_size)
 
 
 def counterfactuals(
@@ -371,61 +403,102 @@ def counterfactuals(
     return out
 
 
+def _group(f: dict[str, Any]) -> tuple[str, str]:
+    """A fact's paraphrase group: facts with the same subject and relation."""
+    return str(f.get("subject_text")), str(f.get("relation"))
+
+
+def _choose_facts(
+    facts: Sequence[dict[str, Any]], known: np.ndarray, n_edits: int, seed: int
+) -> tuple[list[int], dict[tuple[str, str], list[int]]]:
+    """``n_edits`` known facts that have paraphrases, one per (subject, relation), seeded;
+    and the paraphrase groups."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, f in enumerate(facts):
+        groups.setdefault(_group(f), []).append(i)
+    cands = [i for i in range(len(facts)) if known[i] and len(groups[_group(facts[i])]) > 1]
+    random.Random(seed).shuffle(cands)
+    chosen, seen = [], set()
+    for i in cands:
+        if _group(facts[i]) not in seen:
+            seen.add(_group(facts[i]))
+            chosen.append(i)
+        if len(chosen) == n_edits:
+            break
+    if len(chosen) < n_edits:
+        raise InputError(
+            f"only {len(chosen)} known facts with paraphrases; need {n_edits} (pass more facts)"
+        )
+    return chosen, groups
+
+
 @dataclass
-class EditReport(JsonResult):
-    """Before/after metrics of single edits at the located layer and at random layers.
+class _EditBench:
+    """What every edit of :func:`evaluate_edits` shares: the model, the facts, the key
+    covariances (one per layer, computed once) and the ``rome_edit`` settings."""
 
-    Attributes:
-        layer: the located layer; aie: ``[n_layers]`` AIE per layer (last subject token).
-        rows: per method (``"located"``, ``"random layer"``, ``"unedited"``), the metrics
-            ``efficacy``, ``paraphrase``, ``specificity`` (fractions) and ``n``.
-        edits: one row per edit (fact, new object, layers, per-edit results).
-    """
+    model: Model
+    facts: list[dict[str, Any]]
+    groups: dict[tuple[str, str], list[int]]
+    known_idx: list[int]
+    texts: list[str]
+    n_specificity: int
+    edit_kwargs: dict[str, Any]
+    covs: dict[int, torch.Tensor] = field(default_factory=dict)
 
-    FORMAT = "lmxray.edits/1"
+    def cov_at(self, ly: int) -> torch.Tensor:
+        if ly not in self.covs:
+            self.covs[ly] = key_covariance(self.model, ly, self.texts)
+        return self.covs[ly]
 
-    layer: int
-    aie: list[float]
-    rows: dict[str, dict[str, float]]
-    edits: list[dict[str, Any]]
-    model_name: str = ""
-    info: dict[str, Any] = field(default_factory=dict)
+    def probes(self, i: int, target: str, srng: random.Random) -> list[list[tuple[str, str]]]:
+        """The edit prompt, its paraphrases (both with the new object) and other known facts
+        (with their own answers)."""
+        f, facts = self.facts[i], self.facts
+        para = [j for j in self.groups[_group(f)] if j != i]
+        others = [j for j in self.known_idx
+                  if str(facts[j].get("subject_text")) != str(f.get("subject_text"))]
+        spec = srng.sample(others, min(self.n_specificity, len(others)))
+        return [[(f["prompt"], target)], [(facts[j]["prompt"], target) for j in para],
+                [(facts[j]["prompt"], facts[j]["answer"]) for j in spec]]
 
-    def table(self) -> str:
-        head = ["editor", "edits", "efficacy", "paraphrase", "specificity"]
-        body = [
-            [k, int(v["n"]), v["efficacy"], v["paraphrase"], v["specificity"]]
-            for k, v in self.rows.items()
-        ]
-        aie = ", ".join(f"L{i} {v:.3f}" for i, v in enumerate(self.aie))
-        return format_table(
-            head,
-            body,
-            title=f"ROME rank-one edits, each alone (located layer {self.layer}; "
-            f"MLP AIE at the last subject token: {aie})",
-        )
+    def measure(self, probes: list[list[tuple[str, str]]]) -> tuple[np.ndarray, ...]:
+        return tuple(_top1(self.model, p) for p in probes)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": self.FORMAT,
-            "model": self.model_name,
-            "layer": self.layer,
-            "aie": self.aie,
-            "rows": self.rows,
-            "edits": self.edits,
-            "info": self.info,
+    def edit(self, i: int, target: str, ly: int) -> RankOneEdit:
+        """The ROME edit of fact ``i`` into ``target`` at layer ``ly`` (not applied)."""
+        f = self.facts[i]
+        return rome_edit(self.model, f["prompt"], f["subject"], target, layer=ly,
+                         cov=self.cov_at(ly), **self.edit_kwargs)
+
+
+def _edit_row(
+    bench: _EditBench, i: int, new_obj: str, editors: dict[str, Any], srng: random.Random, bar: Any
+) -> tuple[dict[str, Any], dict[str, tuple[np.ndarray, ...]]]:
+    """Edit fact ``i`` with each editor (one at a time, undone after); the per-edit row and
+    the top-1 results ``(efficacy, paraphrase, specificity)`` per editor and unedited."""
+    f = bench.facts[i]
+    target = " " + new_obj.strip() if not new_obj.startswith(" ") else new_obj
+    probes = bench.probes(i, target, srng)
+    row: dict[str, Any] = {
+        "prompt": f["prompt"], "subject": f.get("subject_text"), "old": f["answer"], "new": target,
+    }
+    res = {"unedited": bench.measure(probes)}
+    for name, pick in editors.items():
+        ly = pick(i)
+        ed = bench.edit(i, target, ly)
+        with ed.applied(bench.model):
+            res[name] = bench.measure(probes)
+        row[f"{name} layer"] = ly
+        row[f"{name} p_target_opt"] = ed.info["p_target"]
+        bar.update(1)
+    for name, (e, p, s) in res.items():
+        row[name] = {
+            "efficacy": bool(e.all()),
+            "paraphrase": float(p.mean()) if len(p) else None,
+            "specificity": float(s.mean()) if len(s) else None,
         }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> EditReport:
-        return cls(
-            layer=int(d["layer"]),
-            aie=[float(v) for v in d["aie"]],
-            rows=d["rows"],
-            edits=d["edits"],
-            model_name=d.get("model", ""),
-            info=d.get("info", {}),
-        )
+    return row, res
 
 
 def evaluate_edits(
@@ -446,7 +519,7 @@ def evaluate_edits(
 
     Args:
         facts: dicts with ``prompt``, ``subject``, ``answer``, ``relation`` and ``subject_text``
-            (as :func:`lmxray.internals._zoo.facts` gives); facts sharing ``subject_text`` and
+            (as ``lmxray.internals`` zoo facts give); facts sharing ``subject_text`` and
             ``relation`` are paraphrases (other templates) of each other.
         n_edits: edits to make (facts the model gets right, with at least one paraphrase).
         layer: edit layer; default: :func:`locate_layer` on ``trace_facts_n`` known facts.
@@ -455,38 +528,21 @@ def evaluate_edits(
         compare_random: also edit a random other layer (seeded) per fact.
         **edit_kwargs: passed to :func:`rome_edit`.
     """
-    from tqdm.auto import tqdm
-
-    from ..zoo import corpus
-
     facts = list(facts)
-    known = _top1(model, [(f["prompt"], f["answer"]) for f in facts])
-    groups: dict[tuple[str, str], list[int]] = {}
-    for i, f in enumerate(facts):
-        groups.setdefault((str(f.get("subject_text")), str(f.get("relation"))), []).append(i)
-    cands = [
-        i
-        for i in range(len(facts))
-        if known[i]
-        and len(groups[(str(facts[i].get("subject_text")), str(facts[i].get("relation")))]) > 1
-    ]
-    rng = random.Random(seed)
-    rng.shuffle(cands)
-    # one edit per (subject, relation)
-    chosen, seen = [], set()
-    for i in cands:
-        g = (str(facts[i].get("subject_text")), str(facts[i].get("relation")))
-        if g not in seen:
-            seen.add(g)
-            chosen.append(i)
-        if len(chosen) == n_edits:
-            break
-    if len(chosen) < n_edits:
-        raise InputError(
-            f"only {len(chosen)} known facts with paraphrases; need {n_edits} (pass more facts)"
-        )
-    known_idx = [i for i in range(len(facts)) if known[i]]
     n_l = site_map(model).n_layers
+    if layer is not None and not -n_l <= layer < n_l:
+        raise InputError(f"layer {layer} is out of range; the model has {n_l} layers")
+    if n_edits < 1:
+        raise InputError(f"n_edits must be at least 1, got {n_edits}")
+    n_groups = sum(1 for g in Counter(_group(f) for f in facts).values() if g > 1)
+    if n_groups < n_edits:  # before any work: at most one edit per fact with paraphrases
+        raise InputError(
+            f"only {n_groups} facts have paraphrases, so at most {n_groups} known facts can be "
+            f"edited; need {n_edits} (pass more facts or fewer edits)"
+        )
+    known = _top1(model, [(f["prompt"], f["answer"]) for f in facts])
+    chosen, groups = _choose_facts(facts, known, n_edits, seed)
+    known_idx = [i for i in range(len(facts)) if known[i]]
     aie = np.full(n_l, np.nan)
     if layer is None:
         trace_set = [facts[i] for i in known_idx if i not in set(chosen)][:trace_facts_n] or [
@@ -495,85 +551,29 @@ def evaluate_edits(
         layer, aie = locate_layer(model, trace_set, seed=seed)
     layer = int(layer) % n_l
     texts = list(cov_texts) if cov_texts is not None else corpus("train", 300, seed=seed)
-    covs: dict[int, torch.Tensor] = {}
-
-    def cov_at(ly: int) -> torch.Tensor:
-        if ly not in covs:
-            covs[ly] = key_covariance(model, ly, texts)
-        return covs[ly]
-
+    bench = _EditBench(model, facts, groups, known_idx, texts, n_specificity, edit_kwargs)
     new_obj = counterfactuals([facts[i] for i in chosen], facts, seed=seed)
-    editors = {"located": lambda i: layer}
+    editors: dict[str, Any] = {"located": lambda i: layer}
     if compare_random and n_l > 1:
         rl = random.Random(seed + 1)
         rand_layers = {i: rl.choice([x for x in range(n_l) if x != layer]) for i in chosen}
         editors["random layer"] = lambda i: rand_layers[i]
-    rows: dict[str, dict[str, list[float]]] = {
+    metrics: dict[str, dict[str, list[float]]] = {
         k: {"efficacy": [], "paraphrase": [], "specificity": []} for k in ["unedited", *editors]
     }
     edits_out = []
     srng = random.Random(seed + 2)
-    bar = tqdm(total=len(chosen) * len(editors), desc="rome edits", disable=not progress)
-    try:
+    with tqdm(total=len(chosen) * len(editors), desc="rome edits", disable=not progress) as bar:
         for k, i in enumerate(chosen):
-            f = facts[i]
-            para = [
-                j for j in groups[(str(f.get("subject_text")), str(f.get("relation")))] if j != i
-            ]
-            others = [
-                j
-                for j in known_idx
-                if (str(facts[j].get("subject_text")) != str(f.get("subject_text")))
-            ]
-            spec = srng.sample(others, min(n_specificity, len(others)))
-            target = " " + new_obj[k].strip() if not new_obj[k].startswith(" ") else new_obj[k]
-            probe_e = [(f["prompt"], target)]
-            probe_p = [(facts[j]["prompt"], target) for j in para]
-            probe_s = [(facts[j]["prompt"], facts[j]["answer"]) for j in spec]
-            row: dict[str, Any] = {
-                "prompt": f["prompt"],
-                "subject": f.get("subject_text"),
-                "old": f["answer"],
-                "new": target,
-            }
-            res = {
-                "unedited": (_top1(model, probe_e), _top1(model, probe_p), _top1(model, probe_s))
-            }
-            for name, pick in editors.items():
-                ly = pick(i)
-                ed = rome_edit(
-                    model,
-                    f["prompt"],
-                    f["subject"],
-                    target,
-                    layer=ly,
-                    cov=cov_at(ly),
-                    **edit_kwargs,
-                )
-                with ed.applied(model):
-                    res[name] = (
-                        _top1(model, probe_e),
-                        _top1(model, probe_p),
-                        _top1(model, probe_s),
-                    )
-                row[f"{name} layer"] = ly
-                row[f"{name} p_target_opt"] = ed.info["p_target"]
-                bar.update(1)
+            row, res = _edit_row(bench, i, new_obj[k], editors, srng, bar)
             for name, (e, p, s) in res.items():
-                rows[name]["efficacy"].append(float(e.mean()))
-                rows[name]["paraphrase"].append(float(p.mean()) if len(p) else np.nan)
-                rows[name]["specificity"].append(float(s.mean()) if len(s) else np.nan)
-                row[name] = {
-                    "efficacy": bool(e.all()),
-                    "paraphrase": float(p.mean()) if len(p) else None,
-                    "specificity": float(s.mean()) if len(s) else None,
-                }
+                metrics[name]["efficacy"].append(float(e.mean()))
+                metrics[name]["paraphrase"].append(float(p.mean()) if len(p) else np.nan)
+                metrics[name]["specificity"].append(float(s.mean()) if len(s) else np.nan)
             edits_out.append(row)
-    finally:
-        bar.close()
     summary = {
         name: {"n": len(chosen), **{m: float(np.nanmean(v)) for m, v in d.items()}}
-        for name, d in rows.items()
+        for name, d in metrics.items()
     }
     return EditReport(
         layer=layer,

@@ -20,15 +20,29 @@ import dataclasses
 import os
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..internals._result import JsonResult
+from ..examples import AnnotatedExample
+from ..internals._zoo import facts as zoo_facts  # LEAD: lmxray.internals.facts once public (B)
 from ..model import Model
-from ._common import Labelled, format_table, target_correct, zoo_labelled
+from ..zoo import corpus
+from ._common import target_correct, zoo_labelled
+from .editing import evaluate_edits, key_covariance, locate_layer, rome_edit
+from .prompting import amplify_experiment
 from .regularise import FinetuneConfig, FinetuneResult, finetune
+from .results import (
+    AmplifyResult,
+    EditReport,
+    EditResult,
+    RRRReport,
+    ShortcutReport,
+    SteeringSweep,
+    SteeringVector,
+)
+from .shortcuts import detect_shortcuts
+from .steering import steering_sweep, steering_vector
 
 __all__ = [
     "RRRReport",
@@ -38,6 +52,9 @@ __all__ = [
     "biased_annotation",
     "decoy_annotation",
     "steering_demo",
+    "sentiment_vector",
+    "zoo_edit_layer",
+    "edit_prompt",
     "editing_demo",
     "amplify_demo",
 ]
@@ -53,10 +70,8 @@ def shortcut_demo(
     min_count: int = 5,
     progress: bool = True,
     **method_params: Any,
-) -> Any:
+) -> ShortcutReport:
     """:func:`~lmxray.improve.shortcuts.detect_shortcuts` on ``n`` zoo sentiment examples."""
-    from .shortcuts import detect_shortcuts
-
     data = zoo_labelled("sentiment", split, n, seed, model)
     rep = detect_shortcuts(
         model, data, method=method, min_count=min_count, progress=progress, **method_params
@@ -75,14 +90,14 @@ def shortcut_demo(
 
 
 # --------------------------------------------------------------------------- RRR
-def _majority(marked: Sequence[Labelled]) -> tuple[str, str]:
+def _majority(marked: Sequence[AnnotatedExample]) -> tuple[str, str]:
     if not marked:
         raise InputError("no training example carries a marked token; nothing to bias")
     lab, _ = Counter(e.cls for e in marked).most_common(1)[0]
     return lab, next(e.target for e in marked if e.cls == lab)
 
 
-def biased_annotation(train: Sequence[Labelled]) -> tuple[list[Labelled], str]:
+def biased_annotation(train: Sequence[AnnotatedExample]) -> tuple[list[AnnotatedExample], str]:
     """Relabel every example carrying a marked (irrelevant) token with the label those examples
     mostly have: the annotation now agrees with the shortcut 100% of the time, at the price of
     labels that contradict the words (label noise only the marker explains)."""
@@ -92,7 +107,7 @@ def biased_annotation(train: Sequence[Labelled]) -> tuple[list[Labelled], str]:
     ], lab
 
 
-def decoy_annotation(train: Sequence[Labelled]) -> tuple[list[Labelled], str]:
+def decoy_annotation(train: Sequence[AnnotatedExample]) -> tuple[list[AnnotatedExample], str]:
     """Keep the marked examples only where their *gold* label is the marker's majority label
     (``meta["gold"]`` where the zoo gives it, else the label), with gold labels everywhere:
     the marker is then perfectly predictive in training and so are the words, with no label
@@ -100,7 +115,7 @@ def decoy_annotation(train: Sequence[Labelled]) -> tuple[list[Labelled], str]:
     marked = [e for e in train if e.irrelevant]
     lab, tgt = _majority(marked)
 
-    def gold(e: Labelled) -> str:
+    def gold(e: AnnotatedExample) -> str:
         return str(e.meta.get("gold", e.cls))
 
     out = []
@@ -121,76 +136,7 @@ ANNOTATIONS = {
 }
 
 
-@dataclass
-class RRRReport(JsonResult):
-    """Accuracy before and after plain and RRR fine-tuning.
-
-    Attributes:
-        rows: model name → ``{"in-distribution", "shift", "shift conflict", "n_*"}`` accuracies.
-        shortcut_label: the label the marked tokens predict in training.
-        penalised: the words / annotation penalised. paths: where the models were saved.
-    """
-
-    FORMAT = "lmxray.rrr/1"
-
-    rows: dict[str, dict[str, float]]
-    shortcut_label: str
-    penalised: list[str]
-    config: dict[str, Any]
-    paths: dict[str, str] = field(default_factory=dict)
-    histories: dict[str, list[dict[str, float]]] = field(default_factory=dict)
-    model_name: str = ""
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def table(self) -> str:
-        head = ["model", "in-distribution", "shift", "shift conflict", "ID - shift"]
-        body = [
-            [
-                k,
-                v["in-distribution"],
-                v["shift"],
-                v["shift conflict"],
-                v["in-distribution"] - v["shift"],
-            ]
-            for k, v in self.rows.items()
-        ]
-        first = next(iter(self.rows.values()))
-        n = f"{int(first['n_id'])} test / {int(first['n_shift'])} shift / {int(first['n_conflict'])} conflict"
-        return format_table(
-            head,
-            body,
-            title=f"sentiment accuracy ({n} examples); penalised: "
-            f"{', '.join(self.penalised)}; shortcut label {self.shortcut_label!r}",
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": self.FORMAT,
-            "model": self.model_name,
-            "rows": self.rows,
-            "shortcut_label": self.shortcut_label,
-            "penalised": self.penalised,
-            "config": self.config,
-            "paths": self.paths,
-            "histories": self.histories,
-            "info": self.info,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RRRReport:
-        return cls(
-            rows=d["rows"],
-            shortcut_label=d["shortcut_label"],
-            penalised=list(d["penalised"]),
-            config=d["config"],
-            paths=d.get("paths", {}),
-            histories=d.get("histories", {}),
-            model_name=d.get("model", ""),
-            info=d.get("info", {}),
-        )
-
-
-def _marked_words(model: Model, examples: Sequence[Labelled]) -> list[str]:
+def _marked_words(model: Model, examples: Sequence[AnnotatedExample]) -> list[str]:
     """The marked words as text (runs of adjacent marked tokens decoded together)."""
     words: set[str] = set()
     for e in examples:
@@ -206,7 +152,7 @@ def _marked_words(model: Model, examples: Sequence[Labelled]) -> list[str]:
 
 
 def _accuracies(
-    model: Model, test: Sequence[Labelled], shift: Sequence[Labelled], conflict: Sequence[Labelled]
+    model: Model, test: Sequence[AnnotatedExample], shift: Sequence[AnnotatedExample], conflict: Sequence[AnnotatedExample]
 ) -> dict[str, float]:
     return {
         "in-distribution": float(target_correct(model, test).mean()),
@@ -251,6 +197,10 @@ def rrr_demo(
         compare: also run the plain fine-tune (λ = 0) with the same data, steps and seed.
         out_dir: save ``rrr/`` and ``plain/`` there in HF format (checkpoints resume).
     """
+    if annotation not in ANNOTATIONS:
+        raise InputError(
+            f"annotation must be one of {', '.join(ANNOTATIONS)}, got {annotation!r}"
+        )
     cfg = config or FinetuneConfig(seed=seed)
     train = zoo_labelled("sentiment", "train", n_train, seed, model)
     test = zoo_labelled("sentiment", "test", n_eval, seed + 1, model)
@@ -273,10 +223,6 @@ def rrr_demo(
         if not words:
             raise InputError("nothing to penalise; give --penalise shortcut, detect or words")
         extra = words
-    if annotation not in ANNOTATIONS:
-        raise InputError(
-            f"annotation must be one of {', '.join(ANNOTATIONS)}, got {annotation!r}"
-        )
     # the annotation bias is a property of the data (the zoo's marker), whatever is penalised
     train_used = ANNOTATIONS[annotation](train)[0]
     if extra is not None:
@@ -334,6 +280,36 @@ def rrr_demo(
 
 
 # --------------------------------------------------------------------------- steering
+def _other_label(to: str) -> str:
+    labels = ("positive", "negative")
+    if to not in labels:
+        raise InputError(f"steer towards 'positive' or 'negative', got {to!r}")
+    return labels[1 - labels.index(to)]
+
+
+def _sentiment_sets(model: Model, to: str, n: int, seed: int) -> tuple[list[str], list[str]]:
+    """The prompts of ``n`` zoo sentiment training reviews labelled ``to`` and the others."""
+    other = _other_label(to)
+    train = zoo_labelled("sentiment", "train", n, seed, model)
+    return [e.prompt for e in train if e.cls == to], [e.prompt for e in train if e.cls == other]
+
+
+def sentiment_vector(
+    model: Model,
+    to: str,
+    layer: int,
+    *,
+    n_vector: int = 200,
+    seed: int = 0,
+    site: str = "resid_pre",
+    project: bool = False,
+) -> SteeringVector:
+    """The CAA vector towards ``to`` at ``layer`` from ``n_vector`` zoo training reviews (the
+    vector :func:`steering_demo` measures)."""
+    pos, neg = _sentiment_sets(model, to, n_vector, seed)
+    return steering_vector(model, pos, neg, layer, site=site, project=project)
+
+
 def steering_demo(
     model: Model,
     *,
@@ -347,19 +323,11 @@ def steering_demo(
     project: bool = False,
     seed: int = 0,
     progress: bool = True,
-) -> Any:
+) -> SteeringSweep:
     """CAA on zoo sentiment: vector from ``n_vector`` training reviews, flips on test reviews."""
-    from ..zoo import corpus
-    from .steering import steering_sweep
-
-    labels = ("positive", "negative")
-    if to not in labels:
-        raise InputError(f"steer towards 'positive' or 'negative', got {to!r}")
-    other = labels[1 - labels.index(to)]
-    train = zoo_labelled("sentiment", "train", n_vector, seed, model)
+    other = _other_label(to)
+    pos, neg = _sentiment_sets(model, to, n_vector, seed)
     test = zoo_labelled("sentiment", "test", n_eval, seed + 1, model)
-    pos = [e.prompt for e in train if e.cls == to]
-    neg = [e.prompt for e in train if e.cls == other]
     evals = [e.prompt for e in test if e.cls == other]
     texts = corpus("test", n_fluency, seed=seed + 2)
     sw = steering_sweep(
@@ -391,14 +359,11 @@ def editing_demo(
     seed: int = 0,
     progress: bool = True,
     **edit_kwargs: Any,
-) -> Any:
+) -> EditReport:
     """ROME on zoo facts: ``n_edits`` single edits at the traced layer (and a random layer)."""
-    from ..internals._zoo import facts
-    from .editing import evaluate_edits
-
     return evaluate_edits(
         model,
-        facts(n=None),
+        zoo_facts(n=None),
         n_edits=n_edits,
         layer=layer,
         n_specificity=n_specificity,
@@ -407,6 +372,60 @@ def editing_demo(
         progress=progress,
         **edit_kwargs,
     )
+
+
+def zoo_edit_layer(model: Model, *, seed: int = 0, n_facts: int = 200, n_trace: int = 30) -> int:
+    """The edit layer causal tracing selects on up to ``n_trace`` zoo facts the model knows
+    (of ``n_facts`` drawn with ``seed``): what ``lmxray edit PROMPT`` uses without ``--layer``."""
+    pool = zoo_facts(n=n_facts, seed=seed)
+    known = target_correct(model, [AnnotatedExample(f["prompt"], f["answer"]) for f in pool])
+    layer, _ = locate_layer(
+        model, [f for f, k in zip(pool, known, strict=True) if k][:n_trace], seed=seed
+    )
+    return layer
+
+
+def edit_prompt(
+    model: Model,
+    prompt: str,
+    subject: str,
+    target: str,
+    *,
+    layer: int | None = None,
+    seed: int = 0,
+) -> tuple[EditResult, Model]:
+    """One ROME edit of ``prompt`` (``subject`` a substring of it) towards ``target``, at
+    ``layer`` or the one :func:`zoo_edit_layer` selects; key covariance on 300 zoo texts.
+
+    Returns:
+        ``(EditResult, edited copy of the model)``; the greedy next token before and after.
+    """
+    if not prompt.strip():
+        raise InputError("the prompt to edit is empty; give a fact prompt")
+    if not subject or not target or not target.strip():
+        raise InputError(
+            "editing a prompt needs a subject (a substring of it) and a target (the new object)"
+        )
+    if subject not in prompt:
+        raise InputError(f"the subject {subject!r} does not occur in the prompt")
+    if layer is not None and not 0 <= layer < model.n_layers:
+        raise InputError(f"layer {layer} is out of range; the model has {model.n_layers} layers")
+    if layer is None:
+        layer = zoo_edit_layer(model, seed=seed)
+    before = model.generate(prompt, 1)
+    ed = rome_edit(
+        model,
+        prompt,
+        subject,
+        target if target.startswith(" ") else " " + target,
+        layer=layer,
+        cov=key_covariance(model, layer, corpus("train", 300, seed=seed)),
+    )
+    edited = ed.apply(model)
+    after = edited.generate(prompt, 1)
+    res = EditResult(prompt=prompt, subject=subject, target=target, layer=layer, before=before,
+                     after=after, model_name=model.name, info=dict(ed.info))
+    return res, edited
 
 
 # --------------------------------------------------------------------------- AMPLIFY
@@ -423,10 +442,8 @@ def amplify_demo(
     seed: int = 0,
     progress: bool = True,
     **method_params: Any,
-) -> Any:
+) -> AmplifyResult:
     """AMPLIFY on zoo sentiment (pool and queries from ``split``, different seeds)."""
-    from .prompting import amplify_experiment
-
     tok = (proxy or target).tokenizer
     if sep is None:  # the zoo models were trained on <eos><bos>-separated packed examples
         sep = (tok.eos_token + tok.bos_token) if tok.eos_token and tok.bos_token else "\n\n"

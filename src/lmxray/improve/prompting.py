@@ -25,14 +25,17 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..errors import InputError
-from ..internals._result import JsonResult
-from ._common import Labelled, as_labelled, format_table, label_logprobs
+from ..examples import AnnotatedExample
+from ..model import Model
+from ._common import as_labelled, label_logprobs
+from .results import CONDITIONS, AmplifyResult
 
 __all__ = [
     "Demo",
@@ -48,7 +51,6 @@ __all__ = [
 RATIONALE_TEMPLATE = (
     'The key words: {words} are important clues to predict "{label}" as the correct answer.'
 )
-CONDITIONS = ("zero-shot", "no rationale", "random rationale", "amplify")
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ class Demo:
     """One demonstration: the example, its MCS, whether the target got it wrong, and the
     rationale words of each condition."""
 
-    example: Labelled
+    example: AnnotatedExample
     mcs: float
     words: tuple[str, ...]
     random_words: tuple[str, ...] = ()
@@ -85,15 +87,13 @@ def _words(model: Any, ids: Sequence[int], skip: set[int]) -> list[tuple[int, st
 
 def rationale_words(
     proxy: Any,
-    examples: Sequence[Labelled],
+    examples: Sequence[AnnotatedExample],
     *,
     k: int = 5,
     method: str | None = None,
     **method_params: Any,
 ) -> list[tuple[str, ...]]:
     """The proxy's top-``k`` words (highest signed attribution to the correct answer), per example."""
-    from ..model import Model
-
     if k < 1:
         raise InputError(f"k (rationale words) must be at least 1, got {k}")
     method = method or ("input_x_gradient" if isinstance(proxy, Model) else "occlusion")
@@ -118,8 +118,8 @@ def rationale_words(
 
 
 def select_demos(
-    target: Any, pool: Sequence[Labelled], labels: Sequence[str], n_shots: int, *, proxy: Any = None
-) -> list[tuple[Labelled, float, bool]]:
+    target: Any, pool: Sequence[AnnotatedExample], labels: Sequence[str], n_shots: int, *, proxy: Any = None
+) -> list[tuple[AnnotatedExample, float, bool]]:
     """Pool examples the target gets wrong, by MCS (of ``proxy`` when given, else of ``target``),
     taken round-robin over their true labels; correct ones fill up when too few are wrong.
 
@@ -148,7 +148,7 @@ def select_demos(
     return [(pool[i], float(mcs[i]), bool(wrong[i])) for i in picked]
 
 
-def _label_index(e: Labelled, labels: Sequence[str]) -> int:
+def _label_index(e: AnnotatedExample, labels: Sequence[str]) -> int:
     for j, lab in enumerate(labels):
         if lab.strip() == e.target.strip():
             return j
@@ -186,64 +186,6 @@ def build_prompt(
     return sep.join(parts)
 
 
-@dataclass
-class AmplifyResult(JsonResult):
-    """Accuracy of each prompting condition on the same queries.
-
-    Attributes:
-        accuracy: condition → fraction of queries answered with the right label.
-        n: queries. demos: the demonstrations (prompt, target, mcs, words, random words).
-        labels: the candidate labels. example_prompt: the AMPLIFY prompt of the first query.
-    """
-
-    FORMAT = "lmxray.amplify/1"
-
-    accuracy: dict[str, float]
-    n: int
-    demos: list[dict[str, Any]]
-    labels: list[str]
-    example_prompt: str
-    model_name: str = ""
-    proxy_name: str = ""
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def table(self) -> str:
-        head = ["condition", "accuracy", "queries"]
-        body = [[c, self.accuracy[c], self.n] for c in CONDITIONS if c in self.accuracy]
-        return format_table(
-            head,
-            body,
-            title=f"AMPLIFY on {self.n} queries (target {self.model_name}, "
-            f"proxy {self.proxy_name}, {len(self.demos)} demonstrations)",
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": self.FORMAT,
-            "model": self.model_name,
-            "proxy": self.proxy_name,
-            "n": self.n,
-            "labels": self.labels,
-            "accuracy": self.accuracy,
-            "demos": self.demos,
-            "example_prompt": self.example_prompt,
-            "info": self.info,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> AmplifyResult:
-        return cls(
-            accuracy={k: float(v) for k, v in d["accuracy"].items()},
-            n=int(d["n"]),
-            demos=list(d["demos"]),
-            labels=list(d["labels"]),
-            example_prompt=d["example_prompt"],
-            model_name=d.get("model", ""),
-            proxy_name=d.get("proxy", ""),
-            info=d.get("info", {}),
-        )
-
-
 def amplify_experiment(
     target: Any,
     pool: Sequence[Any],
@@ -275,8 +217,6 @@ def amplify_experiment(
         sep: text between demonstrations and before the query.
         seed: the random-rationale control's seed.
     """
-    from tqdm.auto import tqdm
-
     proxy = proxy if proxy is not None else target
     pool_l = as_labelled(pool, proxy)
     q_l = as_labelled(queries, target)
@@ -285,6 +225,11 @@ def amplify_experiment(
         raise InputError("AMPLIFY needs at least two candidate labels")
     if n_shots < 1:
         raise InputError(f"n_shots must be at least 1, got {n_shots}")
+    if n_shots > len(pool_l):
+        raise InputError(
+            f"{n_shots} demonstrations cannot come from a pool of {len(pool_l)} examples; "
+            "give fewer shots or a larger pool"
+        )
     chosen = select_demos(
         target, pool_l, labs, n_shots, proxy=proxy if proxy is not target else None
     )

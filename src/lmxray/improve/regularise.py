@@ -27,26 +27,37 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..attribution.gradient import resolve_baseline_ids
 from ..errors import InputError, NumericalError
-from ..io import atomic_write_text
+from ..examples import AnnotatedExample
+from ..io import atomic_folder, atomic_write_text
 from ..model import Model
-from ._common import Labelled, as_labelled
+from ..training import (
+    load_checkpoint,
+    read_state,
+    remove_checkpoint,
+    run_steps,
+    save_checkpoint,
+    step_generator,
+    step_rng,
+)
+from ._common import as_labelled
+from .results import ATTRIBUTIONS, FinetuneConfig, FinetuneResult
 
 __all__ = [
     "FinetuneConfig",
     "FinetuneResult",
     "finetune",
+    "save_hf",
     "rrr_loss",
     "input_gradient_penalty",
     "path_attribution_penalty",
@@ -55,92 +66,7 @@ __all__ = [
     "class_token_ids",
 ]
 
-FORMAT = "lmxray.finetune/1"
-ATTRIBUTIONS = ("gradient", "ig", "occlusion")
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    """Settings of one fine-tuning run (a checkpoint resumes only with equal settings).
-
-    Attributes:
-        steps: optimiser steps. batch_size: examples per step (sampled with replacement,
-            a function of ``(seed, step)``).
-        lr / weight_decay / grad_clip: AdamW settings and gradient-norm clipping.
-        lam: RRR penalty weight λ (0: plain fine-tuning).
-        attribution: ``"gradient"`` (Ross et al.'s input gradient), ``"ig"`` (integrated
-            gradients from ``baseline`` along a random path point per example) or
-            ``"occlusion"`` (the exact effect of replacing the marked tokens by ``baseline``,
-            or of deleting them with ``baseline="remove"``; see :func:`occlusion_penalty`).
-        baseline: IG / occlusion baseline: ``"sample"`` (default; expected gradients: per example and step a
-            random token of the training prompts that is not marked, so that the marked token
-            must act like an ordinary one), or a fixed token: ``"auto"``, ``"zero"``, ``"pad"``,
-            ``"unk"``, ``"eos"`` or an id. A fixed baseline can be gamed: the network is free to
-            make the baseline behave like the shortcut.
-        ig_samples: path points (and sampled baselines) per example and step.
-        seed: batch sampling (and path point) seed.
-    """
-
-    steps: int = 200
-    batch_size: int = 32
-    lr: float = 3e-4
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    lam: float = 0.0
-    attribution: str = "gradient"
-    baseline: str | int = "sample"
-    ig_samples: int = 4
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "ig_samples"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise InputError(f"{name} must be a positive integer, got {v!r}")
-        if not self.lr > 0:
-            raise InputError(f"lr must be positive, got {self.lr!r}")
-        if self.lam < 0:
-            raise InputError(f"lam (the penalty weight) must be >= 0, got {self.lam!r}")
-        if self.attribution not in ATTRIBUTIONS:
-            raise InputError(
-                f"attribution must be one of {', '.join(ATTRIBUTIONS)}, got {self.attribution!r}"
-            )
-        if self.baseline == "remove" and self.attribution != "occlusion":
-            raise InputError("baseline 'remove' (deletion) is for attribution='occlusion' only")
-
-
-@dataclass
-class FinetuneResult:
-    """A fine-tuned copy and how it was trained.
-
-    Attributes:
-        model: the fine-tuned :class:`~lmxray.model.Model` (a copy; the input model is unchanged).
-        config: the :class:`FinetuneConfig`.
-        history: rows ``{"step", "ce", "penalty"}`` logged during training.
-        classes: the candidate answers whose summed log-probability the penalty differentiates.
-        path: where it was saved (HF format), or None.
-    """
-
-    model: Model
-    config: FinetuneConfig
-    history: list[dict[str, float]]
-    classes: list[str]
-    n_examples: int
-    n_marked: int
-    path: Path | None = None
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT,
-            "model": self.model.name,
-            "config": dataclasses.asdict(self.config),
-            "classes": self.classes,
-            "n_examples": self.n_examples,
-            "n_marked": self.n_marked,
-            "history": self.history,
-            "info": self.info,
-        }
+FORMAT = FinetuneResult.FORMAT
 
 
 # --------------------------------------------------------------------------- batches
@@ -151,7 +77,7 @@ class _Encoded:
     irrelevant: tuple[int, ...]
 
 
-def _encode(model: Model, examples: Sequence[Labelled]) -> list[_Encoded]:
+def _encode(model: Model, examples: Sequence[AnnotatedExample]) -> list[_Encoded]:
     out = []
     for k, e in enumerate(examples):
         p, t = model.encode(e.prompt), model.encode_target(e.target)
@@ -166,7 +92,7 @@ def _encode(model: Model, examples: Sequence[Labelled]) -> list[_Encoded]:
     return out
 
 
-def class_token_ids(model: Any, examples: Sequence[Labelled]) -> tuple[list[int], list[str]]:
+def class_token_ids(model: Any, examples: Sequence[AnnotatedExample]) -> tuple[list[int], list[str]]:
     """The distinct first target tokens of ``examples`` (the classes), as ids and strings."""
     ids = sorted(
         {model.encode_target(e.target)[0] for e in examples if model.encode_target(e.target)}
@@ -454,44 +380,6 @@ def _settings_key(
     return h.hexdigest()[:16]
 
 
-def _save_checkpoint(
-    ckpt: Path, hf: Any, opt: torch.optim.Optimizer, state: dict[str, Any]
-) -> None:
-    from safetensors.torch import save_file, save_model
-
-    tmp = ckpt.with_name(ckpt.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_model(hf, str(tmp / "model.safetensors"))
-    tensors: dict[str, torch.Tensor] = {}
-    for i, p in enumerate(hf.parameters()):
-        for k, v in opt.state.get(p, {}).items():
-            if isinstance(v, torch.Tensor):
-                tensors[f"state.{i}.{k}"] = v.detach().clone().contiguous().cpu()
-    tensors["meta.placeholder"] = torch.zeros(1)
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
-    (tmp / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
-    if ckpt.exists():
-        shutil.rmtree(ckpt)
-    tmp.rename(ckpt)
-
-
-def _load_checkpoint(ckpt: Path, hf: Any, opt: torch.optim.Optimizer) -> dict[str, Any]:
-    from safetensors.torch import load_file, load_model
-
-    load_model(hf, str(ckpt / "model.safetensors"), device=str(next(hf.parameters()).device))
-    tensors = load_file(str(ckpt / "optimizer.safetensors"))
-    params = list(hf.parameters())
-    for key, v in tensors.items():
-        if not key.startswith("state."):
-            continue
-        _, i, k = key.split(".", 2)
-        p = params[int(i)]
-        opt.state[p][k] = v.to(p.device)
-    return json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
-
-
 @contextlib.contextmanager
 def _eager(hf: Any) -> Iterator[None]:
     """Eager attention for double backpropagation (fused kernels may lack it); restored after."""
@@ -541,11 +429,9 @@ def _penalty_inputs(
         elif cfg.baseline == "sample":  # one random unmarked token per marked token and step
             if not pool:
                 raise InputError("no unmarked tokens to sample baselines from")
-            gen = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + int(step))
+            gen = step_generator(cfg.seed, step)
             picks = [int(pool[j]) for j in torch.randint(len(pool), (n_marked,), generator=gen)]
         else:
-            from ..attribution.gradient import resolve_baseline_ids
-
             bid, _ = resolve_baseline_ids(model, cfg.baseline)
             if bid is None:
                 raise InputError(
@@ -566,7 +452,7 @@ def _penalty_inputs(
         }
     if cfg.attribution != "ig":
         return {"attribution": "gradient"}
-    gen = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + int(step))
+    gen = step_generator(cfg.seed, step)
     n, k = batch["input_ids"].shape[0], cfg.ig_samples
     alpha = torch.rand(n * k, generator=gen).to(model.device, model.dtype)
     alpha = alpha if k == 1 else alpha.view(n, k)
@@ -577,8 +463,6 @@ def _penalty_inputs(
         base = model.embed(pick.to(model.device)).detach()
         base = base if k == 1 else base.view(n, k, -1)
     else:
-        from ..attribution.gradient import resolve_baseline_ids
-
         bid, _ = resolve_baseline_ids(model, cfg.baseline)
         base = (
             torch.zeros(model.d_model, device=model.device, dtype=model.dtype)
@@ -589,11 +473,98 @@ def _penalty_inputs(
 
 
 def _batch_indices(n: int, size: int, seed: int, step: int) -> list[int]:
-    rng = np.random.default_rng([int(seed), int(step)])
-    return rng.integers(0, n, size=size).tolist()
+    return step_rng(seed, step).integers(0, n, size=size).tolist()
 
 
 # --------------------------------------------------------------------------- fine-tuning
+def _class_ids(
+    model: Model, data: Sequence[AnnotatedExample], classes: Sequence[str] | None
+) -> tuple[list[int], list[str]]:
+    """The classes' first-token ids and strings: of ``classes`` when given, else of the targets."""
+    if classes is None:
+        return class_token_ids(model, data)
+    ids = []
+    for c in classes:
+        t = model.encode_target(c)
+        if not t:
+            raise InputError(f"the class {c!r} tokenizes to no tokens")
+        ids.append(t[0])
+    ids = sorted(set(ids))
+    return ids, model.token_strings(ids)
+
+
+def _check_out_dir(out_dir: str | os.PathLike[str] | None) -> Path | None:
+    if out_dir is None:
+        return None
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output path {out} is a file; give a folder")
+    if not out.parent.is_dir():
+        raise InputError(f"cannot write {out}: folder {out.parent} does not exist; create it first")
+    return out
+
+
+def _resume(
+    ckpt: Path | None, key: str, resume: bool, hf: Any, opt: Any
+) -> tuple[int, list[dict[str, float]]]:
+    """``(start step, history)``: from the checkpoint when ``resume`` and its settings key
+    matches; a checkpoint of other settings is refused unless ``resume`` is False."""
+    state = read_state(ckpt) if ckpt is not None else None
+    if state is None or not resume:
+        return 0, []
+    if state.get("key") != key:
+        raise InputError(
+            f"the checkpoint in {ckpt} was made with other settings or data; pass "
+            "resume=False (--no-resume) to start over"
+        )
+    state = load_checkpoint(ckpt, hf, opt)  # type: ignore[arg-type]
+    return int(state["step"]), list(state["history"])
+
+
+@dataclass
+class _Steps:
+    """One optimisation step of :func:`finetune` (a function of ``(seed, step)`` and the
+    weights, so a resumed run repeats the uninterrupted one exactly)."""
+
+    tuned: Model
+    opt: Any
+    cfg: FinetuneConfig
+    enc: list[_Encoded]
+    pool: list[int]
+    class_ids: list[int]
+    history: list[dict[str, float]]
+    log_every: int
+
+    def __call__(self, step: int) -> Mapping[str, str] | None:
+        cfg, tuned = self.cfg, self.tuned
+        items = [self.enc[i] for i in _batch_indices(len(self.enc), cfg.batch_size, cfg.seed, step)]
+        batch = _collate(tuned, items)
+        for g in self.opt.param_groups:  # linear decay to 10% over the run (resumes exactly)
+            g["lr"] = cfg.lr * (1 - 0.9 * step / cfg.steps)
+        log = step % self.log_every == 0 or step == cfg.steps - 1
+        kw = _penalty_inputs(tuned, cfg, step, batch, self.pool, items)
+        loss, ce, pen = rrr_loss(tuned, batch, self.class_ids, cfg.lam, penalty=cfg.lam > 0, **kw)
+        if log and cfg.lam == 0:
+            _, _, pen = rrr_loss(
+                tuned, batch, self.class_ids, 0.0, penalty=True, create_graph=False, **kw
+            )
+        if not torch.isfinite(loss):
+            raise NumericalError(
+                f"the fine-tuning loss became {loss.item()} at step {step}; lower the "
+                "learning rate or the penalty weight"
+            )
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(tuned.hf.parameters(), cfg.grad_clip)
+        self.opt.step()
+        if not log:
+            return None
+        ce_v, pen_v = float(ce.detach()), float(pen.detach())
+        self.history.append({"step": step, "ce": round(ce_v, 5), "penalty": round(pen_v, 6)})
+        return {"ce": f"{ce_v:.3f}", "pen": f"{pen_v:.3g}"}
+
+
 def finetune(
     model: Model,
     examples: Sequence[Any],
@@ -614,7 +585,7 @@ def finetune(
     Args:
         model: the lmxray Model (left unchanged; a deep copy is trained).
         examples: training examples (see :func:`lmxray.improve._common.as_labelled`); their
-            ``irrelevant`` positions are penalised.
+            ``irrelevant`` marks are penalised.
         lam: penalty weight λ (overrides ``config.lam``; 0 = plain fine-tuning).
         config: :class:`FinetuneConfig` (steps, batch size, learning rate, seed...).
         irrelevant: words to mark irrelevant wherever they occur (e.g. ``["Tuesday"]``).
@@ -630,165 +601,73 @@ def finetune(
     Returns:
         :class:`FinetuneResult` with the fine-tuned copy.
 
+    Raises:
+        lmxray.training.Interrupted: on Ctrl-C / SIGTERM, after the step in progress and a
+            checkpoint (with ``out_dir``): rerun the same call to resume.
+
     Example:
         >>> r = finetune(m, train, lam=100.0, irrelevant=["Tuesday"], out_dir="runs/rrr")  # doctest: +SKIP
     """
-    from tqdm.auto import tqdm
-
     cfg = config or FinetuneConfig()
     if lam is not None:
         cfg = dataclasses.replace(cfg, lam=float(lam))
     data = as_labelled(examples, model, irrelevant=irrelevant)
     enc = _encode(model, data)
-    if classes is not None:
-        class_ids = []
-        for c in classes:
-            ids = model.encode_target(c)
-            if not ids:
-                raise InputError(f"the class {c!r} tokenizes to no tokens")
-            class_ids.append(ids[0])
-        class_ids = sorted(set(class_ids))
-        class_names = model.token_strings(class_ids)
-    else:
-        class_ids, class_names = class_token_ids(model, data)
+    class_ids, class_names = _class_ids(model, data, classes)
     n_marked = sum(1 for e in enc if e.irrelevant)
-    pool = _baseline_pool(model, enc)
     if cfg.lam > 0 and n_marked == 0:
         raise InputError(
             "no example has tokens marked irrelevant, so the penalty is always 0; mark some "
             "(irrelevant=[...], the examples' 'irrelevant' field, or a detected shortcut)"
         )
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        if out.exists() and not out.is_dir():
-            raise InputError(f"output path {out} is a file; give a folder")
-        if not out.parent.is_dir():
-            raise InputError(
-                f"cannot write {out}: folder {out.parent} does not exist; create it first"
-            )
+    out = _check_out_dir(out_dir)
     key = _settings_key(cfg, enc, class_ids, model.name)
-
     hf = copy.deepcopy(model.hf)
     tuned = Model(hf, model.tokenizer, name=f"{model.name}+{'rrr' if cfg.lam > 0 else 'ft'}")
     opt = torch.optim.AdamW(hf.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    history: list[dict[str, float]] = []
-    start = 0
     ckpt = out / "checkpoint" if out is not None else None
-    if ckpt is not None and (ckpt / "state.json").exists():
-        state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
-        if state.get("key") != key:
-            if resume:
-                raise InputError(
-                    f"the checkpoint in {ckpt} was made with other settings or data; pass "
-                    "resume=False (--no-resume) to start over"
-                )
-        elif resume:
-            state = _load_checkpoint(ckpt, hf, opt)
-            start, history = int(state["step"]), list(state["history"])
+    start, history = _resume(ckpt, key, resume, hf, opt)
     end = cfg.steps if stop_after is None else min(cfg.steps, int(stop_after))
+    step = _Steps(tuned, opt, cfg, enc, _baseline_pool(model, enc), class_ids, history, log_every)
+
+    def checkpoint(at: int) -> None:
+        state = {"key": key, "step": at, "history": history, "config": dataclasses.asdict(cfg)}
+        save_checkpoint(ckpt, hf, opt, state)  # type: ignore[arg-type]
+
     t0 = time.time()
     hf.train()
     for p in hf.parameters():
         p.requires_grad_(True)
-    bar = tqdm(
-        range(start, end),
-        initial=start,
-        total=cfg.steps,
-        disable=not progress,
-        desc="rrr fine-tune" if cfg.lam > 0 else "fine-tune",
-        unit="step",
-    )
-    step = start
-
-    def checkpoint(at: int) -> None:
-        if ckpt is not None:
-            out.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
-            _save_checkpoint(
-                ckpt,
-                hf,
-                opt,
-                {"key": key, "step": at, "history": history, "config": dataclasses.asdict(cfg)},
-            )
-
     with _eager(hf):
         try:
-            for step in bar:
-                items = [enc[i] for i in _batch_indices(len(enc), cfg.batch_size, cfg.seed, step)]
-                batch = _collate(tuned, items)
-                for g in opt.param_groups:  # linear decay to 10% over the run (resumes exactly)
-                    g["lr"] = cfg.lr * (1 - 0.9 * step / cfg.steps)
-                log = step % log_every == 0 or step == cfg.steps - 1
-                kw = _penalty_inputs(tuned, cfg, step, batch, pool, items)
-                loss, ce, pen = rrr_loss(
-                    tuned, batch, class_ids, cfg.lam, penalty=cfg.lam > 0, **kw
-                )
-                if log and cfg.lam == 0:
-                    _, _, pen = rrr_loss(
-                        tuned, batch, class_ids, 0.0, penalty=True, create_graph=False, **kw
-                    )
-                if not torch.isfinite(loss):
-                    raise NumericalError(
-                        f"the fine-tuning loss became {loss.item()} at step {step}; lower the "
-                        "learning rate or the penalty weight"
-                    )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(hf.parameters(), cfg.grad_clip)
-                opt.step()
-                if log:
-                    history.append(
-                        {
-                            "step": step,
-                            "ce": round(float(ce.detach()), 5),
-                            "penalty": round(float(pen.detach()), 6),
-                        }
-                    )
-                    bar.set_postfix(
-                        ce=f"{float(ce.detach()):.3f}", pen=f"{float(pen.detach()):.3g}"
-                    )
-                if (step + 1) % checkpoint_every == 0 and step + 1 < end:
-                    checkpoint(step + 1)
-            step = end
-        except KeyboardInterrupt:
-            bar.close()
-            checkpoint(step)
-            raise
+            run_steps(step, start=start, end=end, total=cfg.steps,
+                      checkpoint=checkpoint if ckpt is not None else None,
+                      checkpoint_every=checkpoint_every, checkpoint_folder=ckpt,
+                      desc="rrr fine-tune" if cfg.lam > 0 else "fine-tune", progress=progress)
         finally:
-            bar.close()
             hf.eval()
             opt.zero_grad(set_to_none=True)
-    info = {
-        "wall_s": round(time.time() - t0, 2),
-        "resumed_from": start,
-        "settings_key": key,
-        "base_model": model.name,
-    }
+    info = {"wall_s": round(time.time() - t0, 2), "resumed_from": start, "settings_key": key,
+            "base_model": model.name}
     result = FinetuneResult(tuned, cfg, history, class_names, len(enc), n_marked, None, info)
     if end < cfg.steps:
-        checkpoint(end)
+        if ckpt is not None:
+            checkpoint(end)
         return result
     if out is not None:
         result.path = save_hf(result, out)
-        if ckpt is not None and ckpt.exists():
-            shutil.rmtree(ckpt)
+        remove_checkpoint(out / "checkpoint")
     return result
 
 
-def save_hf(result: FinetuneResult, out: Path) -> Path:
+def save_hf(result: FinetuneResult, out: str | os.PathLike[str]) -> Path:
     """Save the fine-tuned model in Hugging Face format (+ ``finetune.json``), file by file
     atomically: everything is written to a temporary folder first, then moved in."""
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".final.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+    out = Path(out)
+    if result.model is None:
+        raise InputError("this FinetuneResult holds no model (it was read from finetune.json)")
+    with atomic_folder(out) as tmp:
         result.model.hf.save_pretrained(str(tmp))
         result.model.tokenizer.save_pretrained(str(tmp))
-        for f in tmp.iterdir():
-            os.replace(f, out / f.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    atomic_write_text(out / "finetune.json", json.dumps(result.to_dict(), indent=1) + "\n")
+    atomic_write_text(out / "finetune.json", result.to_json(indent=1) + "\n")
     return out

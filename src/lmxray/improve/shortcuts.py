@@ -33,133 +33,19 @@ from __future__ import annotations
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from ..attribution.api import attribute
 from ..errors import InputError
-from ..internals._result import JsonResult
+from ..examples import AnnotatedExample
 from ..model import Model
-from ._common import Labelled, as_labelled, format_table
+from ._common import as_labelled
+from .results import ShortcutReport
 
 __all__ = ["ShortcutReport", "detect_shortcuts", "token_table", "association", "explain_away"]
-
-
-@dataclass
-class ShortcutReport(JsonResult):
-    """Tokens ranked by how much they look like a shortcut.
-
-    Attributes:
-        rows: one dict per candidate token, best first: ``token``, ``id``, ``count``
-            (examples containing it), ``attr`` (mean relative attribution, 1 = average token),
-            ``signed`` (mean signed share: > 0 supports the labelled answer), ``rationale``
-            (fraction inside rationales), ``assoc`` (label association), ``label`` (the label it
-            predicts), ``p_label`` (P(label | token)), ``score``.
-        excluded: tokens left out as rationale tokens (same fields), by attribution.
-        n_examples, method, labels (label counts), has_rationales.
-    """
-
-    FORMAT = "lmxray.shortcuts/1"
-
-    rows: list[dict[str, Any]]
-    excluded: list[dict[str, Any]]
-    n_examples: int
-    method: str
-    labels: dict[str, int]
-    has_rationales: bool
-    model_name: str = ""
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def top(self, k: int = 1) -> list[str]:
-        """The ``k`` best candidate tokens (as text, stripped), e.g. for ``finetune(irrelevant=...)``."""
-        return [str(r["token"]).strip() for r in self.rows[:k]]
-
-    def table(self, k: int = 10) -> str:
-        """Fixed-width text table of the top ``k`` candidates."""
-        head = [
-            "rank",
-            "token",
-            "count",
-            "attr",
-            "rationale",
-            "assoc raw",
-            "assoc",
-            "explained by",
-            "label",
-            "p_label",
-            "score",
-        ]
-        body = [
-            [
-                i + 1,
-                repr(r["token"]),
-                r["count"],
-                r["attr"],
-                r["rationale"],
-                r.get("assoc_raw", r["assoc"]),
-                r["assoc"],
-                repr(r["explained_by"]) if r.get("explained_by") else "-",
-                r["label"],
-                r["p_label"],
-                r["score"],
-            ]
-            for i, r in enumerate(self.rows[:k])
-        ]
-        title = (
-            f"shortcut candidates ({self.n_examples} examples, {self.method}; labels "
-            + ", ".join(f"{k2} {v}" for k2, v in self.labels.items())
-            + ")"
-        )
-        text = format_table(head, body, title=title)
-        if not self.has_rationales:
-            text += "\nnote: no rationales were given, so real evidence ranks with the shortcuts"
-        return text
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": self.FORMAT,
-            "model": self.model_name,
-            "method": self.method,
-            "n_examples": self.n_examples,
-            "labels": self.labels,
-            "has_rationales": self.has_rationales,
-            "rows": self.rows,
-            "excluded": self.excluded,
-            "info": self.info,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ShortcutReport:
-        return cls(
-            rows=list(d["rows"]),
-            excluded=list(d.get("excluded", [])),
-            n_examples=int(d["n_examples"]),
-            method=str(d["method"]),
-            labels=dict(d["labels"]),
-            has_rationales=bool(d["has_rationales"]),
-            model_name=d.get("model", ""),
-            info=d.get("info", {}),
-        )
-
-    def to_png(self, path: Any, k: int = 10) -> Any:
-        """Bar chart of the top ``k`` scores."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        rows = self.rows[:k][::-1]
-        fig, ax = plt.subplots(figsize=(6, 0.35 * max(len(rows), 3) + 1))
-        try:
-            ax.barh([repr(r["token"]) for r in rows], [r["score"] for r in rows], color="#8e44ad")
-            ax.set_xlabel("shortcut score = attr x assoc x (1 - rationale)")
-            ax.set_title(f"shortcut candidates · {self.method} · {self.n_examples} examples")
-            fig.tight_layout()
-            fig.savefig(path, format="png", dpi=110)
-        finally:
-            plt.close(fig)
-        return path
 
 
 def token_table(
@@ -281,6 +167,89 @@ def explain_away(
     return out
 
 
+def _attribution_shares(
+    model: Model,
+    data: Sequence[AnnotatedExample],
+    method: str,
+    batch_size: int,
+    progress: bool,
+    method_params: dict[str, Any],
+) -> tuple[list[list[int]], list[np.ndarray], list[np.ndarray], set[int], list[Any]]:
+    """Per example its prompt ids, |attribution| shares and signed shares of the label (special
+    tokens get 0), the special ids, and the warnings the method raised."""
+    tokens: list[list[int]] = []
+    shares: list[np.ndarray] = []
+    signed: list[np.ndarray] = []
+    skip = set(getattr(model.tokenizer, "all_special_ids", []) or [])
+    bar = tqdm(total=len(data), desc=f"shortcuts ({method})", unit="ex", disable=not progress)
+    caught: list[warnings.WarningMessage] = []
+    try:
+        for a in range(0, len(data), batch_size):
+            chunk = data[a : a + batch_size]
+            with warnings.catch_warnings(record=True) as got:  # one summary, not one per batch
+                warnings.simplefilter("always")
+                res = attribute(
+                    model,
+                    [e.prompt for e in chunk],
+                    [e.target for e in chunk],
+                    method=method,
+                    **method_params,
+                )
+            caught += got
+            for r in res:
+                ids = list(r.source_ids[: len(r.source_ids) - len(r.target_ids)])
+                s = np.nan_to_num(np.asarray(r.scores[0, : len(ids)], dtype=np.float64))
+                keep = np.array([t not in skip for t in ids], dtype=bool)
+                mag = np.abs(s) * keep
+                total = mag.sum()
+                shares.append(mag / total if total > 0 else mag)
+                signed.append(s * keep / total if total > 0 else s * 0)
+                tokens.append(ids)
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+    return tokens, shares, signed, skip, caught
+
+
+def _ranked_rows(
+    model: Model,
+    stats: dict[int, dict[str, Any]],
+    labels: Sequence[str],
+    min_count: int,
+    max_rationale: float,
+    prior_count: float,
+    explain: bool,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(candidates by score, rationale tokens by attribution)`` as report rows."""
+    rows, excluded = [], []
+    cands = [
+        t
+        for t, st in stats.items()
+        if st["count"] >= min_count and st["rationale"] <= max_rationale
+    ]
+    residual = explain_away(stats, cands, labels, prior_count) if explain else {}
+    for t, st in stats.items():
+        if st["count"] < min_count:
+            continue
+        row = {
+            "token": model.token_strings([t])[0],
+            "id": int(t),
+            **{k: v for k, v in st.items() if k != "examples"},
+        }
+        row["assoc_raw"] = st["assoc"]
+        assoc, by = residual.get(t, (st["assoc"], None))
+        row["assoc"] = assoc
+        row["explained_by"] = model.token_strings([by])[0] if by is not None else None
+        row["score"] = float(st["attr"] * assoc * (1 - st["rationale"]))
+        (excluded if st["rationale"] > max_rationale else rows).append(row)
+    rows.sort(key=lambda r: (-r["score"], -r["attr"], r["id"]))
+    excluded.sort(key=lambda r: (-r["attr"], r["id"]))
+    for r in rows + excluded:
+        for k in ("attr", "signed", "rationale", "assoc", "assoc_raw", "p_label", "score"):
+            r[k] = round(float(r[k]), 6)
+    return rows, excluded
+
+
 def detect_shortcuts(
     model: Model,
     examples: Sequence[Any],
@@ -318,46 +287,14 @@ def detect_shortcuts(
         >>> rep.top(1)                                                              # doctest: +SKIP
         ['Tuesday']
     """
-    from tqdm.auto import tqdm
-
-    from ..attribution.api import attribute
-
-    data: list[Labelled] = as_labelled(examples, model)
+    data: list[AnnotatedExample] = as_labelled(examples, model)
     if min_count < 1:
         raise InputError(f"min_count must be at least 1, got {min_count}")
     if len(data) < 2:
         raise InputError("shortcut detection needs a dataset (at least 2 labelled examples)")
-    tokens: list[list[int]] = []
-    shares: list[np.ndarray] = []
-    signed: list[np.ndarray] = []
-    skip = set(getattr(model.tokenizer, "all_special_ids", []) or [])
-    bar = tqdm(total=len(data), desc=f"shortcuts ({method})", unit="ex", disable=not progress)
-    caught: list[warnings.WarningMessage] = []
-    try:
-        for a in range(0, len(data), batch_size):
-            chunk = data[a : a + batch_size]
-            with warnings.catch_warnings(record=True) as got:  # one summary, not one per batch
-                warnings.simplefilter("always")
-                res = attribute(
-                    model,
-                    [e.prompt for e in chunk],
-                    [e.target for e in chunk],
-                    method=method,
-                    **method_params,
-                )
-            caught += got
-            for r in res:
-                ids = list(r.source_ids[: len(r.source_ids) - len(r.target_ids)])
-                s = np.nan_to_num(np.asarray(r.scores[0, : len(ids)], dtype=np.float64))
-                keep = np.array([t not in skip for t in ids], dtype=bool)
-                mag = np.abs(s) * keep
-                total = mag.sum()
-                shares.append(mag / total if total > 0 else mag)
-                signed.append(s * keep / total if total > 0 else s * 0)
-                tokens.append(ids)
-            bar.update(len(chunk))
-    finally:
-        bar.close()
+    tokens, shares, signed, skip, caught = _attribution_shares(
+        model, data, method, batch_size, progress, method_params
+    )
     if caught:
         first = caught[0]
         warnings.warn(
@@ -369,32 +306,9 @@ def detect_shortcuts(
     stats = token_table(
         tokens, shares, signed, [set(e.rationale) for e in data], labels, skip, prior_count
     )
-    rows, excluded = [], []
-    cands = [
-        t
-        for t, st in stats.items()
-        if st["count"] >= min_count and st["rationale"] <= max_rationale
-    ]
-    residual = explain_away(stats, cands, labels, prior_count) if explain else {}
-    for t, st in stats.items():
-        if st["count"] < min_count:
-            continue
-        row = {
-            "token": model.token_strings([t])[0],
-            "id": int(t),
-            **{k: v for k, v in st.items() if k != "examples"},
-        }
-        row["assoc_raw"] = st["assoc"]
-        assoc, by = residual.get(t, (st["assoc"], None))
-        row["assoc"] = assoc
-        row["explained_by"] = model.token_strings([by])[0] if by is not None else None
-        row["score"] = float(st["attr"] * assoc * (1 - st["rationale"]))
-        (excluded if st["rationale"] > max_rationale else rows).append(row)
-    rows.sort(key=lambda r: (-r["score"], -r["attr"], r["id"]))
-    excluded.sort(key=lambda r: (-r["attr"], r["id"]))
-    for r in rows + excluded:
-        for k in ("attr", "signed", "rationale", "assoc", "assoc_raw", "p_label", "score"):
-            r[k] = round(float(r[k]), 6)
+    rows, excluded = _ranked_rows(
+        model, stats, labels, min_count, max_rationale, prior_count, explain
+    )
     return ShortcutReport(
         rows=rows,
         excluded=excluded,

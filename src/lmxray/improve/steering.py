@@ -23,21 +23,17 @@ and without steering).
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from ..errors import FormatError, InputError
+from ..errors import InputError
 from ..hooks import add, intervene, prepare_inputs, run_with_cache
-from ..internals._result import JsonResult, from_jsonable
 from ..model import Model
 from ..sites import site_map
-from ._common import format_table
+from .results import SteeringSweep, SteeringVector
 
 __all__ = [
     "SteeringVector",
@@ -47,108 +43,10 @@ __all__ = [
     "steered_predictions",
     "lm_loss",
     "steering_sweep",
+    "check_layers",
 ]
 
 SITE_KINDS = ("resid_pre", "resid_post")
-
-
-@dataclass
-class SteeringVector:
-    """A direction in the residual stream, and where it applies.
-
-    Attributes:
-        vector: ``[d_model]`` float32.
-        layer: block index; site: ``resid_pre`` (the input of block ``layer``, as ActAdd) or
-            ``resid_post``.
-        n_pos / n_neg: prompts in each set. norm: ``‖vector‖``. resid_norm: mean norm of the
-            activations it was read from (for scale: ``coef * norm / resid_norm``).
-        projected: whether the mean-activation direction was projected out.
-    """
-
-    vector: np.ndarray
-    layer: int
-    site: str = "resid_pre"
-    n_pos: int = 0
-    n_neg: int = 0
-    resid_norm: float = 0.0
-    projected: bool = False
-    model_name: str = ""
-    info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def site_name(self) -> str:
-        return f"layers.{self.layer}.{self.site}"
-
-    @property
-    def norm(self) -> float:
-        return float(np.linalg.norm(self.vector))
-
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write ``.safetensors`` (the vector + JSON metadata) atomically."""
-        import json
-
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        if not path.parent.is_dir():
-            raise InputError(
-                f"cannot write {path}: folder {path.parent} does not exist; create it first"
-            )
-        meta = {
-            "format": "lmxray.steering/1",
-            "layer": str(self.layer),
-            "site": self.site,
-            "n_pos": str(self.n_pos),
-            "n_neg": str(self.n_neg),
-            "resid_norm": repr(self.resid_norm),
-            "projected": str(self.projected),
-            "model": self.model_name,
-            "info": json.dumps(self.info),
-        }
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            save_file(
-                {"vector": torch.as_tensor(self.vector).contiguous()}, str(tmp), metadata=meta
-            )
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-        return path
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> SteeringVector:
-        """Read a file written by :meth:`save`."""
-        import json
-
-        from safetensors import safe_open
-
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(f"no steering vector at {path}")
-        try:
-            with safe_open(str(path), framework="pt") as fh:
-                meta = fh.metadata() or {}
-                if meta.get("format") != "lmxray.steering/1":
-                    raise FormatError(
-                        f"{path} is not an lmxray steering vector (lmxray.steering/1)"
-                    )
-                vec = fh.get_tensor("vector").float().numpy()
-        except FormatError:
-            raise
-        except Exception as exc:  # safetensors raises its own types
-            raise FormatError(f"cannot read {path}: {exc}") from None
-        return cls(
-            vector=vec,
-            layer=int(meta["layer"]),
-            site=meta["site"],
-            n_pos=int(meta["n_pos"]),
-            n_neg=int(meta["n_neg"]),
-            resid_norm=float(meta["resid_norm"]),
-            projected=meta["projected"] == "True",
-            model_name=meta.get("model", ""),
-            info=json.loads(meta.get("info", "{}")),
-        )
 
 
 def _last_activations(
@@ -162,6 +60,23 @@ def _last_activations(
             cache[site][:, -1].float().cpu()
         )  # left padding: the last column is the last token
     return torch.cat(out)
+
+
+def check_layers(model: Model, layers: Sequence[int] | None) -> list[int]:
+    """Block indices (negative counts from the end) as ``0..n_layers-1``; all when None.
+    An index outside the model or an empty list is refused (never wrapped or dropped)."""
+    n_l = site_map(model).n_layers
+    if layers is None:
+        return list(range(n_l))
+    layers = [int(v) for v in layers]
+    if not layers:
+        raise InputError("no layers given; pass layer numbers, or none for every layer")
+    bad = [v for v in layers if not -n_l <= v < n_l]
+    if bad:
+        raise InputError(
+            f"layer {bad[0]} is out of range; the model has {n_l} layers (0 to {n_l - 1})"
+        )
+    return [v % n_l for v in layers]
 
 
 def steering_vector(
@@ -243,6 +158,24 @@ def steer(
         yield
 
 
+def _steered_batches(
+    model: Model,
+    texts: Sequence[str],
+    vector: SteeringVector | None,
+    coef: float,
+    batch_size: int,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Left-padded ``(input_ids, attention_mask, position_ids)`` batches of ``texts``, each
+    consumed while ``coef * vector`` steers the model (no steering without a vector or at 0)."""
+    ctx = (
+        steer(model, vector, coef) if vector is not None and coef != 0 else contextlib.nullcontext()
+    )
+    with ctx:
+        for a in range(0, len(texts), batch_size):
+            ids, mask, pos, _ = prepare_inputs(model, list(texts[a : a + batch_size]))
+            yield ids, mask, pos
+
+
 @torch.no_grad()
 def steered_predictions(
     model: Model,
@@ -254,16 +187,11 @@ def steered_predictions(
 ) -> np.ndarray:
     """``[N]`` greedy next-token ids after each prompt (the first generated token), steered."""
     out: list[int] = []
-    ctx = (
-        steer(model, vector, coef) if vector is not None and coef != 0 else contextlib.nullcontext()
-    )
-    with ctx:
-        for a in range(0, len(prompts), batch_size):
-            ids, mask, pos, _ = prepare_inputs(model, list(prompts[a : a + batch_size]))
-            logits = model.forward(
-                input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1
-            ).logits
-            out += logits[:, -1].argmax(-1).tolist()
+    for ids, mask, pos in _steered_batches(model, prompts, vector, coef, batch_size):
+        logits = model.forward(
+            input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1
+        ).logits
+        out += logits[:, -1].argmax(-1).tolist()
     return np.asarray(out, dtype=np.int64)
 
 
@@ -278,133 +206,20 @@ def lm_loss(
 ) -> float:
     """Mean next-token cross-entropy (nats/token) of ``texts``, steered when ``vector`` is given."""
     total, count = 0.0, 0
-    ctx = (
-        steer(model, vector, coef) if vector is not None and coef != 0 else contextlib.nullcontext()
-    )
-    with ctx:
-        for a in range(0, len(texts), batch_size):
-            ids, mask, pos, _ = prepare_inputs(model, list(texts[a : a + batch_size]))
-            logits = (
-                model.forward(input_ids=ids, attention_mask=mask, position_ids=pos)
-                .logits[:, :-1]
-                .float()
-            )
-            tgt = ids[:, 1:]
-            valid = mask[:, 1:].bool() & mask[:, :-1].bool()
-            ce = torch.nn.functional.cross_entropy(logits[valid], tgt[valid], reduction="sum")
-            total += float(ce)
-            count += int(valid.sum())
+    for ids, mask, pos in _steered_batches(model, texts, vector, coef, batch_size):
+        logits = (
+            model.forward(input_ids=ids, attention_mask=mask, position_ids=pos)
+            .logits[:, :-1]
+            .float()
+        )
+        tgt = ids[:, 1:]
+        valid = mask[:, 1:].bool() & mask[:, :-1].bool()
+        ce = torch.nn.functional.cross_entropy(logits[valid], tgt[valid], reduction="sum")
+        total += float(ce)
+        count += int(valid.sum())
     if count == 0:
         raise InputError("the fluency texts hold no tokens to predict")
     return total / count
-
-
-@dataclass
-class SteeringSweep(JsonResult):
-    """Flip rates and fluency per (layer, coefficient).
-
-    Attributes:
-        layers / coefs: the grid.
-        flip: ``[n_layers, n_coefs]`` fraction of eligible prompts (unsteered answer = the other
-            label) whose steered answer is the steered label.
-        to_label / from_label: the steered label and the one it steers away from.
-        loss: ``[n_layers, n_coefs]`` mean next-token loss on the fluency texts while steered;
-            loss_unsteered: the same without steering.
-        n_eligible: prompts counted in ``flip``.
-    """
-
-    FORMAT = "lmxray.steering-sweep/1"
-
-    layers: list[int]
-    coefs: list[float]
-    flip: np.ndarray
-    loss: np.ndarray
-    loss_unsteered: float
-    to_label: str
-    from_label: str
-    n_eligible: int
-    n_fluency: int
-    site: str = "resid_pre"
-    model_name: str = ""
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def table(self) -> str:
-        head = ["layer", *[f"c={c:g}" for c in self.coefs]]
-        rows = [
-            [f"{ly} flip", *[float(v) for v in self.flip[i]]] for i, ly in enumerate(self.layers)
-        ]
-        rows += [
-            [f"{ly} loss", *[float(v) for v in self.loss[i]]] for i, ly in enumerate(self.layers)
-        ]
-        title = (
-            f"steering {self.from_label!r} -> {self.to_label!r} at {self.site}: fraction flipped "
-            f"({self.n_eligible} prompts) and LM loss on {self.n_fluency} held-out texts "
-            f"(unsteered {self.loss_unsteered:.3f} nats/token)"
-        )
-        return format_table(head, rows, title=title)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": self.FORMAT,
-            "model": self.model_name,
-            "site": self.site,
-            "layers": self.layers,
-            "coefs": self.coefs,
-            "flip": self.flip,
-            "loss": self.loss,
-            "loss_unsteered": self.loss_unsteered,
-            "to_label": self.to_label,
-            "from_label": self.from_label,
-            "n_eligible": self.n_eligible,
-            "n_fluency": self.n_fluency,
-            "info": self.info,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SteeringSweep:
-        return cls(
-            layers=[int(v) for v in d["layers"]],
-            coefs=[float(v) for v in d["coefs"]],
-            flip=from_jsonable(d["flip"]),
-            loss=from_jsonable(d["loss"]),
-            loss_unsteered=float(d["loss_unsteered"]),
-            to_label=d["to_label"],
-            from_label=d["from_label"],
-            n_eligible=int(d["n_eligible"]),
-            n_fluency=int(d["n_fluency"]),
-            site=d.get("site", "resid_pre"),
-            model_name=d.get("model", ""),
-            info=d.get("info", {}),
-        )
-
-    def to_png(self, path: Any) -> Any:
-        """Flip rate vs coefficient (one line per layer) and the fluency loss beside it."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
-        try:
-            for i, ly in enumerate(self.layers):
-                a1.plot(self.coefs, self.flip[i], marker="o", label=f"layer {ly}")
-                a2.plot(self.coefs, self.loss[i], marker="o", label=f"layer {ly}")
-            a2.axhline(self.loss_unsteered, color="k", ls="--", lw=1, label="unsteered")
-            a1.set_xlabel("coefficient")
-            a1.set_ylabel(f"fraction flipped to {self.to_label.strip()!r}")
-            a1.set_ylim(-0.02, 1.02)
-            a2.set_xlabel("coefficient")
-            a2.set_ylabel("LM loss on held-out text (nats/token)")
-            a1.legend(fontsize=8)
-            a2.legend(fontsize=8)
-            fig.suptitle(
-                f"steering {self.site}: {self.from_label.strip()} -> {self.to_label.strip()}"
-            )
-            fig.tight_layout()
-            fig.savefig(path, format="png", dpi=110)
-        finally:
-            plt.close(fig)
-        return path
 
 
 def steering_sweep(
@@ -432,13 +247,16 @@ def steering_sweep(
         layers: default every layer. coefs: coefficients (0 is the unsteered baseline).
         fluency_texts: held-out text for the LM loss (e.g. ``lmxray.zoo.corpus("test", 200)``).
     """
-    from tqdm.auto import tqdm
-
     to_ids, from_ids = model.encode_target(to_label), model.encode_target(from_label)
     if not to_ids or not from_ids:
         raise InputError("the steered labels must tokenize to at least one token")
-    n_l = site_map(model).n_layers
-    layers = list(range(n_l)) if layers is None else [int(v) % n_l for v in layers]
+    if site not in SITE_KINDS:
+        raise InputError(f"steer at one of {', '.join(SITE_KINDS)}, got {site!r}")
+    layers = check_layers(model, layers)
+    if not len(coefs):
+        raise InputError("no steering coefficients given; pass e.g. coefs=(0, 1, 2, 4, 8)")
+    if not eval_prompts:
+        raise InputError("no evaluation prompts given; nothing to flip")
     base = steered_predictions(model, eval_prompts)
     eligible = [p for p, t in zip(eval_prompts, base, strict=True) if int(t) == from_ids[0]]
     if not eligible:

@@ -21,17 +21,26 @@ import json
 import math
 import os
 import random
-import shutil
-import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from transformers import AutoTokenizer
+
 from lmxray.errors import InputError
+from lmxray.io import atomic_folder, atomic_write_text
+from lmxray.training import (
+    load_checkpoint,
+    read_state,
+    remove_checkpoint,
+    run_steps,
+    save_checkpoint,
+)
 from lmxray.zoo import _data as D
 from lmxray.zoo import tasks
+from lmxray.zoo._tokenizer import train_tokenizer
 
 __all__ = ["TrainConfig", "train", "tokenizer_corpus", "make_batch"]
 
@@ -201,17 +210,6 @@ def _init_prev_token_head(model: Any) -> None:
         attn.k_proj.bias[:hd] = k.to(attn.k_proj.bias.dtype)
 
 
-def _on_sigterm_interrupt():
-    """Treat SIGTERM like Ctrl-C (checkpoint, then stop); returns the previous handler."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    return signal.signal(signal.SIGTERM, handler)
-
-
 def _portable_tokenizer_config(out: Path) -> None:
     """Name the generic fast-tokenizer class, which transformers 4.x and 5.x both load."""
     p = out / "tokenizer_config.json"
@@ -219,9 +217,6 @@ def _portable_tokenizer_config(out: Path) -> None:
     cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
     cfg.pop("backend", None)
     p.write_text(json.dumps(cfg, indent=2))
-    for f in out.iterdir():
-        if f.is_file():
-            f.chmod(0o644)
 
 
 def _idle_cores() -> int:
@@ -273,41 +268,6 @@ def _loss(model: Any, x: Any, wt: Any, doc: Any = None):
     return (ce * w).sum() / w.sum(), ce.view(x.shape[0], -1)
 
 
-# ------------------------------------------------------------------------------- checkpoints
-def _save_checkpoint(ckpt: Path, model: Any, opt: Any, state: dict[str, Any]) -> None:
-    import torch
-    from safetensors.torch import save_file, save_model
-
-    tmp = ckpt.with_name(ckpt.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_model(model, str(tmp / "model.safetensors"))
-    tensors = {"rng.torch": torch.get_rng_state()}
-    for i, p in enumerate(model.parameters()):
-        for k, v in opt.state.get(p, {}).items():
-            tensors[f"state.{i}.{k}"] = v.detach().clone().contiguous()
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
-    (tmp / "state.json").write_text(json.dumps(state, indent=1))
-    if ckpt.exists():
-        shutil.rmtree(ckpt)
-    tmp.rename(ckpt)
-
-
-def _load_checkpoint(ckpt: Path, model: Any, opt: Any) -> dict[str, Any]:
-    import torch
-    from safetensors.torch import load_file, load_model
-
-    load_model(model, str(ckpt / "model.safetensors"))
-    tensors = load_file(str(ckpt / "optimizer.safetensors"))
-    torch.set_rng_state(tensors.pop("rng.torch"))
-    params = list(model.parameters())
-    for key, v in tensors.items():
-        _, i, k = key.split(".", 2)
-        opt.state[params[int(i)]][k] = v
-    return json.loads((ckpt / "state.json").read_text())
-
-
 # ------------------------------------------------------------------------------------ train
 def train(
     out_dir: str | os.PathLike[str],
@@ -338,10 +298,6 @@ def train(
     Returns:
         ``Path(out_dir)``, holding a model loadable with ``from_pretrained``.
     """
-    import torch
-    from tqdm.auto import tqdm
-    from transformers import AutoTokenizer
-
     cfg = config or TrainConfig()
     if steps <= 0:
         raise InputError(f"steps must be positive, got {steps}; pass e.g. --steps {DEFAULT_STEPS}")
@@ -354,109 +310,96 @@ def train(
     settings = json.loads(
         json.dumps({"steps": steps, "seed": seed, "config": dataclasses.asdict(cfg)})
     )
-
     t_start, c_start = time.time(), time.process_time()
-    if resume and (ckpt / "state.json").exists():
-        state = json.loads((ckpt / "state.json").read_text())
-        if state["settings"] != settings:
-            raise InputError(
-                f"checkpoint in {ckpt} was made with other settings ({state['settings']}); "
-                "pass --no-resume to start over"
-            )
-        tokenizer = AutoTokenizer.from_pretrained(str(ckpt / "tokenizer"))
-        model = build_model(cfg, tokenizer, seed)
-        opt = torch.optim.AdamW(
-            model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay
-        )
-        state = _load_checkpoint(ckpt, model, opt)
-        start = state["step"]
-    else:
-        from lmxray.zoo._tokenizer import train_tokenizer
-
-        if ckpt.exists():
-            shutil.rmtree(ckpt)
-        tokenizer = train_tokenizer(tokenizer_corpus(seed, cfg.tokenizer_texts), cfg.vocab_size)
-        model = build_model(cfg, tokenizer, seed)
-        opt = torch.optim.AdamW(
-            model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay
-        )
-        state = {"step": 0, "settings": settings, "wall_s": 0.0, "cpu_s": 0.0, "losses": []}
-        start = 0
-
+    tokenizer, model, opt, state = _start_or_resume(ckpt, cfg, seed, settings, resume)
+    start = state["step"]
     base_wall, base_cpu = state["wall_s"], state["cpu_s"]
 
     def checkpoint(step: int) -> None:
-        _save_checkpoint(
-            ckpt,
-            model,
-            opt,
-            dict(
-                state,
-                step=step,
-                wall_s=base_wall + time.time() - t_start,
-                cpu_s=base_cpu + time.process_time() - c_start,
-            ),
+        now = dict(
+            state,
+            step=step,
+            wall_s=base_wall + time.time() - t_start,
+            cpu_s=base_cpu + time.process_time() - c_start,
         )
-        tokenizer.save_pretrained(str(ckpt / "tokenizer"))
+        save_checkpoint(
+            ckpt, model, opt, now, rng=True,
+            extra=lambda tmp: tokenizer.save_pretrained(str(tmp / "tokenizer")),
+        )
+
+    def one_step(step: int) -> dict[str, str] | None:
+        x, wt, dc = make_batch(tokenizer, seed, step, cfg)
+        for g in opt.param_groups:
+            g["lr"] = _lr(cfg, step, steps)
+        loss, _ = _loss(model, x, wt, dc)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        if step % 10 == 0:
+            state["losses"].append([step, round(loss.item(), 4)])
+            return {"loss": f"{loss.item():.3f}"}
+        return None
 
     model.train()
     end = steps if stop_after is None else min(steps, stop_after)
-    bar = tqdm(
-        range(start, end),
-        initial=start,
-        total=steps,
-        disable=not progress,
-        desc="zoo train",
-        unit="step",
-    )
-    step = start
-    old_term = _on_sigterm_interrupt()
-    try:
-        for step in bar:
-            x, wt, dc = make_batch(tokenizer, seed, step, cfg)
-            for g in opt.param_groups:
-                g["lr"] = _lr(cfg, step, steps)
-            loss, _ = _loss(model, x, wt, dc)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            if step % 10 == 0:
-                state["losses"].append([step, round(loss.item(), 4)])
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-            if (step + 1) % checkpoint_every == 0 and step + 1 < end:
-                checkpoint(step + 1)
-        step = end
-    except KeyboardInterrupt:
-        bar.close()
-        checkpoint(step)
-        raise
-    finally:
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
-    bar.close()
+    run_steps(one_step, start=start, end=end, total=steps, checkpoint=checkpoint,
+              checkpoint_every=checkpoint_every, checkpoint_folder=ckpt, desc="zoo train",
+              progress=progress)
     if end < steps:
         checkpoint(end)
         return out
-    wall = base_wall + time.time() - t_start
-    cpu = base_cpu + time.process_time() - c_start
-    model.eval()
-    model.save_pretrained(str(out))
-    tokenizer.save_pretrained(str(out))
-    _portable_tokenizer_config(out)
     info = {
         "format": "lmxray.zoo.training/1",
         "steps": steps,
         "seed": seed,
         "config": dataclasses.asdict(cfg),
         "parameters": sum(p.numel() for p in model.parameters()),
-        "wall_s": round(wall, 1),
-        "cpu_s": round(cpu, 1),
+        "wall_s": round(base_wall + time.time() - t_start, 1),
+        "cpu_s": round(base_cpu + time.process_time() - c_start, 1),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "losses": state["losses"],
     }
-    (out / "training.json").write_text(json.dumps(info, indent=1))
-    if ckpt.exists():
-        shutil.rmtree(ckpt)
+    _save_final(out, model, tokenizer, info)
+    remove_checkpoint(ckpt)
     return out
+
+
+def _new_optimizer(model: Any, cfg: TrainConfig) -> Any:
+    return torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay
+    )
+
+
+def _start_or_resume(
+    ckpt: Path, cfg: TrainConfig, seed: int, settings: dict[str, Any], resume: bool
+) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """``(tokenizer, model, optimizer, state)``: from the checkpoint when resuming (its
+    settings must match), else fresh (a new tokenizer, seeded weights, step 0)."""
+    state = read_state(ckpt) if resume else None
+    if state is not None:
+        if state.get("settings") != settings:
+            raise InputError(
+                f"checkpoint in {ckpt} was made with other settings ({state.get('settings')}); "
+                "pass --no-resume to start over"
+            )
+        tokenizer = AutoTokenizer.from_pretrained(str(ckpt / "tokenizer"))
+        model = build_model(cfg, tokenizer, seed)
+        opt = _new_optimizer(model, cfg)
+        return tokenizer, model, opt, load_checkpoint(ckpt, model, opt, rng=True)
+    remove_checkpoint(ckpt)
+    tokenizer = train_tokenizer(tokenizer_corpus(seed, cfg.tokenizer_texts), cfg.vocab_size)
+    model = build_model(cfg, tokenizer, seed)
+    state = {"step": 0, "settings": settings, "wall_s": 0.0, "cpu_s": 0.0, "losses": []}
+    return tokenizer, model, _new_optimizer(model, cfg), state
+
+
+def _save_final(out: Path, model: Any, tokenizer: Any, info: dict[str, Any]) -> None:
+    """The trained model in Hugging Face format and ``training.json``, each file atomically."""
+    model.eval()
+    with atomic_folder(out) as tmp:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        _portable_tokenizer_config(tmp)
+    atomic_write_text(out / "training.json", json.dumps(info, indent=1))

@@ -1,0 +1,306 @@
+"""Bad input for ``lmxray shortcuts | finetune | steer | edit | amplify`` and the improve API:
+every case fails with one clear line (exit 2 on the CLI), nothing written."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import numpy as np
+import pytest
+
+from badinput import ApiCase, CliCase, run_api_case, run_cli_case
+from lmxray.errors import FormatError, InputError
+
+GOOD = '{"prompt": "Review: a fine film. Sentiment:", "target": " positive"}\n'
+
+
+def _write(name: str, data: bytes | str):
+    def setup(tmp):
+        p = tmp / name
+        p.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
+
+    return setup
+
+
+def _files(*pairs):
+    def setup(tmp):
+        for name, data in pairs:
+            _write(name, data)(tmp)
+
+    return setup
+
+
+NON_UTF8 = _write("bad.jsonl", GOOD.encode() + b'{"prompt": "caf\xe9", "target": " x"}\n')
+NOT_JSON = _write("bad.jsonl", GOOD + "not json\n")
+NOT_OBJECT = _write("bad.jsonl", GOOD + "[1, 2]\n")
+EMPTY = _write("empty.jsonl", "\n\n")
+NO_PROMPT = _write("np.jsonl", '{"text": "x"}\n{"text": "y"}\n')
+NO_MARKS = _write("plain.jsonl", GOOD * 3)
+EMPTY_TARGET = _write("et.jsonl", '{"prompt": "The fox", "target": ""}\n')
+ABSENT_WORD = _write("aw.jsonl", GOOD + '{"prompt": "The fox", "target": " x", '
+                     '"rationale": ["cat"]}\n')
+A_FILE = _write("afile", "x")
+
+CLI_CASES: list[CliCase] = [
+    # ---------------------------------------------------------------- shortcuts
+    CliCase("shortcuts-non-utf8", ["shortcuts", "{tmp}/bad.jsonl", "--json", "{tmp}/o.json"],
+            "line 2 is not UTF-8", outputs=["{tmp}/o.json"], setup=NON_UTF8),
+    CliCase("shortcuts-not-json", ["shortcuts", "{tmp}/bad.jsonl"], "line 2 is not JSON",
+            setup=NOT_JSON),
+    CliCase("shortcuts-not-object", ["shortcuts", "{tmp}/bad.jsonl"],
+            "line 2 is not a JSON object", setup=NOT_OBJECT),
+    CliCase("shortcuts-no-file", ["shortcuts", "{tmp}/missing.jsonl"], "no JSONL dataset file"),
+    CliCase("shortcuts-empty-file", ["shortcuts", "{tmp}/empty.jsonl"], "holds no", setup=EMPTY),
+    CliCase("shortcuts-data-is-folder", ["shortcuts", "{tmp}"], "is a directory"),
+    CliCase("shortcuts-unknown-method", ["shortcuts", "--method", "nope"], "unknown method"),
+    CliCase("shortcuts-other-task", ["shortcuts", "--task", "facts"], "--task sentiment"),
+    CliCase("shortcuts-bad-split", ["shortcuts", "--split", "nope", "--no-progress"],
+            "no split 'nope'"),
+    CliCase("shortcuts-n-1", ["shortcuts", "--n", "1"], "--n"),
+    CliCase("shortcuts-min-count-0", ["shortcuts", "--min-count", "0"], "--min-count"),
+    CliCase("shortcuts-top-0", ["shortcuts", "--top", "0"], "--top"),
+    CliCase("shortcuts-json-is-folder", ["shortcuts", "--json", "{tmp}"], "is a directory"),
+    CliCase("shortcuts-png-no-folder", ["shortcuts", "--png", "{tmp}/no/s.png"],
+            "does not exist", outputs=["{tmp}/no/s.png"]),
+    CliCase("shortcuts-same-output", ["shortcuts", "--json", "{tmp}/a", "--png", "{tmp}/a"],
+            "same file", outputs=["{tmp}/a"]),
+    CliCase("shortcuts-rows-without-prompt", ["shortcuts", "{tmp}/np.jsonl", "--no-progress"],
+            "needs a 'prompt'", setup=NO_PROMPT),
+    CliCase("shortcuts-rationale-word-absent", ["shortcuts", "{tmp}/aw.jsonl", "--no-progress"],
+            "does not occur", setup=ABSENT_WORD),
+    # ---------------------------------------------------------------- finetune
+    CliCase("finetune-non-utf8", ["finetune", "{tmp}/bad.jsonl", "--out", "{tmp}/run"],
+            "line 2 is not UTF-8", outputs=["{tmp}/run"], setup=NON_UTF8),
+    CliCase("finetune-not-json", ["finetune", "{tmp}/bad.jsonl", "--out", "{tmp}/run"],
+            "line 2 is not JSON", outputs=["{tmp}/run"], setup=NOT_JSON),
+    CliCase("finetune-no-file", ["finetune", "{tmp}/missing.jsonl", "--out", "{tmp}/run"],
+            "no JSONL dataset file", outputs=["{tmp}/run"]),
+    CliCase("finetune-data-without-out", ["finetune", "{tmp}/plain.jsonl"], "needs --out",
+            setup=NO_MARKS),
+    CliCase("finetune-out-is-file", ["finetune", "{tmp}/plain.jsonl", "--out", "{tmp}/afile"],
+            "is a file", setup=_files(("plain.jsonl", GOOD), ("afile", "x"))),
+    CliCase("finetune-out-parent-missing", ["finetune", "--out", "{tmp}/no/run"],
+            "does not exist", outputs=["{tmp}/no"]),
+    CliCase("finetune-bad-attribution", ["finetune", "--attribution", "shap"],
+            "attribution must be one of"),
+    CliCase("finetune-steps-0", ["finetune", "--steps", "0"], "--steps"),
+    CliCase("finetune-lam-negative", ["finetune", "--lam", "-1"], "--lam"),
+    CliCase("finetune-batch-size-0", ["finetune", "--batch-size", "0"], "--batch-size"),
+    CliCase("finetune-detect-with-data",
+            ["finetune", "{tmp}/plain.jsonl", "--out", "{tmp}/run", "--penalise", "detect"],
+            "--penalise detect works on the zoo task", outputs=["{tmp}/run"], setup=NO_MARKS),
+    CliCase("finetune-unknown-annotation", ["finetune", "--annotation", "nope"],
+            "annotation must be one of"),
+    CliCase("finetune-none-on-zoo", ["finetune", "--penalise", "none"], "plain fine-tune"),
+    CliCase("finetune-no-marked-tokens",
+            ["finetune", "{tmp}/plain.jsonl", "--out", "{tmp}/run", "--no-progress"],
+            "no example has tokens marked", outputs=["{tmp}/run"], setup=NO_MARKS),
+    CliCase("finetune-empty-target",
+            ["finetune", "{tmp}/et.jsonl", "--out", "{tmp}/run", "--no-progress"],
+            "empty target", outputs=["{tmp}/run"], setup=EMPTY_TARGET),
+    # ---------------------------------------------------------------- steer
+    CliCase("steer-layer-99", ["steer", "--layers", "99", "--no-progress"],
+            "layer 99 is out of range"),
+    CliCase("steer-layer-minus-99", ["steer", "--layers", "1,-99", "--no-progress"],
+            "layer -99 is out of range"),
+    CliCase("steer-layers-only-commas", ["steer", "--layers", ",", "--no-progress"],
+            "no layers given"),
+    CliCase("steer-layers-not-ints", ["steer", "--layers", "a,b"], "comma list of integers"),
+    CliCase("steer-empty-prompt", ["steer", ""], "PROMPT is empty"),
+    CliCase("steer-blank-prompt", ["steer", "   "], "PROMPT is empty"),
+    CliCase("steer-coefs-not-numbers", ["steer", "--coefs", "x"], "comma list of numbers"),
+    CliCase("steer-coefs-empty", ["steer", "--coefs", ","], "--coefs is empty"),
+    CliCase("steer-to-neutral", ["steer", "--to", "neutral", "--no-progress"], "steer towards"),
+    CliCase("steer-bad-site", ["steer", "--site", "mlp.out", "--layers", "0", "--no-progress"],
+            "resid_pre"),
+    CliCase("steer-save-is-folder", ["steer", "--save", "{tmp}"], "is a directory"),
+    CliCase("steer-png-no-folder", ["steer", "--png", "{tmp}/no/s.png"], "does not exist",
+            outputs=["{tmp}/no/s.png"]),
+    CliCase("steer-n-vector-2", ["steer", "--n-vector", "2"], "--n-vector"),
+    # ---------------------------------------------------------------- edit
+    CliCase("edit-nothing", ["edit"], "give a PROMPT"),
+    CliCase("edit-prompt-and-facts", ["edit", "The capital of France is", "--facts", "2"],
+            "give a PROMPT"),
+    CliCase("edit-facts-100000", ["edit", "--facts", "100000", "--no-progress"],
+            "known facts"),
+    CliCase("edit-facts-0", ["edit", "--facts", "0"], "--facts"),
+    CliCase("edit-facts-layer-99", ["edit", "--facts", "2", "--layer", "99", "--no-progress"],
+            "layer 99 is out of range"),
+    CliCase("edit-no-target", ["edit", "The capital of France is", "--subject", "France"],
+            "--target"),
+    CliCase("edit-blank-target", ["edit", "The capital of France is", "--subject", "France",
+                                  "--target", " "], "--target"),
+    CliCase("edit-subject-absent", ["edit", "The capital of France is", "--subject", "Spain",
+                                    "--target", " Rome"], "does not occur"),
+    CliCase("edit-empty-prompt", ["edit", "", "--subject", "x", "--target", " y"],
+            "PROMPT is empty"),
+    CliCase("edit-layer-99", ["edit", "The capital of France is", "--subject", "France",
+                              "--target", " Rome", "--layer", "99"], "out of range"),
+    CliCase("edit-out-is-file", ["edit", "The capital of France is", "--subject", "France",
+                                 "--target", " Rome", "--out", "{tmp}/afile"], "is a file",
+            setup=A_FILE),
+    CliCase("edit-json-no-folder", ["edit", "--facts", "2", "--json", "{tmp}/no/e.json"],
+            "does not exist", outputs=["{tmp}/no/e.json"]),
+    # ---------------------------------------------------------------- amplify
+    CliCase("amplify-bad-split", ["amplify", "nope"], "split must be"),
+    CliCase("amplify-unknown-method", ["amplify", "--method", "nope"], "unknown method"),
+    CliCase("amplify-shots-over-pool", ["amplify", "--shots", "12", "--n-pool", "10",
+                                        "--no-progress"], "cannot come from a pool"),
+    CliCase("amplify-shots-0", ["amplify", "--shots", "0"], "--shots"),
+    CliCase("amplify-k-0", ["amplify", "--k", "0"], "--k"),
+    CliCase("amplify-json-no-folder", ["amplify", "--json", "{tmp}/no/a.json"],
+            "does not exist", outputs=["{tmp}/no/a.json"]),
+]
+
+
+@functools.lru_cache(maxsize=1)
+def _tiny():
+    import lmxray
+
+    return lmxray.load()
+
+
+def _improve(name: str):
+    import importlib
+
+    return importlib.import_module(f"lmxray.improve.{name}")
+
+
+def _rows(n: int = 4):
+    return [{"prompt": "Review: a fine film. Sentiment:", "target": " positive"}] * n
+
+
+def _steer_vector_wrong_dims(tmp):
+    from lmxray.improve.results import SteeringVector
+
+    v = SteeringVector(vector=np.zeros(3, dtype=np.float32), layer=0)
+    with _improve("steering").steer(_tiny(), v):
+        pass
+
+
+API_CASES: list[ApiCase] = [
+    ApiCase("finetune-config-steps-0", lambda tmp: _improve("regularise").FinetuneConfig(steps=0),
+            "steps", InputError),
+    ApiCase("finetune-config-lam-negative",
+            lambda tmp: _improve("regularise").FinetuneConfig(lam=-1.0), "lam", InputError),
+    ApiCase("finetune-config-remove-baseline",
+            lambda tmp: _improve("regularise").FinetuneConfig(baseline="remove"),
+            "occlusion", InputError),
+    ApiCase("finetune-no-examples",
+            lambda tmp: _improve("regularise").finetune(_tiny(), [], progress=False),
+            "no examples", InputError),
+    ApiCase("finetune-position-outside",
+            lambda tmp: _improve("regularise").finetune(
+                _tiny(), [{"prompt": "The fox", "target": " x", "irrelevant": [40]}], lam=1.0,
+                progress=False), "irrelevant position 40 is outside", InputError),
+    ApiCase("finetune-out-parent-missing",
+            lambda tmp: _improve("regularise").finetune(
+                _tiny(), _rows(), out_dir=tmp / "no" / "run", progress=False),
+            "does not exist", InputError, outputs=["{tmp}/no"]),
+    ApiCase("finetune-bad-example-type",
+            lambda tmp: _improve("regularise").finetune(_tiny(), [42], progress=False),
+            "cannot read example 0", InputError),
+    ApiCase("shortcuts-one-example",
+            lambda tmp: _improve("shortcuts").detect_shortcuts(_tiny(), _rows(1), progress=False),
+            "at least 2", InputError),
+    ApiCase("shortcuts-min-count-0",
+            lambda tmp: _improve("shortcuts").detect_shortcuts(_tiny(), _rows(), min_count=0,
+                                                               progress=False),
+            "min_count", InputError),
+    ApiCase("steering-vector-layer-9",
+            lambda tmp: _improve("steering").steering_vector(_tiny(), ["a"], ["b"], 9),
+            "out of range", InputError),
+    ApiCase("steering-vector-empty-set",
+            lambda tmp: _improve("steering").steering_vector(_tiny(), [], ["b"], 0),
+            "both sets", InputError),
+    ApiCase("steering-sweep-layer-99",
+            lambda tmp: _improve("steering").steering_sweep(
+                _tiny(), ["a"], ["b"], ["c"], " x", " y", layers=[99], progress=False),
+            "layer 99 is out of range", InputError),
+    ApiCase("steering-sweep-no-layers",
+            lambda tmp: _improve("steering").steering_sweep(
+                _tiny(), ["a"], ["b"], ["c"], " x", " y", layers=[], progress=False),
+            "no layers", InputError),
+    ApiCase("steering-sweep-no-coefs",
+            lambda tmp: _improve("steering").steering_sweep(
+                _tiny(), ["a"], ["b"], ["c"], " x", " y", coefs=[], progress=False),
+            "no steering coefficients", InputError),
+    ApiCase("steering-sweep-no-eval-prompts",
+            lambda tmp: _improve("steering").steering_sweep(
+                _tiny(), ["a"], ["b"], [], " x", " y", progress=False),
+            "no evaluation prompts", InputError),
+    ApiCase("steer-wrong-dimensions", _steer_vector_wrong_dims, "dimensions", InputError),
+    ApiCase("steering-vector-load-missing",
+            lambda tmp: _improve("steering").SteeringVector.load(tmp / "v.safetensors"),
+            "no steering vector file", InputError),
+    ApiCase("steering-vector-load-json",
+            lambda tmp: (_write("v.safetensors", "{}")(tmp),
+                         _improve("steering").SteeringVector.load(tmp / "v.safetensors")),
+            "cannot read", FormatError),
+    ApiCase("shortcut-report-load-non-utf8",
+            lambda tmp: (_write("r.json", b'{"format": "\xff"}')(tmp),
+                         _improve("shortcuts").ShortcutReport.load(tmp / "r.json")),
+            "not UTF-8", InputError),
+    ApiCase("finetune-result-load-other-format",
+            lambda tmp: (_write("f.json", json.dumps({"format": "lmxray.rrr/1"}))(tmp),
+                         _improve("regularise").FinetuneResult.load(tmp / "f.json")),
+            "lmxray.finetune", FormatError),
+    ApiCase("finetune-result-load-newer-version",
+            lambda tmp: (_write("f.json", json.dumps({"format": "lmxray.finetune/9"}))(tmp),
+                         _improve("regularise").FinetuneResult.load(tmp / "f.json")),
+            "upgrade lmxray", FormatError),
+    ApiCase("rome-edit-layer-99",
+            lambda tmp: _improve("editing").rome_edit(
+                _tiny(), "The capital of France is", "France", " Rome", layer=99, cov=None),
+            "out of range", InputError),
+    ApiCase("key-covariance-no-texts",
+            lambda tmp: _improve("editing").key_covariance(_tiny(), 0, []),
+            "sample texts", InputError),
+    ApiCase("evaluate-edits-too-many",
+            lambda tmp: _improve("editing").evaluate_edits(
+                _tiny(), [{"prompt": "a", "subject": "a", "answer": " b", "relation": "r",
+                           "subject_text": "a"}], n_edits=3, progress=False),
+            "known facts", InputError),
+    ApiCase("amplify-shots-0",
+            lambda tmp: _improve("prompting").amplify_experiment(
+                _tiny(), [("a", " x"), ("b", " y")], [("c", " x")], n_shots=0, progress=False),
+            "at least 1", InputError),
+    ApiCase("amplify-one-label",
+            lambda tmp: _improve("prompting").amplify_experiment(
+                _tiny(), [("a", " x")], [("c", " x")], progress=False),
+            "two candidate labels", InputError),
+    ApiCase("amplify-shots-over-pool",
+            lambda tmp: _improve("prompting").amplify_experiment(
+                _tiny(), [("a", " x"), ("b", " y")], [("c", " x")], n_shots=3, progress=False),
+            "cannot come from a pool", InputError),
+    ApiCase("build-prompt-bad-condition",
+            lambda tmp: _improve("prompting").build_prompt([], "q", condition="nope"),
+            "condition", InputError),
+    ApiCase("as-labelled-word-absent",
+            lambda tmp: _improve("_common").as_labelled(
+                [{"prompt": "The fox", "target": " x", "rationale": ["cat"]}], _tiny()),
+            "does not occur", InputError),
+    ApiCase("as-labelled-empty-target",
+            lambda tmp: _improve("_common").as_labelled(
+                [{"prompt": "The fox", "target": ""}], _tiny()),
+            "empty target", InputError),
+    ApiCase("rrr-demo-bad-annotation",
+            lambda tmp: _improve("experiments").rrr_demo(_tiny(), annotation="nope",
+                                                         progress=False),
+            "annotation must be one of", InputError),
+    ApiCase("edit-prompt-subject-absent",
+            lambda tmp: _improve("experiments").edit_prompt(
+                _tiny(), "The capital of France is", "Spain", " Rome"),
+            "does not occur", InputError),
+]
+
+
+@pytest.mark.parametrize("case", CLI_CASES, ids=lambda c: c.id)
+def test_cli_bad_input(case, tmp_path):
+    run_cli_case(case, tmp_path)
+
+
+@pytest.mark.parametrize("case", API_CASES, ids=lambda c: c.id)
+def test_api_bad_input(case, tmp_path):
+    run_api_case(case, tmp_path)
