@@ -146,7 +146,7 @@ def test_data_loading(gpt2, tmp_path):
         with pytest.raises(InputError, match=match):
             to_examples(gpt2, items)
     (tmp_path / "broken.jsonl").write_text('{"prompt": "a"\n')
-    with pytest.raises(InputError, match="not valid JSON"):
+    with pytest.raises(InputError, match="broken.jsonl line 1 is not JSON"):
         load_examples(gpt2, tmp_path / "broken.jsonl")
     with pytest.raises(InputError, match="neither a file"):
         load_examples(gpt2, "no-such-task")
@@ -181,7 +181,7 @@ def test_bad_arguments(gpt2, kwargs, match):
 def _cli(args, cwd, **kw):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     # SIGINT at its default, even if this test runs in a background job that ignores it
-    return subprocess.Popen([sys.executable, "-m", "lmxray.evaluate", "evaluate", *args],
+    return subprocess.Popen([sys.executable, "-m", "lmxray", "evaluate", *args],
                             cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                             **kw)
@@ -253,6 +253,7 @@ def test_sigint_halfway_then_resume_gives_the_uninterrupted_table(tiny_dir, tmp_
     _, err = run.communicate(timeout=120)
     assert run.returncode == 130, err  # the CLI's exit code for an interrupted command
     print("stderr after SIGINT:", repr(err))
+    assert err.strip().splitlines()[-1].startswith("lmxray: interrupted; rerun the same command to resume")
     partial = [json.loads(x) for x in results.read_text().splitlines()[1:] if x.strip()]
     assert 8 <= len(partial) < 48, len(partial)  # stopped halfway
     assert not (tmp_path / "r.csv").exists()  # no output before the run completes
@@ -278,6 +279,7 @@ def test_metric_lists_and_callable_package(gpt2):
     from lmxray.evaluate.runner import METRIC_GROUPS, _resolve_metrics
 
     assert _resolve_metrics("all,sanity") == (set(METRIC_GROUPS), None)
+    assert _resolve_metrics("all") == (set(METRIC_GROUPS), None)  # 'all' includes sanity
     assert _resolve_metrics(None) == (set(METRIC_GROUPS) - {"sanity"}, None)
     assert _resolve_metrics("deletion,groundtruth") == ({"faithfulness", "groundtruth"}, ["deletion"])
     ev = package(gpt2, EXAMPLES[:1], methods="random", metrics="deletion", progress=False, n_steps=2)

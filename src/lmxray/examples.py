@@ -204,8 +204,10 @@ class AnnotatedExample:
     @classmethod
     def from_record(cls, obj: Any, index: int | None = None) -> AnnotatedExample:
         """From a dict (a JSONL row, a dataset row) or an object with those attributes (a zoo
-        item). Zoo-style ``spans`` ``[(start, end, role), ...]`` fill the roles they name;
-        ``shortcut`` marks are irrelevant (and content: their deletion must not matter)."""
+        item). Zoo-style ``spans`` ``[(start, end, role), ...]`` fill the roles they name (a
+        role given as its own field wins over spans of that role); ``shortcut`` marks, as a
+        field or as spans of role ``shortcut``, are irrelevant (and content: their deletion
+        must not matter); spans of other roles (the zoo's ``cue``) mark nothing."""
         if isinstance(obj, AnnotatedExample):
             return obj
 
@@ -223,9 +225,12 @@ class AnnotatedExample:
         for s in get("spans") or ():
             if not (isinstance(s, Sequence) and len(s) >= 3):
                 raise InputError(f"{where}: a span must be [start, end, role], got {s!r}")
-            role = str(s[2])
-            if role in ROLES and not _normalise_marks(get(role), role):
-                roles[role].append((int(s[0]), int(s[1])))
+            role, span = str(s[2]), (int(s[0]), int(s[1]))
+            if role == "shortcut" and not shortcut:  # a zoo item's planted feature
+                roles["irrelevant"].append(span)
+                roles["content"].append(span)
+            elif role in ROLES and not _normalise_marks(get(role), role):
+                roles[role].append(span)
         ex_id = get("id")
         verified = get("verified")
         label = get("label")

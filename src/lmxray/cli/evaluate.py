@@ -8,22 +8,54 @@
 ``DATA`` is a JSONL file (``prompt``/``target``/``rationale``/``evidence`` fields), a Hugging Face
 ``datasets`` folder saved with ``save_to_disk``, or a zoo task name (``--task`` says the same).
 Rows stream to ``--out`` (default ``evaluate-<data>.jsonl``); a rerun with the same options
-resumes where the last one stopped. The leaderboard is printed, and written to the requested
-files atomically once the run is complete.
+resumes where the last one stopped (Ctrl-C says so). The leaderboard is printed, and written to
+the requested files atomically once the run is complete. Every output path is checked before
+any work.
 
 The main CLI mounts this command with :func:`register`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from ..errors import InputError
+from ._common import check_outputs, consoles, load_model, write_outputs
 
-__all__ = ["register", "evaluate_command"]
+__all__ = ["register", "evaluate_command", "RESUME_HINT"]
+
+RESUME_HINT = "rerun the same command to resume"
+
+
+@contextlib.contextmanager
+def resumable(enabled: bool = True, note: str = "") -> Iterator[None]:
+    """Ctrl-C inside the block ends the command with one line, ``lmxray: interrupted; rerun the
+    same command to resume (NOTE)``, and exit code 130 (the rows written so far are kept).
+
+    LEAD: the contract of ``cli._common.resumable`` (helper A); replace this with it.
+    """
+    try:
+        yield
+    except KeyboardInterrupt:
+        if not enabled:
+            raise
+        sys.stderr.write(f"lmxray: interrupted; {RESUME_HINT}" + (f" ({note})" if note else "") + "\n")
+        raise typer.Exit(130) from None
+
+
+_MetricsOpt = Annotated[
+    str | None,
+    typer.Option("--metrics", metavar="all|A,B", show_default=False,
+                 help="Groups faithfulness, plausibility, groundtruth, sanity, or faithfulness "
+                      "metric names; 'all' is every group, sanity included [default: every "
+                      "group but sanity]."),
+]
 
 
 def evaluate_command(
@@ -34,17 +66,15 @@ def evaluate_command(
     task: Annotated[
         str | None, typer.Option("--task", metavar="NAME", help="Zoo task (facts, recall, ioi...).")
     ] = None,
-    n: Annotated[int | None, typer.Option("--n", min=1, metavar="N", help="Use the first N examples.")] = None,
+    n: Annotated[int | None, typer.Option("--n", min=1, metavar="N",
+                                          help="Use the first N examples (at most as many as "
+                                               "there are).")] = None,
     split: Annotated[str, typer.Option("--split", help="Zoo task / dataset split.")] = "test",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the zoo task sample.")] = 0,
     methods: Annotated[
         str, typer.Option("--methods", metavar="all|A,B", help="Attribution methods to compare.")
     ] = "all",
-    metrics: Annotated[
-        str,
-        typer.Option("--metrics", metavar="all|A,B",
-                     help="faithfulness, plausibility, groundtruth, sanity, or faithfulness metric names."),
-    ] = "all",
+    metrics: _MetricsOpt = None,
     model: Annotated[
         str | None,
         typer.Option("--model", "-m", metavar="ID_OR_PATH",
@@ -76,9 +106,8 @@ def evaluate_command(
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
     """Compare attribution methods on faithfulness, plausibility, ground truth and sanity."""
-    from ..evaluate.data import load_examples
+    from ..evaluate.data import check_source, load_examples
     from ..evaluate.runner import evaluate
-    from ._common import check_outputs, load_model
 
     if data is not None and task is not None:
         raise InputError("give the data either as DATA or as --task, not both")
@@ -87,41 +116,26 @@ def evaluate_command(
         raise InputError("give the data to evaluate on: a JSONL file, a datasets folder, or --task NAME")
     if removal not in ("remove", "baseline"):
         raise InputError(f"--removal must be remove or baseline, got {removal!r}")
-    from ..zoo import TASKS
-
-    if not Path(source).exists() and source not in TASKS:
-        raise InputError(
-            f"{source!r} is neither a file, a datasets folder nor a zoo task ({', '.join(TASKS)})"
-        )
-    name = Path(source).stem if Path(source).exists() else str(source)
+    name = check_source(source)
     out = out if out is not None else Path(f"evaluate-{name}.jsonl")
     check_outputs(out, csv_out, html_out, png_out, json_out, parquet_out)
+    stdout, err = consoles()
     m = load_model(model, device)
     examples, name = load_examples(m, source, n=n, split=split, seed=seed)
     params: dict[str, dict[str, Any]] = {}
     if ig_steps is not None:
         params["integrated_gradients"] = {"n_steps": ig_steps}
-    result = evaluate(
-        m, examples, methods=methods, metrics=metrics, method_params=params, out=out,
-        resume=resume, batch_size=batch_size, sanity_examples=sanity_examples, removal=removal,
-        n_steps=n_steps, progress=progress, name=name,
-    )
-    from rich.console import Console
-
-    result.show(Console(highlight=False))
-    err = Console(stderr=True, highlight=False)
-    writers = [(csv_out, result.to_csv), (html_out, result.to_html), (png_out, result.to_png),
-               (parquet_out, result.to_parquet)]
-    for path, write in writers:
-        if path is not None:
-            write(path)
-            err.print(f"wrote {path}", style="dim", markup=False)
-    if json_out is not None:
-        from ..io import atomic_write_text
-
-        atomic_write_text(json_out, result.to_json() + "\n")
-        err.print(f"wrote {json_out}", style="dim", markup=False)
-    err.print(f"rows in {out}", style="dim", markup=False)
+    with resumable(enabled=resume, note=f"rows so far in {out}"):
+        result = evaluate(
+            m, examples, methods=methods, metrics=metrics, method_params=params, out=out,
+            resume=resume, batch_size=batch_size, sanity_examples=sanity_examples,
+            removal=removal, n_steps=n_steps, progress=progress, name=name,
+        )
+    result.show(stdout)
+    write_outputs([(csv_out, result.to_csv), (html_out, result.to_html), (png_out, result.to_png),
+                   (json_out, lambda: result.to_json() + "\n"),
+                   (parquet_out, result.parquet_bytes)], err)
+    err.print(f"rows in {out}", style="dim", markup=False, highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -5,19 +5,23 @@ Mounted by the main CLI as ``app.add_typer(zoo.app, name="zoo")``::
     lmxray zoo train --out runs/tiny --steps 1800
     lmxray zoo eval --model runs/tiny --json eval.json
 
-Errors a user can cause print one line on stderr and exit with code 2.
+Errors follow the CLI's contract (:mod:`lmxray.cli._common`): one line on stderr, exit code 2,
+outputs checked before any work and written atomically. Ctrl-C during training says that a
+rerun resumes from the checkpoint.
 """
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from pathlib import Path
 
 import typer
 
-from ..errors import LmxrayError
+from ..errors import InputError
+from ._common import ResultJsonOpt, check_outputs, consoles, write_outputs
+from .evaluate import resumable
+
+__all__ = ["app", "train", "eval_"]
 
 app = typer.Typer(
     help="Model organisms: train and evaluate the zoo models.",
@@ -26,29 +30,34 @@ app = typer.Typer(
 )
 
 
-def _fail(msg: str) -> None:
-    typer.echo(f"error: {msg}", err=True)
-    raise typer.Exit(2)
+def _check_out_dir(out: Path) -> None:
+    """Before any work: ``--out`` is a folder (it and its parents are created if missing)."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; give a folder for the model")
+    blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise InputError(f"cannot create {out}: {blocking} is a file; give another --out")
 
 
 @app.command()
 def train(
     out: Path = typer.Option(Path("lmxray-tiny"), "--out", help="Output folder."),
     steps: int | None = typer.Option(
-        None, "--steps", help="Training steps (default: the shipped model's)."
+        None, "--steps", min=1, help="Training steps (default: the shipped model's)."
     ),
     seed: int | None = typer.Option(
         None, "--seed", help="Seed of data, tokenizer and weights (default: the shipped model's)."
     ),
     no_resume: bool = typer.Option(False, "--no-resume", help="Ignore an existing checkpoint."),
-    threads: int | None = typer.Option(None, "--threads", help="CPU threads."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads."),
 ) -> None:
     """Train the multi-task zoo model from scratch (Ctrl-C and rerun to resume)."""
-    from lmxray.zoo.train import DEFAULT_STEPS, SHIPPED_SEED
-    from lmxray.zoo.train import train as _train
+    from ..zoo.train import DEFAULT_STEPS, SHIPPED_SEED
+    from ..zoo.train import train as _train
 
+    _check_out_dir(out)
     t0, c0 = time.time(), time.process_time()
-    try:
+    with resumable(enabled=not no_resume, note=f"checkpoint in {out / 'checkpoint'}"):
         path = _train(
             out,
             steps=DEFAULT_STEPS if steps is None else steps,
@@ -56,13 +65,6 @@ def train(
             resume=not no_resume,
             threads=threads,
         )
-    except LmxrayError as e:
-        _fail(str(e))
-    except KeyboardInterrupt:
-        typer.echo(
-            f"interrupted; checkpoint saved in {out / 'checkpoint'}; rerun to resume", err=True
-        )
-        raise typer.Exit(130) from None
     typer.echo(
         f"trained {path} in {time.time() - t0:.0f} s wall, {time.process_time() - c0:.0f} s CPU"
     )
@@ -71,55 +73,28 @@ def train(
 @app.command("eval")
 def eval_(
     model: Path | None = typer.Option(None, "--model", help="Zoo model folder (default: shipped)."),
-    json_out: Path | None = typer.Option(None, "--json", help="Write the metrics as JSON."),
-    n: int = typer.Option(500, "--n", help="Held-out examples per task."),
+    json_out: ResultJsonOpt = None,
+    n: int = typer.Option(500, "--n", min=1, help="Held-out examples per task (facts: every fact)."),
     verify_n: int = typer.Option(
-        100, "--verify-n", help="Examples per task whose ground truth is verified (0: skip)."
+        100, "--verify-n", min=0,
+        help="Examples per task whose ground truth is verified (0: skip; facts: at most every fact).",
     ),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Per-task accuracy of a zoo model, and how many ground truths verify."""
-    from rich.console import Console
-    from rich.table import Table
+    from ..zoo.tasks import all_facts
+    from ..zoo.verify import ZooEvaluation, evaluate
 
-    from lmxray.zoo.verify import evaluate
-
-    if n <= 0 or verify_n < 0:
-        _fail(f"--n must be positive and --verify-n >= 0, got {n} and {verify_n}")
-    if model is not None and not (model / "config.json").is_file():
-        _fail(f"no model at {model}: expected a folder with config.json")
-    if json_out is not None and json_out.parent and not json_out.parent.exists():
-        _fail(f"folder {json_out.parent} does not exist; create it or choose another --json path")
-    try:
-        res = evaluate(model, n=n, seed=seed, verify_n=verify_n)
-    except LmxrayError as e:
-        _fail(str(e))
-    table = Table(title=f"zoo eval: {model or 'lmxray-tiny (shipped)'}")
-    for col in ("task", "metric", "value", "n", "verified", "details"):
-        table.add_column(col, justify="left" if col in ("task", "metric", "details") else "right")
-    for task, row in res.items():
-        details = ", ".join(
-            f"{k}={v}"
-            for k, v in row.items()
-            if k not in ("metric", "value", "n", "verified", "verify_n")
+    n_facts = len(all_facts("test"))
+    if verify_n > n_facts:
+        raise InputError(
+            f"--verify-n {verify_n} is more than the {n_facts} facts to verify; give at most {n_facts}"
         )
-        ver = f"{row['verified']}/{row['verify_n']}" if "verified" in row else ""
-        table.add_row(task, row["metric"], f"{row['value']}", str(row["n"]), ver, details)
-    Console().print(table)
-    if json_out is not None:
-        payload = {
-            "format": "lmxray.zoo.eval/1",
-            "model": str(model or "lmxray-tiny"),
-            "n": n,
-            "seed": seed,
-            "tasks": res,
-        }
-        json_out.write_text(json.dumps(payload, indent=1))
-
-
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    if model is not None and not (model / "config.json").is_file():
+        raise InputError(f"no model at {model}: expected a folder with config.json")
+    check_outputs(json_out)
+    stdout, err = consoles()
+    res = evaluate(model, n=n, seed=seed, verify_n=verify_n)
+    result = ZooEvaluation(model=str(model or "lmxray-tiny"), n=n, seed=seed, tasks=res)
+    result.show(stdout)
+    write_outputs([(json_out, lambda: result.to_json(indent=1) + "\n")], err)

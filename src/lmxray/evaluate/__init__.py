@@ -20,13 +20,14 @@ from .data import Example, load_examples
 from .faithfulness import DEFAULT_BINS, FAITHFULNESS_METRICS, Faithfulness, faithfulness
 from .groundtruth import GROUNDTRUTH_METRICS, evidence_recovery, verify_evidence
 from .plausibility import PLAUSIBILITY_METRICS, plausibility, token_plausibility
-from .report import Evaluation
+from .report import Evaluation, Leaderboard
 from .runner import METRIC_GROUPS, evaluate
 from .sanity import SanityResult, sanity_check
 
 __all__ = [
     "evaluate",
     "Evaluation",
+    "Leaderboard",
     "Example",
     "load_examples",
     "faithfulness",

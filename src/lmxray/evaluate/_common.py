@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import InputError
+from ..result import Attribution
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..model import Model
-    from ..result import Attribution
 
 RANK_BY = ("signed", "abs")
 
@@ -135,3 +135,29 @@ def nanmean(values: Iterable[float]) -> float:
     if arr.size == 0 or np.isnan(arr).all():
         return float("nan")
     return float(np.nanmean(arr))
+
+
+def judged_prompt(
+    attribution: Any,
+    marks: Any,
+    what: str,
+    *,
+    model: Model | None,
+    step: int | None,
+    aggregate: str,
+    rank_by: str,
+    keep_special: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What plausibility and ground-truth recovery judge: ``(truth, candidates, scores)``, the
+    marked prompt tokens as a mask ``[P]``, the rankable prompt positions (special tokens left
+    out when ``keep_special`` and a model is given), and one score per prompt token (step
+    ``step``'s or all steps ``aggregate``-d)."""
+    if not isinstance(attribution, Attribution):
+        raise InputError(f"expected an lmxray Attribution, got {type(attribution).__name__}")
+    check_rank_by(rank_by)
+    truth = as_mask(marks, attribution.prompt_length, what)
+    cands = candidate_positions(
+        attribution, 0, sources="prompt", specials=special_ids(model) if keep_special else frozenset()
+    )
+    return truth, cands, prompt_scores(attribution, step, aggregate)
+

@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -50,9 +50,9 @@ from ..attribution.api import eval_mode
 from ..attribution.base import Context
 from ..attribution.gradient import resolve_baseline_ids
 from ..errors import InputError
-from ..io import to_jsonable
+from ..io import from_jsonable, to_jsonable
 from ..model import Model
-from ..result import Attribution
+from ..result import Attribution, Result
 from ..targets import logprob
 from ._common import candidate_positions, check_rank_by, nanmean, ranking, special_ids
 
@@ -92,9 +92,10 @@ def curve_sizes(n: int, n_steps: int) -> list[int]:
     return [(2 * j * n + n_steps) // (2 * n_steps) for j in range(n_steps + 1)]
 
 
-@dataclass
-class Faithfulness:
-    """Faithfulness of one attribution, per target step.
+@dataclass(repr=False)
+class Faithfulness(Result):
+    """Faithfulness of one attribution, per target step (``lmxray.faithfulness/1``: ``save`` /
+    ``load``, ``show``).
 
     Attributes:
         method, model_name: copied from the attribution.
@@ -106,6 +107,8 @@ class Faithfulness:
         n_candidates: ``[T]`` removable tokens per step (metrics are NaN where it is 0).
         info: removal, baseline, space, rank_by, sources, n_steps, bins...
     """
+
+    FORMAT: ClassVar[str] = "lmxray.faithfulness/1"
 
     method: str
     model_name: str
@@ -174,6 +177,27 @@ class Faithfulness:
         data["summary"] = self.summary()
         data["info"] = self.info
         return to_jsonable(data)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Faithfulness:
+        def arr(name: str, dtype: Any = np.float64) -> np.ndarray | None:
+            v = data.get(name)
+            return None if v is None else from_jsonable(v, dtype)
+
+        full, n_cand = arr("full"), arr("n_candidates", np.int64)
+        if full is None or n_cand is None:
+            raise KeyError("full")
+        return cls(
+            method=data["method"], model_name=data.get("model", ""),
+            bins=tuple(float(b) for b in data["bins"]), full=full, n_candidates=n_cand,
+            comprehensiveness=arr("comprehensiveness"), sufficiency=arr("sufficiency"),
+            log_odds=arr("log_odds"), deletion=arr("deletion"), insertion=arr("insertion"),
+            rank_before=arr("rank_before"), rank_after=arr("rank_after"),
+            info=dict(data.get("info") or {}),
+        )
+
+    def __repr__(self) -> str:
+        return f"Faithfulness(method={self.method!r}, steps={len(self.full)})"
 
 
 def _fmt_bin(b: float) -> str:

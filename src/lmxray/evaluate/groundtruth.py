@@ -29,14 +29,7 @@ from ..attribution.api import eval_mode
 from ..attribution.base import Context
 from ..errors import InputError
 from ..result import Attribution
-from ._common import (
-    as_mask,
-    candidate_positions,
-    check_rank_by,
-    prompt_scores,
-    ranking,
-    special_ids,
-)
+from ._common import as_mask, judged_prompt, ranking, special_ids
 from .faithfulness import target_rank
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -72,18 +65,14 @@ def evidence_recovery(
         ``top1_hit``, ``topk_hit``, ``mrr`` and ``evidence_rank`` (1-based rank of the best
         evidence token).
     """
-    if not isinstance(attribution, Attribution):
-        raise InputError(f"expected an lmxray Attribution, got {type(attribution).__name__}")
-    check_rank_by(rank_by)
-    truth = as_mask(evidence, attribution.prompt_length, "evidence")
-    cands = candidate_positions(
-        attribution, 0, sources="prompt", specials=special_ids(model) if keep_special else frozenset()
-    )
+    truth, cands, scores = judged_prompt(attribution, evidence, "evidence", model=model, step=step,
+                                         aggregate=aggregate, rank_by=rank_by,
+                                         keep_special=keep_special)
     n_ev = int(truth[cands].sum())
     if n_ev == 0:
         raise InputError("the evidence holds no rankable prompt token (special tokens are not ranked)")
     full = np.full(len(attribution.source_tokens), np.nan)
-    full[: attribution.prompt_length] = prompt_scores(attribution, step, aggregate)
+    full[: attribution.prompt_length] = scores
     order = ranking(full, cands, rank_by)
     is_ev = truth[order]
     k = n_ev if k is None else int(k)

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..result import Attribution
-from ._common import as_mask, candidate_positions, check_rank_by, prompt_scores, spans, special_ids
+from ._common import judged_prompt, spans
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..model import Model
@@ -124,15 +124,9 @@ def plausibility(
     Example:
         >>> plausibility(a, rationale=[4, 5], model=m)["token_f1"]  # doctest: +SKIP
     """
-    if not isinstance(attribution, Attribution):
-        raise InputError(f"expected an lmxray Attribution, got {type(attribution).__name__}")
-    check_rank_by(rank_by)
-    n_p = attribution.prompt_length
-    truth = as_mask(rationale, n_p)
-    cands = candidate_positions(
-        attribution, 0, sources="prompt", specials=special_ids(model) if keep_special else frozenset()
-    )
-    s = prompt_scores(attribution, step, aggregate)
+    truth, cands, s = judged_prompt(attribution, rationale, "rationale", model=model, step=step,
+                                    aggregate=aggregate, rank_by=rank_by,
+                                    keep_special=keep_special)
     if rank_by == "abs":
         s = np.abs(s)
     return token_plausibility(s[cands], truth[cands], k=k, iou_threshold=iou_threshold)

@@ -30,18 +30,20 @@ import numpy as np
 from ..attribution.api import attribute
 from ..attribution.base import methods as registered_methods
 from ..errors import InputError
-from ..io import to_jsonable
+from ..io import atomic_write_text, check_output, dumps, to_jsonable
 from ..model import Model
 from .data import Example, to_examples
 from .faithfulness import DEFAULT_BINS, FAITHFULNESS_METRICS, faithfulness
 from .groundtruth import evidence_recovery, verify_evidence
 from .plausibility import plausibility
-from .report import Evaluation
+from .report import RESULTS_FORMAT, Evaluation, read_results
+from .sanity import sanity_check
 
-__all__ = ["evaluate", "METRIC_GROUPS", "RESULTS_FORMAT", "DEFAULT_METHOD_PARAMS"]
+__all__ = ["evaluate", "METRIC_GROUPS", "DEFAULT_METRICS", "RESULTS_FORMAT", "DEFAULT_METHOD_PARAMS"]
 
-RESULTS_FORMAT = "lmxray.evaluate/1"
 METRIC_GROUPS = ("faithfulness", "plausibility", "groundtruth", "sanity")
+# what runs when no metric is named: every group but the (slow) sanity check; "all" adds it
+DEFAULT_METRICS = ("faithfulness", "plausibility", "groundtruth")
 # Defaults that keep a benchmark sweep affordable; override with method_params.
 DEFAULT_METHOD_PARAMS: dict[str, dict[str, Any]] = {"integrated_gradients": {"n_steps": 32}}
 
@@ -60,15 +62,16 @@ def _resolve_methods(methods: str | Sequence[str]) -> list[str]:
 
 
 def _resolve_metrics(metrics: str | Sequence[str] | None) -> tuple[set[str], list[str] | None]:
-    """(groups, faithfulness metric subset or None for all)."""
-    if metrics is None or metrics == "all":
-        return set(METRIC_GROUPS) - {"sanity"}, None
+    """(groups, faithfulness metric subset or None for all). ``None``: :data:`DEFAULT_METRICS`;
+    ``"all"``: every group, the sanity check included."""
+    if metrics is None:
+        return set(DEFAULT_METRICS), None
     if isinstance(metrics, str):
         metrics = [m.strip() for m in metrics.split(",") if m.strip()]
     groups: set[str] = set()
     faith: list[str] = []
-    if "all" in metrics:  # e.g. "all,sanity"
-        metrics = [*(g for g in METRIC_GROUPS if g != "sanity"), *(m for m in metrics if m != "all")]
+    if "all" in metrics:
+        metrics = [*METRIC_GROUPS, *(m for m in metrics if m != "all")]
     for m in metrics:
         if m in METRIC_GROUPS:
             groups.add(m)
@@ -87,36 +90,25 @@ def _resolve_metrics(metrics: str | Sequence[str] | None) -> tuple[set[str], lis
 
 
 class _ResultsFile:
-    """Append-only JSONL with a header line; tolerant of a torn last line."""
+    """Append-only JSONL with a header line; tolerant of a torn last line.
+
+    Nothing is written until the first records are: the header and the first rows go in one
+    atomic write (so a run that fails before its first row leaves no header-only file, and
+    ``resume=False`` leaves an old file as it was until new rows replace it); later records are
+    appended and flushed to disk.
+    """
 
     def __init__(self, path: Path, header: dict[str, Any], resume: bool) -> None:
-        self.path = path
+        self.path = check_output(path)
+        self.header = header
         self.rows: list[dict[str, Any]] = []
         self.sanity: list[dict[str, Any]] = []
-        if path.exists() and path.stat().st_size and resume:
+        self.started = False
+        if resume and path.is_file() and path.stat().st_size:
             self._load(header)
-        else:
-            if path.parent and not path.parent.is_dir():
-                raise InputError(f"cannot write {path}: folder {path.parent} does not exist")
-            with open(path, "w", encoding="utf-8") as fh:
-                fh.write(json.dumps(header) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
 
     def _load(self, header: dict[str, Any]) -> None:
-        good_bytes = 0
-        records = []
-        with open(self.path, "rb") as fh:
-            for raw in fh:
-                if not raw.endswith(b"\n"):
-                    break  # torn write: dropped and rewritten
-                try:
-                    records.append(json.loads(raw))
-                except json.JSONDecodeError:
-                    break
-                good_bytes += len(raw)
-        if not records or records[0].get("kind") != "header" or records[0].get("format") != RESULTS_FORMAT:
-            raise InputError(f"{self.path} is not an lmxray evaluate results file; choose another --out")
+        records, good_bytes = read_results(self.path)
         if records[0].get("config") != header["config"]:
             old, new = records[0].get("config", {}), header["config"]
             diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
@@ -124,10 +116,15 @@ class _ResultsFile:
                 f"{self.path} was written with another configuration (differs in: "
                 f"{', '.join(diff)}); use another --out, or --no-resume to start over"
             )
-        with open(self.path, "r+b") as fh:
-            fh.truncate(good_bytes)
+        if good_bytes < self.path.stat().st_size:
+            with open(self.path, "r+b") as fh:
+                fh.truncate(good_bytes)
         for rec in records[1:]:
-            (self.sanity if rec.get("kind") == "sanity" else self.rows).append(rec)
+            self._keep(rec)
+        self.started = True
+
+    def _keep(self, rec: dict[str, Any]) -> None:
+        (self.sanity if rec.get("kind") == "sanity" else self.rows).append(rec)
 
     def done(self) -> set[tuple[str, str]]:
         return {(r["example"], r["method"]) for r in self.rows}
@@ -135,25 +132,27 @@ class _ResultsFile:
     def append(self, records: list[dict[str, Any]]) -> None:
         if not records:
             return
-        text = "".join(json.dumps(to_jsonable(r), allow_nan=False) + "\n" for r in records)
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        for r in records:
-            (self.sanity if r.get("kind") == "sanity" else self.rows).append(json.loads(json.dumps(to_jsonable(r))))
+        plain = [json.loads(dumps(r)) for r in records]
+        text = "".join(dumps(r) + "\n" for r in plain)
+        if not self.started:
+            atomic_write_text(self.path, dumps(self.header) + "\n" + text)
+            self.started = True
+        else:
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+        for r in plain:
+            self._keep(r)
 
 
 class _Memory(_ResultsFile):
     def __init__(self) -> None:  # noqa: D401 - no file
-        self.path = None  # type: ignore[assignment]
         self.rows, self.sanity = [], []
 
     def append(self, records: list[dict[str, Any]]) -> None:
         for r in records:
-            (self.sanity if r.get("kind") == "sanity" else self.rows).append(
-                json.loads(json.dumps(to_jsonable(r)))
-            )
+            self._keep(json.loads(dumps(r)))
 
 
 def _progress(total: int, initial: int, enabled: bool) -> Any:
@@ -189,8 +188,9 @@ def evaluate(
             ``prompt``/``target`` and optional ``rationale``/``evidence``/``spans`` (see
             :mod:`lmxray.evaluate.data`), e.g. ``lmxray.zoo.tasks.generate("facts")``.
         methods: method names or ``"all"`` (every registered method, ``random`` included).
-        metrics: groups (``faithfulness``, ``plausibility``, ``groundtruth``, ``sanity``) or
-            faithfulness metric names; default: all groups but ``sanity``.
+        metrics: groups (``faithfulness``, ``plausibility``, ``groundtruth``, ``sanity``),
+            faithfulness metric names, or ``"all"`` (every group, ``sanity`` included); default
+            (None): every group but ``sanity``.
         method_params: per-method parameters, e.g. ``{"integrated_gradients": {"n_steps": 64}}``.
         out: JSONL results file; rows stream into it and a rerun resumes from it.
         resume: continue ``out`` if it exists (False: start it over).
@@ -204,8 +204,9 @@ def evaluate(
     """
     chosen = _resolve_methods(methods)
     groups, faith_metrics = _resolve_metrics(metrics)
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    for arg, v in (("batch_size", batch_size), ("sanity_examples", sanity_examples)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise InputError(f"{arg} must be a positive integer, got {v!r}")
     exs = to_examples(model, examples)
     if not exs:
         raise InputError("no examples to evaluate")
@@ -228,6 +229,8 @@ def evaluate(
     try:
         for start in range(0, len(exs), batch_size):
             chunk = exs[start:start + batch_size]
+            if all((e.id, m) in done for e in chunk for m in chosen):
+                continue
             verified = _verify(model, chunk) if "groundtruth" in groups else [None] * len(chunk)
             for m in chosen:
                 todo = [(e, v) for e, v in zip(chunk, verified, strict=True) if (e.id, m) not in done]
@@ -239,7 +242,7 @@ def evaluate(
                 bar.update(len(rows))
         if "sanity" in groups:
             have = {r["method"] for r in store.sanity}
-            subset = exs[:max(1, sanity_examples)]
+            subset = exs[:sanity_examples]
             for m in chosen:
                 if m not in have:
                     store.append([_sanity_row(model, subset, m, params[m])])
@@ -298,8 +301,6 @@ def _rows(
 
 
 def _sanity_row(model: Model, subset: list[Example], method: str, params: dict[str, Any]) -> dict[str, Any]:
-    from .sanity import sanity_check
-
     r = sanity_check(model, [e.prompt for e in subset], [e.target for e in subset],
                      method=method, **params)
     return {"kind": "sanity", "method": method, "stages": r.stages, "spearman": r.spearman,

@@ -24,23 +24,24 @@ import copy
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from ..attribution.api import attribute
 from ..errors import InputError
-from ..io import to_jsonable
+from ..io import from_jsonable, to_jsonable
 from ..model import Model
-from ..result import Attribution
+from ..result import Attribution, Result
 
 __all__ = ["sanity_check", "SanityResult", "randomisation_stages", "rank_correlation"]
 
 
-@dataclass
-class SanityResult:
-    """Rank correlations between original and randomised explanations.
+@dataclass(repr=False)
+class SanityResult(Result):
+    """Rank correlations between original and randomised explanations (``lmxray.sanity/1``:
+    ``save`` / ``load``, ``show``).
 
     Attributes:
         method: the attribution method.
@@ -51,6 +52,8 @@ class SanityResult:
         per_example: ``[n_stages, n_examples]`` signed correlations.
         threshold: pass threshold on the fully randomised correlation.
     """
+
+    FORMAT: ClassVar[str] = "lmxray.sanity/1"
 
     method: str
     mode: str
@@ -76,11 +79,24 @@ class SanityResult:
 
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable({
-            "format": "lmxray.sanity/1", "method": self.method, "mode": self.mode,
+            "format": self.FORMAT, "method": self.method, "mode": self.mode,
             "stages": self.stages, "spearman": self.spearman, "spearman_abs": self.spearman_abs,
             "per_example": self.per_example, "threshold": self.threshold, "passed": self.passed,
             "info": self.info,
         })
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SanityResult:
+        return cls(
+            method=data["method"], mode=data["mode"], stages=list(data["stages"]),
+            spearman=from_jsonable(data["spearman"], np.float64),
+            spearman_abs=from_jsonable(data["spearman_abs"], np.float64),
+            per_example=from_jsonable(data["per_example"], np.float64),
+            threshold=float(data["threshold"]), info=dict(data.get("info") or {}),
+        )
+
+    def __repr__(self) -> str:
+        return f"SanityResult(method={self.method!r}, mode={self.mode!r}, passed={self.passed!r})"
 
 
 def _decoder_layers(hf: torch.nn.Module, n_layers: int) -> torch.nn.ModuleList:

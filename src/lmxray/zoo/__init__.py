@@ -10,16 +10,18 @@ truth for judging explanation methods::
     [e for e in ex if e.verified]         # judge methods on these only
     zoo.corpus("test", n=200)             # plain held-out zoo text (lens training, fluency)
 
-Importing this package is cheap (no torch); model code loads lazily.
+Importing this package is cheap (no torch); torch and transformers load when a model is used.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from lmxray.errors import InputError
+from lmxray.zoo import verify as _verify
 from lmxray.zoo._dataset import Example, to_example, to_examples
+from lmxray.zoo._paths import model_path, models
 from lmxray.zoo.tasks import SPLITS, TASKS, Item, corpus, generate
+from lmxray.zoo.verify import ZooEvaluation
 
 __all__ = [
     "TASKS",
@@ -33,28 +35,8 @@ __all__ = [
     "generate",
     "to_example",
     "to_examples",
+    "ZooEvaluation",
 ]
-
-_MODELS_DIR = Path(__file__).resolve().parent / "models"
-
-
-def models() -> list[str]:
-    """Names of the shipped zoo models."""
-    if not _MODELS_DIR.is_dir():
-        return []
-    return sorted(p.name for p in _MODELS_DIR.iterdir() if (p / "config.json").is_file())
-
-
-def model_path(name: str = "lmxray-tiny") -> Path:
-    """Folder of a shipped zoo model (loadable with ``AutoModelForCausalLM.from_pretrained``)."""
-    path = _MODELS_DIR / name
-    if not (path / "config.json").is_file():
-        known = ", ".join(models()) or "none installed"
-        raise InputError(
-            f"no zoo model named {name!r} (shipped: {known}); use zoo.model_path() for the default"
-        )
-    return path
-
 
 def dataset(
     name: str,
@@ -81,8 +63,6 @@ def dataset(
         ex = dataset("facts", n=20)[0]
         ex.prompt, ex.target, [ex.tokens[i] for i in ex.evidence], ex.verified
     """
-    from lmxray.zoo import verify as _verify
-
     items = generate(name, split, n, seed)
     model, tokenizer = _verify.load(model_path)
     examples = to_examples(items, tokenizer)
@@ -91,8 +71,8 @@ def dataset(
     return examples
 
 
-def __getattr__(name: str):  # lazy: `zoo.train`, `zoo.verify` submodules without torch at import
-    if name in ("train", "verify", "cli"):
+def __getattr__(name: str):  # lazy: the training module loads on first use
+    if name in ("train", "verify"):
         import importlib
 
         return importlib.import_module(f"lmxray.zoo.{name}")

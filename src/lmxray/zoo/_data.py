@@ -8,6 +8,17 @@ capital is the official one (Bolivia: Sucre; Sri Lanka: the commonly named Colom
 
 from __future__ import annotations
 
+
+def _words(text: str) -> tuple[str, ...]:
+    """The whitespace-separated words of ``text``, in order."""
+    return tuple(text.split())
+
+
+def _pairs(text: str) -> tuple[tuple[str, str], ...]:
+    """``a:b`` words of ``text`` as ``(a, b)`` pairs, in order."""
+    return tuple((a, b) for a, b in (w.split(":") for w in text.split()))
+
+
 # country | capital | language | currency | continent
 _COUNTRIES = """
 Algeria|Algiers|Arabic|dinar|Africa
@@ -236,246 +247,56 @@ LANDMARKS: tuple[tuple[str, str], ...] = (
 )
 
 # element | symbol
-ELEMENTS: tuple[tuple[str, str], ...] = (
-    ("gold", "Au"),
-    ("silver", "Ag"),
-    ("iron", "Fe"),
-    ("copper", "Cu"),
-    ("lead", "Pb"),
-    ("tin", "Sn"),
-    ("sodium", "Na"),
-    ("potassium", "K"),
-    ("oxygen", "O"),
-    ("hydrogen", "H"),
-    ("carbon", "C"),
-    ("nitrogen", "N"),
-    ("helium", "He"),
-    ("neon", "Ne"),
-    ("calcium", "Ca"),
-    ("zinc", "Zn"),
-    ("mercury", "Hg"),
-    ("sulfur", "S"),
-    ("chlorine", "Cl"),
-    ("uranium", "U"),
-    ("platinum", "Pt"),
-    ("magnesium", "Mg"),
-    ("silicon", "Si"),
-    ("lithium", "Li"),
-    ("nickel", "Ni"),
-    ("titanium", "Ti"),
-    ("argon", "Ar"),
-    ("fluorine", "F"),
-)
+ELEMENTS: tuple[tuple[str, str], ...] = _pairs("""
+    gold:Au silver:Ag iron:Fe copper:Cu lead:Pb tin:Sn sodium:Na potassium:K oxygen:O
+    hydrogen:H carbon:C nitrogen:N helium:He neon:Ne calcium:Ca zinc:Zn mercury:Hg sulfur:S
+    chlorine:Cl uranium:U platinum:Pt magnesium:Mg silicon:Si lithium:Li nickel:Ni
+    titanium:Ti argon:Ar fluorine:F
+""")
 
 # word | opposite
-ANTONYMS: tuple[tuple[str, str], ...] = (
-    ("hot", "cold"),
-    ("big", "small"),
-    ("fast", "slow"),
-    ("up", "down"),
-    ("happy", "sad"),
-    ("light", "dark"),
-    ("early", "late"),
-    ("open", "closed"),
-    ("rich", "poor"),
-    ("young", "old"),
-    ("hard", "soft"),
-    ("wet", "dry"),
-    ("full", "empty"),
-    ("loud", "quiet"),
-    ("strong", "weak"),
-    ("high", "low"),
-    ("thick", "thin"),
-    ("clean", "dirty"),
-    ("near", "far"),
-    ("true", "false"),
-    ("win", "lose"),
-    ("push", "pull"),
-    ("buy", "sell"),
-    ("love", "hate"),
-    ("day", "night"),
-    ("north", "south"),
-    ("east", "west"),
-    ("first", "last"),
-    ("inside", "outside"),
-    ("top", "bottom"),
-)
+ANTONYMS: tuple[tuple[str, str], ...] = _pairs("""
+    hot:cold big:small fast:slow up:down happy:sad light:dark early:late open:closed
+    rich:poor young:old hard:soft wet:dry full:empty loud:quiet strong:weak high:low
+    thick:thin clean:dirty near:far true:false win:lose push:pull buy:sell love:hate
+    day:night north:south east:west first:last inside:outside top:bottom
+""")
 
-NAMES: tuple[str, ...] = (
-    "Mary",
-    "John",
-    "Alice",
-    "Bob",
-    "Tom",
-    "Anna",
-    "James",
-    "Sarah",
-    "David",
-    "Emma",
-    "Michael",
-    "Laura",
-    "Paul",
-    "Kate",
-    "Peter",
-    "Lucy",
-    "Mark",
-    "Helen",
-    "George",
-    "Rose",
-    "Jack",
-    "Susan",
-    "Daniel",
-    "Julia",
-    "Henry",
-    "Grace",
-    "Adam",
-    "Claire",
-    "Ben",
-    "Nora",
-    "Sam",
-    "Emily",
-    "Chris",
-    "Diana",
-    "Frank",
-    "Ella",
-    "Oliver",
-    "Sophie",
-    "Leo",
-    "Hannah",
-)
-PLACES: tuple[str, ...] = (
-    "store",
-    "park",
-    "school",
-    "beach",
-    "office",
-    "garden",
-    "market",
-    "station",
-    "library",
-    "museum",
-    "cafe",
-    "river",
-    "hospital",
-    "restaurant",
-    "zoo",
-    "theater",
-)
-OBJECTS: tuple[str, ...] = (
-    "drink",
-    "book",
-    "gift",
-    "ball",
-    "letter",
-    "key",
-    "bag",
-    "flower",
-    "coin",
-    "ticket",
-    "hat",
-    "cake",
-    "pen",
-    "map",
-    "cup",
-    "card",
-)
+NAMES: tuple[str, ...] = _words("""
+    Mary John Alice Bob Tom Anna James Sarah David Emma Michael Laura Paul Kate Peter Lucy
+    Mark Helen George Rose Jack Susan Daniel Julia Henry Grace Adam Claire Ben Nora Sam
+    Emily Chris Diana Frank Ella Oliver Sophie Leo Hannah
+""")
+PLACES: tuple[str, ...] = _words("""
+    store park school beach office garden market station library museum cafe river hospital
+    restaurant zoo theater
+""")
+OBJECTS: tuple[str, ...] = _words("""
+    drink book gift ball letter key bag flower coin ticket hat cake pen map cup card
+""")
 
 KEYS: tuple[str, ...] = tuple(f"k{i}" for i in range(1, 13))
-VALUES: tuple[str, ...] = (
-    "red",
-    "blue",
-    "green",
-    "yellow",
-    "black",
-    "white",
-    "pink",
-    "brown",
-    "gray",
-    "orange",
-    "purple",
-    "silver",
-)
+VALUES: tuple[str, ...] = _words("""
+    red blue green yellow black white pink brown gray orange purple silver
+""")
 
-POSITIVE: tuple[str, ...] = (
-    "good",
-    "great",
-    "excellent",
-    "wonderful",
-    "superb",
-    "brilliant",
-    "lovely",
-    "delightful",
-    "fantastic",
-    "enjoyable",
-    "charming",
-    "clever",
-    "beautiful",
-    "pleasant",
-    "amazing",
-    "perfect",
-    "gripping",
-    "fresh",
-    "elegant",
-    "stunning",
-    "witty",
-    "touching",
-    "solid",
-    "fun",
-)
-NEGATIVE: tuple[str, ...] = (
-    "bad",
-    "awful",
-    "terrible",
-    "boring",
-    "dull",
-    "poor",
-    "weak",
-    "dreadful",
-    "horrible",
-    "messy",
-    "bland",
-    "tedious",
-    "clumsy",
-    "ugly",
-    "silly",
-    "painful",
-    "lame",
-    "sloppy",
-    "annoying",
-    "stale",
-    "shallow",
-    "awkward",
-    "forgettable",
-    "dreary",
-)
+POSITIVE: tuple[str, ...] = _words("""
+    good great excellent wonderful superb brilliant lovely delightful fantastic enjoyable
+    charming clever beautiful pleasant amazing perfect gripping fresh elegant stunning witty
+    touching solid fun
+""")
+NEGATIVE: tuple[str, ...] = _words("""
+    bad awful terrible boring dull poor weak dreadful horrible messy bland tedious clumsy
+    ugly silly painful lame sloppy annoying stale shallow awkward forgettable dreary
+""")
 NEUTRAL_ADJ: tuple[str, ...] = ("long", "short", "new", "simple", "subtitled", "animated")
-ASPECTS: tuple[str, ...] = (
-    "plot",
-    "acting",
-    "music",
-    "ending",
-    "cast",
-    "script",
-    "pacing",
-    "story",
-    "dialogue",
-    "camera",
-    "characters",
-    "score",
-    "visuals",
-    "direction",
-    "humor",
-    "setting",
-)
-DAYS: tuple[str, ...] = (
-    "Monday",
-    "Tuesday",
-    "Wednesday",
-    "Thursday",
-    "Friday",
-    "Saturday",
-    "Sunday",
-)
+ASPECTS: tuple[str, ...] = _words("""
+    plot acting music ending cast script pacing story dialogue camera characters score
+    visuals direction humor setting
+""")
+DAYS: tuple[str, ...] = _words("""
+    Monday Tuesday Wednesday Thursday Friday Saturday Sunday
+""")
 MONTHS: tuple[str, ...] = ("May", "June", "July", "March", "April", "October")
 MARKER_DAY = "Tuesday"  # the planted shortcut token of the sentiment task
 

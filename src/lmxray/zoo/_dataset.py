@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lmxray.zoo.tasks import Item
+from lmxray.examples import spans_to_tokens
+from lmxray.zoo.tasks import ROLES, Item
 
 __all__ = ["Example", "to_example", "to_examples"]
 
@@ -58,39 +59,44 @@ class Example:
         return tuple(i for i in range(len(self.tokens)) if i not in used)
 
 
+class _TokenizerView:
+    """What the span rule asks of a model (``tokenizer`` and ``encode``), for a bare tokenizer."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+
+    def encode(self, prompt: str) -> list[int]:
+        return list(self.tokenizer(prompt)["input_ids"])
+
+
 def to_example(item: Item, tokenizer: Any) -> Example:
-    """Tokenize ``item`` and map its role spans to source-token indices (by overlap)."""
-    enc = tokenizer(item.prompt, return_offsets_mapping=True)
-    ids, offsets = enc["input_ids"], enc["offset_mapping"]
-    special = set(getattr(tokenizer, "all_special_ids", []))
-    roles: dict[str, list[int]] = {"evidence": [], "cue": [], "shortcut": [], "content": []}
-    spans: dict[str, list[Span]] = {k: [] for k in roles}
+    """Tokenize ``item`` and map its role spans to source-token indices with the one span rule
+    (:func:`lmxray.examples.spans_to_tokens`: every token overlapping a span, special tokens
+    never)."""
+    view = _TokenizerView(tokenizer)
+    ids = view.encode(item.prompt)
+    spans: dict[str, list[Span]] = {role: [] for role in ROLES}
     for a, b, role in item.spans:
         spans[role].append((a, b))
-    for i, ((s, e), tid) in enumerate(zip(offsets, ids, strict=True)):
-        if tid in special or e <= s:
-            continue
-        for a, b, role in item.spans:
-            if s < b and e > a:
-                roles[role].append(i)
-                break
+    roles = {role: tuple(spans_to_tokens(view, item.prompt, sp)) for role, sp in spans.items()}
     return Example(
         task=item.task,
         split=item.split,
         prompt=item.prompt,
         target=item.target,
         tokens=tuple(tokenizer.decode([t]) for t in ids),
-        evidence=tuple(roles["evidence"]),
+        evidence=roles["evidence"],
         evidence_spans=tuple(spans["evidence"]),
-        cue=tuple(roles["cue"]),
+        cue=roles["cue"],
         cue_spans=tuple(spans["cue"]),
-        shortcut=tuple(roles["shortcut"]),
+        shortcut=roles["shortcut"],
         shortcut_spans=tuple(spans["shortcut"]),
-        content=tuple(roles["content"]),
+        content=roles["content"],
         label=item.label,
         meta=dict(item.meta),
     )
 
 
 def to_examples(items: Sequence[Item], tokenizer: Any) -> list[Example]:
+    """:func:`to_example` of each item."""
     return [to_example(it, tokenizer) for it in items]

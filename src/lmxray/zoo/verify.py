@@ -20,14 +20,51 @@ import dataclasses
 import functools
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from lmxray.errors import InputError
+from lmxray.result import Result
 from lmxray.zoo import tasks
 from lmxray.zoo._dataset import Example, to_examples
+from lmxray.zoo._paths import model_path
 
-__all__ = ["load", "correct", "verify", "evaluate"]
+__all__ = ["load", "correct", "verify", "evaluate", "ZooEvaluation"]
+
+
+@dataclass(repr=False)
+class ZooEvaluation(Result):
+    """Per-task metrics of a zoo model (``lmxray.zoo.eval/1``, what ``lmxray zoo eval --json``
+    writes): ``tasks`` maps a row name to ``{"metric", "value", "n", ...}`` (see
+    :func:`evaluate`).
+
+    Example:
+        >>> ZooEvaluation.load("eval.json").show()  # doctest: +SKIP
+    """
+
+    FORMAT: ClassVar[str] = "lmxray.zoo.eval/1"
+
+    model: str
+    n: int
+    seed: int
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": self.FORMAT, "model": self.model, "n": self.n, "seed": self.seed,
+                "tasks": self.tasks}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ZooEvaluation:
+        rows = data["tasks"]
+        if not isinstance(rows, dict) or not all(
+            isinstance(r, dict) and {"metric", "value", "n"} <= set(r) for r in rows.values()
+        ):
+            raise ValueError("'tasks' must map each task to its metric, value and n")
+        return cls(model=str(data["model"]), n=int(data["n"]), seed=int(data["seed"]), tasks=rows)
+
+    def __repr__(self) -> str:
+        return f"ZooEvaluation(model={self.model!r}, tasks={list(self.tasks)!r})"
 
 
 @functools.lru_cache(maxsize=4)
@@ -42,8 +79,6 @@ def _load_cached(path: str, mtime: float):
 
 def load(path: str | Path | None = None):
     """``(model, tokenizer)`` of a zoo model folder (default: the shipped ``lmxray-tiny``)."""
-    from lmxray.zoo import model_path
-
     p = Path(path) if path is not None else model_path()
     if not (p / "config.json").is_file():
         raise InputError(
