@@ -17,37 +17,15 @@ The main CLI mounts this command with :func:`register`.
 
 from __future__ import annotations
 
-import contextlib
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from ..errors import InputError
-from ._common import check_outputs, consoles, load_model, write_outputs
+from ._common import check_outputs, consoles, load_model, resumable, write_outputs
 
-__all__ = ["register", "evaluate_command", "RESUME_HINT"]
-
-RESUME_HINT = "rerun the same command to resume"
-
-
-@contextlib.contextmanager
-def resumable(enabled: bool = True, note: str = "") -> Iterator[None]:
-    """Ctrl-C inside the block ends the command with one line, ``lmxray: interrupted; rerun the
-    same command to resume (NOTE)``, and exit code 130 (the rows written so far are kept).
-
-    LEAD: the contract of ``cli._common.resumable`` (helper A); replace this with it.
-    """
-    try:
-        yield
-    except KeyboardInterrupt:
-        if not enabled:
-            raise
-        sys.stderr.write(f"lmxray: interrupted; {RESUME_HINT}" + (f" ({note})" if note else "") + "\n")
-        raise typer.Exit(130) from None
-
+__all__ = ["register", "evaluate_command"]
 
 _MetricsOpt = Annotated[
     str | None,

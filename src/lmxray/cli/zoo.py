@@ -18,8 +18,7 @@ from pathlib import Path
 import typer
 
 from ..errors import InputError
-from ._common import ResultJsonOpt, check_outputs, consoles, write_outputs
-from .evaluate import resumable
+from ._common import ResultJsonOpt, check_outputs, consoles, resumable, write_outputs
 
 __all__ = ["app", "train", "eval_"]
 

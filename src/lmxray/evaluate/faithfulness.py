@@ -45,7 +45,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from ..attribution._engine import ScoreRow, score_sequences
+from ..attribution import ScoreRow, score_sequences
 from ..attribution.api import eval_mode
 from ..attribution.base import Context
 from ..attribution.gradient import resolve_baseline_ids

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..attribution._engine import ScoreRow, score_sequences
+from ..attribution import ScoreRow, score_sequences
 from ..attribution.api import eval_mode
 from ..attribution.base import Context
 from ..errors import InputError
