@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from badinput import ApiCase, CliCase, run_api_case, run_cli_case
 
 CLI_CASES: list[CliCase] = [
