@@ -288,7 +288,7 @@ def heads(
     if prompts:
         r = head_scores(m, prompts)
     elif m.name == EMBEDDED and not _given(ctx, "n_seqs", "seq_len"):
-        r = head_scores(m, _induction_texts(m, n), data="the zoo induction task (test split)")
+        r = head_scores(m, _induction_texts(m, n), data="the zoo induction task, test split")
     else:
         r = head_scores(m, None, n_seqs=n_seqs, seq_len=seq_len)
     if ablate_zoo is not None:
@@ -302,9 +302,9 @@ def heads(
 
 def _given(ctx: typer.Context, *names: str) -> bool:
     """Whether any of these options was given on the command line."""
-    from click.core import ParameterSource
-
-    return any(ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None) for name in names)
+    sources = [ctx.get_parameter_source(name) for name in names]
+    # by name: typer may vendor its own click, with its own ParameterSource enum
+    return any(src is not None and getattr(src, "name", "") != "DEFAULT" for src in sources)
 
 
 def _induction_texts(m: Any, n: int) -> list[str]:

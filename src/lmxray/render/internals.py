@@ -283,7 +283,7 @@ def window_text(window: int, info: dict[str, Any], n_layers: int | None = None) 
     """The restoration window as run, and as asked when the model's depth capped it."""
     asked = info.get("window_requested")
     if asked is not None and int(asked) != int(window):
-        return f"{window} layers (asked {asked}; capped at the model's {n_layers or window} layers)"
+        return f"{window} layers (asked {asked}; the model has {n_layers or window})"
     return f"{window} layers"
 
 
