@@ -356,6 +356,8 @@ def probe_cmd(
     if not facts:
         known = sorted({f["relation"] for f in zoo_facts(n=None) if f["relation"]})
         raise InputError(f"the zoo has no facts of relation {relation!r}; use one of {', '.join(known)}")
+    if not items:
+        raise InputError(f"no facts of relation {relation!r} carry a {label!r} label; use --label continent")
     wanted = n if _given(ctx, "n") else min(n, len(items))
     if len(items) < max(wanted, 2 * cv):
         need = f"use --n {len(items)} or less" if len(items) >= 2 * cv else f"--cv {cv} needs {2 * cv}"

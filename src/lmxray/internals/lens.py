@@ -125,7 +125,10 @@ def _check_prompt(prompt: Any) -> None:
 
 def _single_token(model: Model, target: str | int) -> int:
     """The id of a one-token target; a longer text is refused (a lens tracks one token)."""
-    if isinstance(target, str) and target:
+    if isinstance(target, str) and not target:
+        raise InputError("the target is empty; give the token to track (e.g. ' Paris'), or none for each "
+                         "position's top-1")
+    if isinstance(target, str):
         ids = model.encode_target(target)
         if len(ids) > 1:
             first = model.token_strings(ids[:1])[0]

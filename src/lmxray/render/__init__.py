@@ -8,8 +8,7 @@ imports it on first use. matplotlib is imported only when a figure is drawn.
 
 from __future__ import annotations
 
-from . import console, html, plots
-from . import internals
+from . import console, html, internals, plots
 from .console import show_attribution
 from .html import attribution_html
 from .plots import heatmap_png, plot_attribution
