@@ -168,3 +168,23 @@ def test_heads_ablation_and_probe_on_zoo_items(tiny_dir, tmp_path, monkeypatch):
     ok(r)
     d = json.loads((tmp_path / "p.json").read_text())
     assert d["format"] == "lmxray.probe/1" and d["n_types"] == 10 and "selectivity" in r.stdout
+
+
+def test_ctrl_c_in_a_checkpointed_trace_says_how_to_resume(tmp_path, monkeypatch):
+    """Ctrl-C during ``trace --zoo-facts --checkpoint`` is re-raised as an interruption whose
+    one line says to rerun the same command (without a checkpoint: a plain interruption)."""
+    from lmxray.cli import _common
+    from lmxray.internals import tracing
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_internals, "zoo_facts", lambda n: [{"prompt": "a b", "subject": "a", "answer": " b"}])
+    monkeypatch.setattr(tracing, "trace_facts", interrupted)
+    line = getattr(_common, "interrupted_message", str)
+    with pytest.raises(KeyboardInterrupt) as info:
+        cli_internals._trace_zoo_facts(None, 1, 10, 2, 3.0, tmp_path / "ck.jsonl")
+    assert "rerun the same command to resume" in line(info.value)
+    with pytest.raises(KeyboardInterrupt) as info:
+        cli_internals._trace_zoo_facts(None, 1, 10, 2, 3.0, None)
+    assert "rerun" not in line(info.value)

@@ -9,12 +9,15 @@ stderr, exit code 2). The commands only parse options, call the Python API and p
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from ..errors import InputError
+from . import _common
 from ._common import DeviceOpt, ModelOpt, PngOpt, ResultJsonOpt
 
 __all__ = ["register"]
@@ -230,21 +233,29 @@ def trace(
 
 
 def _trace_zoo_facts(m: Any, n: int, window: int, samples: int, noise: float, checkpoint: Path | None) -> Any:
-    """ROME's averaged table over ``n`` zoo facts; Ctrl-C with a checkpoint says how to resume.
-
-    The interruption is re-raised as ``KeyboardInterrupt(RESUME_HINT)``: the CLI's error contract
-    (``cli._common``) prints its message when it has one."""
+    """ROME's averaged table over ``n`` zoo facts; Ctrl-C with a checkpoint says how to resume."""
     from ..internals.tracing import trace_facts
 
     facts = zoo_facts(n=n)
     if len(facts) < n:
         raise InputError(f"the zoo has {len(facts)} facts; use --zoo-facts {len(facts)} or less")
-    try:
+    with _resumable(checkpoint is not None, f"checkpoint {checkpoint}"):
         return trace_facts(m, facts, window=window, n_samples=samples, noise=noise, checkpoint=checkpoint)
+
+
+@contextlib.contextmanager
+def _own_resumable(enabled: bool = True, note: str = "") -> Iterator[None]:
+    """Ctrl-C in the block re-raised as ``KeyboardInterrupt("interrupted; rerun the same command
+    to resume (note)")``; used where ``cli._common`` has no ``resumable`` of its own."""
+    try:
+        yield
     except KeyboardInterrupt:
-        if checkpoint is None:
+        if not enabled:
             raise
-        raise KeyboardInterrupt(RESUME_HINT) from None
+        raise KeyboardInterrupt(f"{RESUME_HINT} ({note})" if note else RESUME_HINT) from None
+
+
+_resumable = getattr(_common, "resumable", _own_resumable)
 
 
 def _patch(m: Any, prompt: Any, corrupt: Any, answer: Any, foil: Any, sites: str, positions: str, metric: str,
