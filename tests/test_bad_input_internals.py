@@ -258,7 +258,12 @@ API_CASES: list[ApiCase] = [
             "batch size"),
     ApiCase("patching-same-prompts",
             lambda tmp: _api("activation_patching")(_tiny(), P, P, " Paris", " Rome"), "same metric value"),
+    ApiCase("head-means-batch-size-zero", lambda tmp: _api("head_means")(_tiny(), [P], batch_size=0), "batch_size"),
+    ApiCase("task-metric-batch-size-zero", lambda tmp: _api("task_metric")(_tiny(), [P], [" Paris"], batch_size=0),
+            "batch_size"),
+    ApiCase("lens-kl-batch-size-zero", lambda tmp: _api("lens_kl")(_tiny(), [P], batch_size=0), "batch_size"),
     # probes
+    ApiCase("probe-batch-size-zero", lambda tmp: _probe([P] * 4, ["a", "b"] * 2, cv=2, batch_size=0), "batch_size"),
     ApiCase("probe-one-class", lambda tmp: _probe([P] * 4, ["a"] * 4), "single class"),
     ApiCase("probe-mismatched-labels", lambda tmp: _probe([P] * 4, ["a", "b"]), "one label per prompt"),
     ApiCase("probe-cv-one", lambda tmp: _probe([P] * 4, ["a", "b"] * 2, cv=1), "cv must be in"),

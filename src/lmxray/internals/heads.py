@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from ..errors import InputError
 from ..hooks import Replace, intervene, run_with_cache
 from ..io import from_jsonable
+from ..memory import check_batch_size
 from ..model import Model
 from ..result import Result
 from ..sites import site_map
@@ -212,6 +213,9 @@ def _examples(model: Model, prompts: Sequence[str], targets: Sequence[str]) -> l
 
 def head_means(model: Model, prompts: Sequence[str], *, batch_size: int = 16) -> torch.Tensor:
     """Mean of ``attn.head_out`` over every token of ``prompts``: ``[n_layers, H, d_head]``."""
+    check_batch_size(batch_size, "batch_size")
+    if isinstance(prompts, str) or not prompts:
+        raise InputError("head_means needs a non-empty list of prompts")
     sm = site_map(model)
     names = sm.by_layer("attn.head_out")
     total, count = None, 0
@@ -221,7 +225,8 @@ def head_means(model: Model, prompts: Sequence[str], *, batch_size: int = 16) ->
         x = torch.stack([cache[n][mask].double().sum(0) for n in names])
         total = x if total is None else total + x
         count += int(mask.sum())
-    assert total is not None
+    if total is None:  # pragma: no cover - prompts is not empty
+        raise InputError("head_means needs a non-empty list of prompts")
     return (total / count).float()
 
 
@@ -258,6 +263,7 @@ def _metric_rows(model: Model, ex: Sequence[tuple[list[int], list[int]]], spec: 
 def task_metric(model: Model, prompts: Sequence[str], targets: Sequence[str], *,
                 interventions: dict[str, Any] | None = None, batch_size: int = 16) -> dict[str, float]:
     """Mean target log-probability and accuracy (all target tokens greedy-correct)."""
+    check_batch_size(batch_size, "batch_size")
     ex = _examples(model, prompts, targets)
     lps, oks = [], []
     for s in range(0, len(ex), batch_size):
@@ -300,6 +306,7 @@ def head_ablation_effects(model: Model, prompts: Sequence[str], targets: Sequenc
 
     Batched: the examples are copied once per head of a chunk and each copy ablates its head.
     """
+    check_batch_size(batch_size, "batch_size")
     sm = site_map(model)
     ex = _examples(model, prompts, targets)
     values = _head_values(model, how, means, prompts)

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from ..errors import FormatError, InputError
 from ..hooks import run_with_cache
 from ..io import from_jsonable, load_tensors, save_tensors
+from ..memory import check_batch_size
 from ..model import Model
 from ..result import Result
 from ..sites import site_map
@@ -351,6 +352,7 @@ class TunedLens(Result):
 def lens_kl(model: Model, texts: Sequence[str], lens: TunedLens | None = None, *, batch_size: int = 8,
             max_tokens: int = 128) -> np.ndarray:
     """Mean ``KL(final ‖ lens)`` per lens row over every token of ``texts``: ``[n_layers + 1]``."""
+    check_batch_size(batch_size, "batch_size")
     if lens is not None:
         lens.check(model)
     limit = min(max_tokens, model.max_length or max_tokens)

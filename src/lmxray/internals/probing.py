@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from ..errors import InputError
 from ..hooks import run_with_cache
 from ..io import from_jsonable
+from ..memory import check_batch_size
 from ..model import Model
 from ..result import Result
 from ..sites import site_map
@@ -115,6 +116,7 @@ def collect(model: Model, prompts: Sequence[Any], *, site: str = "resid_post", p
     Returns:
         ``(X [n_prompts, n_rows, d], layers, token_ids_at_position)``.
     """
+    check_batch_size(batch_size, "batch_size")
     sm = site_map(model)
     if site == "resid_post":
         names = [sm.name("resid_pre", 0)] + sm.by_layer("resid_post")
