@@ -89,7 +89,7 @@ def zoo_texts(tasks: list[str] | None, n: int, split: str) -> list[str]:
 def lens(
     prompt: Annotated[str, typer.Argument(help="The prompt to read layer by layer.", show_default=False)],
     target: Annotated[str | None, typer.Option("--target", "-t", metavar="TEXT",
-                                                  help="Token to track [default: each position's final top-1].")] = None,
+                                                  help="Token to track, one token (default: each position's final top-1).")] = None,
     tuned: Annotated[Path | None, typer.Option("--tuned", metavar="FILE", dir_okay=False,
                                                   help="Use a tuned lens (.safetensors from lens-train).")] = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1, metavar="K", help="Top tokens per cell.")] = 5,
@@ -119,7 +119,7 @@ def lens_train(
     corpus: Annotated[Path | None, typer.Option("--corpus", metavar="FILE", exists=False,
                                                    help="Training text, one example per line.")] = None,
     zoo: Annotated[str, typer.Option("--zoo", metavar="TASKS",
-                                     help="Zoo tasks to take text from (comma list) [default: the zoo corpus].")] = "",
+                                     help="Zoo tasks to take text from (comma list) (default: the zoo corpus).")] = "",
     n: Annotated[int, typer.Option("--n", min=1, help="Zoo texts (per task with --zoo).")] = 2000,
     steps: Annotated[int, typer.Option("--steps", min=1, help="Optimiser steps.")] = 250,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
@@ -183,7 +183,7 @@ def trace(
                                                    help="Corrupted prompt (same token count): activation patching.")] = None,
     subject: Annotated[str | None, typer.Option("--subject", metavar="TEXT",
                                                    help="Subject substring to noise: ROME causal tracing.")] = None,
-    answer: Annotated[str | None, typer.Option("--answer", metavar="TEXT", help="Answer token [default: clean top-1].")] = None,
+    answer: Annotated[str | None, typer.Option("--answer", metavar="TEXT", help="Answer token (default: clean top-1).")] = None,
     foil: Annotated[str | None, typer.Option("--foil", metavar="TEXT", help="Foil for the logit difference.")] = None,
     sites: Annotated[str, typer.Option("--sites", metavar="KINDS", help="Patching: comma list of resid_pre, resid_post, attn.out, mlp.out, attn.head_out.")] = "resid_pre,attn.out,mlp.out",
     positions: Annotated[str, typer.Option("--positions", metavar="each|all")] = "each",
@@ -274,7 +274,7 @@ def _patch(m: Any, prompt: Any, corrupt: Any, answer: Any, foil: Any, sites: str
 # --------------------------------------------------------------------------- heads
 def heads(
     ctx: typer.Context,
-    prompts: Annotated[list[str] | None, typer.Argument(help="Prompts [default: the zoo induction task for the embedded model, else repeated random tokens].", show_default=False)] = None,
+    prompts: Annotated[list[str] | None, typer.Argument(help="Prompts (default: the zoo induction task for the embedded model, else repeated random tokens).", show_default=False)] = None,
     n_seqs: Annotated[int, typer.Option("--n-seqs", min=1)] = 16,
     seq_len: Annotated[int, typer.Option("--seq-len", min=2)] = 20,
     kind: Annotated[str, typer.Option("--kind", metavar="KIND", help="Score for the PNG: previous_token, duplicate_token, induction.")] = "induction",
