@@ -263,13 +263,13 @@ API_CASES: list[ApiCase] = [
             "batch_size"),
     ApiCase("lens-kl-batch-size-zero", lambda tmp: _api("lens_kl")(_tiny(), [P], batch_size=0), "batch_size"),
     # probes
-    ApiCase("probe-batch-size-zero", lambda tmp: _probe([P] * 4, ["a", "b"] * 2, cv=2, batch_size=0), "batch_size"),
-    ApiCase("probe-one-class", lambda tmp: _probe([P] * 4, ["a"] * 4), "single class"),
-    ApiCase("probe-mismatched-labels", lambda tmp: _probe([P] * 4, ["a", "b"]), "one label per prompt"),
-    ApiCase("probe-cv-one", lambda tmp: _probe([P] * 4, ["a", "b"] * 2, cv=1), "cv must be in"),
-    ApiCase("probe-unknown-site", lambda tmp: _probe([P] * 4, ["a", "b"] * 2, cv=2, site="attn.pattern"),
+    ApiCase("probe-api-batch-size-zero", lambda tmp: _probe([P] * 4, ["a", "b"] * 2, cv=2, batch_size=0), "batch_size"),
+    ApiCase("probe-api-one-class", lambda tmp: _probe([P] * 4, ["a"] * 4), "single class"),
+    ApiCase("probe-api-mismatched-labels", lambda tmp: _probe([P] * 4, ["a", "b"]), "one label per prompt"),
+    ApiCase("probe-api-cv-one", lambda tmp: _probe([P] * 4, ["a", "b"] * 2, cv=1), "cv must be in"),
+    ApiCase("probe-api-unknown-site", lambda tmp: _probe([P] * 4, ["a", "b"] * 2, cv=2, site="attn.pattern"),
             "cannot probe"),
-    ApiCase("probe-position-out-of-range", lambda tmp: _probe([P] * 4, ["a", "b"] * 2, cv=2, position=40),
+    ApiCase("probe-api-position-out-of-range", lambda tmp: _probe([P] * 4, ["a", "b"] * 2, cv=2, position=40),
             "is outside prompt"),
 ]
 
