@@ -53,7 +53,8 @@ def test_every_internals_result_is_a_result():
         assert issubclass(cls, Result)
     for cls, kinds in ((LensResult, "console html png"), (PatchingResult, "console html png"),
                        (TraceResult, "console html png"), (TraceSummary, "console html png"),
-                       (HeadScores, "console html png"), (ProbeResult, "console")):
+                       (HeadScores, "console html png"), (ProbeResult, "console html"),
+                       (TunedLens, "console html")):
         for kind in kinds.split():
             fn = renderer_for(cls, kind)
             assert fn is not None and fn.__module__ == "lmxray.render.internals", (cls, kind)
@@ -119,6 +120,7 @@ def test_old_tuned_lens_loads_with_equal_numbers(tiny, tmp_path):
     back = TunedLens.load(lens.save(tmp_path / "l.safetensors"))
     assert torch.equal(back.weight, lens.weight) and back.info == lens.info and back.n_layers == 4
     assert (tmp_path / "l.safetensors").stat().st_mode & 0o777 == _file_mode()
+    assert "tuned lens" in lens._repr_html_() and "4 translators" in "".join(str(x) for x in lens.renderables())
 
 
 def _file_mode() -> int:

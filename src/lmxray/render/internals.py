@@ -22,7 +22,7 @@ from rich.text import Text
 
 from ..errors import InputError
 from ..internals.heads import HeadScores
-from ..internals.lens import LensResult
+from ..internals.lens import LensResult, TunedLens
 from ..internals.patching import PatchingResult
 from ..internals.probing import ProbeResult
 from ..internals.tracing import TraceResult, TraceSummary
@@ -32,7 +32,8 @@ from .plots import heatmap_png
 
 __all__ = [
     "token_label", "position_labels", "heatmap_bytes", "section", "page", "matrix_table",
-    "lens_html", "patching_html", "trace_html", "trace_summary_html", "heads_html",
+    "lens_html", "patching_html", "trace_html", "trace_summary_html", "heads_html", "probe_html",
+    "tuned_lens_html",
 ]
 
 
@@ -397,3 +398,40 @@ def heads_png(r: HeadScores, kind: str = "induction") -> bytes:
 @register_renderer(ProbeResult, "console")
 def probe_renderables(r: ProbeResult) -> Iterator[Any]:
     yield Text(r.table())
+
+
+@register_renderer(ProbeResult, "html")
+def probe_html(r: ProbeResult, standalone: bool = True) -> str:
+    facts = [("model", r.model_name), ("site", r.site), ("examples", r.n_examples),
+             ("labels", ", ".join(r.labels)), ("control types", r.n_types), ("majority", f"{r.majority:.3f}")]
+    rows = ["embed" if layer < 0 else str(layer) for layer in r.layers]
+    m = np.stack([r.accuracy, r.control_accuracy, r.selectivity], axis=1)
+    return page("lmxray · linear probes", facts,
+                [section("accuracy, control-task accuracy and selectivity per layer", m, rows,
+                         ["accuracy", "control", "selectivity"], center=False, bar_label="accuracy")])
+
+
+def _tuned_lens_kl(lens: TunedLens) -> tuple[np.ndarray, list[str]] | None:
+    a, b = lens.info.get("heldout_kl_logit"), lens.info.get("heldout_kl_tuned")
+    if not a or not b or len(a) != len(b):
+        return None
+    return np.asarray([a, b], dtype=np.float64), ["embed"] + [str(i) for i in range(len(a) - 1)]
+
+
+@register_renderer(TunedLens, "console")
+def tuned_lens_renderables(lens: TunedLens) -> Iterator[Any]:
+    yield _line(f"tuned lens for {lens.model_name or 'a model'}: {lens.n_layers} translators, d={lens.d_model}")
+    kl = _tuned_lens_kl(lens)
+    if kl is not None:
+        yield matrix_table("held-out KL(final ‖ lens), nats", kl[0], ["logit lens", "tuned lens"], kl[1],
+                           fmt="{:.4f}")
+
+
+@register_renderer(TunedLens, "html")
+def tuned_lens_html(lens: TunedLens, standalone: bool = True) -> str:
+    facts = [("model", lens.model_name), ("translators", lens.n_layers), ("d_model", lens.d_model),
+             ("corpus", lens.info.get("corpus", "")), ("steps", lens.info.get("steps", ""))]
+    kl = _tuned_lens_kl(lens)
+    secs = [] if kl is None else [section("held-out KL(final ‖ lens) in nats", kl[0], ["logit lens", "tuned lens"],
+                                          kl[1], center=False, bar_label="nats")]
+    return page("lmxray · tuned lens", facts, secs)
