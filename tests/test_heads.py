@@ -126,7 +126,8 @@ def test_roundtrip_and_pictures(tmp_path):
     back = HeadScores.load(r.save(tmp_path / "h.json"))
     np.testing.assert_allclose(back.scores["induction"], r.scores["induction"])
     assert back.ablation is not None
-    assert r.to_png(tmp_path / "h.png").exists() and r.to_png(tmp_path / "a.png", "ablation").exists()
+    assert r.to_png(tmp_path / "h.png")[:4] == b"\x89PNG" and (tmp_path / "h.png").exists()
+    assert r.to_png(tmp_path / "a.png", "ablation")[:4] == b"\x89PNG" and (tmp_path / "a.png").exists()
     assert "induction score" in r.to_html()
     with pytest.raises(InputError):
         r.top("nope")

@@ -12,8 +12,8 @@ import typer
 from typer.testing import CliRunner
 
 from lmxray import cli
+from lmxray.cli import internals as cli_internals
 from lmxray.cli.internals import register
-from lmxray.internals import _zoo
 
 runner = CliRunner()
 
@@ -59,7 +59,7 @@ def assert_clean_error(result, outputs=()):
 
 def test_lens_writes_json_html_png(tiny_dir, tmp_path):
     j, h, p = tmp_path / "l.json", tmp_path / "l.html", tmp_path / "l.png"
-    r = invoke("lens", "The capital of France is", "--target", " Paris", "--model", tiny_dir,
+    r = invoke("lens", "The capital of France is", "--target", " Rome", "--model", tiny_dir,
                "--json", j, "--html", h, "--png", p)
     ok(r)
     d = json.loads(j.read_text())
@@ -119,13 +119,26 @@ def test_trace_patching_and_causal_tracing(tiny_dir, tmp_path):
 def test_trace_zoo_facts(tiny_dir, tmp_path, monkeypatch):
     items = [{"prompt": "The capital of France is", "target": " Paris", "meta": {"subject": "France"}},
              {"prompt": "Berlin is in Germany, Madrid is in", "target": " Spain", "meta": {"subject": "Madrid"}}]
-    monkeypatch.setattr(_zoo, "zoo_examples", lambda *a, **k: items)
+    monkeypatch.setattr(cli_internals, "zoo_examples", lambda *a, **k: items)
     ck = tmp_path / "ck.jsonl"
     r = invoke("trace", "--zoo-facts", "2", "--samples", "2", "--model", tiny_dir, "--checkpoint", ck,
                "--json", tmp_path / "s.json")
     # the tiny random model knows none of these facts: a clean one-line error
     assert_clean_error(r, [tmp_path / "s.json"])
-    assert len(ck.read_text().splitlines()) == 2
+    head, *rows = [json.loads(x) for x in ck.read_text().splitlines()]
+    assert head["format"] == "lmxray.trace-checkpoint/1" and head["options"]["n_samples"] == 2
+    assert [r["index"] for r in rows] == [0, 1]
+    before = ck.read_bytes()
+    # the checkpoint of another run (other options) is refused and left as it was
+    r = invoke("trace", "--zoo-facts", "2", "--samples", "3", "--model", tiny_dir, "--checkpoint", ck)
+    assert_clean_error(r)
+    assert "another run" in r.stderr and "n_samples" in r.stderr and ck.read_bytes() == before
+    # an unrelated file is never appended to
+    other = tmp_path / "notes.jsonl"
+    other.write_text('{"my": "data"}\n')
+    r = invoke("trace", "--zoo-facts", "2", "--samples", "2", "--model", tiny_dir, "--checkpoint", other)
+    assert_clean_error(r)
+    assert "not a trace checkpoint" in r.stderr and other.read_text() == '{"my": "data"}\n'
 
 
 def test_heads(tiny_dir, tmp_path):
@@ -145,7 +158,7 @@ def test_heads_ablation_and_probe_on_zoo_items(tiny_dir, tmp_path, monkeypatch):
     facts = [{"prompt": t.format(c), "target": " x", "meta": {"subject": c, "relation": "capital",
                                                             "continent": "Europe" if i % 2 else "Asia"}}
              for i, c in enumerate(countries) for t in ("The capital of {} is", "{} has a capital called")]
-    monkeypatch.setattr(_zoo, "zoo_examples", lambda task, *a, **k: induction if task == "induction" else facts)
+    monkeypatch.setattr(cli_internals, "zoo_examples", lambda task, *a, **k: induction if task == "induction" else facts)
     r = invoke("heads", "--n-seqs", "2", "--seq-len", "5", "--ablate-zoo", "induction", "--top", "2",
                "--model", tiny_dir, "--json", tmp_path / "h.json")
     ok(r)
@@ -155,3 +168,23 @@ def test_heads_ablation_and_probe_on_zoo_items(tiny_dir, tmp_path, monkeypatch):
     ok(r)
     d = json.loads((tmp_path / "p.json").read_text())
     assert d["format"] == "lmxray.probe/1" and d["n_types"] == 10 and "selectivity" in r.stdout
+
+
+def test_ctrl_c_in_a_checkpointed_trace_says_how_to_resume(tmp_path, monkeypatch):
+    """Ctrl-C during ``trace --zoo-facts --checkpoint`` is re-raised as an interruption whose
+    one line says to rerun the same command (without a checkpoint: a plain interruption)."""
+    from lmxray.cli import _common
+    from lmxray.internals import tracing
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_internals, "zoo_facts", lambda n: [{"prompt": "a b", "subject": "a", "answer": " b"}])
+    monkeypatch.setattr(tracing, "trace_facts", interrupted)
+    line = getattr(_common, "interrupted_message", str)
+    with pytest.raises(KeyboardInterrupt) as info:
+        cli_internals._trace_zoo_facts(None, 1, 10, 2, 3.0, tmp_path / "ck.jsonl")
+    assert "rerun the same command to resume" in line(info.value)
+    with pytest.raises(KeyboardInterrupt) as info:
+        cli_internals._trace_zoo_facts(None, 1, 10, 2, 3.0, None)
+    assert "rerun" not in line(info.value)

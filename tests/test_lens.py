@@ -105,7 +105,8 @@ def test_result_roundtrip_and_pictures(tmp_path):
     back = LensResult.load(r.save(tmp_path / "l.json"))
     np.testing.assert_allclose(back.target_prob, r.target_prob)
     assert back.top_tokens == r.top_tokens and back.target == r.target
-    assert r.to_png(tmp_path / "l.png").exists()
+    png = r.to_png(tmp_path / "l.png")
+    assert png[:4] == b"\x89PNG" and (tmp_path / "l.png").read_bytes() == png
     assert "top-1 token" in r.to_html(tmp_path / "l.html")
     with pytest.raises(InputError):
         r.to_png(tmp_path / "x.png", what="nope")

@@ -199,7 +199,7 @@ def test_result_roundtrip_and_pictures(tmp_path):
     html = r.to_html(tmp_path / "p.html")
     assert "<script" not in html and "resid_pre" in html
     png = r.to_png(tmp_path / "p.png", "attn.head_out")
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "p.png").read_bytes() == png
     (tmp_path / "bad.json").write_text('{"format": "lmxray.attribution/1"}')
     with pytest.raises(FormatError):
         PatchingResult.load(tmp_path / "bad.json")

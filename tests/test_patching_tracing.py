@@ -111,7 +111,8 @@ def test_buckets_and_roundtrip(tmp_path):
     back = TraceResult.load(r.save(tmp_path / "t.json"))
     np.testing.assert_allclose(back.restored["resid_post"], r.restored["resid_post"])
     assert back.subject == r.subject
-    assert r.to_png(tmp_path / "t.png").exists() and "causal tracing" in r.to_html()
+    assert r.to_png(tmp_path / "t.png")[:4] == b"\x89PNG" and (tmp_path / "t.png").exists()
+    assert "causal tracing" in r.to_html()
 
 
 def test_trace_facts_resumes_from_its_checkpoint(tmp_path, monkeypatch):
@@ -121,7 +122,8 @@ def test_trace_facts_resumes_from_its_checkpoint(tmp_path, monkeypatch):
              {"prompt": "Mary and John went", "subject": "John", "answer": top}]
     ck = tmp_path / "ck.jsonl"
     s = trace_facts(m, facts, n_samples=2, checkpoint=ck, progress=False)
-    rows = [json.loads(x) for x in ck.read_text().splitlines()]
+    head, *rows = [json.loads(x) for x in ck.read_text().splitlines()]
+    assert head["format"] == "lmxray.trace-checkpoint/1" and head["n_facts"] == 3
     assert len(rows) == 3 and s.n + s.n_skipped == 3 and s.n >= 1
     assert s.aie["resid_post"].shape == (2, 6)
     assert "AIE of restoring resid_post" in s.table()

@@ -27,10 +27,29 @@ import numpy as np
 import torch
 
 
+def facts(n: int | None = 100, relation: str | None = None) -> list[dict[str, Any]]:
+    """The zoo's facts as records (what ``lmxray trace --zoo-facts`` and ``lmxray probe`` use)."""
+    from lmxray import zoo
+    from lmxray.internals import fact_records
+
+    return fact_records(zoo.generate("facts", "test", None if relation else n, 0), n=n, relation=relation)
+
+
+def zoo_examples(task: str, split: str = "test", n: int | None = 100) -> list[Any]:
+    from lmxray import zoo
+
+    return list(zoo.generate(task, split, n, 0))
+
+
+def texts(n: int, split: str) -> list[str]:
+    from lmxray import zoo
+
+    return list(zoo.corpus(split, n=n, seed=0))
+
+
 def trace(m: Any, n: int, only_known: bool = True, kinds: tuple[str, ...] = ("resid_post",),
           window: int = 10) -> dict[str, Any]:
     from lmxray.internals import trace_facts
-    from lmxray.internals._zoo import facts
 
     items = facts(n=n)
     s = trace_facts(m, items, progress=False, only_known=only_known, kinds=kinds, window=window)
@@ -43,7 +62,6 @@ def trace(m: Any, n: int, only_known: bool = True, kinds: tuple[str, ...] = ("re
 
 
 def _prompts(m: Any, task: str, n: int) -> tuple[list[str], list[str]]:
-    from lmxray.internals._zoo import zoo_examples
 
     limit = m.max_length or 10**9
     ex = [e for e in zoo_examples(task, "test", n) if len(m.encode(e.prompt + e.target)) <= limit]
@@ -97,7 +115,6 @@ def heads(m: Any, n: int, k: int) -> dict[str, Any]:
 def atp(m: Any, n: int) -> dict[str, Any]:
     from lmxray.errors import InputError
     from lmxray.internals import activation_patching, attribution_patching
-    from lmxray.internals._zoo import zoo_examples
 
     kinds = ["resid_pre", "attn.out", "mlp.out", "attn.head_out"]
     exact: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
@@ -134,7 +151,6 @@ def atp(m: Any, n: int) -> dict[str, Any]:
 
 def probes(m: Any) -> dict[str, Any]:
     from lmxray.internals import probe, subject_positions
-    from lmxray.internals._zoo import facts
 
     items = [f for f in facts(n=None, relation="capital") if f["continent"]]
     pos = [max(subject_positions(m, f["prompt"], f["subject"])) for f in items]
@@ -148,10 +164,9 @@ def probes(m: Any) -> dict[str, Any]:
 
 def lens(m: Any, steps: int) -> dict[str, Any]:
     from lmxray.internals import TunedLens, lens_kl
-    from lmxray.internals._zoo import texts
 
-    train = texts(None, n=2000, split="train")
-    test = [t for t in texts(None, n=400, split="test") if t not in set(train)]
+    train = texts(n=2000, split="train")
+    test = [t for t in texts(n=400, split="test") if t not in set(train)]
     tl = TunedLens.fit(m, train, steps=steps, progress=False)
     a, b = lens_kl(m, test), lens_kl(m, test, tl)
     labels = ["embed"] + [str(i) for i in range(m.n_layers)]
@@ -194,7 +209,7 @@ def main() -> None:
         out[name + "_seconds"] = time.perf_counter() - t
         print(f"({time.perf_counter() - t:.1f} s)")
     if args.json:
-        from lmxray.internals._result import to_jsonable
+        from lmxray.io import to_jsonable
 
         with open(args.json, "w") as fh:
             json.dump(to_jsonable(out), fh, indent=1, default=float)

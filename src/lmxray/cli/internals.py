@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import InputError
-from ._common import DeviceOpt, ModelOpt, PngOpt, ResultJsonOpt
+from ._common import DeviceOpt, ModelOpt, PngOpt, ResultJsonOpt, resumable
 
 __all__ = ["register"]
 
@@ -27,26 +27,27 @@ _Html = Annotated[Path | None, typer.Option("--html", metavar="FILE", dir_okay=F
 _Png = PngOpt
 
 
+EMBEDDED = "lmxray-tiny"
+
+
 def _split(text: str | None) -> list[str]:
     return [s.strip() for s in (text or "").split(",") if s.strip()]
 
 
 def _prepare(*paths: Path | None) -> tuple[Any, Any]:
-    from ._common import check_outputs
-    from ._common import consoles as _consoles
+    from ._common import check_outputs, consoles
 
     check_outputs(*paths)
-    return _consoles()
+    return consoles()
 
 
 def _write(result: Any, json_out: Path | None, html_out: Path | None, png_out: Path | None, err: Any,
-           png: Any = None) -> None:
-    from ._common import write_outputs
+           **png_kw: Any) -> None:
+    """Render every output first, then write them all (atomically)."""
+    from ._common import render_png, write_outputs
 
-    write_outputs([(json_out, lambda: result.to_json() + "\n"), (html_out, lambda: result.to_html())], err)
-    if png_out is not None:
-        (png or result.to_png)(png_out)
-        err.print(f"wrote {png_out}", style="dim", highlight=False, markup=False)
+    write_outputs([(json_out, lambda: result.to_json() + "\n"), (html_out, lambda: result.to_html()),
+                   (png_out, lambda: render_png(lambda buf: buf.write(result.to_png(**png_kw))))], err)
 
 
 def _load(model: str | None, device: str | None) -> Any:
@@ -55,11 +56,36 @@ def _load(model: str | None, device: str | None) -> Any:
     return load_model(model, device)
 
 
+# --------------------------------------------------------------------------- zoo data
+def zoo_examples(task: str, split: str = "test", n: int | None = 100, seed: int = 0) -> list[Any]:
+    """Examples of a zoo task (``lmxray.zoo.generate``: prompt, target, character spans, meta)."""
+    from .. import zoo
+
+    return list(zoo.generate(task, split, n, seed))
+
+
+def zoo_facts(n: int | None = 100, relation: str | None = None, seed: int = 0) -> list[dict[str, Any]]:
+    """The zoo's facts as records (:func:`lmxray.zoo.records.facts`)."""
+    from ..zoo.records import facts
+
+    return facts(n, seed=seed, relation=relation)
+
+
+def zoo_texts(tasks: list[str] | None, n: int, split: str) -> list[str]:
+    """Text to train a tuned lens on: the zoo corpus (mixed tasks), or the given tasks' examples."""
+    from .. import zoo
+    from ..internals.data import example_texts
+
+    if not tasks:
+        return list(zoo.corpus(split, n=n, seed=0))
+    return [t for task in tasks for t in example_texts(zoo_examples(task, split, n))]
+
+
 # --------------------------------------------------------------------------- lens
 def lens(
     prompt: Annotated[str, typer.Argument(help="The prompt to read layer by layer.", show_default=False)],
     target: Annotated[str | None, typer.Option("--target", "-t", metavar="TEXT",
-                                                  help="Token to track [default: each position's final top-1].")] = None,
+                                                  help="Token to track, one token (default: each position's final top-1).")] = None,
     tuned: Annotated[Path | None, typer.Option("--tuned", metavar="FILE", dir_okay=False,
                                                   help="Use a tuned lens (.safetensors from lens-train).")] = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1, metavar="K", help="Top tokens per cell.")] = 5,
@@ -71,11 +97,14 @@ def lens(
     from ..internals.lens import TunedLens, logit_lens
 
     out, err = _prepare(json_out, html_out, png_out)
+    if not prompt.strip():
+        raise InputError("the prompt is empty; give the text to read layer by layer")
     tl = TunedLens.load(tuned) if tuned is not None else None
     m = _load(model, device)
     r = logit_lens(m, prompt, target, top_k=top_k, lens=tl)
     if not -len(r.tokens) <= position < len(r.tokens):
-        raise InputError(f"--position {position} is outside the prompt's {len(r.tokens)} tokens")
+        raise InputError(f"--position {position} is outside the prompt's {len(r.tokens)} tokens "
+                         f"(use {-len(r.tokens)}..{len(r.tokens) - 1})")
     if str(json_out) != "-":
         r.show(out, position=position)
     _write(r, json_out, html_out, png_out, err)
@@ -86,7 +115,7 @@ def lens_train(
     corpus: Annotated[Path | None, typer.Option("--corpus", metavar="FILE", exists=False,
                                                    help="Training text, one example per line.")] = None,
     zoo: Annotated[str, typer.Option("--zoo", metavar="TASKS",
-                                     help="Zoo tasks to take text from (comma list) [default: the zoo corpus].")] = "",
+                                     help="Zoo tasks to take text from (comma list) (default: the zoo corpus).")] = "",
     n: Annotated[int, typer.Option("--n", min=1, help="Zoo texts (per task with --zoo).")] = 2000,
     steps: Annotated[int, typer.Option("--steps", min=1, help="Optimiser steps.")] = 250,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
@@ -95,55 +124,52 @@ def lens_train(
     model: _Model = None, device: _Device = None, json_out: _Json = None,
 ) -> None:
     """Train a tuned lens; print held-out KL(final ‖ lens) per layer for the logit and tuned lens."""
-    import numpy as np
-
-    from ..internals._result import to_jsonable
-    from ..internals._zoo import texts as zoo_texts
     from ..internals.lens import TunedLens, lens_kl
-    from ..io import atomic_write_text
+    from ..io import dumps
+    from ..render.internals import matrix_table
+    from ._common import write_outputs
 
     out, err = _prepare(out_file, json_out)
-    rng = np.random.default_rng(0)
-    if corpus is not None:
-        if not corpus.is_file():
-            raise InputError(f"no corpus file at {corpus}")
-        lines = [ln.strip() for ln in corpus.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
-        if len(lines) < 10:
-            raise InputError(f"only {len(lines)} training texts in {corpus}; give at least 10")
-        order = rng.permutation(len(lines))
-        k = max(1, int(len(lines) * held_out))
-        test = [lines[i] for i in order[:k]]
-        train = [lines[i] for i in order[k:]]
-        source = str(corpus)
-    else:  # the zoo's train split to fit, its held-out test split to evaluate
-        tasks = _split(zoo) or None
-        train = zoo_texts(tasks, n=n, split="train")
-        seen = set(train)
-        test = [t for t in zoo_texts(tasks, n=max(20, int(n * held_out)), split="test") if t not in seen]
-        source = f"zoo:{zoo or 'corpus'}"
-        if not test:
-            raise InputError("the zoo gave no held-out text; pass --corpus")
+    train, test, source = _lens_texts(corpus, zoo, n, held_out)
     m = _load(model, device)
     tl = TunedLens.fit(m, train, steps=steps, batch_size=batch_size, lr=lr)
     tl.info["corpus"] = source
     kl_logit, kl_tuned = lens_kl(m, test), lens_kl(m, test, tl)
     tl.info.update(heldout_kl_logit=kl_logit.tolist(), heldout_kl_tuned=kl_tuned.tolist())
     labels = ["embed"] + [str(i) for i in range(m.n_layers)]
-    from ..internals._render import show_matrix
-
-    show_matrix(f"held-out KL(final ‖ lens), nats ({len(test)} texts)", np.stack([kl_logit, kl_tuned]),
-                ["logit lens", "tuned lens"], labels, out, fmt="{:.4f}")
+    if str(json_out) != "-":
+        out.print(matrix_table(f"held-out KL(final ‖ lens), nats ({len(test)} texts)",
+                               [kl_logit, kl_tuned], ["logit lens", "tuned lens"], labels, fmt="{:.4f}"))
+    report = dumps({"format": "lmxray.lens-train/1", "model": m.name, "layers": labels,
+                    "kl_logit": kl_logit, "kl_tuned": kl_tuned, "info": tl.info}) + "\n"
     tl.save(out_file)
     err.print(f"wrote {out_file}", style="dim", highlight=False, markup=False)
-    if json_out is not None:
-        import json
+    write_outputs([(json_out, lambda: report)], err)
 
-        text = json.dumps(to_jsonable({"format": "lmxray.lens-train/1", "model": m.name, "layers": labels,
-                                       "kl_logit": kl_logit, "kl_tuned": kl_tuned, "info": tl.info})) + "\n"
-        if str(json_out) == "-":
-            print(text, end="")
-        else:
-            atomic_write_text(json_out, text)
+
+def _lens_texts(corpus: Path | None, zoo: str, n: int, held_out: float) -> tuple[list[str], list[str], str]:
+    """``(train, held-out, source)`` texts from ``--corpus`` (UTF-8, one per line) or the zoo."""
+    import numpy as np
+
+    from ..io import read_text
+
+    if corpus is not None:
+        if zoo:
+            raise InputError("give --corpus or --zoo, not both")
+        lines = [ln.strip() for ln in read_text(corpus, what="corpus").splitlines() if ln.strip()]
+        if len(lines) < 10:
+            raise InputError(f"only {len(lines)} training texts in {corpus}; give at least 10 (one per line)")
+        order = np.random.default_rng(0).permutation(len(lines))
+        k = max(1, int(len(lines) * held_out))
+        return [lines[i] for i in order[k:]], [lines[i] for i in order[:k]], str(corpus)
+    # the zoo's train split to fit, its held-out test split to evaluate
+    tasks = _split(zoo) or None
+    train = zoo_texts(tasks, n, "train")
+    seen = set(train)
+    test = [t for t in zoo_texts(tasks, max(20, int(n * held_out)), "test") if t not in seen]
+    if not test:
+        raise InputError("the zoo gave no held-out text; pass --corpus")
+    return train, test, f"zoo:{zoo or 'corpus'}"
 
 
 # --------------------------------------------------------------------------- trace
@@ -153,7 +179,7 @@ def trace(
                                                    help="Corrupted prompt (same token count): activation patching.")] = None,
     subject: Annotated[str | None, typer.Option("--subject", metavar="TEXT",
                                                    help="Subject substring to noise: ROME causal tracing.")] = None,
-    answer: Annotated[str | None, typer.Option("--answer", metavar="TEXT", help="Answer token [default: clean top-1].")] = None,
+    answer: Annotated[str | None, typer.Option("--answer", metavar="TEXT", help="Answer token (default: clean top-1).")] = None,
     foil: Annotated[str | None, typer.Option("--foil", metavar="TEXT", help="Foil for the logit difference.")] = None,
     sites: Annotated[str, typer.Option("--sites", metavar="KINDS", help="Patching: comma list of resid_pre, resid_post, attn.out, mlp.out, attn.head_out.")] = "resid_pre,attn.out,mlp.out",
     positions: Annotated[str, typer.Option("--positions", metavar="each|all")] = "each",
@@ -175,33 +201,48 @@ def trace(
         raise InputError("give exactly one of --corrupt (patching), --subject (causal tracing) or --zoo-facts N")
     if zoo_facts is None and prompt is None:
         raise InputError("missing PROMPT (the clean prompt)")
+    if zoo_facts is not None and prompt is not None:
+        raise InputError("--zoo-facts traces the zoo's fact prompts; drop the PROMPT argument")
+    if checkpoint is not None and zoo_facts is None:
+        raise InputError("--checkpoint applies to --zoo-facts runs only; drop it")
+    if corrupt is None and (attribution or foil is not None):
+        raise InputError("--attribution and --foil apply to activation patching (--corrupt) only")
+    if prompt is not None and not prompt.strip():
+        raise InputError("the prompt is empty; give the clean prompt")
     out, err = _prepare(json_out, html_out, png_out, checkpoint)
     m = _load(model, device)
     if zoo_facts is not None:
-        from ..internals._zoo import facts
-        from ..internals.tracing import trace_facts
-
-        s = trace_facts(m, facts(n=zoo_facts), window=window, n_samples=samples, noise=noise,
-                        checkpoint=checkpoint)
-        if str(json_out) != "-":
-            for kind in s.aie:
-                out.print(s.table(kind), markup=False, highlight=False)
-        _write(s, json_out, html_out, png_out, err)
-        return
-    assert prompt is not None
-    if subject is not None:
+        r: Any = _trace_zoo_facts(m, zoo_facts, window, samples, noise, checkpoint)
+    elif subject is not None:
         from ..internals.tracing import causal_trace
 
-        r = causal_trace(m, prompt, subject, answer, window=window, n_samples=samples, noise=noise, progress=True)
-        if str(json_out) != "-":
-            from ..internals._render import show_matrix
+        r = causal_trace(m, str(prompt), subject, answer, window=window, n_samples=samples, noise=noise, progress=True)
+    else:
+        r = _patch(m, prompt, corrupt, answer, foil, sites, positions, metric, attribution)
+    if str(json_out) != "-":
+        r.show(out)
+        if "attribution_pearson_r" in r.info:
+            out.print("attribution patching vs exact, Pearson r: " +
+                      ", ".join(f"{k} {v:.3f}" for k, v in r.info["attribution_pearson_r"].items()),
+                      markup=False, soft_wrap=True)
+    _write(r, json_out, html_out, png_out, err)
 
-            out.print(f"P({r.answer!r}) clean {r.p_clean:.4f}, corrupted {r.p_corrupt:.4f}", markup=False)
-            show_matrix("P(answer) after restoring resid_post (rows: tokens, columns: layers)",
-                        r.restored["resid_post"].T, [f"{i} {t}" for i, t in enumerate(r.tokens)],
-                        [str(i) for i in range(m.n_layers)], out)
-        _write(r, json_out, html_out, png_out, err)
-        return
+
+def _trace_zoo_facts(m: Any, n: int, window: int, samples: int, noise: float, checkpoint: Path | None) -> Any:
+    """ROME's averaged table over ``n`` zoo facts; Ctrl-C with a checkpoint says how to resume."""
+    from ..internals.tracing import trace_facts
+
+    facts = zoo_facts(n=n)
+    if len(facts) < n:
+        raise InputError(f"the zoo has {len(facts)} facts; use --zoo-facts {len(facts)} or less")
+    with resumable(checkpoint is not None, f"checkpoint {checkpoint}"):
+        return trace_facts(m, facts, window=window, n_samples=samples, noise=noise, checkpoint=checkpoint)
+
+
+
+
+def _patch(m: Any, prompt: Any, corrupt: Any, answer: Any, foil: Any, sites: str, positions: str, metric: str,
+           attribution: bool) -> Any:
     from ..internals.patching import activation_patching, attribution_patching, compare
 
     kinds = _split(sites)
@@ -210,18 +251,13 @@ def trace(
     if attribution:
         ap = attribution_patching(m, prompt, corrupt, answer, foil, sites=kinds, positions=positions, metric=metric)
         r.info["attribution_pearson_r"] = compare(r, ap)
-    if str(json_out) != "-":
-        r.show(out)
-        if attribution:
-            out.print("attribution patching vs exact, Pearson r: " +
-                      ", ".join(f"{k} {v:.3f}" for k, v in r.info["attribution_pearson_r"].items()),
-                      markup=False, soft_wrap=True)
-    _write(r, json_out, html_out, png_out, err)
+    return r
 
 
 # --------------------------------------------------------------------------- heads
 def heads(
-    prompts: Annotated[list[str] | None, typer.Argument(help="Prompts [default: repeated random tokens].", show_default=False)] = None,
+    ctx: typer.Context,
+    prompts: Annotated[list[str] | None, typer.Argument(help="Prompts (default: the zoo induction task for the embedded model, else repeated random tokens).", show_default=False)] = None,
     n_seqs: Annotated[int, typer.Option("--n-seqs", min=1)] = 16,
     seq_len: Annotated[int, typer.Option("--seq-len", min=2)] = 20,
     kind: Annotated[str, typer.Option("--kind", metavar="KIND", help="Score for the PNG: previous_token, duplicate_token, induction.")] = "induction",
@@ -232,64 +268,101 @@ def heads(
     model: _Model = None, device: _Device = None, json_out: _Json = None, html_out: _Html = None,
     png_out: _Png = None,
 ) -> None:
-    """Previous-token, duplicate-token and induction scores of every head (and ablation)."""
-    from ..internals.heads import SCORE_KINDS, ablate_heads, head_scores, random_heads_control
+    """Previous-token, duplicate-token and induction scores of every head (and ablation).
+
+    Without prompts, the embedded model is scored on the zoo's induction task (--n examples),
+    where its circuit shows; other models, or --n-seqs / --seq-len, use repeated random tokens.
+    """
+    from ..internals.heads import SCORE_KINDS, head_scores
 
     if kind not in SCORE_KINDS:
         raise InputError(f"--kind must be one of {', '.join(SCORE_KINDS)}")
     out, err = _prepare(json_out, html_out, png_out)
     m = _load(model, device)
-    r = head_scores(m, prompts or None, n_seqs=n_seqs, seq_len=seq_len)
+    if prompts:
+        r = head_scores(m, prompts)
+    elif m.name == EMBEDDED and not _given(ctx, "n_seqs", "seq_len"):
+        r = head_scores(m, _induction_texts(m, n), data="the zoo induction task, test split")
+    else:
+        r = head_scores(m, None, n_seqs=n_seqs, seq_len=seq_len)
     if ablate_zoo is not None:
-        from ..internals._zoo import zoo_examples
-
-        ex = zoo_examples(ablate_zoo, "test", n)
-        ps = [e["prompt"] if isinstance(e, dict) else e.prompt for e in ex]
-        ts = [e["target"] if isinstance(e, dict) else e.target for e in ex]
-        chosen = [h for h, _ in r.top("induction", top)]
-        res = ablate_heads(m, chosen, ps, ts)
-        ctrl = random_heads_control(m, len(chosen), ps, ts, exclude=chosen)
-        r.info["ablation"] = {"task": ablate_zoo, "heads": chosen, **res,
-                              "random": [{k: v for k, v in c.items()} for c in ctrl]}
+        r.info["ablation"] = _ablate(m, r, ablate_zoo, n, top)
     if str(json_out) != "-":
-        for k in SCORE_KINDS:
-            out.print(f"{k}: " + ", ".join(f"L{lh[0]}H{lh[1]} {v:.3f}" for lh, v in r.top(k, top)),
-                      markup=False, highlight=False, soft_wrap=True)
+        r.show(out, top=top)
         if ablate_zoo is not None:
-            a = r.info["ablation"]
-            rnd = [c["accuracy"] for c in a["random"]]
-            rlp = [c["logprob"] for c in a["random"]]
-            out.print(f"{ablate_zoo}: accuracy {a['base_accuracy']:.3f} → {a['accuracy']:.3f}, target log-prob "
-                      f"{a['base_logprob']:.3f} → {a['logprob']:.3f} ablating the top {len(a['heads'])} induction "
-                      f"heads; {len(rnd)} random sets of as many heads: accuracy mean {sum(rnd) / len(rnd):.3f} "
-                      f"(min {min(rnd):.3f}), log-prob mean {sum(rlp) / len(rlp):.3f}",
-                      markup=False, highlight=False, soft_wrap=True)
-    _write(r, json_out, html_out, png_out, err, png=lambda p: r.to_png(p, kind))
+            out.print(_ablation_line(ablate_zoo, r.info["ablation"]), markup=False, highlight=False, soft_wrap=True)
+    _write(r, json_out, html_out, png_out, err, kind=kind)
+
+
+def _given(ctx: typer.Context, *names: str) -> bool:
+    """Whether any of these options was given on the command line."""
+    sources = [ctx.get_parameter_source(name) for name in names]
+    # by name: typer may vendor its own click, with its own ParameterSource enum
+    return any(src is not None and getattr(src, "name", "") != "DEFAULT" for src in sources)
+
+
+def _induction_texts(m: Any, n: int) -> list[str]:
+    """Full texts of ``n`` zoo induction examples that fit the model's context."""
+    from ..internals.data import example_texts
+
+    limit = m.max_length or 10**9
+    return [t for t in example_texts(zoo_examples("induction", "test", n)) if len(m.encode(t)) <= limit]
+
+
+def _ablate(m: Any, r: Any, task: str, n: int, top: int) -> dict[str, Any]:
+    from ..internals.data import prompts_and_targets
+    from ..internals.heads import ablate_heads, random_heads_control
+
+    ps, ts = prompts_and_targets(zoo_examples(task, "test", n))
+    chosen = [h for h, _ in r.top("induction", top)]
+    res = ablate_heads(m, chosen, ps, ts)
+    ctrl = random_heads_control(m, len(chosen), ps, ts, exclude=chosen)
+    return {"task": task, "heads": chosen, **res, "random": [dict(c) for c in ctrl]}
+
+
+def _ablation_line(task: str, a: dict[str, Any]) -> str:
+    rnd = [c["accuracy"] for c in a["random"]]
+    rlp = [c["logprob"] for c in a["random"]]
+    return (f"{task}: accuracy {a['base_accuracy']:.3f} → {a['accuracy']:.3f}, target log-prob "
+            f"{a['base_logprob']:.3f} → {a['logprob']:.3f} ablating the top {len(a['heads'])} induction "
+            f"heads; {len(rnd)} random sets of as many heads: accuracy mean {sum(rnd) / len(rnd):.3f} "
+            f"(min {min(rnd):.3f}), log-prob mean {sum(rlp) / len(rlp):.3f}")
 
 
 # --------------------------------------------------------------------------- probe
 def probe_cmd(
+    ctx: typer.Context,
     relation: Annotated[str, typer.Argument(help="Zoo facts relation whose prompts are probed (e.g. capital).")] = "capital",
     label: Annotated[str, typer.Option("--label", help="Label to decode from meta (continent).")] = "continent",
-    n: Annotated[int, typer.Option("--n", min=10)] = 600,
+    n: Annotated[int, typer.Option("--n", min=10, help="Facts to probe (by default at most 600: all the relation has).")] = 600,
     cv: Annotated[int, typer.Option("--cv", min=2)] = 5,
     model: _Model = None, device: _Device = None, json_out: _Json = None,
 ) -> None:
     """Linear probes per layer on zoo facts (last subject token), with a control task (Hewitt & Liang)."""
-    from ..internals._zoo import facts
     from ..internals.probing import probe
     from ..internals.tracing import subject_positions
 
     out, err = _prepare(json_out)
+    if not relation.strip():
+        raise InputError("the relation is empty; give a zoo facts relation such as 'capital'")
+    facts = zoo_facts(n=None, relation=relation)
+    items = [f for f in facts if f.get(label) is not None]
+    if not facts:
+        known = sorted({f["relation"] for f in zoo_facts(n=None) if f["relation"]})
+        raise InputError(f"the zoo has no facts of relation {relation!r}; use one of {', '.join(known)}")
+    if not items:
+        raise InputError(f"no facts of relation {relation!r} carry a {label!r} label; use --label continent")
+    wanted = n if _given(ctx, "n") else min(n, len(items))
+    if len(items) < max(wanted, 2 * cv):
+        need = f"use --n {len(items)} or less" if len(items) >= 2 * cv else f"--cv {cv} needs {2 * cv}"
+        raise InputError(f"the zoo has {len(items)} facts of relation {relation!r} that carry a {label!r}; {need}")
+    items = items[:n]
     m = _load(model, device)
-    items = [f for f in facts(n=None, relation=relation) if f.get(label) is not None][:n]
-    if len(items) < 2 * cv:
-        raise InputError(f"only {len(items)} zoo facts of relation {relation!r} carry a {label!r}")
     pos = [max(subject_positions(m, f["prompt"], f["subject"])) for f in items]
     r = probe(m, [f["prompt"] for f in items], [f[label] for f in items], position=pos,
               control_keys=[f["subject_text"] or f["prompt"] for f in items], cv=cv, progress=True)
     if str(json_out) != "-":
-        out.print(r.table(), markup=False, highlight=False)
+        r.show(out)
     _write(r, json_out, None, None, err)
 
 

@@ -25,9 +25,9 @@ from typing import Any
 
 from ..errors import InputError
 from ..examples import AnnotatedExample
-from ..internals._zoo import facts as zoo_facts  # LEAD: lmxray.internals.facts once public (B)
 from ..model import Model
 from ..zoo import corpus
+from ..zoo.records import facts as zoo_facts
 from ._common import target_correct, zoo_labelled
 from .editing import evaluate_edits, key_covariance, locate_layer, rome_edit
 from .prompting import amplify_experiment

@@ -11,7 +11,9 @@ base run, and a metric is read from the last position's logits. Instead of one f
   patch at token ``p`` cannot change anything at positions ``< p`` (the model is causal), so
   jobs are grouped by ``p`` and only tokens ``p..L-1`` are recomputed;
 - computes logits at the last position only;
-- sizes chunks from a memory budget and shows a progress bar.
+- sizes chunks from the one memory budget (:func:`lmxray.memory.rows_that_fit`), halves a chunk
+  that runs out of memory and retries (:func:`lmxray.memory.run_chunks`; each back-off is
+  recorded in the caller's ``info["oom_backoff"]``), and shows a progress bar.
 
 ``R`` base rows serve causal tracing: each is the same prompt with its own noise sample
 (``base_edits``), and a job's metric is averaged over them.
@@ -21,16 +23,17 @@ from __future__ import annotations
 
 import copy
 import inspect
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..errors import InputError
 from ..hooks import ActivationCache, Scatter, intervene
+from ..memory import rows_that_fit, run_chunks
 from ..model import Model
 from ..sites import site_map
 
@@ -74,17 +77,6 @@ class BaseEdit:
     mode: str = "add"
 
 
-def _available_memory(device: torch.device) -> int:
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free * 0.6)
-    try:
-        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover
-        avail = 8 << 30
-    return int(min(avail * 0.25, 2 << 30))
-
-
 def rows_budget(model: Model, length: int, *, past: int = 0, memory_budget: int | None = None,
                 batch_size: int | None = None) -> int:
     """How many rows of ``length`` new tokens (after ``past`` cached ones) fit in one forward.
@@ -93,16 +85,14 @@ def rows_budget(model: Model, length: int, *, past: int = 0, memory_budget: int 
     (Korthikanti et al. 2022, no grad), the repeated KV cache ``2 n_layers (L + past) d``, and
     one row of logits.
     """
-    if batch_size:
-        return max(1, int(batch_size))
-    budget = memory_budget or _available_memory(model.device)
     elt = torch.finfo(model.dtype).bits // 8
     d, h, n = model.d_model, model.n_heads, model.n_layers
     total = length + past
     act = 2 * length * (34 * d + 5 * h * total) * elt / 2
     kv = 2 * n * total * d * elt
     per_row = act + kv + model.vocab_size * 4 * 2 + 1
-    return int(max(1, min(_MAX_ROWS, budget // per_row)))
+    return rows_that_fit(per_row, device=model.device, memory_budget=memory_budget, batch_size=batch_size,
+                         max_rows=_MAX_ROWS)
 
 
 def _cache_kw(model: Model) -> str:
@@ -195,6 +185,78 @@ def base_metric(
     return vals, (_out_cache(out) if keep_cache else None), out.logits
 
 
+def _groups(jobs: Sequence[Job], L: int, prefix_reuse: bool) -> dict[int, list[int]]:
+    """Job indices by the first position they write (0 for all without prefix reuse)."""
+    groups: dict[int, list[int]] = {}
+    for k, job in enumerate(jobs):
+        p = job.first_position if prefix_reuse else 0
+        if p >= L:
+            raise InputError(f"a job writes at position {p} but the input has {L} tokens")
+        groups.setdefault(p, []).append(k)
+    return groups
+
+
+def _base_cache(model: Model, ids: list[int], metric: Callable[[torch.Tensor], torch.Tensor], n_base: int,
+                base_edits: Sequence[BaseEdit], K: int) -> tuple[Any, Any]:
+    """The base rows' KV cache and last-K logits, or ``(None, None)`` when this model's cache
+    cannot be cut (then whole sequences are recomputed)."""
+    try:
+        _, cache, logits = base_metric(model, ids, metric, n_base=n_base, base_edits=base_edits,
+                                       keep_cache=True, metric_positions=K)
+        probe = copy.deepcopy(cache)
+        probe.crop(-1)
+        probe.batch_repeat_interleave(1)
+    except (AttributeError, TypeError, ValueError, RuntimeError, NotImplementedError):
+        return None, None
+    return cache, logits
+
+
+@dataclass
+class _Run:
+    """What every chunk of a sweep shares."""
+
+    model: Model
+    ids: list[int]
+    jobs: Sequence[Job]
+    metric: Callable[[torch.Tensor], torch.Tensor]
+    source: ActivationCache | None
+    n_base: int
+    base_edits: Sequence[BaseEdit]
+    K: int
+    base_cache: Any
+    base_logits: Any
+    value_cache: dict[Write, Any]
+
+    def chunk(self, p: int, idx: Sequence[int]) -> list[float]:
+        """The metric of jobs ``idx`` (all writing first at ``p``), averaged over base rows."""
+        model, L, dev = self.model, len(self.ids), self.model.device
+        chunk = [self.jobs[k] for k in idx]
+        J = len(chunk)
+        ops = _edit_ops(chunk, self.n_base, self.source, self.base_edits, site_map(model), self.value_cache)
+        rows = J * self.n_base
+        n_new = L - p
+        x = torch.tensor([self.ids[p:]] * rows, device=dev)
+        mask = torch.ones((rows, L), dtype=torch.long, device=dev)
+        kw: dict[str, Any] = {}
+        if p > 0:
+            c = copy.deepcopy(self.base_cache)
+            c.crop(-(L - p))
+            c.batch_repeat_interleave(J)
+            kw[_cache_kw(model)] = c
+            kw["use_cache"] = True
+        pos = torch.arange(p, L, device=dev).expand(rows, n_new)
+        keep = min(self.K, n_new)
+        with torch.no_grad(), intervene(model, ops):
+            logits = model.forward(input_ids=x, attention_mask=mask, position_ids=pos,
+                                   logits_to_keep=keep, **kw).logits
+        if keep < self.K:  # metric positions before p: unchanged from the base run
+            if self.base_logits is None:  # pragma: no cover - p > 0 implies a base cache
+                raise RuntimeError("no base logits for positions before the patch")
+            logits = torch.cat([self.base_logits[:, :self.K - keep].repeat_interleave(J, 0), logits], 1)
+        vals = _apply_metric(self.metric, logits, self.K).float().cpu().numpy().reshape(self.n_base, J)
+        return [float(v) for v in vals.mean(0)]
+
+
 def sweep(
     model: Model,
     ids: Sequence[int],
@@ -209,6 +271,7 @@ def sweep(
     memory_budget: int | None = None,
     progress: bool | str = False,
     metric_positions: int = 1,
+    info: MutableMapping[str, Any] | None = None,
 ) -> np.ndarray:
     """The metric after each job, averaged over the ``n_base`` base rows: ``[len(jobs)]``.
 
@@ -223,77 +286,41 @@ def sweep(
         prefix_reuse: reuse the base KV cache before each job's first written position.
         batch_size / memory_budget: rows per forward, or the bytes to size chunks from.
         progress: show a progress bar (a string gives its description).
+        info: where out-of-memory back-offs are recorded (``info["oom_backoff"]``).
 
     Returns:
         float64 ``[len(jobs)]``.
     """
-    from tqdm.auto import tqdm
-
-    sm = site_map(model)
     ids = [int(t) for t in ids]
     L = len(ids)
     if not jobs:
         return np.zeros(0)
-    dev = model.device
-    out = np.zeros(len(jobs), dtype=np.float64)
-    groups: dict[int, list[int]] = {}
-    for k, job in enumerate(jobs):
-        p = job.first_position if prefix_reuse else 0
-        if p >= L:
-            raise InputError(f"a job writes at position {p} but the input has {L} tokens")
-        groups.setdefault(p, []).append(k)
+    groups = _groups(jobs, L, prefix_reuse)
     K = int(metric_positions)
     if not 1 <= K <= L:
         raise InputError(f"metric_positions must be in 1..{L}")
     base_cache = base_logits = None
     if prefix_reuse and any(p > 0 for p in groups):
-        try:
-            _, base_cache, base_logits = base_metric(model, ids, metric, n_base=n_base, base_edits=base_edits,
-                                                     keep_cache=True, metric_positions=K)
-            probe = copy.deepcopy(base_cache)
-            probe.crop(-1)
-            probe.batch_repeat_interleave(1)
-        except (AttributeError, TypeError, ValueError, RuntimeError, NotImplementedError):
-            base_cache = None  # this model's cache cannot be cut: recompute whole sequences
+        base_cache, base_logits = _base_cache(model, ids, metric, n_base, base_edits, K)
     if base_cache is None and any(p > 0 for p in groups):
-        merged = [k for ks in groups.values() for k in ks]
-        groups = {0: sorted(merged)}
-    cache_kw = _cache_kw(model)
-    value_cache: dict[Write, Any] = {}
-    total_rows = len(jobs) * n_base
-    bar = tqdm(total=total_rows, desc=progress if isinstance(progress, str) else "patching",
+        groups = {0: sorted(k for ks in groups.values() for k in ks)}
+    run = _Run(model, ids, jobs, metric, source, n_base, base_edits, K, base_cache, base_logits, {})
+    out = np.zeros(len(jobs), dtype=np.float64)
+    bar = tqdm(total=len(jobs) * n_base, desc=progress if isinstance(progress, str) else "patching",
                disable=None if progress else True, leave=False, unit="row")
+
+    def one_chunk(p: int) -> Callable[[Sequence[int]], list[float]]:
+        def fn(idx: Sequence[int]) -> list[float]:
+            vals = run.chunk(p, idx)
+            bar.update(len(idx) * n_base)
+            return vals
+        return fn
+
     try:
         for p, members in sorted(groups.items()):
-            n_new = L - p
-            per_chunk = max(1, rows_budget(model, n_new, past=p, memory_budget=memory_budget,
+            per_chunk = max(1, rows_budget(model, L - p, past=p, memory_budget=memory_budget,
                                            batch_size=batch_size) // n_base)
-            for start in range(0, len(members), per_chunk):
-                idx = members[start:start + per_chunk]
-                chunk = [jobs[k] for k in idx]
-                J = len(chunk)
-                ops = _edit_ops(chunk, n_base, source, base_edits, sm, value_cache)
-                rows = J * n_base
-                x = torch.tensor([ids[p:]] * rows, device=dev)
-                mask = torch.ones((rows, L), dtype=torch.long, device=dev)
-                kw: dict[str, Any] = {}
-                if p > 0:
-                    c = copy.deepcopy(base_cache)
-                    c.crop(-(L - p))
-                    c.batch_repeat_interleave(J)
-                    kw[cache_kw] = c
-                    kw["use_cache"] = True
-                pos = torch.arange(p, L, device=dev).expand(rows, n_new)
-                keep = min(K, n_new)
-                with torch.no_grad(), intervene(model, ops):
-                    logits = model.forward(input_ids=x, attention_mask=mask, position_ids=pos,
-                                           logits_to_keep=keep, **kw).logits
-                if keep < K:  # metric positions before p: unchanged from the base run
-                    assert base_logits is not None
-                    logits = torch.cat([base_logits[:, :K - keep].repeat_interleave(J, 0), logits], 1)
-                vals = _apply_metric(metric, logits, K).float().cpu().numpy().reshape(n_base, J)
-                out[idx] = vals.mean(0)
-                bar.update(rows)
+            out[members] = run_chunks(members, per_chunk, one_chunk(p), info)
     finally:
         bar.close()
     return out

@@ -23,18 +23,22 @@ of the same size as a baseline.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..errors import InputError
 from ..hooks import Replace, intervene, run_with_cache
+from ..io import from_jsonable
+from ..memory import check_batch_size
 from ..model import Model
+from ..result import Result
 from ..sites import site_map
-from ._result import JsonResult, from_jsonable
 
 __all__ = [
     "HeadScores", "head_scores", "repeated_tokens", "task_metric", "ablate_heads",
@@ -45,10 +49,15 @@ SCORE_KINDS = ("previous_token", "duplicate_token", "induction")
 
 
 @dataclass
-class HeadScores(JsonResult):
-    """Per-head scores ``[n_layers, n_heads]`` by kind, and optionally an ablation effect map."""
+class HeadScores(Result):
+    """Per-head scores ``[n_layers, n_heads]`` by kind, and optionally an ablation effect map.
 
-    FORMAT = "lmxray.heads/1"
+    ``info["data"]`` says which prompts the scores were measured on (they depend on it: an
+    induction head scores high only where a sequence repeats). Views: ``show(top=5)``,
+    ``to_html()``, ``to_png(path, kind="induction" | ... | "ablation")``.
+    """
+
+    FORMAT: ClassVar[str] = "lmxray.heads/1"
 
     scores: dict[str, np.ndarray]
     ablation: np.ndarray | None = None
@@ -73,26 +82,37 @@ class HeadScores(JsonResult):
                    ablation=from_jsonable(d["ablation"]) if d.get("ablation") is not None else None,
                    model_name=d.get("model", ""), info=d.get("info", {}))
 
-    def to_html(self, path: Any = None) -> str:
-        from ._render import heads_html, write_html
+    def to_png(self, path: str | os.PathLike[str] | None = None, kind: str = "induction", **kw: Any) -> bytes:
+        """A PNG heat map of one score kind (or ``"ablation"``)."""
+        return super().to_png(path, kind=kind, **kw)
 
-        return write_html(heads_html(self), path)
 
-    def to_png(self, path: Any, kind: str = "induction") -> Any:
-        from ._render import heatmap
+def _positive(minimum: int = 1, **values: Any) -> None:
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < minimum:
+            raise InputError(f"{name} must be a whole number of at least {minimum}, got {v!r}")
 
-        m = self.ablation if kind == "ablation" else self.scores.get(kind)
-        if m is None:
-            raise InputError(f"nothing to plot for {kind!r}")
-        return heatmap(m, [f"L{i}" for i in range(m.shape[0])], [f"H{h}" for h in range(m.shape[1])], path,
-                       center=kind == "ablation", title=f"{kind} {'effect' if kind == 'ablation' else 'score'}",
-                       xlabel="head", ylabel="layer")
+
+def _score_inputs(model: Model, inputs: Any) -> list[list[int]]:
+    """Token ids of the prompts to score; empty prompts (or shorter than 2 tokens) are refused."""
+    items = [inputs] if isinstance(inputs, str) else list(inputs)
+    if not items:
+        raise InputError("no inputs to score heads on; give prompts (or none for the default probe)")
+    seqs = []
+    for i, x in enumerate(items):
+        if isinstance(x, str) and not x.strip():
+            raise InputError(f"prompt {i} is empty; give text with at least two tokens")
+        ids = model.encode(x) if isinstance(x, str) else [int(t) for t in x]
+        if len(ids) < 2:
+            raise InputError(f"prompt {i} has {len(ids)} token(s); head scores need at least two")
+        seqs.append(ids)
+    return seqs
 
 
 def repeated_tokens(model: Model, n_seqs: int = 16, seq_len: int = 20, seed: int = 0) -> list[list[int]]:
     """``n_seqs`` sequences ``[BOS] + r + r`` of ``seq_len`` random non-special tokens each."""
-    if n_seqs < 1 or seq_len < 2:
-        raise InputError("need n_seqs >= 1 and seq_len >= 2")
+    _positive(n_seqs=n_seqs)
+    _positive(2, seq_len=seq_len)
     vocab = min(len(model.tokenizer), model.vocab_size)
     special = set(getattr(model.tokenizer, "all_special_ids", []) or [])
     pool = np.array([i for i in range(vocab) if i not in special])
@@ -139,6 +159,7 @@ def head_scores(
     seq_len: int = 20,
     seed: int = 0,
     batch_size: int = 8,
+    data: str | None = None,
 ) -> HeadScores:
     """Previous-token, duplicate-token and induction scores of every head.
 
@@ -146,18 +167,20 @@ def head_scores(
         inputs: prompts or token-id lists (default: :func:`repeated_tokens`).
         n_seqs / seq_len / seed: the repeated-random-token probe.
         batch_size: sequences per forward.
+        data: what the inputs are, for the report (default: "repeated random tokens" or
+            "given prompts").
 
     Returns:
         :class:`HeadScores` with ``scores[kind]`` of shape ``[n_layers, n_heads]`` in ``[0, 1]``.
     """
     sm = site_map(model)
-    seqs = repeated_tokens(model, n_seqs, seq_len, seed) if inputs is None else None
-    data = "repeated random tokens" if inputs is None else "given prompts"
-    if seqs is None:
-        items = [inputs] if isinstance(inputs, str) else list(inputs)
-        seqs = [model.encode(x) if isinstance(x, str) else [int(t) for t in x] for x in items]
-    if not seqs:
-        raise InputError("no inputs to score heads on")
+    _positive(batch_size=batch_size)
+    if inputs is None:
+        seqs = repeated_tokens(model, n_seqs, seq_len, seed)
+    else:
+        seqs = _score_inputs(model, inputs)
+    if data is None:
+        data = "repeated random tokens" if inputs is None else "given prompts"
     acc: dict[str, list[Any]] = {k: [torch.zeros(sm.n_layers, sm.n_heads, dtype=torch.float64), 0] for k in SCORE_KINDS}
     names = sm.by_layer("attn.pattern")
     for s in range(0, len(seqs), batch_size):
@@ -190,6 +213,9 @@ def _examples(model: Model, prompts: Sequence[str], targets: Sequence[str]) -> l
 
 def head_means(model: Model, prompts: Sequence[str], *, batch_size: int = 16) -> torch.Tensor:
     """Mean of ``attn.head_out`` over every token of ``prompts``: ``[n_layers, H, d_head]``."""
+    check_batch_size(batch_size, "batch_size")
+    if isinstance(prompts, str) or not prompts:
+        raise InputError("head_means needs a non-empty list of prompts")
     sm = site_map(model)
     names = sm.by_layer("attn.head_out")
     total, count = None, 0
@@ -199,7 +225,8 @@ def head_means(model: Model, prompts: Sequence[str], *, batch_size: int = 16) ->
         x = torch.stack([cache[n][mask].double().sum(0) for n in names])
         total = x if total is None else total + x
         count += int(mask.sum())
-    assert total is not None
+    if total is None:  # pragma: no cover - prompts is not empty
+        raise InputError("head_means needs a non-empty list of prompts")
     return (total / count).float()
 
 
@@ -236,6 +263,7 @@ def _metric_rows(model: Model, ex: Sequence[tuple[list[int], list[int]]], spec: 
 def task_metric(model: Model, prompts: Sequence[str], targets: Sequence[str], *,
                 interventions: dict[str, Any] | None = None, batch_size: int = 16) -> dict[str, float]:
     """Mean target log-probability and accuracy (all target tokens greedy-correct)."""
+    check_batch_size(batch_size, "batch_size")
     ex = _examples(model, prompts, targets)
     lps, oks = [], []
     for s in range(0, len(ex), batch_size):
@@ -278,8 +306,7 @@ def head_ablation_effects(model: Model, prompts: Sequence[str], targets: Sequenc
 
     Batched: the examples are copied once per head of a chunk and each copy ablates its head.
     """
-    from tqdm.auto import tqdm
-
+    check_batch_size(batch_size, "batch_size")
     sm = site_map(model)
     ex = _examples(model, prompts, targets)
     values = _head_values(model, how, means, prompts)

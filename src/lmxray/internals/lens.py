@@ -16,21 +16,24 @@ as safetensors. Only the translators get gradients (``torch.autograd.grad``), ne
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..errors import FormatError, InputError
 from ..hooks import run_with_cache
+from ..io import from_jsonable, load_tensors, save_tensors
+from ..memory import check_batch_size
 from ..model import Model
+from ..result import Result
 from ..sites import site_map
-from ._result import JsonResult, from_jsonable
+from .patching import token_id
 
 __all__ = ["LensResult", "TunedLens", "logit_lens", "lens_kl", "unembed", "LENS_FORMAT"]
 
@@ -60,7 +63,7 @@ def _rows(model: Model) -> tuple[list[str], list[str]]:
 
 
 @dataclass
-class LensResult(JsonResult):
+class LensResult(Result):
     """Lens readout of one prompt.
 
     Attributes:
@@ -71,9 +74,12 @@ class LensResult(JsonResult):
         target_prob / target_rank: ``[rows, L]`` its probability and rank (0 = top).
         kl: ``[rows, L]`` ``KL(final ‖ lens)`` in nats.
         method: ``logit_lens`` or ``tuned_lens``.
+
+    Views: ``show(position=-1)`` (top tokens of every layer at one position), ``to_html()``,
+    ``to_png(path, what="target_prob" | "top_prob" | "kl")``.
     """
 
-    FORMAT = "lmxray.lens/1"
+    FORMAT: ClassVar[str] = "lmxray.lens/1"
 
     tokens: list[str]
     layers: list[str]
@@ -104,45 +110,34 @@ class LensResult(JsonResult):
                    target_rank=np.asarray(d["target_rank"], dtype=np.int64), kl=from_jsonable(d["kl"]),
                    method=d.get("method", "logit_lens"), model_name=d.get("model", ""), info=d.get("info", {}))
 
-    def to_html(self, path: Any = None) -> str:
-        from ._render import lens_html, write_html
-
-        return write_html(lens_html(self), path)
-
-    def to_png(self, path: Any, what: str = "target_prob") -> Any:
-        """Heat map of ``target_prob`` (default), ``top_prob`` or ``kl`` (rows: layers)."""
-        from ._render import heatmap
-
-        m = {"target_prob": self.target_prob, "top_prob": self.top_probs[:, :, 0], "kl": self.kl}.get(what)
-        if m is None:
-            raise InputError(f"what must be target_prob, top_prob or kl, got {what!r}")
-        cols = [f"{i} {t}" for i, t in enumerate(self.tokens)]
-        tgt = self.target.strip() if self.target else "final top-1"
-        title = f"{self.method} · {what} ({tgt})" if what == "target_prob" else f"{self.method} · {what}"
-        return heatmap(m, self.layers, cols, path, center=False, title=title, xlabel="position", ylabel="layer")
-
-    def show(self, console: Any = None, position: int = -1) -> None:
-        """Print the top-k tokens of every layer at one position."""
-        from rich.table import Table
-
-        from ..render._view import display_token
-        from ._render import _console
-
-        c = _console(console)
-        p = position % len(self.tokens)
-        t = Table(title=f"{self.method} at position {p} ({display_token(self.tokens[p])})", box=None,
-                  header_style="bold")
-        for col in ("layer", "top tokens", "P(target)", "rank", "KL"):
-            t.add_column(col)
-        for i, lab in enumerate(self.layers):
-            tops = "  ".join(f"{display_token(s)} {q:.2f}" for s, q in zip(self.top_tokens[i][p], self.top_probs[i, p], strict=True))
-            t.add_row(lab, tops, f"{self.target_prob[i, p]:.3f}", str(int(self.target_rank[i, p])), f"{self.kl[i, p]:.3f}")
-        c.print(t)
-
 
 def _kl(final_logp: torch.Tensor, lens_logp: torch.Tensor) -> torch.Tensor:
     """``KL(final ‖ lens)`` per position: ``[..., V] -> [...]``."""
     return (final_logp.exp() * (final_logp - lens_logp)).sum(-1)
+
+
+def _check_prompt(prompt: Any) -> None:
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise InputError("the prompt is empty; give the text to read layer by layer")
+    elif prompt is None or (isinstance(prompt, list | tuple) and len(prompt) == 0):
+        raise InputError("no prompt: give a text or a list of token ids")
+
+
+def _single_token(model: Model, target: str | int) -> int:
+    """The id of a one-token target; a longer text is refused (a lens tracks one token)."""
+    if isinstance(target, str) and not target:
+        raise InputError("the target is empty; give the token to track (e.g. ' Paris'), or none for each "
+                         "position's top-1")
+    if isinstance(target, str):
+        ids = model.encode_target(target)
+        if len(ids) > 1:
+            first = model.token_strings(ids[:1])[0]
+            raise InputError(
+                f"target {target!r} is {len(ids)} tokens; a lens tracks one token at every layer: give "
+                f"a single-token target such as {first!r}"
+            )
+    return token_id(model, target)
 
 
 @torch.no_grad()
@@ -153,18 +148,17 @@ def logit_lens(model: Model, prompt: Any, target: str | int | None = None, *, to
     Args:
         model: the lmxray Model.
         prompt: text or token ids.
-        target: a token to track at every (layer, position) — a string (its first token) or an id;
-            default: each position's final top-1 token.
+        target: a token to track at every (layer, position) — a one-token string or an id
+            (a text of several tokens is refused); default: each position's final top-1 token.
         top_k: how many top tokens to keep.
         lens: a trained :class:`TunedLens` (default: the plain logit lens).
 
     Returns:
         :class:`LensResult`.
     """
-    from .patching import token_id
-
-    if top_k < 1:
-        raise InputError("top_k must be at least 1")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise InputError(f"top_k must be a whole number of at least 1, got {top_k!r}")
+    _check_prompt(prompt)
     if lens is not None:
         lens.check(model)
     names, labels = _rows(model)
@@ -173,7 +167,7 @@ def logit_lens(model: Model, prompt: Any, target: str | int | None = None, *, to
         raise InputError("logit_lens reads one prompt at a time")
     final_logp = torch.log_softmax(cache.logits[0].float(), -1)
     L = final_logp.shape[0]
-    tgt = torch.full((L,), token_id(model, target), dtype=torch.long) if target is not None else final_logp.argmax(-1).cpu()
+    tgt = torch.full((L,), _single_token(model, target), dtype=torch.long) if target is not None else final_logp.argmax(-1).cpu()
     tgt = tgt.to(final_logp.device)
     k = min(top_k, final_logp.shape[-1])
     rows_p, rows_i, probs_t, ranks, kls = [], [], [], [], []
@@ -205,7 +199,7 @@ def logit_lens(model: Model, prompt: Any, target: str | int | None = None, *, to
     )
 
 
-class TunedLens:
+class TunedLens(Result):
     """One affine translator per layer (``h + A h + b``), trained to match the final distribution.
 
     Rows follow :func:`logit_lens`: row ``r`` translates ``embed`` (r = 0) or the output of block
@@ -213,7 +207,12 @@ class TunedLens:
 
     Attributes:
         weight: ``[n_layers, d, d]`` (``A``), bias: ``[n_layers, d]``; both start at zero.
+
+    Saved as safetensors (:func:`lmxray.io.save_tensors`, format ``lmxray.tuned-lens/1``);
+    files written by earlier versions (metadata as plain strings) load too.
     """
+
+    FORMAT: ClassVar[str] = LENS_FORMAT
 
     def __init__(self, n_layers: int, d_model: int, *, model_name: str = "", info: dict[str, Any] | None = None) -> None:
         self.n_layers = int(n_layers)
@@ -270,8 +269,6 @@ class TunedLens:
         Returns:
             The trained lens (on the CPU; moved per call).
         """
-        from tqdm.auto import tqdm
-
         if not texts:
             raise InputError("no training text for the tuned lens")
         if steps < 1 or batch_size < 1:
@@ -320,44 +317,31 @@ class TunedLens:
         return lens
 
     # ------------------------------------------------------------------ persistence
+    def to_dict(self) -> dict[str, Any]:
+        """The lens's metadata (the translators themselves are only in the safetensors file)."""
+        return {"format": self.FORMAT, "model": self.model_name, "n_layers": self.n_layers,
+                "d_model": self.d_model, "info": self.info}
+
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the translators as ``.safetensors`` (atomic), with JSON metadata."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        if not path.parent.is_dir():
-            raise InputError(f"cannot write {path}: folder {path.parent} does not exist; create it first")
-        meta = {"format": LENS_FORMAT, "model": self.model_name, "n_layers": str(self.n_layers),
-                "d_model": str(self.d_model), "info": json.dumps(self.info)}
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            save_file({"weight": self.weight.contiguous(), "bias": self.bias.contiguous()}, str(tmp), metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-        return path
+        return save_tensors(path, {"weight": self.weight, "bias": self.bias}, format=LENS_FORMAT,
+                            metadata={"model": self.model_name, "n_layers": self.n_layers,
+                                      "d_model": self.d_model, "info": self.info})
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> TunedLens:
-        """Read a lens written by :meth:`save`."""
-        from safetensors import safe_open
-
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(f"no tuned lens at {path}; train one with 'lmxray lens-train'")
+        """Read a lens written by :meth:`save` (or by an earlier lmxray)."""
+        tensors, meta = load_tensors(path, formats=cls.formats(), what="tuned lens",
+                                     hint="; train one with 'lmxray lens-train'")
         try:
-            with safe_open(str(path), framework="pt", device="cpu") as fh:
-                meta = fh.metadata() or {}
-                if meta.get("format") != LENS_FORMAT:
-                    raise FormatError(f"{path} is not an lmxray tuned lens ({LENS_FORMAT})")
-                weight, bias = fh.get_tensor("weight"), fh.get_tensor("bias")
-        except FormatError:
-            raise
-        except Exception as exc:
-            raise FormatError(f"cannot read {path}: {exc}") from None
-        lens = cls(int(meta["n_layers"]), int(meta["d_model"]), model_name=meta.get("model", ""),
-                   info=json.loads(meta.get("info", "{}")))
+            info = meta.get("info") or {}
+            if not isinstance(info, dict):
+                raise ValueError(f"info is {type(info).__name__}, not an object")
+            lens = cls(int(meta["n_layers"]), int(meta["d_model"]), model_name=str(meta.get("model") or ""),
+                       info=info)
+            weight, bias = tensors["weight"], tensors["bias"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FormatError(f"{path} is a malformed tuned lens: {exc}") from None
         if weight.shape != lens.weight.shape or bias.shape != lens.bias.shape:
             raise FormatError(f"{path}: translator shapes do not match its metadata")
         lens.weight, lens.bias = weight.float(), bias.float()
@@ -368,6 +352,7 @@ class TunedLens:
 def lens_kl(model: Model, texts: Sequence[str], lens: TunedLens | None = None, *, batch_size: int = 8,
             max_tokens: int = 128) -> np.ndarray:
     """Mean ``KL(final ‖ lens)`` per lens row over every token of ``texts``: ``[n_layers + 1]``."""
+    check_batch_size(batch_size, "batch_size")
     if lens is not None:
         lens.check(model)
     limit = min(max_tokens, model.max_length or max_tokens)

@@ -22,18 +22,20 @@ positions) and degrades for whole residual streams (Kramár et al. 2024, arXiv:2
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from ..errors import InputError
 from ..hooks import Fn, capture, prepare_inputs, run_with_cache
+from ..io import from_jsonable
 from ..model import Model
+from ..result import Result
 from ..sites import site_map
-from ._result import JsonResult, from_jsonable
 from ._sweep import Job, Write, _apply_metric, base_metric, sweep
 
 __all__ = [
@@ -89,7 +91,7 @@ def make_metric(name: str | MetricFn, answer: int, foil: int | None = None) -> M
 
 
 @dataclass
-class PatchingResult(JsonResult):
+class PatchingResult(Result):
     """Patching effects by site kind.
 
     Attributes:
@@ -102,9 +104,11 @@ class PatchingResult(JsonResult):
         answer / foil: the token strings the metric reads.
         positions: ``"each"`` or ``"all"``.
         method: ``activation_patching`` or ``attribution_patching``.
+
+    Views: ``show()`` (top effects per site kind), ``to_html()``, ``to_png(path, kind)``.
     """
 
-    FORMAT = "lmxray.patching/1"
+    FORMAT: ClassVar[str] = "lmxray.patching/1"
 
     tokens: list[str]
     corrupt_tokens: list[str]
@@ -169,26 +173,9 @@ class PatchingResult(JsonResult):
             info=d.get("info", {}),
         )
 
-    def show(self, console: Any = None) -> None:
-        """Print the top effects per site kind in the terminal."""
-        from ._render import show_patching
-
-        show_patching(self, console)
-
-    def to_html(self, path: Any = None) -> str:
-        """A self-contained HTML report (heat maps as coloured tables); written if ``path``."""
-        from ._render import patching_html, write_html
-
-        return write_html(patching_html(self), path)
-
-    def to_png(self, path: Any, kind: str | None = None) -> Any:
+    def to_png(self, path: str | os.PathLike[str] | None = None, kind: str | None = None, **kw: Any) -> bytes:
         """A PNG heat map of one site kind (default: the first)."""
-        from ._render import heatmap
-
-        kind = kind or self.kinds[0]
-        m, rows, cols = self.matrix(kind)
-        title = f"{self.method} · {kind} · {self.metric} (corrupt=0, clean=1)"
-        return heatmap(m, rows, cols, path, title=title, xlabel="position", ylabel="layer")
+        return super().to_png(path, kind=kind, **kw)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -266,6 +253,22 @@ def _normalise(raw: np.ndarray, clean: float, corrupt: float) -> np.ndarray:
     return ((raw - corrupt) / gap).astype(np.float32)
 
 
+def _result(model: Model, c_ids: list[int], k_ids: list[int], raw: dict[str, np.ndarray], metric: Any,
+            values: tuple[float, float], ids: tuple[int, int | None], mode: str, method: str,
+            info: dict[str, Any]) -> PatchingResult:
+    """The result of either patching method: effects normalised from ``raw``."""
+    m_clean, m_corr = values
+    a_id, f_id = ids
+    return PatchingResult(
+        tokens=model.token_strings(c_ids), corrupt_tokens=model.token_strings(k_ids),
+        effects={k: _normalise(v, m_clean, m_corr) for k, v in raw.items()}, raw=raw,
+        metric=metric if isinstance(metric, str) else "custom", clean_value=m_clean,
+        corrupt_value=m_corr, answer=model.token_strings([a_id])[0],
+        foil=model.token_strings([f_id])[0] if f_id is not None else None, positions=mode,
+        method=method, model_name=model.name, info=info,
+    )
+
+
 # --------------------------------------------------------------------------- activation patching
 def activation_patching(
     model: Model,
@@ -327,24 +330,19 @@ def activation_patching(
             for h in head_axis:
                 for p in pos_list:
                     jobs.append(Job((Write(name, p, h),)))
+    sweep_info: dict[str, Any] = {}
     vals = sweep(model, k_ids, jobs, fn, source=src, batch_size=batch_size, memory_budget=memory_budget,
                  prefix_reuse=prefix_reuse, progress="activation patching" if progress else False,
-                 metric_positions=metric_positions)
+                 metric_positions=metric_positions, info=sweep_info)
     raw: dict[str, np.ndarray] = {}
     start = 0
     for k in kinds:
         n = int(np.prod(shapes[k]))
         raw[k] = vals[start:start + n].reshape(shapes[k]).astype(np.float32)
         start += n
-    return PatchingResult(
-        tokens=model.token_strings(c_ids), corrupt_tokens=model.token_strings(k_ids),
-        effects={k: _normalise(v, m_clean, m_corr) for k, v in raw.items()}, raw=raw,
-        metric=metric if isinstance(metric, str) else "custom", clean_value=m_clean,
-        corrupt_value=m_corr, answer=model.token_strings([a_id])[0],
-        foil=model.token_strings([f_id])[0] if f_id is not None else None, positions=mode,
-        method="activation_patching", model_name=model.name,
-        info={"n_forward_rows": len(jobs), "prefix_reuse": prefix_reuse, "sites": kinds},
-    )
+    return _result(model, c_ids, k_ids, raw, metric, (m_clean, m_corr), (a_id, f_id), mode,
+                   "activation_patching", {"n_forward_rows": len(jobs), "prefix_reuse": prefix_reuse,
+                                           "sites": kinds, **sweep_info})
 
 
 # --------------------------------------------------------------------------- attribution patching
@@ -396,15 +394,8 @@ def attribution_patching(
             e = e.sum(-1, keepdim=True)
         est[kind].append(e.cpu().numpy())
     raw = {k: (m_corr + np.stack(v)).astype(np.float32) for k, v in est.items()}
-    return PatchingResult(
-        tokens=model.token_strings(c_ids), corrupt_tokens=model.token_strings(k_ids),
-        effects={k: _normalise(v, m_clean, m_corr) for k, v in raw.items()}, raw=raw,
-        metric=metric if isinstance(metric, str) else "custom", clean_value=m_clean,
-        corrupt_value=m_corr, answer=model.token_strings([a_id])[0],
-        foil=model.token_strings([f_id])[0] if f_id is not None else None, positions=mode,
-        method="attribution_patching", model_name=model.name,
-        info={"passes": "2 forward + 1 backward", "sites": kinds},
-    )
+    return _result(model, c_ids, k_ids, raw, metric, (m_clean, m_corr), (a_id, f_id), mode,
+                   "attribution_patching", {"passes": "2 forward + 1 backward", "sites": kinds})
 
 
 def compare(exact: PatchingResult, approx: PatchingResult) -> dict[str, float]:

@@ -16,22 +16,25 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..errors import InputError
 from ..hooks import run_with_cache
+from ..io import from_jsonable
+from ..memory import check_batch_size
 from ..model import Model
+from ..result import Result
 from ..sites import site_map
-from ._result import JsonResult, from_jsonable
 
 __all__ = ["ProbeResult", "probe", "collect", "control_labels"]
 
 
 @dataclass
-class ProbeResult(JsonResult):
+class ProbeResult(Result):
     """Cross-validated probe accuracy per layer.
 
     Attributes:
@@ -43,7 +46,7 @@ class ProbeResult(JsonResult):
         labels: the label set; ``n_examples`` / ``n_types``: examples and distinct control keys.
     """
 
-    FORMAT = "lmxray.probe/1"
+    FORMAT: ClassVar[str] = "lmxray.probe/1"
 
     layers: list[int]
     accuracy: np.ndarray
@@ -113,8 +116,7 @@ def collect(model: Model, prompts: Sequence[Any], *, site: str = "resid_post", p
     Returns:
         ``(X [n_prompts, n_rows, d], layers, token_ids_at_position)``.
     """
-    from tqdm.auto import tqdm
-
+    check_batch_size(batch_size, "batch_size")
     sm = site_map(model)
     if site == "resid_post":
         names = [sm.name("resid_pre", 0)] + sm.by_layer("resid_post")

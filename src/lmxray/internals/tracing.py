@@ -25,31 +25,36 @@ checkpoint and resumes from it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..errors import InputError
 from ..hooks import prepare_inputs, run_with_cache
+from ..io import check_output, dumps, from_jsonable
 from ..model import Model
+from ..result import Result
 from ..sites import site_map
-from ._result import JsonResult, from_jsonable
 from ._sweep import BaseEdit, Job, Write, base_metric, sweep
 from .patching import make_metric, token_id
 
 __all__ = [
     "TraceResult", "TraceSummary", "causal_trace", "trace_facts", "subject_positions",
-    "embedding_std", "BUCKETS",
+    "embedding_std", "BUCKETS", "TRACE_KINDS", "DEFAULT_WINDOW", "CHECKPOINT_FORMAT",
 ]
 
 TRACE_KINDS = ("resid_post", "mlp.out", "attn.out")
+DEFAULT_WINDOW = 10  # the paper's; ``lmxray trace --window`` has the same default (a test checks)
+CHECKPOINT_FORMAT = "lmxray.trace-checkpoint/1"
 BUCKETS = ["first subject", "middle subject", "last subject", "first subsequent", "further tokens", "last token"]
 
 
@@ -95,7 +100,7 @@ def embedding_std(model: Model, token_ids: Iterable[int] | None = None) -> float
 
 
 @dataclass
-class TraceResult(JsonResult):
+class TraceResult(Result):
     """Causal tracing of one prompt.
 
     Attributes:
@@ -105,10 +110,13 @@ class TraceResult(JsonResult):
         answer: the answer token; ``p_clean`` / ``p_corrupt``: its probability on the clean and
             corrupted runs.
         restored: kind → ``[n_layers, L]`` P(answer) after restoring that state.
-        noise_std / n_samples / window: the corruption and the restoration window.
+        noise_std / n_samples / window: the corruption and the restoration window as run (the
+            window asked for, when the model's depth capped it, is ``info["window_requested"]``).
+
+    Views: ``show()``, ``to_html()``, ``to_png(path, kind="resid_post")``.
     """
 
-    FORMAT = "lmxray.trace/1"
+    FORMAT: ClassVar[str] = "lmxray.trace/1"
 
     tokens: list[str]
     subject: tuple[int, int]
@@ -167,19 +175,9 @@ class TraceResult(JsonResult):
             model_name=d.get("model", ""), info=d.get("info", {}),
         )
 
-    def to_html(self, path: Any = None) -> str:
-        from ._render import trace_html, write_html
-
-        return write_html(trace_html(self), path)
-
-    def to_png(self, path: Any, kind: str = "resid_post") -> Any:
-        from ._render import heatmap
-
-        m = self.restored[kind]
-        cols = [f"{i} {t}{'*' if i in self.subject_tokens else ''}" for i, t in enumerate(self.tokens)]
-        return heatmap(m.T, cols, [f"L{i}" for i in range(m.shape[0])], path, center=False, cmap="Purples",
-                       title=f"causal tracing · restore {kind} · P({self.answer.strip()})",
-                       xlabel="layer", ylabel="token (* = subject)")
+    def to_png(self, path: str | os.PathLike[str] | None = None, kind: str = "resid_post", **kw: Any) -> bytes:
+        """A PNG heat map of P(answer) after restoring ``kind`` (rows: tokens, columns: layers)."""
+        return super().to_png(path, kind=kind, **kw)
 
 
 def causal_trace(
@@ -189,7 +187,7 @@ def causal_trace(
     answer: str | int | None = None,
     *,
     kinds: Sequence[str] = TRACE_KINDS,
-    window: int = 10,
+    window: int = DEFAULT_WINDOW,
     noise: float = 3.0,
     noise_std: float | None = None,
     n_samples: int = 10,
@@ -217,13 +215,9 @@ def causal_trace(
     Returns:
         :class:`TraceResult`.
     """
-    if n_samples < 1:
-        raise InputError("n_samples must be at least 1")
-    if window < 1:
-        raise InputError("window must be at least 1")
-    for k in kinds:
-        if k not in TRACE_KINDS:
-            raise InputError(f"cannot trace {k!r}; use resid_post, mlp.out or attn.out")
+    _check_options(kinds, window, noise if noise_std is None else noise_std, n_samples)
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InputError("the prompt is empty; give the fact prompt to trace (e.g. 'The capital of France is')")
     sm = site_map(model)
     _, _, _, seqs = prepare_inputs(model, [prompt])
     ids = seqs[0]
@@ -248,22 +242,35 @@ def causal_trace(
                 layers = list(range(max(0, layer - w // 2), min(n_l, layer - (-w // 2))))
             for p in range(L):
                 jobs.append(Job(tuple(Write(sm.name(k, ly), p) for ly in layers)))
+    info: dict[str, Any] = {"seed": seed, "noise": noise if noise_std is None else None, "kinds": list(kinds),
+                            "top_clean": model.token_strings([int(probs.argmax())])[0], "window_requested": window}
     vals = sweep(model, ids, jobs, fn, source=clean, n_base=n_samples, base_edits=edits,
                  prefix_reuse=prefix_reuse, batch_size=batch_size, memory_budget=memory_budget,
-                 progress="causal tracing" if progress else False)
+                 progress="causal tracing" if progress else False, info=info)
     restored = {k: vals[i * n_l * L:(i + 1) * n_l * L].reshape(n_l, L).astype(np.float32)
                 for i, k in enumerate(kinds)}
     return TraceResult(
         tokens=model.token_strings(ids), subject=(min(subj), max(subj) + 1), subject_tokens=subj,
         answer=model.token_strings([a_id])[0], p_clean=float(probs[a_id]), p_corrupt=p_corr,
-        restored=restored, noise_std=std, n_samples=n_samples, window=w, model_name=model.name,
-        info={"seed": seed, "noise": noise if noise_std is None else None, "kinds": list(kinds),
-              "top_clean": model.token_strings([int(probs.argmax())])[0]},
+        restored=restored, noise_std=std, n_samples=n_samples, window=w, model_name=model.name, info=info,
     )
 
 
+def _check_options(kinds: Sequence[str], window: Any, noise: Any, n_samples: Any) -> None:
+    for name, v in (("n_samples", n_samples), ("window", window)):
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
+            raise InputError(f"{name} must be a whole number of at least 1, got {v!r}")
+    if isinstance(noise, bool) or not isinstance(noise, int | float) or not noise >= 0 or noise == float("inf"):
+        raise InputError(f"the noise must be a finite number of at least 0, got {noise!r}")
+    if isinstance(kinds, str) or not kinds:
+        raise InputError(f"kinds must be a non-empty list of {', '.join(TRACE_KINDS)}, got {kinds!r}")
+    for k in kinds:
+        if k not in TRACE_KINDS:
+            raise InputError(f"cannot trace {k!r}; use resid_post, mlp.out or attn.out")
+
+
 @dataclass
-class TraceSummary(JsonResult):
+class TraceSummary(Result):
     """Causal tracing averaged over facts (ROME Figure 2 style).
 
     Attributes:
@@ -272,7 +279,7 @@ class TraceSummary(JsonResult):
         n / n_skipped: facts traced, and facts skipped because the model did not know them.
     """
 
-    FORMAT = "lmxray.trace-summary/1"
+    FORMAT: ClassVar[str] = "lmxray.trace-summary/1"
 
     aie: dict[str, np.ndarray]
     p_clean: float
@@ -308,33 +315,127 @@ class TraceSummary(JsonResult):
                    p_corrupt=float(d["p_corrupt"]), n=int(d["n"]), n_skipped=int(d["n_skipped"]),
                    buckets=list(d.get("buckets", BUCKETS)), model_name=d.get("model", ""), info=d.get("info", {}))
 
-    def to_html(self, path: Any = None) -> str:
-        from ._render import trace_summary_html, write_html
-
-        return write_html(trace_summary_html(self), path)
-
-    def to_png(self, path: Any, kind: str = "resid_post") -> Any:
-        from ._render import heatmap
-
-        m = self.aie[kind]
-        return heatmap(m.T, self.buckets, [f"L{i}" for i in range(m.shape[0])], path, center=False,
-                       cmap="Purples", title=f"average indirect effect · restore {kind} · {self.n} facts",
-                       xlabel="layer", ylabel="")
+    def to_png(self, path: str | os.PathLike[str] | None = None, kind: str = "resid_post", **kw: Any) -> bytes:
+        """A PNG heat map of the AIE of restoring ``kind`` (rows: buckets, columns: layers)."""
+        return super().to_png(path, kind=kind, **kw)
 
 
-def _read_checkpoint(path: Path) -> dict[int, dict[str, Any]]:
-    done: dict[int, dict[str, Any]] = {}
-    if not path.exists():
-        return done
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:
+class _Checkpoint:
+    """A JSONL checkpoint of :func:`trace_facts`: a header row naming its run (format, model,
+    options, a fingerprint of the facts), then one row per traced fact.
+
+    An existing file is resumed only when its header names the same run; any other non-empty
+    file is refused, never appended to. The header is written with the first fact's row, so a
+    run that fails before any fact leaves no header-only file.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None, header: dict[str, Any]) -> None:
+        self.path = Path(path) if path is not None else None
+        self.header = json.loads(dumps({"format": CHECKPOINT_FORMAT, **header}))
+        self.done: dict[int, dict[str, Any]] = {}
+        self._fresh = True
+        self._cut = False  # the file ends in a line cut by an interrupted run
+        if self.path is None:
+            return
+        check_output(self.path)
+        if self.path.exists() and self.path.stat().st_size > 0:
+            self._read()
+
+    def _read(self) -> None:
+        if self.path is None:  # pragma: no cover - only called with a path
+            return
+        where = f"--checkpoint {self.path}"
+        try:
+            lines = self.path.read_bytes().decode("utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise InputError(f"{where} is not a trace checkpoint (not UTF-8 text); give a new file name") from None
+        try:
+            head = json.loads(lines[0]) if lines else None
+        except json.JSONDecodeError:
+            head = None
+        if not isinstance(head, dict) or head.get("format") != CHECKPOINT_FORMAT:
+            raise InputError(f"{where} is not a trace checkpoint (its first line is not a {CHECKPOINT_FORMAT} "
+                             "header); give a new file name, or delete the file if it is yours to lose")
+        diff = _differences(head, self.header)
+        if diff:
+            raise InputError(f"{where} is the checkpoint of another run ({', '.join(diff)} differ); rerun "
+                             "with that run's options or give a new file name")
+        for line in lines[1:]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut by an interrupted run
-            if isinstance(row, dict) and "index" in row:
-                done[int(row["index"])] = row
-    return done
+            if isinstance(row, dict) and isinstance(row.get("index"), int):
+                self.done[row["index"]] = row
+        self._fresh = False
+        self._cut = not self.path.read_bytes().endswith(b"\n")
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.done[int(row["index"])] = row
+        if self.path is None:
+            return
+        text = (dumps(self.header) + "\n" if self._fresh else "\n" if self._cut else "") + \
+            json.dumps(row, allow_nan=True) + "\n"
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+        self._fresh = self._cut = False
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Names of the fields whose values differ (options by name)."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k} {a!r} vs {b!r}" if k != "facts" else f"{prefix}the facts")
+    return out
+
+
+def _fingerprint(items: Sequence[tuple[str, Any, Any]]) -> str:
+    text = json.dumps([[p, s if isinstance(s, str) else list(s), str(a)] for p, s, a in items])
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _trace_one(model: Model, i: int, prompt: str, positions: list[int], answer: Any, std: float,
+               opts: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint row of fact ``i``: its bucketed effects, or why it was skipped."""
+    row: dict[str, Any] = {"index": i}
+    a_id = token_id(model, answer)
+    top = int(model.logits(prompt)[-1].argmax())
+    if opts["only_known"] and top != a_id:
+        row["skipped"] = "unknown"
+        return row
+    r = causal_trace(model, prompt, positions, a_id, kinds=opts["kinds"], window=opts["window"], noise_std=std,
+                     n_samples=opts["n_samples"], seed=opts["seed"] + i, batch_size=opts["batch_size"],
+                     memory_budget=opts["memory_budget"])
+    row.update({"p_clean": r.p_clean, "p_corrupt": r.p_corrupt,
+                "buckets": {k: r.buckets(k).tolist() for k in opts["kinds"]}})
+    if "oom_backoff" in r.info:
+        row["oom_backoff"] = r.info["oom_backoff"]
+    return row
+
+
+def _summary(model: Model, done: dict[int, dict[str, Any]], n_items: int, kinds: Sequence[str],
+             info: dict[str, Any]) -> TraceSummary:
+    rows = [done[i] for i in range(n_items) if i in done and "skipped" not in done[i]]
+    if not rows:
+        raise InputError("the model knows none of these facts (its top token is never the answer); "
+                         "pass only_known=False to trace them anyway")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an empty bucket everywhere stays NaN
+        aie = {k: np.nanmean(np.stack([np.asarray(r["buckets"][k], dtype=np.float64) for r in rows]), axis=0)
+               .astype(np.float32) for k in kinds}
+    backoffs = [b for r in rows for b in r.get("oom_backoff", [])]
+    if backoffs:
+        info = {**info, "oom_backoff": backoffs}
+    return TraceSummary(
+        aie=aie, p_clean=float(np.mean([r["p_clean"] for r in rows])),
+        p_corrupt=float(np.mean([r["p_corrupt"] for r in rows])), n=len(rows),
+        n_skipped=n_items - len(rows), model_name=model.name, info=info,
+    )
 
 
 def trace_facts(
@@ -342,7 +443,7 @@ def trace_facts(
     examples: Sequence[Any],
     *,
     kinds: Sequence[str] = TRACE_KINDS,
-    window: int = 10,
+    window: int = DEFAULT_WINDOW,
     noise: float = 3.0,
     n_samples: int = 10,
     seed: int = 0,
@@ -361,14 +462,15 @@ def trace_facts(
         only_known: skip facts whose answer is not the model's top token on the clean prompt
             (ROME traces known facts).
         noise: ν = noise × σ, σ the std of the embeddings of every subject token of ``examples``.
-        checkpoint: a JSONL file; each traced fact is appended as it finishes, and facts already
-            in it are not traced again (resume after an interruption).
+        checkpoint: a JSONL file; its first row names the run (model, options, facts), then each
+            traced fact is appended as it finishes. Rerunning with the same file and options skips
+            the facts already in it (resume after an interruption); a file that is not such a
+            checkpoint, or the checkpoint of another run, is refused.
 
     Returns:
         :class:`TraceSummary`.
     """
-    from tqdm.auto import tqdm
-
+    _check_options(kinds, window, noise, n_samples)
     items = [_as_fact(e) for e in examples]
     if not items:
         raise InputError("no facts to trace")
@@ -380,46 +482,18 @@ def trace_facts(
         ids = model.encode(prompt)
         subj_ids += [ids[p] for p in pos]
     std = noise * embedding_std(model, subj_ids)
-    ck = Path(checkpoint) if checkpoint is not None else None
-    done = _read_checkpoint(ck) if ck is not None else {}
-    fh = ck.open("a", encoding="utf-8") if ck is not None else None
-    try:
-        for i, (prompt, _subject, answer) in enumerate(tqdm(items, desc="causal tracing", disable=None if progress else True)):
-            if i in done:
-                continue
-            row: dict[str, Any] = {"index": i}
-            a_id = token_id(model, answer)
-            top = int(model.logits(prompt)[-1].argmax())
-            if only_known and top != a_id:
-                row["skipped"] = "unknown"
-            else:
-                r = causal_trace(model, prompt, positions[i], a_id, kinds=kinds, window=window,
-                                 noise_std=std, n_samples=n_samples, seed=seed + i, batch_size=batch_size,
-                                 memory_budget=memory_budget)
-                row.update({"p_clean": r.p_clean, "p_corrupt": r.p_corrupt,
-                            "buckets": {k: r.buckets(k).tolist() for k in kinds}})
-            done[i] = row
-            if fh is not None:
-                fh.write(json.dumps(row, allow_nan=True) + "\n")
-                fh.flush()
-    finally:
-        if fh is not None:
-            fh.close()
-    rows = [done[i] for i in range(len(items)) if i in done and "skipped" not in done[i]]
-    if not rows:
-        raise InputError("the model knows none of these facts (its top token is never the answer); "
-                         "pass only_known=False to trace them anyway")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # an empty bucket everywhere stays NaN
-        aie = {k: np.nanmean(np.stack([np.asarray(r["buckets"][k], dtype=np.float64) for r in rows]), axis=0)
-               .astype(np.float32) for k in kinds}
-    return TraceSummary(
-        aie=aie, p_clean=float(np.mean([r["p_clean"] for r in rows])),
-        p_corrupt=float(np.mean([r["p_corrupt"] for r in rows])), n=len(rows),
-        n_skipped=len(items) - len(rows), model_name=model.name,
-        info={"noise_std": std, "noise": noise, "n_samples": n_samples, "window": min(window, model.n_layers),
-              "seed": seed, "kinds": list(kinds)},
-    )
+    opts = {"kinds": list(kinds), "window": int(window), "noise": float(noise), "n_samples": int(n_samples),
+            "seed": int(seed), "only_known": bool(only_known)}
+    ck = _Checkpoint(checkpoint, {"model": model.name, "options": opts, "n_facts": len(items),
+                                  "facts": _fingerprint(items)})
+    opts = {**opts, "batch_size": batch_size, "memory_budget": memory_budget}
+    for i, (prompt, _subject, answer) in enumerate(tqdm(items, desc="causal tracing",
+                                                        disable=None if progress else True)):
+        if i not in ck.done:
+            ck.add(_trace_one(model, i, prompt, positions[i], answer, std, opts))
+    return _summary(model, ck.done, len(items), kinds,
+                    {"noise_std": std, "noise": noise, "n_samples": n_samples, "window": min(window, model.n_layers),
+                     "window_requested": window, "seed": seed, "kinds": list(kinds)})
 
 
 def _as_fact(e: Any) -> tuple[str, Any, Any]:
