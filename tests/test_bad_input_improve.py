@@ -194,7 +194,7 @@ API_CASES: list[ApiCase] = [
             lambda tmp: _improve("regularise").finetune(
                 _tiny(), [{"prompt": "The fox", "target": " x", "irrelevant": [40]}], lam=1.0,
                 progress=False), "irrelevant position 40 is outside", InputError),
-    ApiCase("finetune-out-parent-missing",
+    ApiCase("api-finetune-out-parent-missing",
             lambda tmp: _improve("regularise").finetune(
                 _tiny(), _rows(), out_dir=tmp / "no" / "run", progress=False),
             "does not exist", InputError, outputs=["{tmp}/no"]),
@@ -262,7 +262,7 @@ API_CASES: list[ApiCase] = [
                 _tiny(), [{"prompt": "a", "subject": "a", "answer": " b", "relation": "r",
                            "subject_text": "a"}], n_edits=3, progress=False),
             "known facts", InputError),
-    ApiCase("amplify-shots-0",
+    ApiCase("api-amplify-shots-0",
             lambda tmp: _improve("prompting").amplify_experiment(
                 _tiny(), [("a", " x"), ("b", " y")], [("c", " x")], n_shots=0, progress=False),
             "at least 1", InputError),
@@ -270,7 +270,7 @@ API_CASES: list[ApiCase] = [
             lambda tmp: _improve("prompting").amplify_experiment(
                 _tiny(), [("a", " x")], [("c", " x")], progress=False),
             "two candidate labels", InputError),
-    ApiCase("amplify-shots-over-pool",
+    ApiCase("api-amplify-shots-over-pool",
             lambda tmp: _improve("prompting").amplify_experiment(
                 _tiny(), [("a", " x"), ("b", " y")], [("c", " x")], n_shots=3, progress=False),
             "cannot come from a pool", InputError),

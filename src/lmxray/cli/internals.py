@@ -65,10 +65,10 @@ def zoo_examples(task: str, split: str = "test", n: int | None = 100, seed: int 
 
 
 def zoo_facts(n: int | None = 100, relation: str | None = None, seed: int = 0) -> list[dict[str, Any]]:
-    """The zoo's facts as records (:func:`lmxray.zoo.records.facts`)."""
-    from ..zoo.records import facts
+    """The zoo's facts as records (:func:`lmxray.internals.fact_records` of :func:`zoo_examples`)."""
+    from ..internals import fact_records
 
-    return facts(n, seed=seed, relation=relation)
+    return fact_records(zoo_examples("facts", "test", None if relation else n, seed), n=n, relation=relation)
 
 
 def zoo_texts(tasks: list[str] | None, n: int, split: str) -> list[str]:
