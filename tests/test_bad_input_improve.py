@@ -204,7 +204,7 @@ API_CASES: list[ApiCase] = [
     ApiCase("shortcuts-one-example",
             lambda tmp: _improve("shortcuts").detect_shortcuts(_tiny(), _rows(1), progress=False),
             "at least 2", InputError),
-    ApiCase("shortcuts-min-count-0",
+    ApiCase("api-shortcuts-min-count-0",
             lambda tmp: _improve("shortcuts").detect_shortcuts(_tiny(), _rows(), min_count=0,
                                                                progress=False),
             "min_count", InputError),
