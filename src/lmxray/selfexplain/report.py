@@ -22,11 +22,20 @@ from ..result import Result
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-__all__ = ["SelfExplainReport", "REPORT_FORMAT", "example_verdict"]
+__all__ = ["SelfExplainReport", "REPORT_FORMAT", "example_verdict", "check_parquet"]
 
 REPORT_FORMAT = "lmxray.selfexplain/1"
 # the explanation shown for an example: the first row of these variants, in this order
 _SHOWN_VARIANTS = ("full", "unbiased", "original", "cot")
+
+
+def check_parquet() -> None:
+    """Raise a one-line InputError when Parquet cannot be written (no pyarrow)."""
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise InputError("writing Parquet needs pyarrow (pip install pyarrow); use the JSONL "
+                         "rows instead") from None
 
 
 def _nan(v: Any) -> float:
@@ -168,11 +177,7 @@ class SelfExplainReport(Result):
     def to_parquet(self, path: str | os.PathLike[str]) -> Path:
         """The rows as Parquet (needs pyarrow), written atomically; values that are lists or
         objects are stored as JSON text."""
-        try:
-            import pyarrow  # noqa: F401
-        except ImportError:
-            raise InputError("writing Parquet needs pyarrow (pip install pyarrow); use the JSONL "
-                             "rows instead") from None
+        check_parquet()
         df = self.to_dataframe()
         for col in df.columns:
             if df[col].map(lambda v: isinstance(v, list | tuple | dict)).any():

@@ -45,7 +45,7 @@ except ImportError:  # pragma: no cover - removed at the merge
     TESTS: dict[str, dict[str, Callable[..., Any]]] = {}  # type: ignore[no-redef]
     OrganismFormat = TurpinFormat = None  # type: ignore[assignment,misc]
 
-__all__ = ["run", "ROWS_FORMAT", "DEFAULT_TESTS", "as_generator", "default_format"]
+__all__ = ["run", "ROWS_FORMAT", "DEFAULT_TESTS", "as_generator", "default_format", "resolve_tests"]
 
 ROWS_FORMAT = "lmxray.selfexplain-rows/1"
 DEFAULT_TESTS = ("bias", "cot", "deletion", "attribution", "simulatability")
@@ -160,7 +160,10 @@ def default_format(gen: Generator, organism: bool = False) -> Format:
     return TurpinFormat()  # type: ignore[no-any-return]
 
 
-def _resolve_tests(tests: str | Sequence[str], registry: Mapping[str, Any]) -> list[str]:
+def resolve_tests(tests: str | Sequence[str], registry: Mapping[str, Any] | None = None) -> list[str]:
+    """Test names from a list, a comma-separated string or ``"all"``, checked against the
+    registry (default: the five tests)."""
+    registry = TESTS if registry is None else registry
     if isinstance(tests, str):
         tests = list(registry) if tests == "all" else [t.strip() for t in tests.split(",") if t.strip()]
     chosen = list(dict.fromkeys(tests))
@@ -241,7 +244,7 @@ def run(
         ``to_html()``, ``to_parquet()``.
     """
     registry = TESTS if registry is None else registry
-    chosen = _resolve_tests(tests, registry)
+    chosen = resolve_tests(tests, registry)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise InputError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     per_test = _check_params(params, chosen)
