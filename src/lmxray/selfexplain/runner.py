@@ -5,10 +5,11 @@ resumable JSONL file.
 test (:data:`lmxray.selfexplain.tests.TESTS`: ``{"run", "aggregate", "flags"}`` per name) on
 chunks of ``chunk_size`` items and appends each chunk's rows to ``out`` as soon as they are
 computed, followed by a ``done`` record naming the chunk's items; the file is flushed and synced
-after each chunk. A run that is interrupted (Ctrl-C, a crash, a lost endpoint) and started again
-with the same configuration skips the (test, item) pairs already done: rows written after the
-last ``done`` record (a chunk cut short) are dropped and recomputed, so no row is lost or
-repeated. A file written with another configuration is refused, not mixed.
+after each chunk. The file is (re)started with the first chunk, so a run that fails before (an
+unreachable endpoint) leaves no file. A run that is interrupted (Ctrl-C, a crash, a lost
+endpoint) and started again with the same configuration skips the (test, item) pairs already
+done: rows written after the last ``done`` record (a chunk cut short) are dropped and
+recomputed, so no row is lost or repeated. A file written with another configuration is refused, not mixed.
 
 Rows file (one JSON object per line)::
 
@@ -62,13 +63,16 @@ class _RowsFile:
         self.done: set[tuple[str, str]] = set()
         self.retries = 0
         self.seconds: dict[str, float] = {}
+        self._header: str | None = None
         if path is None:
             return
         if path.exists() and path.stat().st_size and resume:
             self._load(header)
             return
         check_output(path)
-        self._write(json.dumps(header) + "\n", mode="w")
+        # the file is (re)started with the first chunk: a run that fails before any row is
+        # computed (an unreachable endpoint) leaves no file behind
+        self._header = json.dumps(header) + "\n"
 
     def _write(self, text: str, mode: str = "a") -> None:
         assert self.path is not None
@@ -128,7 +132,11 @@ class _RowsFile:
         done = {"kind": "done", "test": test, "ids": ids, "retries": retries, "seconds": seconds}
         if self.path is not None:
             text = "".join(json.dumps({"kind": "row", **r}) + "\n" for r in clean)
-            self._write(text + json.dumps(done) + "\n")
+            if self._header is not None:
+                self._write(self._header + text + json.dumps(done) + "\n", mode="w")
+                self._header = None
+            else:
+                self._write(text + json.dumps(done) + "\n")
         self.rows.extend(clean)
         self.done.update((test, i) for i in ids)
         self.retries += retries
