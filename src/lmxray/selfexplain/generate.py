@@ -112,6 +112,19 @@ class LocalGenerator:
                  stop: Sequence[str] = ()) -> list[Generation]:
         """Greedy continuations, one per prompt, in order (see the module docstring)."""
         prompts = check_prompts(prompts, max_new_tokens, stop)
+        out = []
+        for p, (ids, stopped) in zip(prompts, self.generate_ids(prompts, max_new_tokens=max_new_tokens,
+                                                                 stop=stop), strict=True):
+            text = self.model.tokenizer.decode(ids, skip_special_tokens=True)
+            if stop:
+                text, _ = cut_at_stop(text, stop)
+            out.append(Generation(prompt=p, text=text, n_tokens=len(ids), stopped=stopped))
+        return out
+
+    def generate_ids(self, prompts: Sequence[str], *, max_new_tokens: int,
+                     stop: Sequence[str] = ()) -> list[tuple[list[int], str]]:
+        """``(new token ids, why it stopped)`` per prompt (EOS not included), in order."""
+        prompts = check_prompts(prompts, max_new_tokens, stop)
         if not prompts:
             return []
         seqs = [self.model.encode(p) for p in prompts]
@@ -127,13 +140,10 @@ class LocalGenerator:
                              batch_size=self.batch_size)
         done = run_chunks(order, rows, lambda idx: self._greedy([seqs[i] for i in idx],
                                                                  max_new_tokens, stop), self.info)
-        out: list[Generation | None] = [None] * len(prompts)
-        for i, (ids, stopped) in zip(order, done, strict=True):
-            text = self.model.tokenizer.decode(ids, skip_special_tokens=True)
-            if stop:
-                text, _ = cut_at_stop(text, stop)
-            out[i] = Generation(prompt=prompts[i], text=text, n_tokens=len(ids), stopped=stopped)
-        return [g for g in out if g is not None]
+        out: list[tuple[list[int], str]] = [([], "")] * len(prompts)
+        for i, res in zip(order, done, strict=True):
+            out[i] = res
+        return out
 
     def _row_bytes(self, length: int, new: int) -> float:
         m = self.model
