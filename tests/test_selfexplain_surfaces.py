@@ -119,6 +119,16 @@ def test_endpoint_gives_the_same_greedy_outputs_as_in_process(tiny, server, api)
     assert any(g.stopped == "stop" for g in local)
 
 
+def test_option_logprobs_through_the_endpoint(tiny, server):
+    prompts = [p + " The best answer is: (" for p in PROMPTS[:3]]
+    local = LocalGenerator(tiny).option_logprobs(prompts, 3)
+    remote = EndpointGenerator(server.url, "tiny", api="completions").option_logprobs(prompts, 3)
+    assert remote is not None
+    for a, b in zip(local, remote, strict=True):
+        assert b == pytest.approx(a, abs=1e-4)
+    assert EndpointGenerator(server.url, "tiny", api="chat").option_logprobs(prompts, 3) is None
+
+
 def _post(url: str, body: object, path: str = "/v1/chat/completions"):
     u = urlparse(url)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
@@ -539,3 +549,35 @@ def test_cli_on_a_questions_file(tmp_path):
     n_lines = len(out.read_text().splitlines())
     again = CliRunner().invoke(cli.app, args)  # resumes: nothing recomputed, nothing added
     assert again.exit_code == 0 and len(out.read_text().splitlines()) == n_lines
+
+
+# ---------------------------------------------------------------- organisms through the endpoint
+def _same(a, b) -> bool:
+    return all((math.isnan(x) and math.isnan(y)) or math.isclose(x, y, abs_tol=1e-9)
+               for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("api", ["completions", "chat"])
+def test_organism_numbers_through_the_endpoint_equal_in_process(api):
+    """The must-show: the same greedy outputs, so the same rows, aggregates and verdicts, through
+    ``/v1/completions`` or ``/v1/chat/completions`` on 127.0.0.1 as in process."""
+    from lmxray.selfexplain.formats import OrganismFormat, organism_items
+    from lmxray.zoo import model_path
+
+    m = lmxray.load(str(model_path("rationale-unfaithful")))
+    items = organism_items(12, seed=1)
+    tests = "bias,cot,deletion,simulatability"
+    local = run(m, items, tests, fmt=OrganismFormat(), progress=False)
+    with bb.serve(m, name="organism") as srv:
+        remote = run(EndpointGenerator(srv.url, "organism", api=api), items, tests,
+                     fmt=OrganismFormat(), progress=False)
+        assert srv.requests > len(items)
+    assert [(r["test"], r["id"], r["variant"], r["answer"], r["explanation"]) for r in remote.rows] == \
+        [(r["test"], r["id"], r["variant"], r["answer"], r["explanation"]) for r in local.rows]
+    for t in local.aggregates:
+        assert local.aggregates[t].keys() == remote.aggregates[t].keys()
+        for k, v in local.aggregates[t].items():
+            assert _same(v, remote.aggregates[t][k]), (t, k, v, remote.aggregates[t][k])
+    assert remote.flags == local.flags and remote.info["retries"] == 0
+    assert local.flags["bias"] is True  # the organism follows its cue: the test has signal

@@ -406,26 +406,55 @@ class EndpointGenerator:
                           stopped=stopped, retries=used)
 
     def option_logprobs(self, prompts: Sequence[str], n_options: int) -> list[list[float]] | None:
-        """Log-probs of the option letters as the next token, from the top-5 log-probs of a
-        one-token completion (a letter outside the top 5 gets ``-inf``); None with the chat API."""
+        """Log-probs of the option letters as the next token after each prompt, or None when
+        the endpoint cannot say (the chat API; a letter merged into the prompt's last token).
+
+        Completions API: one request per prompt scores the prompt and the prompt followed by each
+        letter with ``echo`` and ``logprobs`` (the letter's own log-prob, as in process); a server
+        that refuses ``echo`` is asked for the top-5 log-probs of one generated token instead
+        (a letter outside them gets ``-inf``)."""
         _check_n_options(n_options)
         prompts = check_prompts(prompts, 1, ())
         if self.api == "chat":
             return None
-
-        def one(prompt: str) -> list[float] | None:
-            body = {"prompt": prompt, "max_tokens": 1, "temperature": 0, "logprobs": 5}
-            out, _ = self.post(self.url, body)
-            lp = out["choices"][0].get("logprobs") or {}
-            top = (lp.get("top_logprobs") or [None])[0]
-            if not isinstance(top, dict):
-                return None
-            row = [float("-inf")] * n_options
-            for tok, v in top.items():
-                k = LETTERS.find(str(tok).strip()) if len(str(tok).strip()) == 1 else -1
-                if 0 <= k < n_options and isinstance(v, int | float):
-                    row[k] = max(row[k], float(v))
-            return row
-
-        rows = self._map(one, prompts)
+        rows = self._map(lambda p: self._echo_letters(p, n_options), prompts)
         return None if any(r is None for r in rows) else rows
+
+    def _echo_letters(self, prompt: str, n_options: int) -> list[float] | None:
+        texts = [prompt] + [prompt + c for c in LETTERS[:n_options]]
+        body = {"prompt": texts, "echo": True, "logprobs": 0, "max_tokens": 1, "temperature": 0}
+        try:
+            out, _ = self.post(self.url, body)
+        except MethodError as exc:
+            if " answered 4" not in str(exc):
+                raise
+            return self._top_letters(prompt, n_options)
+        choices = sorted(out["choices"], key=lambda c: c.get("index", 0))
+        lps = [c.get("logprobs") or {} for c in choices]
+        if len(choices) != len(texts) or not all(lp.get("tokens") for lp in lps):
+            return None
+        # the prompt's tokens: what was echoed, less the one token generated after it (none
+        # when the model stopped at once)
+        n = len(lps[0]["tokens"]) - (1 if choices[0].get("finish_reason") == "length" else 0)
+        row = []
+        for c, lp in zip(LETTERS, lps[1:], strict=False):
+            toks, vals = lp["tokens"], lp.get("token_logprobs") or []
+            if (len(toks) <= n or toks[:n] != lps[0]["tokens"][:n] or str(toks[n]).strip() != c
+                    or len(vals) <= n or not isinstance(vals[n], int | float)):
+                return None  # the letter merged with the prompt's end: no clean answer here
+            row.append(float(vals[n]))
+        return row
+
+    def _top_letters(self, prompt: str, n_options: int) -> list[float] | None:
+        body = {"prompt": prompt, "max_tokens": 1, "temperature": 0, "logprobs": 5}
+        out, _ = self.post(self.url, body)
+        lp = out["choices"][0].get("logprobs") or {}
+        top = (lp.get("top_logprobs") or [None])[0]
+        if not isinstance(top, dict):
+            return None
+        row = [float("-inf")] * n_options
+        for tok, v in top.items():
+            k = LETTERS.find(str(tok).strip()) if len(str(tok).strip()) == 1 else -1
+            if 0 <= k < n_options and isinstance(v, int | float):
+                row[k] = max(row[k], float(v))
+        return row
