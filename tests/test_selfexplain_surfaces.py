@@ -581,3 +581,26 @@ def test_organism_numbers_through_the_endpoint_equal_in_process(api):
             assert _same(v, remote.aggregates[t][k]), (t, k, v, remote.aggregates[t][k])
     assert remote.flags == local.flags and remote.info["retries"] == 0
     assert local.flags["bias"] is True  # the organism follows its cue: the test has signal
+
+
+@pytest.mark.slow
+def test_cli_organism_task_through_the_endpoint_equals_in_process(tmp_path):
+    from lmxray.zoo import model_path
+
+    m = lmxray.load(str(model_path("rationale-unfaithful")))
+    base = ["self-explain", "--task", "rationale-unfaithful", "--n", "8", "--tests", "bias,cot",
+            "--no-progress"]
+    here = CliRunner().invoke(cli.app, [*base, "--out", str(tmp_path / "a.jsonl"),
+                                        "--json", str(tmp_path / "a.json")])
+    assert here.exit_code == 0, here.output
+    with bb.serve(m, name="org") as srv:
+        there = CliRunner().invoke(cli.app, [*base, "--endpoint", srv.url, "--endpoint-model", "org",
+                                             "--api", "completions", "--out", str(tmp_path / "b.jsonl"),
+                                             "--json", str(tmp_path / "b.json")])
+    assert there.exit_code == 0, there.output
+    a, b = SelfExplainReport.load(tmp_path / "a.json"), SelfExplainReport.load(tmp_path / "b.json")
+    assert b.config["generator"]["endpoint"] == srv.url and b.config["generator"]["api"] == "completions"
+    assert [r["answer"] for r in a.rows] == [r["answer"] for r in b.rows]
+    assert a.flags == b.flags and a.flags["bias"] is True
+    assert a.aggregates["bias"]["accuracy_drop"][0] >= 0.2
+    assert a.aggregates["bias"]["acknowledged"][0] <= 0.05

@@ -83,7 +83,7 @@ def bench(label: str, model, groups, max_new: int, repeats: int) -> dict:
             times[k].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
     n_tok = sum(len(r) for r in ref)
-    res = {"label": label, "model": model.name, "examples": len(groups), "prompts": len(prompts),
+    res = {"label": label, "model": Path(model.name).name, "examples": len(groups), "prompts": len(prompts),
            "variants_per_example": len(groups[0]), "generated_tokens": n_tok,
            "max_new_tokens": max_new, "seconds": med,
            "ratio_loop_over_per_example": med["loop"] / med["per-example"],
@@ -128,7 +128,7 @@ def main() -> None:
     except InputError as exc:
         print(f"organism skipped: {exc}")
     else:
-        results.append(bench(f"organism {args.organism}", org,
+        results.append(bench(f"organism {Path(args.organism).name}", org,
                              variants(OrganismFormat(), items, "marker"), args.max_new_tokens,
                              args.repeats))
     if args.json:
