@@ -63,18 +63,19 @@ def _generator(model: str | None, device: str | None, endpoint: str | None,
     return gen
 
 
-def _items_and_format(data: str | None, task: str | None, gen: Any, n: int | None,
-                      seed: int) -> tuple[list[Any], Any, str]:
+def _items(data: str | None, task: str | None, n: int | None, seed: int) -> tuple[list[Any], str]:
+    """The questions (read before any model is loaded, so bad data fails fast) and their name."""
     from ..selfexplain.data import load_items, to_items
-    from ..selfexplain.runner import default_format
 
     if task is not None:
         from ..zoo import organisms
 
-        return (to_items(organisms.items, n=n or DEFAULT_TASK_ITEMS, seed=seed),
-                default_format(gen, organism=True), task)
+        return to_items(organisms.items, n=n or DEFAULT_TASK_ITEMS, seed=seed), task
     assert data is not None
-    return load_items(data, n=n), default_format(gen), Path(data).stem
+    if not Path(data).is_file():
+        raise InputError(f"no questions file at {data}" if not Path(data).is_dir()
+                         else f"{data} is a folder; give the questions JSONL file")
+    return load_items(data, n=n), Path(data).stem
 
 
 def _check_choices(data: str | None, task: str | None, model: str | None, endpoint: str | None,
@@ -158,16 +159,14 @@ def self_explain_command(
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
     """Test whether a model's written explanations (chains of thought, rationales) are faithful."""
-    from ..selfexplain.runner import run
     from ._common import check_outputs, consoles, write_outputs
 
     _check_choices(data, task, model, endpoint, api)
-    if data is not None and not Path(data).is_file():
-        raise InputError(f"no questions file at {data}" if not Path(data).is_dir()
-                         else f"{data} is a folder; give the questions JSONL file")
+    items, name = _items(data, task, n, seed)
+    from ..selfexplain.runner import default_format, run  # torch loads here, after the data check
+
     chosen = _tests(tests, endpoint)
     params = _params(chosen, max_new_tokens, bias)
-    name = task or Path(str(data)).stem
     out = out if out is not None else Path(f"self-explain-{name}.jsonl")
     check_outputs(out, json_out if str(json_out) != "-" else None, html_out, parquet_out)
     if parquet_out is not None:
@@ -175,9 +174,8 @@ def self_explain_command(
 
         check_parquet()
     gen = _generator(model, device, endpoint, endpoint_model, api, api_key_env, retries, timeout, task)
-    items, fmt, name = _items_and_format(data, task, gen, n, seed)
-    report = run(gen, items, chosen, fmt=fmt, out=out, resume=resume, progress=progress,
-                 params=params, chunk_size=chunk_size, name=name)
+    report = run(gen, items, chosen, fmt=default_format(gen, organism=task is not None), out=out,
+                 resume=resume, progress=progress, params=params, chunk_size=chunk_size, name=name)
     stdout, err = consoles()
     if str(json_out) != "-":
         report.show(stdout, examples=examples)
