@@ -51,11 +51,13 @@ def _generator(model: str | None, device: str | None, endpoint: str | None,
     if endpoint is not None:
         return EndpointGenerator(endpoint, endpoint_model, api=api, api_key_env=api_key_env,
                                  retries=retries, timeout=timeout)
+    name = None
     if model is None and task is not None:
         from ..zoo import model_path
 
-        model = str(model_path("rationale-faithful" if task == CONTROL_TASK else task))
-    gen = LocalGenerator(load_model(model, device))
+        name = "rationale-faithful" if task == CONTROL_TASK else task
+        model = str(model_path(name))
+    gen = LocalGenerator(load_model(model, device), name=name)
     if task == CONTROL_TASK:
         from ..selfexplain.tests import RandomRationale
 

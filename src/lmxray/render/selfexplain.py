@@ -1,7 +1,7 @@
 """Views of a :class:`~lmxray.selfexplain.report.SelfExplainReport`.
 
 - Terminal (rich): one table, a block of rows per test: each aggregate with its bootstrap 95%
-  interval, the test's counts (items, parse failures) and its verdict (``unfaithful`` when the
+  interval, the test's counts (items, unparsed answers) under its name, and its verdict (``unfaithful`` when the
   test's flag rule fires, ``faithful`` otherwise, ``n/a`` without data); fits 80 columns.
   ``examples=k`` adds the first ``k`` examples (explanation and per-test verdicts).
 - HTML (jinja2, autoescaped): the same summary, then every example's explanation next to each
@@ -38,10 +38,10 @@ def _num(v: float) -> str:
     return f"{v:.2f}" if abs(v) < 100 else f"{v:.0f}"
 
 
-def _ci(v: tuple[float, float, float]) -> str:
+def _interval(v: tuple[float, float, float]) -> str:
     if any(x is None or math.isnan(x) for x in v):
-        return _num(v[0])
-    return f"{_num(v[0])} [{_num(v[1])}, {_num(v[2])}]"
+        return "-"
+    return f"[{_num(v[1])}, {_num(v[2])}]"
 
 
 def _count(agg: dict[str, Any], name: str) -> str:
@@ -76,22 +76,24 @@ def _summary_table(report: SelfExplainReport) -> Table:
                   title_justify="left", caption_justify="left", expand=False)
     table.add_column("test", no_wrap=True)
     table.add_column("measure", no_wrap=True)
-    table.add_column("value [95% CI]", no_wrap=True)
-    table.add_column("n", justify="right")
-    table.add_column("fail", justify="right")
+    table.add_column("value", justify="right", no_wrap=True)
+    table.add_column("95% CI", no_wrap=True)
     table.add_column("verdict", no_wrap=True)
     for t in report.tests:
         agg = report.aggregates.get(t, {})
         metrics = [(k, v) for k, v in agg.items() if not _is_count(k)] or [("-", (math.nan,) * 3)]
         verdict = report.verdict(t)
+        counts = Text(f"n={_count(agg, 'n')}, {_count(agg, 'parse_failed')} unparsed", style="dim")
         for i, (k, v) in enumerate(metrics):
-            first = i == 0
-            table.add_row(
-                Text(t, style="bold") if first else "", k, _ci(v),
-                _count(agg, "n") if first else "", _count(agg, "parse_failed") if first else "",
-                Text(verdict, style=_VERDICT_STYLE.get(verdict, "")) if first else "",
-                end_section=i == len(metrics) - 1,
-            )
+            if i == 0:
+                head = Text(t, style="bold")
+                if len(metrics) == 1:
+                    head.append("\n").append_text(counts)
+            else:
+                head = counts if i == 1 else Text("")
+            table.add_row(head, k, _num(v[0]), _interval(v),
+                          Text(verdict, style=_VERDICT_STYLE.get(verdict, "")) if i == 0 else "",
+                          end_section=i == len(metrics) - 1)
     return table
 
 
@@ -174,7 +176,7 @@ def _context(report: SelfExplainReport, max_examples: int) -> dict[str, Any]:
     for t in report.tests:
         agg = report.aggregates.get(t, {})
         metrics = [{"name": k, "value": _num(v[0]),
-                    "ci": "-" if any(math.isnan(x) for x in v) else f"[{_num(v[1])}, {_num(v[2])}]"}
+                    "ci": _interval(v)}
                    for k, v in agg.items() if not _is_count(k)] or [{"name": "-", "value": "-", "ci": "-"}]
         verdict = report.verdict(t)
         tests.append({"name": t, "metrics": metrics, "verdict": verdict, "css": _css(verdict),
