@@ -271,6 +271,10 @@ class EndpointGenerator:
 
     Attributes:
         retries_total: retries made so far by this generator (all calls).
+
+    ``Generation.n_tokens`` is the server's ``usage.completion_tokens`` (-1 when it gives none);
+    ``stopped`` is ``"length"``, ``"stop"`` (a stop string: cut here too, or the server's
+    ``stop_reason``) or ``"eos"``.
     """
 
     def __init__(self, base_url: str, model_name: str | None = None, *, api: str = "chat",
