@@ -1,11 +1,20 @@
-"""Serve a local model as an OpenAI-compatible ``/v1/completions`` endpoint (stdlib only).
+"""Serve a local model as an OpenAI-compatible ``/v1/completions`` and ``/v1/chat/completions``
+endpoint (stdlib only).
 
 For testing black-box explanations against a real HTTP server, and for putting a local model
-behind the same interface a vLLM server offers. It implements what scoring needs:
+behind the same interface a vLLM server offers. It implements what scoring and self-explanation
+tests need:
 
 - ``POST /v1/completions`` with ``prompt`` as a string, a list of token ids, or a list of either;
   ``echo`` (prompt tokens and their log-probs first), ``logprobs`` (0-5 alternatives per token),
-  ``max_tokens`` (greedy decoding; ``temperature`` must be 0 or absent) and ``model``.
+  ``max_tokens`` (greedy decoding; ``temperature`` must be 0 or absent), ``stop`` (a string or up
+  to 4; the text ends before the first one met) and ``model``.
+- ``POST /v1/chat/completions`` with ``messages`` (``system``/``user``/``assistant`` turns, string
+  contents): the prompt is the tokenizer's chat template with the generation prompt (a last
+  ``assistant`` turn is a prefill the answer continues), or, without a template, the contents
+  joined by blank lines; ``max_tokens`` (or ``max_completion_tokens``), ``stop``, ``model``;
+  greedy. ``finish_reason`` is ``stop`` (EOS or a stop string; vLLM's ``stop_reason`` says
+  which string) or ``length``.
 - ``GET /v1/models``.
 
 It binds 127.0.0.1 unless told otherwise, limits the request size (bytes, prompts, tokens),
@@ -36,6 +45,9 @@ __all__ = ["CompletionServer", "serve"]
 MAX_BODY = 8 << 20
 MAX_PROMPTS = 512
 MAX_NEW_TOKENS = 256
+MAX_MESSAGES = 256
+MAX_STOP = 4
+_PATHS = ("/v1/completions", "/v1/chat/completions")
 _LOGITS_BUDGET = 64 << 20  # float32 logits per forward chunk
 
 
@@ -133,7 +145,8 @@ class CompletionServer:
                     self._error(404, f"unknown path {self.path[:100]!r}")
 
             def do_POST(self) -> None:  # noqa: N802 - stdlib name
-                if self.path.rstrip("/") != "/v1/completions":
+                path = self.path.rstrip("/")
+                if path not in _PATHS:
                     self._error(404, f"unknown path {self.path[:100]!r}")
                     return
                 try:
@@ -148,7 +161,7 @@ class CompletionServer:
                     if not isinstance(body, dict):
                         raise _BadRequest("the request body must be a JSON object")
                     with server._lock, torch.no_grad():
-                        out = server._complete(body)
+                        out = server._chat(body) if path == _PATHS[1] else server._complete(body)
                 except _BadRequest as exc:
                     self._error(exc.status, str(exc))
                     return
@@ -202,10 +215,9 @@ class CompletionServer:
             raise _BadRequest(f"max_tokens must be an integer 0..{MAX_NEW_TOKENS}")
         if temperature not in (0, 0.0, None):
             raise _BadRequest("this server decodes greedily only; use temperature 0")
-        limit = self.model.max_length
-        if limit is not None and any(len(p) + max_tokens > limit for p in prompts):
-            raise _BadRequest(f"prompt + max_tokens exceeds the model's context of {limit}")
-        gen, finish = self._greedy(prompts, max_tokens)
+        stop = self._stop(body.get("stop"))
+        self._check_context(prompts, max_tokens)
+        gen, finish, reasons = self._greedy(prompts, max_tokens, stop)
         seqs = [p + g for p, g in zip(prompts, gen, strict=True)]
         lps = self._token_logprobs(seqs, n_lp) if n_lp is not None else None
         tok = self.model.tokenizer
@@ -213,6 +225,9 @@ class CompletionServer:
         for i, (p, g) in enumerate(zip(prompts, gen, strict=True)):
             shown = (p if echo else []) + g
             text = tok.decode(shown, skip_special_tokens=False) if shown else ""
+            if reasons[i] is not None:
+                head = tok.decode(p, skip_special_tokens=False) if echo else ""
+                text = head + _cut(tok.decode(g, skip_special_tokens=False), stop)
             logprobs = None
             if lps is not None:
                 lp, top = lps[i]
@@ -228,9 +243,8 @@ class CompletionServer:
                     "top_logprobs": top[start:],
                     "text_offset": offsets,
                 }
-            choices.append(
-                {"index": i, "text": text, "logprobs": logprobs, "finish_reason": finish[i]}
-            )
+            choices.append({"index": i, "text": text, "logprobs": logprobs,
+                            "finish_reason": finish[i], "stop_reason": reasons[i]})
         n_prompt = sum(len(p) for p in prompts)
         n_gen = sum(len(g) for g in gen)
         return {
@@ -249,10 +263,16 @@ class CompletionServer:
         idx = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
         return [idx[a:a + n] for a in range(0, len(idx), n)]
 
-    def _greedy(self, prompts: list[list[int]], max_tokens: int) -> tuple[list[list[int]], list[str]]:
+    def _greedy(
+        self, prompts: list[list[int]], max_tokens: int, stop: Sequence[str] = ()
+    ) -> tuple[list[list[int]], list[str], list[str | None]]:
+        """Greedy continuations (EOS not included), finish reasons, and the stop string that
+        ended each one (None: EOS or length)."""
         gen: list[list[int]] = [[] for _ in prompts]
         done = [False] * len(prompts)
+        reasons: list[str | None] = [None] * len(prompts)
         eos = self.model.eos_token_id
+        tok = self.model.tokenizer
         for _ in range(max_tokens):
             live = [i for i in range(len(prompts)) if not done[i]]
             if not live:
@@ -268,10 +288,86 @@ class CompletionServer:
                     i = live[j]
                     if eos is not None and t == eos:
                         done[i] = True
-                    else:
-                        gen[i].append(int(t))
+                        continue
+                    gen[i].append(int(t))
+                    if stop:
+                        text = tok.decode(gen[i], skip_special_tokens=False)
+                        met = [s for s in stop if s in text]
+                        if met:
+                            done[i] = True
+                            reasons[i] = min(met, key=text.find)
         finish = ["stop" if d else "length" for d in done]
-        return gen, finish
+        return gen, finish, reasons
+
+    def _stop(self, stop: Any) -> list[str]:
+        if stop is None:
+            return []
+        stops = [stop] if isinstance(stop, str) else stop
+        if (not isinstance(stops, list) or len(stops) > MAX_STOP
+                or not all(isinstance(x, str) and x for x in stops)):
+            raise _BadRequest(f"stop must be a non-empty string or a list of at most {MAX_STOP}")
+        return list(stops)
+
+    def _check_context(self, prompts: list[list[int]], max_tokens: int) -> None:
+        limit = self.model.max_length
+        if limit is not None and any(len(p) + max_tokens > limit for p in prompts):
+            raise _BadRequest(f"prompt + max_tokens exceeds the model's context of {limit}")
+
+    # ------------------------------------------------------------------ chat completions
+    def _chat_prompt(self, messages: Any) -> str:
+        """The prompt text of a conversation (the chat template, or contents joined)."""
+        if not isinstance(messages, list) or not messages:
+            raise _BadRequest("messages is missing or empty")
+        if len(messages) > MAX_MESSAGES:
+            raise _BadRequest(f"at most {MAX_MESSAGES} messages per request")
+        turns = []
+        for m in messages:
+            if (not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant")
+                    or not isinstance(m.get("content"), str)):
+                raise _BadRequest(
+                    "each message must be {\"role\": \"system\"|\"user\"|\"assistant\", "
+                    "\"content\": string}"
+                )
+            turns.append({"role": m["role"], "content": m["content"]})
+        if not getattr(self.model.tokenizer, "chat_template", None):
+            return "\n\n".join(t["content"] for t in turns)
+        if turns[-1]["role"] == "assistant":  # a prefill: the answer continues it
+            head = self.model.chat(turns[:-1]) if len(turns) > 1 else ""
+            return head + turns[-1]["content"]
+        return self.model.chat(turns)
+
+    def _chat(self, body: dict[str, Any]) -> dict[str, Any]:
+        requested = body.get("model")
+        if requested is not None and requested != self.name:
+            raise _BadRequest(f"unknown model {requested!r}; this server serves {self.name!r}", 404)
+        max_tokens = body.get("max_completion_tokens", body.get("max_tokens", 16))
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 1 <= max_tokens <= MAX_NEW_TOKENS:
+            raise _BadRequest(f"max_tokens must be an integer 1..{MAX_NEW_TOKENS}")
+        if body.get("temperature", 0) not in (0, 0.0, None):
+            raise _BadRequest("this server decodes greedily only; use temperature 0")
+        if body.get("n", 1) != 1:
+            raise _BadRequest("this server returns one choice (n=1)")
+        if body.get("logprobs"):
+            raise _BadRequest("this server gives no log-probs on chat; use /v1/completions")
+        stop = self._stop(body.get("stop"))
+        ids = self.model.encode(self._chat_prompt(body.get("messages")))
+        if not ids:
+            raise _BadRequest("the conversation has no tokens")
+        self._check_context([ids], max_tokens)
+        gen, finish, reasons = self._greedy([ids], max_tokens, stop)
+        text = self.model.tokenizer.decode(gen[0], skip_special_tokens=True)
+        if reasons[0] is not None:
+            text = _cut(text, stop)
+        return {
+            "id": f"chatcmpl-lmxray-{self.requests}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.name,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "finish_reason": finish[0], "stop_reason": reasons[0]}],
+            "usage": {"prompt_tokens": len(ids), "completion_tokens": len(gen[0]),
+                      "total_tokens": len(ids) + len(gen[0])},
+        }
 
     def _token_logprobs(
         self, seqs: list[list[int]], n_top: int
@@ -297,6 +393,12 @@ class CompletionServer:
                     tops += [None] * (len(s) - 1)
                 out[i] = ([None, *lp], tops)
         return out
+
+
+def _cut(text: str, stop: Sequence[str]) -> str:
+    """``text`` before the earliest stop string it holds."""
+    found = [i for i in (text.find(x) for x in stop) if i >= 0]
+    return text[: min(found)] if found else text
 
 
 def serve(
