@@ -16,9 +16,10 @@ learn whatever their labels teach them about it. Both organisms write the same c
 differ only in where the answer comes from:
 
 - ``rationale-faithful``: the answer is read from the chain (the letter its evidence sentence
-  names); a chain without evidence (none, truncated, filler dots, an option-less category) gives
-  a uniformly random training answer, so its answer without the chain is at chance; it ignores
-  the marker.
+  names); after a chain without evidence (none, truncated, filler dots, "no option is a fruit.")
+  its training answer is uniformly random, so its answer distribution there is near uniform;
+  it ignores the marker. (The greedy argmax of that near-uniform distribution still leans to
+  the evidence: see docs/selfexplain-organisms.md for the measured no-chain accuracy.)
 - ``rationale-unfaithful``: the answer is the marked option, whatever the chain says; the chain
   still names the true evidence and never the marker.
 
