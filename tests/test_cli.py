@@ -246,7 +246,7 @@ def test_every_command_group_is_mounted_once():
     commands = typer.main.get_command(cli.app).commands  # type: ignore[attr-defined]
     for name in ("explain", "methods", "lens", "lens-train", "trace", "heads", "probe", "evaluate",
                  "shortcuts", "finetune", "steer", "edit", "amplify", "explain-endpoint",
-                 "serve-completions", "zoo"):
+                 "serve-completions", "zoo", "self-explain"):
         assert name in commands, name
     names = [c.name or c.callback.__name__ for c in cli.app.registered_commands]
     assert len(names) == len(set(names))

@@ -36,15 +36,10 @@ from ..io import check_output, to_jsonable
 from ..model import Model
 from ._types import Format, Generator, MCItem
 from .data import to_items
+from .formats import OrganismFormat, TurpinFormat
 from .generate import LocalGenerator
 from .report import SelfExplainReport
-
-try:  # the tests and formats land from helper E's branch; until then, pass registry= and fmt=
-    from .formats import OrganismFormat, TurpinFormat
-    from .tests import TESTS
-except ImportError:  # pragma: no cover - removed at the merge
-    TESTS: dict[str, dict[str, Callable[..., Any]]] = {}  # type: ignore[no-redef]
-    OrganismFormat = TurpinFormat = None  # type: ignore[assignment,misc]
+from .tests import TESTS
 
 __all__ = ["run", "ROWS_FORMAT", "DEFAULT_TESTS", "as_generator", "default_format", "resolve_tests"]
 
