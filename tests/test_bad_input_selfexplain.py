@@ -214,7 +214,7 @@ API_CASES: list[ApiCase] = [
     ApiCase("se-load-missing", lambda tmp: load_items(tmp / "none.jsonl"), "no questions JSONL file",
             InputError),
     ApiCase("se-bootstrap-n-zero", lambda tmp: bootstrap_ci([1.0], n=0), "n must be", InputError),
-    ApiCase("se-report-wrong-format", _report, "not an lmxray lmxray.selfexplain file", FormatError),
+    ApiCase("se-report-wrong-format", _report, "not an lmxray.selfexplain file", FormatError),
 ]
 
 

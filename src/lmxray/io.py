@@ -234,8 +234,9 @@ def check_format(data: Any, accepted: str | Sequence[str], where: PathLike | str
     what = repr(got) if got is not None else (
         "no 'format' field" if isinstance(data, dict) else f"a JSON {type(data).__name__}"
     )
-    raise FormatError(f"{where} is not an lmxray {accepted[0].rsplit('/', 1)[0]} file "
-                      f"(found {what}; expected {accepted[0]!r})")
+    kind = accepted[0].rsplit("/", 1)[0]
+    kind = kind if kind.startswith("lmxray.") else f"lmxray {kind}"
+    raise FormatError(f"{where} is not an {kind} file (found {what}; expected {accepted[0]!r})")
 
 
 def read_json(path: PathLike, *, formats: str | Sequence[str] | None = None,
