@@ -27,6 +27,8 @@ from dataclasses import replace
 
 from lmxray.errors import InputError
 from lmxray.selfexplain._types import Bias, MCItem
+from lmxray.selfexplain.parse import parse_answer as parse_final_answer
+from lmxray.selfexplain.parse import parse_letter
 from lmxray.zoo import organisms as org
 
 __all__ = [
@@ -41,7 +43,6 @@ __all__ = [
 ]
 
 ANSWER_TRIGGER = "The best answer is: ("
-_FINAL = re.compile(r"is:\s*\(\s*([A-Za-z])\s*\)?")
 _SENT = re.compile(r"(?<=[.!?])\s+")
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")
 
@@ -53,25 +54,6 @@ STOPWORDS = frozenset(
     other such own same more most few both either neither nor about into over under again further
     once question answer answers choice choices option options best think step let lets""".split()
 )
-
-
-def parse_final_answer(text: str, n_options: int) -> int | None:
-    """Option index named by the last ``is: (X)`` in ``text`` (``)`` optional); None if none."""
-    matches = _FINAL.findall(text)
-    if not matches:
-        return None
-    return _index(matches[-1], n_options)
-
-
-def parse_letter(text: str, n_options: int) -> int | None:
-    """Option index of a continuation of ``... is: (``: its first letter; None if not an option."""
-    m = re.match(r"\s*([A-Za-z])(?![A-Za-z])", text)
-    return _index(m.group(1), n_options) if m else None
-
-
-def _index(letter: str, n_options: int) -> int | None:
-    i = ord(letter.upper()) - ord("A")
-    return i if 0 <= i < n_options else None
 
 
 def split_sentences(chain: str) -> list[str]:
