@@ -22,7 +22,10 @@ def _file(name: str, data: bytes = b"x"):
     return setup
 
 
-CLI_CASES: list[CliCase] = [
+CLI_CASES: list[
+    CliCase("zoo-train-unknown-organism",
+            ["zoo", "train", "--organism", "nope", "--out", "{tmp}/o"], "unknown organism",
+            outputs=["{tmp}/o/config.json"]),CliCase] = [
     CliCase("zoo-eval-no-model", ["zoo", "eval", "--model", "{tmp}/none"], "no model at"),
     CliCase("zoo-eval-model-without-config", ["zoo", "eval", "--model", "{tmp}"], "no model at"),
     CliCase("zoo-eval-model-is-a-file", ["zoo", "eval", "--model", "{tmp}/m"], "no model at",

@@ -133,3 +133,19 @@ def test_bad_input():
         org.train_organism("nope", "/tmp/x")
     with pytest.raises(InputError, match="'marker'"):
         FMT.cot_prompt(ITEMS[0], Bias("suggested", 1))
+
+
+def test_zoo_train_cli_trains_an_organism(tmp_path):
+    """``lmxray zoo train --organism NAME`` trains a loadable organism (3 steps here)."""
+    from typer.testing import CliRunner
+
+    import lmxray
+    from lmxray import cli
+
+    out = tmp_path / "org"
+    r = CliRunner().invoke(cli.app, ["zoo", "train", "--organism", "rationale-faithful",
+                                     "--steps", "3", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert (out / "model.safetensors").is_file() and (out / "training.json").is_file()
+    m = lmxray.load(str(out))
+    assert m.n_layers >= 1

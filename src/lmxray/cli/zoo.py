@@ -49,13 +49,31 @@ def train(
     ),
     no_resume: bool = typer.Option(False, "--no-resume", help="Ignore an existing checkpoint."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads."),
+    organism: str | None = typer.Option(
+        None, "--organism", metavar="NAME",
+        help="Train a rationale-writing organism instead: rationale-faithful or rationale-unfaithful.",
+    ),
 ) -> None:
-    """Train the multi-task zoo model from scratch (Ctrl-C and rerun to resume)."""
+    """Train the multi-task zoo model from scratch (Ctrl-C and rerun to resume), or with
+    --organism one of the self-explanation organisms."""
+    from ..zoo import organisms
     from ..zoo.train import DEFAULT_STEPS, SHIPPED_SEED
     from ..zoo.train import train as _train
 
+    if organism is not None and organism not in organisms.ORGANISMS:
+        raise InputError(
+            f"unknown organism {organism!r}; choose one of {', '.join(organisms.ORGANISMS)}"
+        )
     _check_out_dir(out)
     t0, c0 = time.time(), time.process_time()
+    if organism is not None:
+        path = organisms.train_organism(
+            organism, out, seed=organisms.SHIPPED_SEED if seed is None else seed,
+            steps=organisms.DEFAULT_STEPS if steps is None else steps, threads=threads,
+        )
+        typer.echo(f"trained {path} in {time.time() - t0:.0f} s wall, "
+                   f"{time.process_time() - c0:.0f} s CPU")
+        return
     with resumable(enabled=not no_resume, note=f"checkpoint in {out / 'checkpoint'}"):
         path = _train(
             out,
