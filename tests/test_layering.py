@@ -20,9 +20,11 @@ LAYERS: list[list[str]] = [
     ["hooks", "model"],
     ["attribution", "internals"],
     ["zoo"],
-    ["evaluate", "improve", "blackbox", "selfexplain"],
+    ["evaluate", "improve", "blackbox", "selfexplain", "concepts"],
+    ["jobs"],
     ["render"],
     ["__init__"],
+    ["app"],
     ["cli", "__main__"],
 ]
 # Within-layer order where it matters: in a pair (a, b), a never imports b (b may import a).
