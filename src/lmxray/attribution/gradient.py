@@ -31,7 +31,7 @@ import torch
 from ..errors import InputError
 from ..model import Model
 from ._engine import gradient_sweep, path_values, quadrature
-from .base import Context, MethodOutput, Request, nan_mask_scores, register_method
+from .base import Context, MethodFn, MethodOutput, Request, nan_mask_scores, register_method
 
 __all__ = ["resolve_baseline_ids", "baseline_embeddings", "ConvergenceWarning", "reduce_dims"]
 
@@ -150,28 +150,30 @@ def _single_point(
     ]
 
 
-@register_method(
+def _single_point_method(name: str, description: str, times_input: bool) -> MethodFn:
+    """Register the one-gradient method ``name`` (saliency or input x gradient)."""
+
+    def method(
+        model: Model, requests: list[Request], ctx: Context, *, reduce: str = "sum"
+    ) -> list[MethodOutput]:
+        return _single_point(model, requests, ctx, reduce, times_input=times_input)
+
+    method.__name__ = method.__qualname__ = name
+    return register_method(
+        name, description=description, kind="gradient",
+        passes="1 forward + T vector-Jacobian products per prompt",
+    )(method)
+
+
+saliency = _single_point_method(
     "saliency",
-    description="Gradient magnitude |d f / d embedding| per source token (Simonyan et al. 2014).",
-    kind="gradient",
-    passes="1 forward + T vector-Jacobian products per prompt",
+    "Gradient magnitude |d f / d embedding| per source token (Simonyan et al. 2014).",
+    times_input=False,
 )
-def saliency(
-    model: Model, requests: list[Request], ctx: Context, *, reduce: str = "sum"
-) -> list[MethodOutput]:
-    return _single_point(model, requests, ctx, reduce, times_input=False)
-
-
-@register_method(
-    "input_x_gradient",
-    description="Embedding times gradient, signed (Shrikumar et al. 2016).",
-    kind="gradient",
-    passes="1 forward + T vector-Jacobian products per prompt",
+input_x_gradient = _single_point_method(
+    "input_x_gradient", "Embedding times gradient, signed (Shrikumar et al. 2016).",
+    times_input=True,
 )
-def input_x_gradient(
-    model: Model, requests: list[Request], ctx: Context, *, reduce: str = "sum"
-) -> list[MethodOutput]:
-    return _single_point(model, requests, ctx, reduce, times_input=True)
 
 
 @register_method(
