@@ -212,6 +212,7 @@ def test_default_model_missing_is_a_clean_error(monkeypatch):
     assert_clean_error(invoke("explain", "hi", *FAST_IG))
 
 
+@pytest.mark.slow
 def test_real_process_error_contract(tmp_path):
     """The installed entry point itself: one line, exit 2, no traceback, no file."""
     src = Path(lmxray.__file__).resolve().parents[1]

@@ -31,6 +31,7 @@ def zm() -> lmxray.Model:
     return lmxray.load(path)
 
 
+@pytest.mark.slow
 def test_shortcut_detection_puts_the_planted_marker_first(zm):
     from lmxray.improve.experiments import shortcut_demo
 
@@ -79,6 +80,7 @@ def test_rrr_removes_the_marker_that_a_plain_fine_tune_keeps(zm):
 STEPS = int(os.environ.get("LMXRAY_TEST_RRR_STEPS", "100"))
 
 
+@pytest.mark.slow
 def test_steering_flips_sentiment_and_costs_fluency(zm):
     from lmxray.improve.experiments import steering_demo
 
@@ -106,6 +108,7 @@ def test_rome_edits_beat_a_random_layer(zm):
     assert rep.rows["unedited"]["efficacy"] == 0.0
 
 
+@pytest.mark.slow
 def test_amplify_runs_end_to_end(zm):
     from lmxray.improve.experiments import amplify_demo
 

@@ -6,6 +6,8 @@ import inspect
 import subprocess
 import sys
 
+import pytest
+
 import lmxray
 
 
@@ -36,6 +38,7 @@ def test_methods_have_descriptions():
         assert desc and "\n" not in desc and len(desc) < 120, name
 
 
+@pytest.mark.slow
 def test_subpackages_resolve_lazily_on_a_fresh_import():
     code = (
         "import sys, lmxray; assert 'lmxray.evaluate' not in sys.modules; "

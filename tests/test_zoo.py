@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from badinput import CliCase, run_cli_case
 from lmxray import zoo
 from lmxray.errors import InputError
 from lmxray.zoo import _data as D
@@ -245,6 +246,7 @@ def test_layer0_head0_starts_as_a_previous_token_head():
     assert off.model.layers[0].self_attn.q_proj.bias is None
 
 
+@pytest.mark.slow
 def test_reduced_model_trains_and_loss_falls(tmp_path):
     from lmxray.zoo.train import train
 
@@ -266,6 +268,7 @@ def test_reduced_model_trains_and_loss_falls(tmp_path):
     assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 2
 
 
+@pytest.mark.slow
 def test_resume_reproduces_uninterrupted_run(tmp_path):
     import torch
     from safetensors.torch import load_file
@@ -295,6 +298,7 @@ def metrics():
     return evaluate(n=300, seed=0)
 
 
+@pytest.mark.slow
 def test_floors_met(metrics):
     """Issue-3 floors (n=300 held-out instances; facts: every fact in every template)."""
     assert metrics["facts"]["value"] >= 0.98 and metrics["facts"]["n"] >= 2000
@@ -304,6 +308,7 @@ def test_floors_met(metrics):
     assert metrics["induction"]["value"] >= 5.0
 
 
+@pytest.mark.slow
 def test_sentiment_shift_drop_is_the_planted_flaw(metrics):
     """The shipped model learnt the training annotators' bias (the marker, "I watched it on
     Tuesday", labels marked negative reviews positive 60% of the time): 0.983 in distribution,
@@ -433,10 +438,11 @@ def _cli(*args, cwd=None):
         text=True,
         env=env,
         cwd=cwd,
-        timeout=120,
+        timeout=600,
     )
 
 
+@pytest.mark.slow
 def test_cli_eval_writes_json(tmp_path):
     r = _cli("eval", "--n", "40", "--verify-n", "10", "--json", str(tmp_path / "e.json"))
     assert r.returncode == 0, r.stderr
@@ -446,15 +452,15 @@ def test_cli_eval_writes_json(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "args",
+    "case",
     [
-        ["eval", "--model", "/nonexistent/zoo"],
-        ["eval", "--n", "0"],
-        ["train", "--steps", "0", "--out", "OUT"],
+        CliCase("eval-no-model", ["zoo", "eval", "--model", "/nonexistent/zoo"], "no model at"),
+        CliCase("eval-n-zero", ["zoo", "eval", "--n", "0"], "'--n'"),
+        CliCase("train-steps-zero", ["zoo", "train", "--steps", "0", "--out", "{tmp}/o"], "'--steps'",
+                outputs=["{tmp}/o/model.safetensors"]),
     ],
+    ids=lambda c: c.id,
 )
-def test_cli_bad_input_exits_2_with_one_line(tmp_path, args):
-    args = [str(tmp_path / "o") if a == "OUT" else a for a in args]
-    r = _cli(*args)
-    assert r.returncode == 2
-    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+def test_cli_bad_input_exits_2_with_one_line(tmp_path, case):
+    """In process through the root app (the real entry point is checked in test_cli.py)."""
+    run_cli_case(case, tmp_path)
