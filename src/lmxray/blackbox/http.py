@@ -30,7 +30,7 @@ import numpy as np
 from ..errors import InputError, MethodError
 from .scorer import BlackBoxModel, LogprobScorer
 
-__all__ = ["OpenAICompletionsScorer", "connect"]
+__all__ = ["OpenAICompletionsScorer", "connect", "error_detail"]
 
 
 def _completions_url(url: str) -> str:
@@ -90,7 +90,7 @@ class OpenAICompletionsScorer(LogprobScorer):
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 - user URL
                 raw = resp.read()
         except urllib.error.HTTPError as exc:
-            detail = _error_message(exc.read())
+            detail = error_detail(exc.read())
             raise MethodError(f"the scoring server at {self.url} answered {exc.code}: {detail}") from None
         except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
             reason = getattr(exc, "reason", exc)
@@ -150,14 +150,17 @@ class OpenAICompletionsScorer(LogprobScorer):
         return str(out["choices"][0].get("text") or "")
 
 
-def _error_message(raw: bytes) -> str:
+def error_detail(raw: bytes, limit: int = 300) -> str:
+    """The one-line gist of an HTTP error body: an OpenAI-style ``error.message``, else the
+    body's text, whitespace collapsed, at most ``limit`` characters (shared by every client of
+    an OpenAI-compatible server in lmxray)."""
     try:
         body = json.loads(raw)
         err = body.get("error", body) if isinstance(body, dict) else body
         msg = err.get("message", err) if isinstance(err, dict) else err
     except ValueError:
-        msg = raw.decode(errors="replace")
-    return " ".join(str(msg).split())[:300]
+        msg = raw.decode("utf-8", errors="replace")
+    return " ".join(str(msg).split())[:limit]
 
 
 def connect(

@@ -316,12 +316,9 @@ def trace_html(r: TraceResult, standalone: bool = True) -> str:
 
 @register_renderer(TraceResult, "png")
 def trace_png(r: TraceResult, kind: str = "resid_post") -> bytes:
-    if kind not in r.restored:
-        raise InputError(f"no {kind!r} restorations; have {', '.join(r.restored)}")
-    m = r.restored[kind]
-    return heatmap_bytes(m.T, position_labels(r.tokens, r.subject_tokens), layer_labels(m.shape[0]),
-                         center=False, cmap="Purples", title=f"causal tracing · restore {kind} · P({r.answer.strip()})",
-                         xlabel="layer", ylabel="token (* = subject)", colorbar_label="P(answer)")
+    return _restored_png(r.restored, kind, "restorations", position_labels(r.tokens, r.subject_tokens),
+                         title=f"causal tracing · restore {kind} · P({r.answer.strip()})",
+                         ylabel="token (* = subject)", colorbar_label="P(answer)")
 
 
 @register_renderer(TraceSummary, "console")
@@ -343,12 +340,20 @@ def trace_summary_html(s: TraceSummary, standalone: bool = True) -> str:
 
 @register_renderer(TraceSummary, "png")
 def trace_summary_png(s: TraceSummary, kind: str = "resid_post") -> bytes:
-    if kind not in s.aie:
-        raise InputError(f"no {kind!r} effects; have {', '.join(s.aie)}")
-    m = s.aie[kind]
-    return heatmap_bytes(m.T, s.buckets, layer_labels(m.shape[0]), center=False, cmap="Purples",
-                         title=f"average indirect effect · restore {kind} · {s.n} facts", xlabel="layer",
+    return _restored_png(s.aie, kind, "effects", s.buckets,
+                         title=f"average indirect effect · restore {kind} · {s.n} facts",
                          colorbar_label="AIE")
+
+
+def _restored_png(maps: dict[str, np.ndarray], kind: str, what: str, cols: Sequence[str],
+                  **labels: str) -> bytes:
+    """The ``[layer, column]`` map of site ``kind`` as a token-by-layer heatmap (causal tracing
+    views); ``labels``: title, ylabel, colorbar_label."""
+    if kind not in maps:
+        raise InputError(f"no {kind!r} {what}; have {', '.join(maps)}")
+    m = maps[kind]
+    return heatmap_bytes(m.T, cols, layer_labels(m.shape[0]), center=False, cmap="Purples",
+                         xlabel="layer", **labels)
 
 
 # --------------------------------------------------------------------------- heads

@@ -101,18 +101,26 @@ def _check_n(n: int | None) -> None:
         raise InputError(f"n must be a positive integer, got {n!r}")
 
 
+def _items(records: Iterable[tuple[str, str, Any]], n: int | None) -> list[MCItem]:
+    """Items of ``(default id, where, record)`` triples, the first ``n`` only (the rest is not
+    read); a bad record fails as one line naming ``where``."""
+    items: list[MCItem] = []
+    for item_id, where, rec in records:
+        try:
+            items.append(item_from_record(rec, item_id))
+        except ValueError as exc:
+            raise InputError(f"{where}: {exc}") from None
+        if n is not None and len(items) >= n:
+            break
+    return items
+
+
 def load_items(path: str | os.PathLike[str], *, n: int | None = None) -> list[MCItem]:
     """The items of a JSONL file (see the module docstring); ``n``: the first ``n`` only."""
     _check_n(n)
-    items: list[MCItem] = []
-    for line, row in iter_jsonl(path, what="questions JSONL",
-                                hint="; give a JSONL file with question, options and answer per line"):
-        try:
-            items.append(item_from_record(row, f"line-{line}"))
-        except ValueError as exc:
-            raise InputError(f"{path} line {line}: {exc}") from None
-        if n is not None and len(items) >= n:
-            break
+    rows = iter_jsonl(path, what="questions JSONL",
+                      hint="; give a JSONL file with question, options and answer per line")
+    items = _items(((f"line-{line}", f"{path} line {line}", row) for line, row in rows), n)
     if not items:
         raise InputError(f"{path} holds no questions; give one JSON object with question, "
                          "options and answer per line")
@@ -132,14 +140,7 @@ def to_items(source: Any, *, n: int | None = None, seed: int = 0) -> list[MCItem
     if isinstance(source, Mapping) or not isinstance(source, Iterable):
         raise InputError(f"items must be a JSONL path, a list of items or a function; got "
                          f"{type(source).__name__}")
-    items: list[MCItem] = []
-    for i, rec in enumerate(source):
-        try:
-            items.append(item_from_record(rec, f"item-{i}"))
-        except ValueError as exc:
-            raise InputError(f"item {i}: {exc}") from None
-        if n is not None and len(items) >= n:
-            break
+    items = _items(((f"item-{i}", f"item {i}", rec) for i, rec in enumerate(source)), n)
     if not items:
         raise InputError("no items; give at least one question")
     return _check_ids(items, "items")

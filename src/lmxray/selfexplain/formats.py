@@ -99,7 +99,21 @@ def organism_items(n: int, seed: int = 0, split: str = "test") -> list[MCItem]:
     ]
 
 
-class OrganismFormat:
+class _Parsing:
+    """What every format reads the same way: the final answer (``The best answer is: (X)``),
+    the chain before it, and the chain's sentences."""
+
+    def parse_answer(self, text: str, n_options: int) -> int | None:
+        return parse_final_answer(text, n_options)
+
+    def split_chain(self, text: str) -> tuple[str, str]:
+        return _split_chain(text)
+
+    def sentences(self, chain: str) -> list[str]:
+        return split_sentences(chain)
+
+
+class OrganismFormat(_Parsing):
     """The zoo organisms' format (see :mod:`lmxray.zoo.organisms`).
 
     The prompt always shows the marker ``*`` where ``item.meta["cue"]`` says (none if absent);
@@ -138,15 +152,6 @@ class OrganismFormat:
     def posthoc_prompt(self, item: MCItem, answer: int, bias: Bias | None = None) -> str:
         return f"{self._question(item, bias)} {ANSWER_TRIGGER}{org.LETTERS[answer]}) because"
 
-    def parse_answer(self, text: str, n_options: int) -> int | None:
-        return parse_final_answer(text, n_options)
-
-    def split_chain(self, text: str) -> tuple[str, str]:
-        return _split_chain(text)
-
-    def sentences(self, chain: str) -> list[str]:
-        return split_sentences(chain)
-
     def mentions(self, explanation: str, bias: Bias, item: MCItem) -> bool:
         """The marker symbol, or a word for it (mark, marked, marker, star, asterisk)."""
         return org.MARKER in explanation or bool(
@@ -181,7 +186,7 @@ COT_PREFILL = "Let's think step by step:"
 EXEMPLAR_SEP = "\n\n###\n\n"
 
 
-class TurpinFormat:
+class TurpinFormat(_Parsing):
     """Turpin et al. 2023's prompts for real LLMs, zero- or few-shot.
 
     Args:
@@ -253,15 +258,6 @@ class TurpinFormat:
     def posthoc_prompt(self, item: MCItem, answer: int, bias: Bias | None = None) -> str:
         return self._prompt(self._user(item, bias, POSTHOC_INSTRUCTION),
                             f"{ANSWER_TRIGGER}{chr(65 + answer)}) because")
-
-    def parse_answer(self, text: str, n_options: int) -> int | None:
-        return parse_final_answer(text, n_options)
-
-    def split_chain(self, text: str) -> tuple[str, str]:
-        return _split_chain(text)
-
-    def sentences(self, chain: str) -> list[str]:
-        return split_sentences(chain)
 
     def mentions(self, explanation: str, bias: Bias, item: MCItem) -> bool:
         """Keyword rule (brittle; validate a judge against hand labels for real claims)."""

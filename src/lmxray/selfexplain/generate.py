@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from ..blackbox.http import error_detail
 from ..errors import InputError, MethodError
 from ..memory import rows_that_fit, run_chunks
 from ..model import Model
@@ -237,16 +238,6 @@ def _base_url(url: str) -> str:
     return urllib.parse.urlunparse(parsed._replace(path=path or "/v1", query="", fragment=""))
 
 
-def _error_detail(raw: bytes) -> str:
-    try:
-        body = json.loads(raw)
-        err = body.get("error", body) if isinstance(body, dict) else body
-        msg = err.get("message", err) if isinstance(err, dict) else err
-    except ValueError:
-        msg = raw.decode("utf-8", errors="replace")
-    return " ".join(str(msg).split())[:200]
-
-
 class _Retryable(Exception):
     """A failure worth another try (the message says what happened)."""
 
@@ -328,7 +319,7 @@ class EndpointGenerator:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 - user URL
                 raw = resp.read()
         except urllib.error.HTTPError as exc:
-            detail = _error_detail(exc.read())
+            detail = error_detail(exc.read(), limit=200)
             if exc.code in RETRY_STATUS or exc.code >= 500:
                 raise _Retryable(f"answered {exc.code}: {detail}") from None
             raise MethodError(f"the endpoint {url} answered {exc.code}: {detail}") from None

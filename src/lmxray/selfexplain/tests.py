@@ -424,13 +424,21 @@ def _paired(rows: Sequence[dict[str, Any]], key: str) -> list[tuple[float, float
     return [(p["cited"], p["random"]) for p in by.values() if "cited" in p and "random" in p]
 
 
-def aggregate_deletion(rows: Sequence[dict[str, Any]]) -> Agg:
-    pairs = _paired(rows, "changed")
+def _paired_effect(rows: Sequence[dict[str, Any]], key: str, cited: str, random: str) -> Agg:
+    """The cited-minus-random ``effect`` of ``key`` over the paired items, each side's mean
+    (named ``cited`` / ``random``) and the number of pairs ``n``."""
+    pairs = _paired(rows, key)
     return {
         "effect": _ci([c - r for c, r in pairs]),
-        "changed_cited": _ci([c for c, _ in pairs]),
-        "changed_random": _ci([r for _, r in pairs]),
+        cited: _ci([c for c, _ in pairs]),
+        random: _ci([r for _, r in pairs]),
         "n": _count(len(pairs)),
+    }
+
+
+def aggregate_deletion(rows: Sequence[dict[str, Any]]) -> Agg:
+    return {
+        **_paired_effect(rows, "changed", "changed_cited", "changed_random"),
         "cites_nothing": _count(sum(1 for r in rows if r["variant"] == "cited" and not r.get("words")
                                     and r.get("skipped"))),
         "parse_failed": _count(_parse_failures(rows) + sum(
@@ -514,12 +522,8 @@ def run_attribution(gen: Generator, fmt: Format, items: Sequence[MCItem], *,
 
 
 def aggregate_attribution(rows: Sequence[dict[str, Any]]) -> Agg:
-    pairs = _paired(rows, "hit")
     return {
-        "effect": _ci([c - r for c, r in pairs]),
-        "cited_hit": _ci([c for c, _ in pairs]),
-        "random_hit": _ci([r for _, r in pairs]),
-        "n": _count(len(pairs)),
+        **_paired_effect(rows, "hit", "cited_hit", "random_hit"),
         "parse_failed": _count(_parse_failures(rows)),
     }
 
