@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import numpy as np
@@ -78,22 +78,14 @@ class SanityResult(Result):
         return bool(np.isfinite(self.final) and abs(self.final) < self.threshold)
 
     def to_dict(self) -> dict[str, Any]:
-        return to_jsonable({
-            "format": self.FORMAT, "method": self.method, "mode": self.mode,
-            "stages": self.stages, "spearman": self.spearman, "spearman_abs": self.spearman_abs,
-            "per_example": self.per_example, "threshold": self.threshold, "passed": self.passed,
-            "info": self.info,
-        })
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "info"}
+        return to_jsonable({"format": self.FORMAT, **data, "passed": self.passed, "info": self.info})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SanityResult:
-        return cls(
-            method=data["method"], mode=data["mode"], stages=list(data["stages"]),
-            spearman=from_jsonable(data["spearman"], np.float64),
-            spearman_abs=from_jsonable(data["spearman_abs"], np.float64),
-            per_example=from_jsonable(data["per_example"], np.float64),
-            threshold=float(data["threshold"]), info=dict(data.get("info") or {}),
-        )
+        arrays = {k: from_jsonable(data[k], np.float64) for k in ("spearman", "spearman_abs", "per_example")}
+        return cls(method=data["method"], mode=data["mode"], stages=list(data["stages"]),
+                   threshold=float(data["threshold"]), info=dict(data.get("info") or {}), **arrays)
 
     def __repr__(self) -> str:
         return f"SanityResult(method={self.method!r}, mode={self.mode!r}, passed={self.passed!r})"

@@ -252,30 +252,16 @@ def rrr_demo(
         rows["plain fine-tune" if name == "plain" else f"RRR (lambda={lam:g})"] = _accuracies(
             r.model, test, shift, conflict
         )
-    report = RRRReport(
-        rows=rows,
-        shortcut_label=short_label,
-        penalised=words,
-        config=dataclasses.asdict(dataclasses.replace(cfg, lam=lam)),
-        paths={k: str(v.path) for k, v in runs.items() if v.path is not None},
-        histories={k: v.history for k, v in runs.items()},
-        model_name=model.name,
-        info={
-            "n_train": n_train,
-            "n_eval": n_eval,
-            "annotation": annotation,
-            "lam": lam,
-            "seed": seed,
-            "n_marked_train": len(marked),
-            "n_train_used": len(train_used),
-            "n_marked_used": sum(1 for e in train_used if e.irrelevant),
-            "labels_changed": sum(
-                1 for a, b in zip(train, train_used, strict=True) if a.target != b.target
-            )
-            if len(train_used) == len(train)
-            else None,
-        },
-    )
+    same_rows = len(train_used) == len(train)
+    changed = sum(a.target != b.target for a, b in zip(train, train_used, strict=True)) if same_rows else None
+    info = {"n_train": n_train, "n_eval": n_eval, "annotation": annotation, "lam": lam, "seed": seed,
+            "n_marked_train": len(marked), "n_train_used": len(train_used),
+            "n_marked_used": sum(1 for e in train_used if e.irrelevant), "labels_changed": changed}
+    report = RRRReport(rows=rows, shortcut_label=short_label, penalised=words,
+                       config=dataclasses.asdict(dataclasses.replace(cfg, lam=lam)),
+                       paths={k: str(v.path) for k, v in runs.items() if v.path is not None},
+                       histories={k: v.history for k, v in runs.items()}, model_name=model.name,
+                       info=info)
     return report, runs
 
 
@@ -330,20 +316,8 @@ def steering_demo(
     test = zoo_labelled("sentiment", "test", n_eval, seed + 1, model)
     evals = [e.prompt for e in test if e.cls == other]
     texts = corpus("test", n_fluency, seed=seed + 2)
-    sw = steering_sweep(
-        model,
-        pos,
-        neg,
-        evals,
-        " " + to,
-        " " + other,
-        layers=layers,
-        coefs=coefs,
-        fluency_texts=texts,
-        site=site,
-        project=project,
-        progress=progress,
-    )
+    sw = steering_sweep(model, pos, neg, evals, " " + to, " " + other, layers=layers, coefs=coefs,
+                        fluency_texts=texts, site=site, project=project, progress=progress)
     sw.info.update(task="sentiment", seed=seed)
     return sw
 
@@ -450,18 +424,7 @@ def amplify_demo(
     pool = zoo_labelled("sentiment", split, n_pool, seed + 10, proxy or target)
     queries = zoo_labelled("sentiment", split, n_queries, seed + 11, target)
     labels = sorted({e.target for e in [*pool, *queries]})
-    res = amplify_experiment(
-        target,
-        pool,
-        queries,
-        proxy=proxy,
-        labels=labels,
-        n_shots=n_shots,
-        k=k,
-        sep=sep,
-        seed=seed,
-        progress=progress,
-        **method_params,
-    )
+    res = amplify_experiment(target, pool, queries, proxy=proxy, labels=labels, n_shots=n_shots, k=k,
+                             sep=sep, seed=seed, progress=progress, **method_params)
     res.info.update(task="sentiment", split=split)
     return res

@@ -230,14 +230,8 @@ def path_attributions(
 
 
 def path_attribution_penalty(
-    model: Model,
-    batch: dict[str, torch.Tensor],
-    embeds: torch.Tensor,
-    class_ids: Sequence[int],
-    baseline: torch.Tensor,
-    alpha: torch.Tensor,
-    *,
-    create_graph: bool = True,
+    model: Model, batch: dict[str, torch.Tensor], embeds: torch.Tensor, class_ids: Sequence[int],
+    baseline: torch.Tensor, alpha: torch.Tensor, *, create_graph: bool = True,
 ) -> torch.Tensor:
     """The integrated-gradients penalty ``mean_n Σ_k IG_k(n)²`` (see :func:`path_attributions`).
 

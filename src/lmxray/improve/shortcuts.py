@@ -309,22 +309,10 @@ def detect_shortcuts(
     rows, excluded = _ranked_rows(
         model, stats, labels, min_count, max_rationale, prior_count, explain
     )
-    return ShortcutReport(
-        rows=rows,
-        excluded=excluded,
-        n_examples=len(data),
-        method=method,
-        labels=dict(sorted(Counter(labels).items())),
-        has_rationales=any(e.rationale for e in data),
-        model_name=model.name,
-        info={
-            "min_count": min_count,
-            "max_rationale": max_rationale,
-            "prior_count": prior_count,
-            "explain": explain,
-            "warnings": len(caught),
-            "method_params": {
-                k: v for k, v in method_params.items() if isinstance(v, int | float | str | bool)
-            },
-        },
-    )
+    params = {k: v for k, v in method_params.items() if isinstance(v, int | float | str | bool)}
+    info = {"min_count": min_count, "max_rationale": max_rationale, "prior_count": prior_count,
+            "explain": explain, "warnings": len(caught), "method_params": params}
+    return ShortcutReport(rows=rows, excluded=excluded, n_examples=len(data), method=method,
+                          labels=dict(sorted(Counter(labels).items())),
+                          has_rationales=any(e.rationale for e in data), model_name=model.name,
+                          info=info)

@@ -196,14 +196,8 @@ def steered_predictions(
 
 
 @torch.no_grad()
-def lm_loss(
-    model: Model,
-    texts: Sequence[str],
-    vector: SteeringVector | None = None,
-    coef: float = 0.0,
-    *,
-    batch_size: int = 32,
-) -> float:
+def lm_loss(model: Model, texts: Sequence[str], vector: SteeringVector | None = None,
+            coef: float = 0.0, *, batch_size: int = 32) -> float:
     """Mean next-token cross-entropy (nats/token) of ``texts``, steered when ``vector`` is given."""
     total, count = 0.0, 0
     for ids, mask, pos in _steered_batches(model, texts, vector, coef, batch_size):
