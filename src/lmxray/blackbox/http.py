@@ -164,15 +164,8 @@ def error_detail(raw: bytes, limit: int = 300) -> str:
 
 
 def connect(
-    url: str,
-    tokenizer: Any,
-    *,
-    model: str | None = None,
-    name: str | None = None,
-    api_key: str | None = None,
-    batch_size: int = 32,
-    concurrency: int = 1,
-    timeout: float = 120.0,
+    url: str, tokenizer: Any, *, model: str | None = None, name: str | None = None,
+    api_key: str | None = None, batch_size: int = 32, concurrency: int = 1, timeout: float = 120.0,
     max_length: int | None = None,
 ) -> BlackBoxModel:
     """A :class:`~lmxray.blackbox.scorer.BlackBoxModel` served by an OpenAI-compatible endpoint.

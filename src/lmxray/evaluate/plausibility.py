@@ -99,16 +99,9 @@ def token_plausibility(
 
 
 def plausibility(
-    attribution: Attribution,
-    rationale: Any,
-    *,
-    model: Model | None = None,
-    k: int | None = None,
-    step: int | None = None,
-    aggregate: str = "sum",
-    rank_by: str = "signed",
-    keep_special: bool = True,
-    iou_threshold: float = 0.5,
+    attribution: Attribution, rationale: Any, *, model: Model | None = None, k: int | None = None,
+    step: int | None = None, aggregate: str = "sum", rank_by: str = "signed",
+    keep_special: bool = True, iou_threshold: float = 0.5,
 ) -> dict[str, float]:
     """Plausibility of an attribution's prompt-token scores against a rationale.
 

@@ -347,12 +347,8 @@ def activation_patching(
 
 # --------------------------------------------------------------------------- attribution patching
 def attribution_patching(
-    model: Model,
-    clean: Any,
-    corrupt: Any,
-    answer: str | int | None = None,
-    foil: str | int | None = None,
-    *,
+    model: Model, clean: Any, corrupt: Any, answer: str | int | None = None,
+    foil: str | int | None = None, *,
     sites: str | Sequence[str] = ("resid_pre", "attn.out", "mlp.out", "attn.head_out"),
     positions: str = "each",
     metric: str | MetricFn = "logit_diff",
