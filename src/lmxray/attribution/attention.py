@@ -14,6 +14,8 @@ implementation (weights materialised).
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -75,11 +77,25 @@ def _scores_from_matrix(r: Request, mat: torch.Tensor) -> np.ndarray:
     return nan_mask_scores(scores, r.n_prompt)
 
 
-@register_method(
+# Both methods read eager attention weights from one forward pass per batch.
+_attention_method = functools.partial(
+    register_method, kind="attention", passes="1 forward per batch (eager attention)"
+)
+
+
+def _from_matrices(
+    model: Model, requests: list[Request], ctx: Context,
+    matrix: Callable[[Sequence[torch.Tensor]], torch.Tensor], info: dict[str, Any],
+) -> list[MethodOutput]:
+    """One output per request: the scores of ``matrix(per-layer attentions [H, L, L])``."""
+    per_req, fx = _attentions(model, requests, ctx)
+    return [MethodOutput(_scores_from_matrix(r, matrix(atts)), f, dict(info))
+            for r, atts, f in zip(requests, per_req, fx, strict=True)]
+
+
+@_attention_method(
     "attention",
     description="Attention weights of one layer (head mean) from each step's query position.",
-    kind="attention",
-    passes="1 forward per batch (eager attention)",
 )
 def attention(
     model: Model, requests: list[Request], ctx: Context, *, layer: int = -1, heads: Any = "mean"
@@ -87,34 +103,29 @@ def attention(
     n = model.n_layers
     if not isinstance(layer, int | np.integer) or not -n <= int(layer) < n:
         raise InputError(f"layer must be an integer in {-n}..{n - 1}, got {layer!r}")
-    per_req, fx = _attentions(model, requests, ctx)
-    outs = []
-    for r, atts, f in zip(requests, per_req, fx, strict=True):
-        mat = _select_heads(atts[int(layer)], heads)
-        outs.append(MethodOutput(_scores_from_matrix(r, mat), f, {"layer": int(layer) % n, "heads": heads}))
-    return outs
+    return _from_matrices(model, requests, ctx, lambda atts: _select_heads(atts[int(layer)], heads),
+                          {"layer": int(layer) % n, "heads": heads})
 
 
-@register_method(
+@_attention_method(
     "attention_rollout",
     description="Attention rollout through all layers with residual identity (Abnar & Zuidema 2020).",
-    kind="attention",
-    passes="1 forward per batch (eager attention)",
 )
 def attention_rollout(
     model: Model, requests: list[Request], ctx: Context, *, residual: float = 0.5
 ) -> list[MethodOutput]:
     if not 0.0 <= float(residual) < 1.0:
         raise InputError(f"residual must be in [0, 1), got {residual!r}")
-    per_req, fx = _attentions(model, requests, ctx)
-    outs = []
-    for r, atts, f in zip(requests, per_req, fx, strict=True):
-        L = atts[0].shape[-1]
-        eye = torch.eye(L, device=atts[0].device)
-        roll = eye
-        for a in atts:
-            a_hat = (1 - residual) * a.mean(0) + residual * eye
-            a_hat = a_hat / a_hat.sum(-1, keepdim=True)
-            roll = a_hat @ roll
-        outs.append(MethodOutput(_scores_from_matrix(r, roll), f, {"residual": float(residual)}))
-    return outs
+    return _from_matrices(model, requests, ctx, lambda atts: _rollout(atts, residual),
+                          {"residual": float(residual)})
+
+
+def _rollout(atts: Sequence[torch.Tensor], residual: float) -> torch.Tensor:
+    """``[L, L]`` product of the layers' head-mean attentions mixed with the identity."""
+    eye = torch.eye(atts[0].shape[-1], device=atts[0].device)
+    roll = eye
+    for a in atts:
+        a_hat = (1 - residual) * a.mean(0) + residual * eye
+        a_hat = a_hat / a_hat.sum(-1, keepdim=True)
+        roll = a_hat @ roll
+    return roll

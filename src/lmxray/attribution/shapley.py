@@ -41,6 +41,8 @@ from .base import Context, MethodOutput, Request, register_method
 __all__ = ["shapley_kernel_weights", "constrained_wls", "antithetic_permutations"]
 
 _MAX_EXACT_PLAYERS = 20
+# How the coalition games of shapley_sampling, kernel_shap and lime are run (their ``passes``).
+COALITION_PASSES = "each one sequence for all steps; duplicates once, shared prefixes from the KV cache"
 
 
 def antithetic_permutations(rng: np.random.Generator, n_players: int, n: int) -> np.ndarray:
@@ -58,8 +60,7 @@ def antithetic_permutations(rng: np.random.Generator, n_players: int, n: int) ->
     "shapley_sampling",
     description="Shapley values per target step by permutation sampling (antithetic pairs).",
     kind="perturbation",
-    passes="n_samples x (players + 1) coalitions per prompt, each one sequence for all steps; "
-    "duplicates once, shared prefixes from the KV cache",
+    passes=f"n_samples x (players + 1) coalitions per prompt, {COALITION_PASSES}",
 )
 def shapley_sampling(
     model: Any, requests: list[Request], ctx: Context, *, n_samples: int = 25, seed: int = 0,
@@ -168,8 +169,7 @@ def _all_coalitions(n: int) -> np.ndarray:
     "kernel_shap",
     description="KernelSHAP per target step: Shapley kernel-weighted regression (exact for few players).",
     kind="perturbation",
-    passes="2^players coalitions (exact) or n_samples + 2 per prompt, each one sequence for all "
-    "steps; duplicates once, shared prefixes from the KV cache",
+    passes=f"2^players coalitions (exact) or n_samples + 2 per prompt, {COALITION_PASSES}",
 )
 def kernel_shap(
     model: Any, requests: list[Request], ctx: Context, *, n_samples: int = 256,

@@ -25,6 +25,7 @@ import numpy as np
 from ..errors import InputError
 from ._games import build_games, evaluate, game_info, int_param, spread
 from .base import Context, MethodOutput, Request, register_method
+from .shapley import COALITION_PASSES
 
 __all__ = ["lime_samples", "lime_weights"]
 
@@ -59,8 +60,7 @@ def _check_number(value: Any, name: str, *, strictly_positive: bool) -> None:
     "lime",
     description="LIME per target step: proximity-weighted ridge surrogate over removed features.",
     kind="perturbation",
-    passes="n_samples coalitions per prompt, each one sequence for all steps; duplicates once, "
-    "shared prefixes from the KV cache",
+    passes=f"n_samples coalitions per prompt, {COALITION_PASSES}",
 )
 def lime(
     model: Any, requests: list[Request], ctx: Context, *, n_samples: int = 256,
