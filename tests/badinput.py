@@ -12,6 +12,7 @@ lists; ``tests/test_bad_input_corpus.py`` counts them all.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,15 @@ from lmxray import cli
 from lmxray.errors import LmxrayError
 
 _runner = CliRunner()
+
+
+@functools.lru_cache(maxsize=1)
+def embedded_model() -> Any:
+    """The embedded default model, loaded once per session and shared by the API cases that only
+    need some model to reject bad input with (each case fails before any work is done on it)."""
+    import lmxray
+
+    return lmxray.load()
 
 
 @dataclass

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from badinput import ApiCase, CliCase, run_api_case, run_cli_case
+from badinput import ApiCase, CliCase, embedded_model, run_api_case, run_cli_case
 from lmxray.errors import FormatError, InputError
 
 OK = {"prompt": "The capital of France is", "target": " Paris", "rationale": ["France"]}
@@ -109,9 +109,7 @@ CLI_CASES: list[CliCase] = [
 
 @functools.lru_cache(maxsize=1)
 def _tiny():
-    import lmxray
-
-    return lmxray.load()
+    return embedded_model()
 
 
 def _attribution():

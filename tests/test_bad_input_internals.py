@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from badinput import ApiCase, CliCase, run_api_case, run_cli_case
+from badinput import ApiCase, CliCase, embedded_model, run_api_case, run_cli_case
 from lmxray.errors import FormatError, InputError
 
 P = "The capital of France is"
@@ -136,9 +136,7 @@ CLI_CASES: list[CliCase] = [
 
 @functools.cache
 def _tiny():
-    import lmxray
-
-    return lmxray.load()
+    return embedded_model()
 
 
 def _lens_for_another_model(tmp: Path):

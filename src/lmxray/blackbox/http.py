@@ -30,7 +30,7 @@ import numpy as np
 from ..errors import InputError, MethodError
 from .scorer import BlackBoxModel, LogprobScorer
 
-__all__ = ["OpenAICompletionsScorer", "connect", "error_detail"]
+__all__ = ["OpenAICompletionsScorer", "connect", "error_detail", "post_json", "HTTPFailure"]
 
 
 def _completions_url(url: str) -> str:
@@ -81,26 +81,16 @@ class OpenAICompletionsScorer(LogprobScorer):
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
         if self.model is not None:
             body = {"model": self.model, **body}
-        data = json.dumps(body).encode()
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        req = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 - user URL
-                raw = resp.read()
-        except urllib.error.HTTPError as exc:
-            detail = error_detail(exc.read())
-            raise MethodError(f"the scoring server at {self.url} answered {exc.code}: {detail}") from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-            reason = getattr(exc, "reason", exc)
+            out = post_json(self.url, body, api_key=self.api_key, timeout=self.timeout)
+        except HTTPFailure as exc:
+            if exc.status is not None:
+                raise MethodError(f"the scoring server at {self.url} answered {exc.status}: {exc}") from None
+            if exc.reached:
+                raise MethodError(f"the scoring server at {self.url} did not answer JSON") from None
             raise MethodError(
-                f"cannot reach the scoring server at {self.url} ({reason}); is it running?"
+                f"cannot reach the scoring server at {self.url} ({exc}); is it running?"
             ) from None
-        try:
-            out = json.loads(raw)
-        except ValueError:
-            raise MethodError(f"the scoring server at {self.url} did not answer JSON") from None
         if not isinstance(out, dict) or not isinstance(out.get("choices"), list):
             raise MethodError(f"the scoring server at {self.url} answered without 'choices'")
         return out
@@ -148,6 +138,40 @@ class OpenAICompletionsScorer(LogprobScorer):
         if not out["choices"]:
             raise MethodError("the scoring server returned no completion")
         return str(out["choices"][0].get("text") or "")
+
+
+class HTTPFailure(Exception):
+    """A POST that brought no JSON answer. ``status``: the HTTP error code (message: the error
+    body's gist), or None; ``reached``: the server answered (then: not JSON), else the message
+    is why it could not be reached."""
+
+    def __init__(self, message: str, status: int | None = None, reached: bool = False) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reached = reached
+
+
+def post_json(url: str, body: Any, *, api_key: str | None = None, timeout: float,
+              detail_limit: int = 300) -> Any:
+    """POST ``body`` as JSON to ``url`` (``Authorization: Bearer`` when ``api_key``) and parse
+    the JSON answer; every failure is one :class:`HTTPFailure` (the one HTTP transport of lmxray's
+    clients of OpenAI-compatible servers: the black-box scorer, the self-explanation endpoint)."""
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - user URL
+            raw = resp.read()
+    except urllib.error.HTTPError as exc:
+        raise HTTPFailure(error_detail(exc.read(), detail_limit), status=exc.code) from None
+    except OSError as exc:  # URLError, TimeoutError, ConnectionError and the rest of the socket's
+        reason = getattr(exc, "reason", None) or exc
+        raise HTTPFailure(" ".join(str(reason).split()) or type(exc).__name__) from None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise HTTPFailure("answered something that is not JSON", reached=True) from None
 
 
 def error_detail(raw: bytes, limit: int = 300) -> str:

@@ -18,20 +18,17 @@ generator continues the text it is given.
 from __future__ import annotations
 
 import inspect
-import json
 import os
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
 
-from ..blackbox.http import error_detail
+from ..blackbox.http import HTTPFailure, post_json
 from ..errors import InputError, MethodError
 from ..memory import rows_that_fit, run_chunks
 from ..model import Model
@@ -305,31 +302,16 @@ class EndpointGenerator:
                 "api_key_env": self.api_key_env, "retries": self.retries}
 
     # ------------------------------------------------------------------ transport
-    def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        key = os.environ.get(self.api_key_env) if self.api_key_env else None
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        return headers
-
     def _once(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
-        req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=self._headers(),
-                                     method="POST")
+        key = os.environ.get(self.api_key_env) if self.api_key_env else None
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 - user URL
-                raw = resp.read()
-        except urllib.error.HTTPError as exc:
-            detail = error_detail(exc.read(), limit=200)
-            if exc.code in RETRY_STATUS or exc.code >= 500:
-                raise _Retryable(f"answered {exc.code}: {detail}") from None
-            raise MethodError(f"the endpoint {url} answered {exc.code}: {detail}") from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
-            reason = getattr(exc, "reason", None) or exc
-            raise _Retryable(" ".join(str(reason).split())[:200] or type(exc).__name__) from None
-        try:
-            out = json.loads(raw)
-        except ValueError:
-            raise _Retryable("answered something that is not JSON") from None
+            out = post_json(url, body, api_key=key, timeout=self.timeout, detail_limit=200)
+        except HTTPFailure as exc:
+            if exc.status is None:  # unreachable, timed out, or not JSON: worth another try
+                raise _Retryable(str(exc)[:200]) from None
+            if exc.status in RETRY_STATUS or exc.status >= 500:
+                raise _Retryable(f"answered {exc.status}: {exc}") from None
+            raise MethodError(f"the endpoint {url} answered {exc.status}: {exc}") from None
         if not isinstance(out, dict) or not isinstance(out.get("choices"), list) or not out["choices"]:
             raise MethodError(f"the endpoint {url} answered without 'choices'; is it an "
                               "OpenAI-compatible server?")
