@@ -155,11 +155,11 @@ def _trace_facts(tmp: Path, checkpoint: str, **kw):
 def _checkpoint_of_another_run(tmp: Path):
     from lmxray.internals import trace_facts
 
-    facts = [(P, "France", " Paris"), ("Berlin is the capital of", "Berlin", " Germany")]
-    trace_facts(_tiny(), facts, n_samples=2, window=2, progress=False, checkpoint=tmp / "ck.jsonl",
-                only_known=False)
-    return trace_facts(_tiny(), facts, n_samples=2, window=3, progress=False, checkpoint=tmp / "ck.jsonl",
-                       only_known=False)
+    # one fact, one site kind: the cheapest real checkpoint; the rerun differs in its window only
+    facts = [(P, "France", " Paris")]
+    kw = dict(kinds=["resid_post"], n_samples=2, progress=False, checkpoint=tmp / "ck.jsonl", only_known=False)
+    trace_facts(_tiny(), facts, window=2, **kw)
+    return trace_facts(_tiny(), facts, window=3, **kw)
 
 
 def _api(name: str):
