@@ -30,19 +30,26 @@ from the KV cache (:mod:`lmxray.attribution._prefix`).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from ..errors import InputError
 from ._games import build_games, evaluate, game_info, int_param, spread
-from .base import Context, MethodOutput, Request, register_method
+from .base import Context, MethodFn, MethodOutput, Request, register_method
 
 __all__ = ["shapley_kernel_weights", "constrained_wls", "antithetic_permutations"]
 
 _MAX_EXACT_PLAYERS = 20
-# How the coalition games of shapley_sampling, kernel_shap and lime are run (their ``passes``).
-COALITION_PASSES = "each one sequence for all steps; duplicates once, shared prefixes from the KV cache"
+
+
+def coalition_method(name: str, description: str, coalitions: str) -> Callable[[MethodFn], MethodFn]:
+    """Register a coalition-game method (shapley_sampling, kernel_shap, lime: kind
+    ``perturbation``); ``coalitions``: how many it evaluates per prompt. Every coalition is one
+    sequence for all steps, duplicates run once, shared prefixes come from the KV cache."""
+    passes = f"{coalitions}, each one sequence for all steps; duplicates once, shared prefixes from the KV cache"
+    return register_method(name, description=description, kind="perturbation", passes=passes)
 
 
 def antithetic_permutations(rng: np.random.Generator, n_players: int, n: int) -> np.ndarray:
@@ -56,11 +63,10 @@ def antithetic_permutations(rng: np.random.Generator, n_players: int, n: int) ->
     return out
 
 
-@register_method(
+@coalition_method(
     "shapley_sampling",
-    description="Shapley values per target step by permutation sampling (antithetic pairs).",
-    kind="perturbation",
-    passes=f"n_samples x (players + 1) coalitions per prompt, {COALITION_PASSES}",
+    "Shapley values per target step by permutation sampling (antithetic pairs).",
+    "n_samples x (players + 1) coalitions per prompt",
 )
 def shapley_sampling(
     model: Any, requests: list[Request], ctx: Context, *, n_samples: int = 25, seed: int = 0,
@@ -165,11 +171,10 @@ def _all_coalitions(n: int) -> np.ndarray:
     return ((codes[:, None] >> np.arange(n)[None, :]) & 1).astype(bool)
 
 
-@register_method(
+@coalition_method(
     "kernel_shap",
-    description="KernelSHAP per target step: Shapley kernel-weighted regression (exact for few players).",
-    kind="perturbation",
-    passes=f"2^players coalitions (exact) or n_samples + 2 per prompt, {COALITION_PASSES}",
+    "KernelSHAP per target step: Shapley kernel-weighted regression (exact for few players).",
+    "2^players coalitions (exact) or n_samples + 2 per prompt",
 )
 def kernel_shap(
     model: Any, requests: list[Request], ctx: Context, *, n_samples: int = 256,

@@ -24,8 +24,8 @@ import numpy as np
 
 from ..errors import InputError
 from ._games import build_games, evaluate, game_info, int_param, spread
-from .base import Context, MethodOutput, Request, register_method
-from .shapley import COALITION_PASSES
+from .base import Context, MethodOutput, Request
+from .shapley import coalition_method
 
 __all__ = ["lime_samples", "lime_weights"]
 
@@ -56,11 +56,10 @@ def _check_number(value: Any, name: str, *, strictly_positive: bool) -> None:
         raise InputError(f"{name} must be a {what} number, got {value!r}")
 
 
-@register_method(
+@coalition_method(
     "lime",
-    description="LIME per target step: proximity-weighted ridge surrogate over removed features.",
-    kind="perturbation",
-    passes=f"n_samples coalitions per prompt, {COALITION_PASSES}",
+    "LIME per target step: proximity-weighted ridge surrogate over removed features.",
+    "n_samples coalitions per prompt",
 )
 def lime(
     model: Any, requests: list[Request], ctx: Context, *, n_samples: int = 256,
