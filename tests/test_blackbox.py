@@ -219,3 +219,22 @@ def test_local_scorer_is_a_scorer(local):
     assert len(sc.score([], ctx)) == 0
     with pytest.raises(InputError, match="score"):
         bb.BlackBoxModel(object(), local.tokenizer)
+
+
+def test_post_json_sorts_failures(server):
+    """The one HTTP transport: an HTTP error keeps its status and the body's gist; no server, or
+    a non-JSON answer, is an HTTPFailure without status (reached or not)."""
+    import socket
+
+    from lmxray.blackbox.http import HTTPFailure, post_json
+
+    with pytest.raises(HTTPFailure) as exc:
+        post_json(server.url + "/chat", {}, timeout=10)
+    assert exc.value.status == 404 and "\n" not in str(exc.value)
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    with pytest.raises(HTTPFailure) as exc:
+        post_json(f"http://127.0.0.1:{port}/v1/completions", {}, timeout=5)
+    assert exc.value.status is None and not exc.value.reached and str(exc.value)

@@ -165,7 +165,7 @@ def post_json(url: str, body: Any, *, api_key: str | None = None, timeout: float
             raw = resp.read()
     except urllib.error.HTTPError as exc:
         raise HTTPFailure(error_detail(exc.read(), detail_limit), status=exc.code) from None
-    except OSError as exc:  # URLError, TimeoutError, ConnectionError and the rest of the socket's
+    except OSError as exc:  # URLError, TimeoutError, ConnectionError: no answer at all
         reason = getattr(exc, "reason", None) or exc
         raise HTTPFailure(" ".join(str(reason).split()) or type(exc).__name__) from None
     try:
