@@ -33,6 +33,7 @@ import torch
 from ..errors import InputError
 from ..hooks import Fn, capture, prepare_inputs, run_with_cache
 from ..io import from_jsonable
+from ..memory import check_batch_size
 from ..model import Model
 from ..result import Result
 from ..sites import site_map
@@ -313,6 +314,7 @@ def activation_patching(
         >>> r.effects["resid_pre"].shape                                   # doctest: +SKIP
         (4, 12)
     """
+    check_batch_size(batch_size, "batch size")  # before any forward pass
     kinds = _kinds(model, sites)
     mode = _positions_mode(positions)
     c_ids, k_ids, src, a_id, f_id, fn, m_clean, m_corr = _setup(model, clean, corrupt, answer, foil, metric, kinds,

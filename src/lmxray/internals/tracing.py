@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from ..errors import InputError
 from ..hooks import prepare_inputs, run_with_cache
 from ..io import check_output, dumps, from_jsonable
+from ..memory import check_batch_size
 from ..model import Model
 from ..result import Result
 from ..sites import site_map
@@ -216,6 +217,7 @@ def causal_trace(
         :class:`TraceResult`.
     """
     _check_options(kinds, window, noise if noise_std is None else noise_std, n_samples)
+    check_batch_size(batch_size, "batch size")  # before any forward pass
     if not isinstance(prompt, str) or not prompt.strip():
         raise InputError("the prompt is empty; give the fact prompt to trace (e.g. 'The capital of France is')")
     sm = site_map(model)
@@ -471,6 +473,7 @@ def trace_facts(
         :class:`TraceSummary`.
     """
     _check_options(kinds, window, noise, n_samples)
+    check_batch_size(batch_size, "batch size")  # before any forward pass
     items = [_as_fact(e) for e in examples]
     if not items:
         raise InputError("no facts to trace")
