@@ -155,8 +155,8 @@ def _trace_facts(tmp: Path, checkpoint: str, **kw):
 def _checkpoint_of_another_run(tmp: Path):
     from lmxray.internals import trace_facts
 
-    # one fact, one site kind: the cheapest real checkpoint; the rerun differs in its window only
-    facts = [(P, "France", " Paris")]
+    # one short fact, one site kind: the cheapest real checkpoint; the rerun differs in its window only
+    facts = [("France is", "France", " Paris")]
     kw = dict(kinds=["resid_post"], n_samples=2, progress=False, checkpoint=tmp / "ck.jsonl", only_known=False)
     trace_facts(_tiny(), facts, window=2, **kw)
     return trace_facts(_tiny(), facts, window=3, **kw)

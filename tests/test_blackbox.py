@@ -61,7 +61,8 @@ def test_server_binds_loopback_only(server, local):
     "method, kw",
     [("occlusion", {}), ("occlusion", {"replace": "baseline"}),
      ("shapley_sampling", {"n_samples": 4}), ("kernel_shap", {"n_samples": 32}),
-     ("lime", {"n_samples": 32}), ("kernel_shap", {"features": "word"})],
+     ("lime", {"n_samples": 32}),
+     pytest.param("kernel_shap", {"features": "word"}, marks=pytest.mark.slow)],  # 256 samples
 )
 def test_blackbox_equals_local(local, remote, server, method, kw):
     before = server.requests

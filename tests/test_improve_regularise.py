@@ -135,14 +135,15 @@ def test_path_attributions_are_complete():
     # a token row, not zero: RMSNorm makes the integrand spike near a zero-norm baseline
     base = m.embed(torch.tensor([m.encode_target(" the")[0]]))[0].detach()
     n = 64
-    for e in [e for e in DATA if e.irrelevant]:  # one row at a time: no padding in fp64
+    alpha = (torch.arange(n, dtype=torch.float64) + 0.5) / n  # midpoint rule on [0, 1]
+    for e in [e for e in DATA if e.irrelevant]:  # one example at a time: no padding in fp64
+        # n copies of the example in one batch, one path point each
+        grid = _collate(m, _encode(m, [e] * n))
+        ig, rows = path_attributions(m, grid, m.embed(grid["input_ids"]), cids, base, alpha,
+                                     create_graph=False)
+        acc = ig.detach().sum(0, keepdim=True)
         batch = _collate(m, _encode(m, [e]))
         emb = m.embed(batch["input_ids"])
-        acc = 0
-        for j in range(n):
-            alpha = torch.full((1,), (j + 0.5) / n, dtype=torch.float64)
-            ig, rows = path_attributions(m, batch, emb, cids, base, alpha, create_graph=False)
-            acc = acc + ig.detach()
 
         def logp(embeds, batch=batch):
             out = m.forward(inputs_embeds=embeds, logits_to_keep=batch["targets"].shape[1]).logits
@@ -151,7 +152,7 @@ def test_path_attributions_are_complete():
         with torch.no_grad():
             irr = batch["irrelevant"][..., None].double()
             delta = logp(emb) - logp(emb * (1 - irr) + base * irr)
-        assert rows.tolist() == [0]
+        assert rows.tolist() == list(range(n))
         assert torch.allclose(acc[0] / n, delta, rtol=2e-3, atol=2e-4), (acc[0] / n, delta)
 
 
