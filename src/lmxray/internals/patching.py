@@ -241,17 +241,23 @@ def _setup(model: Model, clean: Any, corrupt: Any, answer: Any, foil: Any, metri
                                 metric, k)
     m_clean = float(_apply_metric(fn, src.logits, k)[0])
     m_corr = float(base_metric(model, k_ids, fn, metric_positions=k)[0][0])
+    _gap(m_clean, m_corr)  # refused before the sweep, not after it
     return c_ids, k_ids, src, a_id, f_id, fn, m_clean, m_corr
 
 
-def _normalise(raw: np.ndarray, clean: float, corrupt: float) -> np.ndarray:
+def _gap(clean: float, corrupt: float) -> float:
+    """``clean - corrupt``, refused when it is zero (there is nothing to normalise by)."""
     gap = clean - corrupt
     if abs(gap) < 1e-6:
         raise InputError(
             "the clean and corrupted prompts give the same metric value; there is no effect to "
             "localise (choose a corruption that changes the answer)"
         )
-    return ((raw - corrupt) / gap).astype(np.float32)
+    return gap
+
+
+def _normalise(raw: np.ndarray, clean: float, corrupt: float) -> np.ndarray:
+    return ((raw - corrupt) / _gap(clean, corrupt)).astype(np.float32)
 
 
 def _result(model: Model, c_ids: list[int], k_ids: list[int], raw: dict[str, np.ndarray], metric: Any,
