@@ -7,9 +7,8 @@ the target function, provenance, and the eval-mode guard (the user's model is le
 
 from __future__ import annotations
 
-import contextlib
 import platform
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -22,9 +21,9 @@ from ..model import Model
 from ..result import Attribution
 from ..targets import resolve_target_fn, target_fn_name
 from ._engine import ScoreRow, score_sequences
-from .base import Context, MethodSpec, Request, get_method
+from .base import Context, MethodSpec, Request, eval_mode, get_method
 
-__all__ = ["attribute", "build_requests", "versions"]
+__all__ = ["attribute", "build_requests", "versions", "eval_mode"]
 
 DEFAULT_NEW_TOKENS = 5
 
@@ -36,19 +35,6 @@ def versions() -> dict[str, str]:
         "transformers": transformers.__version__,
         "python": platform.python_version(),
     }
-
-
-@contextlib.contextmanager
-def eval_mode(model: Model) -> Iterator[None]:
-    """Run in eval mode (no dropout) and restore the user's train/eval flag afterwards."""
-    was_training = model.hf.training
-    if was_training:
-        model.hf.eval()
-    try:
-        yield
-    finally:
-        if was_training:
-            model.hf.train()
 
 
 def _as_list(value: Any, name: str) -> list[str] | None:
