@@ -68,7 +68,10 @@ from .stability import (
     whitespace_perturbation,
 )
 
-__all__ = ["verify", "permutation_p_value", "effect_size", "DEFAULTS", "STABILITY_CHOICES"]
+__all__ = [
+    "verify", "permutation_p_value", "effect_size", "check_params", "check_verifiable", "count_forwards",
+    "removal_statistics", "DEFAULTS", "STABILITY_CHOICES",
+]
 
 DEFAULTS: dict[str, Any] = {
     "k": 49, "alpha": 0.05, "stability": "auto", "seeds": 1, "model_null": False,
@@ -176,7 +179,8 @@ def _check_stability(stability: Any) -> list[str]:
     return chosen
 
 
-def _check_params(p: dict[str, Any]) -> dict[str, Any]:
+def check_params(p: dict[str, Any]) -> dict[str, Any]:
+    """The verification parameters with their defaults, or a one-line :class:`InputError`."""
     unknown = sorted(set(p) - set(DEFAULTS))
     if unknown:
         raise InputError(f"verify does not take {unknown[0]!r}; it accepts: {', '.join(sorted(DEFAULTS))}")
@@ -579,7 +583,7 @@ def verify(
         :class:`~lmxray.result.Verification` (also usable as ``attribution.verification`` via
         :meth:`Attribution.verify`).
     """
-    p = _check_params(params)
+    p = check_params(params)
     a = check_verifiable(attribution, model)
     ctx = Context(target_fn=resolve_target_fn("logprob"), internal_batch_size=internal_batch_size,
                   memory_budget=memory_budget)
