@@ -291,3 +291,20 @@ def test_cli_explain_verify_terminal_json_html(tmp_path):
     assert data["verification"]["checks"]["faithful"] is True
     assert data["verification"]["params"]["k"] == 49
     assert "Verification" in (tmp_path / "a.html").read_text()
+
+
+@pytest.mark.slow
+def test_runner_reports_verdict_rates(m):
+    import lmxray.zoo as zoo
+    from lmxray.evaluate.runner import evaluate
+
+    ev = evaluate(m, zoo.dataset("facts", n=3), methods=["occlusion", "random"],
+                  metrics=["comprehensiveness"], verify={"stability": "none", "seeds": 0},
+                  progress=False)
+    board = ev.leaderboard()
+    assert board.loc["random", "verdict_faithful"] == 0.0
+    assert board.loc["occlusion", "verdict_faithful"] > board.loc["random", "verdict_faithful"]
+    assert "verdict_faithful" in ev.display_columns()
+    assert ev.config["verify"]["seeds"] == 0
+    with pytest.raises(lmxray.errors.InputError, match="alpha"):
+        evaluate(m, zoo.dataset("facts", n=1), methods=["random"], verify={"alpha": 2})
