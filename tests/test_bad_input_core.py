@@ -103,6 +103,28 @@ CLI_CASES: list[CliCase] = [
     CliCase("serve-port-out-of-range", ["serve-completions", "--port", "70000"], "--port"),
     CliCase("serve-missing-model-folder", ["serve-completions", "--model", "./no/such/model"],
             "does not exist"),
+    # explain --verify
+    CliCase("verify-k-zero", ["explain", "hi", "--verify", "--verify-k", "0"], "integer >= 1"),
+    CliCase("verify-k-negative", ["explain", "hi", "--verify", "--verify-k", "-5"], "integer >= 1"),
+    CliCase("verify-alpha-zero", ["explain", "hi", "--verify", "--alpha", "0"], "alpha must be"),
+    CliCase("verify-alpha-one", ["explain", "hi", "--verify", "--alpha", "1"], "alpha must be"),
+    CliCase("verify-alpha-above-one", ["explain", "hi", "--verify", "--alpha", "1.5"], "in (0, 1)"),
+    CliCase("verify-alpha-negative", ["explain", "hi", "--verify", "--alpha", "-0.1"], "in (0, 1)"),
+    CliCase("verify-alpha-nan", ["explain", "hi", "--verify", "--alpha", "nan"], "alpha must be"),
+    CliCase("verify-unknown-stability", ["explain", "hi", "--verify", "--stability", "wobble"],
+            "unknown stability check"),
+    CliCase("verify-empty-stability", ["explain", "hi", "--verify", "--stability", " "],
+            "unknown stability check"),
+    CliCase("verify-with-foil", ["explain", "The capital of France is", "-t", " Paris", "--foil",
+                                 " Rome", "--verify"], "--verify does not support --foil"),
+    CliCase("verify-k-without-verify", ["explain", "hi", "--verify-k", "9"], "--verify-k needs --verify"),
+    CliCase("alpha-without-verify", ["explain", "hi", "--alpha", "0.1"], "--alpha needs --verify"),
+    CliCase("stability-without-verify", ["explain", "hi", "--stability", "swap"],
+            "--stability needs --verify"),
+    CliCase("model-null-without-verify", ["explain", "hi", "--model-null"],
+            "--model-null needs --verify"),
+    CliCase("verify-bad-json-folder", ["explain", "hi", "--verify", "--json", "{tmp}/no/a.json"],
+            "does not exist", outputs=["{tmp}/no/a.json"]),
     CliCase("serve-remote-without-flag", ["serve-completions", "--host", "0.0.0.0", "--port", "0"],
             "refusing to bind"),
 ]
@@ -136,7 +158,57 @@ def _attr(*args, **kw):
     return lambda tmp: _tiny().attribute(*args, **kw)
 
 
+def _verify(**kw):
+    def call(tmp):
+        a = _tiny().attribute("The capital of France is", target=" Paris", method="random")
+        return a.verify(_tiny(), **kw)
+
+    return call
+
+
+def _verify_other(obj, model=None):
+    def call(tmp):
+        from lmxray.attribution.verify import verify
+
+        return verify(model if model is not None else _tiny(), obj(tmp) if callable(obj) else obj)
+
+    return call
+
+
 API_CASES: list[ApiCase] = [
+    ApiCase("verify-k-zero", _verify(k=0), "integer >= 1", InputError),
+    ApiCase("verify-k-float", _verify(k=2.5), "integer >= 1", InputError),
+    ApiCase("verify-k-bool", _verify(k=True), "integer >= 1", InputError),
+    ApiCase("verify-alpha-zero", _verify(alpha=0), "alpha must be", InputError),
+    ApiCase("verify-alpha-one", _verify(alpha=1.0), "alpha must be", InputError),
+    ApiCase("verify-alpha-string", _verify(alpha="0.05"), "alpha must be", InputError),
+    ApiCase("verify-unknown-param", _verify(n_null=3), "verify does not take 'n_null'", InputError),
+    ApiCase("verify-unknown-stability", _verify(stability=["swap", "jiggle"]),
+            "unknown stability check 'jiggle'", InputError),
+    ApiCase("verify-empty-stability-list", _verify(stability=[]), "unknown stability check",
+            InputError),
+    ApiCase("verify-negative-seeds", _verify(seeds=-1), "seeds must be", InputError),
+    ApiCase("verify-zero-tolerance", _verify(tolerance=0), "tolerance must be a positive", InputError),
+    ApiCase("verify-negative-noise", _verify(noise=-0.1), "noise must be a positive", InputError),
+    ApiCase("verify-min-spearman-above-one", _verify(min_spearman=1.5), "min_spearman", InputError),
+    ApiCase("verify-bad-space", _verify(space="logit"), "space must be", InputError),
+    ApiCase("verify-bad-rank-by", _verify(rank_by="loud"), "rank_by must be", InputError),
+    ApiCase("verify-not-an-attribution", _verify_other("text"), "expected an lmxray Attribution",
+            InputError),
+    ApiCase("verify-no-token-ids", _verify_other(
+        lambda tmp: __import__("lmxray").Attribution(["a", "b"], ["b"], [[1.0, np.nan]], [0.0], "x")),
+        "carries no token ids", InputError),
+    ApiCase("verify-not-a-model", _verify_other(_saved, model="gpt2"), "needs the local lmxray Model",
+            InputError),
+    ApiCase("verify-foil-attribution", lambda tmp: _tiny().attribute(
+        "The capital of France is", target=" Paris", foil=" Rome", method="random").verify(_tiny()),
+            "foil", InputError),
+    ApiCase("attribute-verify-with-foil", _attr("The capital of France is", target=" Paris",
+                                                foil=" Rome", verify=True), "foil", InputError),
+    ApiCase("attribute-verify-not-bool", _attr("hi", target=" x", verify="yes"),
+            "verify must be True, False or a dict", InputError),
+    ApiCase("attribute-verify-bad-k", _attr("hi", target=" x", verify={"k": 0}), "integer >= 1",
+            InputError),
     ApiCase("attribute-unknown-method", _attr("hi", target=" x", method="nope"), "unknown method"),
     ApiCase("attribute-none-prompt", _attr(None, target=" x"), "prompt must be a string", InputError),
     ApiCase("attribute-int-prompt", _attr(3, target=" x"), "prompt must be a string", InputError),
@@ -206,7 +278,7 @@ API_CASES: list[ApiCase] = [
     ApiCase("attribution-load-not-json", lambda tmp: _load(_file(tmp, "a.json", b"{nope")), "JSON",
             FormatError),
     ApiCase("attribution-load-other-format", lambda tmp: _load(_file(
-        tmp, "a.json", b'{"format": "lmxray.lens/1"}')), "lmxray.attribution/1", FormatError),
+        tmp, "a.json", b'{"format": "lmxray.lens/1"}')), "lmxray.attribution/2", FormatError),
     ApiCase("cache-load-an-attribution", lambda tmp: __import__("lmxray.hooks", fromlist=["x"])
             .ActivationCache.load(_file(tmp, "a.safetensors", b"{}")), "cannot read", FormatError),
     ApiCase("load-offline-hub-id", lambda tmp: __import__("lmxray").load("no-such-org/no-such-model"),

@@ -8,7 +8,10 @@
   or after step ``t``'s position (``s >= prompt_length + t``);
 - ``target_scores[t]``: the value of the target function at step ``t``.
 
-Results are saved as versioned JSON (``lmxray.attribution/1``); loading never executes code.
+Results are saved as versioned JSON (``lmxray.attribution/2``; version 1 files, which carry
+no verification, still load); loading never executes code. An attribution may carry a
+:class:`Verification` (``Attribution.verify(model)``, ``m.attribute(..., verify=True)``): its
+measured faithfulness against a null, stability, completeness or convergence, and a verdict.
 """
 
 from __future__ import annotations
@@ -29,9 +32,11 @@ from .io import atomic_write_bytes, atomic_write_text, check_format, dumps, read
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-__all__ = ["Result", "Attribution", "FORMAT", "register_renderer", "renderer_for"]
+__all__ = ["Result", "Attribution", "Verification", "FORMAT", "READS", "register_renderer", "renderer_for"]
 
-FORMAT = "lmxray.attribution/1"
+FORMAT = "lmxray.attribution/2"
+READS = ("lmxray.attribution/1",)  # version 1: the same fields, no "verification"
+_VERIFY_MODULE = "lmxray.attribution.verify"
 
 # --------------------------------------------------------------------------- views
 # Views live in ``lmxray.render``; a result finds its view here, by kind and class, so that no
@@ -170,6 +175,68 @@ def _none_to_nan(rows: Any) -> np.ndarray:
     return np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=np.float32)
 
 
+@dataclass
+class Verification:
+    """How far an attribution deserves trust: measured checks and a verdict with its reasons.
+
+    Made by :func:`lmxray.attribution.verify.verify`; stored in the attribution's JSON.
+
+    Attributes:
+        verdict: short label, e.g. ``"faithful, stable"`` or ``"not distinguishable from random"``.
+        passed: every check that ran passed.
+        checks: ``{name: True | False | None}`` for ``faithful``, ``stable``, ``complete``
+            (integrated gradients), ``converged`` (sampling methods), ``sane`` (randomised
+            model); None: not run or not applicable.
+        reasons: one sentence per check, e.g. ``"faithful: beats random, p = 0.002"``.
+        faithfulness, stability, completeness, convergence, sanity: the numbers of each check
+            (plain JSON-able dicts; per target step lists where it applies).
+        cost: the extra work of the checks (forward passes, token positions, method reruns).
+        params: the parameters of the verification (k, alpha, seed...).
+    """
+
+    verdict: str
+    passed: bool
+    checks: dict[str, bool | None] = field(default_factory=dict)
+    reasons: list[str] = field(default_factory=list)
+    faithfulness: dict[str, Any] = field(default_factory=dict)
+    stability: dict[str, Any] = field(default_factory=dict)
+    completeness: dict[str, Any] | None = None
+    convergence: dict[str, Any] | None = None
+    sanity: dict[str, Any] | None = None
+    cost: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+
+    _FIELDS: ClassVar[tuple[str, ...]] = (
+        "verdict", "passed", "checks", "reasons", "faithfulness", "stability", "completeness",
+        "convergence", "sanity", "cost", "params",
+    )
+
+    @property
+    def faithful(self) -> bool | None:
+        return self.checks.get("faithful")
+
+    @property
+    def stable(self) -> bool | None:
+        return self.checks.get("stable")
+
+    @property
+    def p_value(self) -> float | None:
+        """The faithfulness p-value over all target steps (None when not measured)."""
+        v = self.faithfulness.get("p_value")
+        return None if v is None else float(v)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_jsonable({name: getattr(self, name) for name in self._FIELDS})
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Verification:
+        if not isinstance(data, dict) or "verdict" not in data:
+            raise ValueError("verification needs a 'verdict'")
+        kw = {name: data[name] for name in cls._FIELDS if data.get(name) is not None}
+        kw["verdict"], kw["passed"] = str(data["verdict"]), bool(data.get("passed"))
+        return cls(**kw)
+
+
 @dataclass(repr=False)
 class Attribution(Result):
     """Token attribution for one prompt and its target tokens.
@@ -183,6 +250,7 @@ class Attribution(Result):
         model_name: name or path of the model.
         info: provenance: method parameters, target function, baseline, versions, diagnostics.
         source_ids / target_ids: token ids (optional, for re-scoring).
+        verification: the :class:`Verification` of this explanation, or None (see :meth:`verify`).
 
     Example:
         >>> a = m.attribute("The capital of France is", target=" Paris")  # doctest: +SKIP
@@ -191,6 +259,7 @@ class Attribution(Result):
     """
 
     FORMAT: ClassVar[str] = FORMAT
+    READS: ClassVar[tuple[str, ...]] = READS
 
     source_tokens: list[str]
     target_tokens: list[str]
@@ -201,6 +270,7 @@ class Attribution(Result):
     info: dict[str, Any] = field(default_factory=dict)
     source_ids: list[int] | None = None
     target_ids: list[int] | None = None
+    verification: Verification | None = None
 
     def __post_init__(self) -> None:
         self.source_tokens = [str(t) for t in self.source_tokens]
@@ -264,6 +334,7 @@ class Attribution(Result):
             "info": to_jsonable(self.info),
             "source_ids": self.source_ids,
             "target_ids": self.target_ids,
+            "verification": None if self.verification is None else self.verification.to_dict(),
         }
 
     @classmethod
@@ -284,9 +355,23 @@ class Attribution(Result):
                 info=data.get("info") or {},
                 source_ids=data.get("source_ids"),
                 target_ids=data.get("target_ids"),
+                verification=(None if data.get("verification") is None
+                              else Verification.from_dict(data["verification"])),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise FormatError(f"malformed lmxray attribution: {exc}") from None
+
+    def verify(self, model: Any, **kwargs: Any) -> Verification:
+        """Check this explanation on ``model`` (the one that produced it) and store the
+        :class:`Verification` in :attr:`verification`; see :func:`lmxray.attribution.verify.verify`
+        for the checks and ``kwargs`` (``k``, ``alpha``, ``stability``, ``model_null``...).
+
+        ``lmxray.attribution`` is a layer above this module, so it is looked up on first use
+        (as :func:`renderer_for` looks up views).
+        """
+        fn = importlib.import_module(_VERIFY_MODULE).verify
+        self.verification = fn(model, self, **kwargs)
+        return self.verification
 
     def to_dataframe(self) -> pd.DataFrame:
         """Long format: one row per (target step, source token), NaN cells included."""

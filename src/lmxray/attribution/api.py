@@ -7,9 +7,8 @@ the target function, provenance, and the eval-mode guard (the user's model is le
 
 from __future__ import annotations
 
-import contextlib
 import platform
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -22,9 +21,11 @@ from ..model import Model
 from ..result import Attribution
 from ..targets import resolve_target_fn, target_fn_name
 from ._engine import ScoreRow, score_sequences
-from .base import Context, MethodSpec, Request, get_method
+from .base import Context, MethodSpec, Request, eval_mode, get_method
+from .verify import check_params, count_forwards
+from .verify import verify as verify_attribution
 
-__all__ = ["attribute", "build_requests", "versions"]
+__all__ = ["attribute", "build_requests", "versions", "eval_mode"]
 
 DEFAULT_NEW_TOKENS = 5
 
@@ -36,19 +37,6 @@ def versions() -> dict[str, str]:
         "transformers": transformers.__version__,
         "python": platform.python_version(),
     }
-
-
-@contextlib.contextmanager
-def eval_mode(model: Model) -> Iterator[None]:
-    """Run in eval mode (no dropout) and restore the user's train/eval flag afterwards."""
-    was_training = model.hf.training
-    if was_training:
-        model.hf.eval()
-    try:
-        yield
-    finally:
-        if was_training:
-            model.hf.train()
 
 
 def _as_list(value: Any, name: str) -> list[str] | None:
@@ -125,7 +113,8 @@ def attribute(
     model: Model, prompt: str | Sequence[str], target: str | Sequence[str] | None = None, *,
     method: str = "integrated_gradients", max_new_tokens: int | None = None,
     foil: str | Sequence[str] | None = None, target_fn: Any = None,
-    internal_batch_size: int | None = None, memory_budget: int | None = None, **params: Any,
+    internal_batch_size: int | None = None, memory_budget: int | None = None,
+    verify: bool | dict[str, Any] = False, **params: Any,
 ) -> Attribution | list[Attribution]:
     """Attribute each target token of each prompt to the source tokens before it.
 
@@ -140,6 +129,9 @@ def attribute(
             ``fn(logits[..., V], ids[...]) -> [...]``.
         internal_batch_size: sequences per forward pass (default: from ``memory_budget``).
         memory_budget: bytes of activations per chunk (default: from free device memory).
+        verify: also check each explanation (:func:`lmxray.attribution.verify.verify`): True,
+            or a dict of its parameters (``{"k": 99, "model_null": True}``); the result's
+            ``verification`` holds the verdict and ``verification.cost`` the extra passes.
         **params: method parameters (e.g. ``n_steps``, ``baseline`` for integrated gradients).
 
     Returns:
@@ -148,10 +140,11 @@ def attribute(
     spec = get_method(method)
     resolved = spec.resolve_params(params)
     prompts, targets, foils = _check_texts(prompt, target, foil, max_new_tokens)
+    verify_kw = _check_verify(verify, foils)
     fn = resolve_target_fn(target_fn)
     ctx = Context(target_fn=fn, internal_batch_size=internal_batch_size, memory_budget=memory_budget)
 
-    with eval_mode(model):
+    with eval_mode(model), count_forwards([model.hf]) as cost:
         requests = build_requests(model, prompts, targets, foils, max_new_tokens)
         outputs = spec.fn(model, requests, ctx, **resolved)
         missing = [i for i, o in enumerate(outputs) if o.target_scores is None]
@@ -177,7 +170,27 @@ def attribute(
         _result(model, spec, req, out, base_info, None if foils is None else foils[i], n_new)
         for i, (req, out) in enumerate(zip(requests, outputs, strict=True))
     ]
+    if verify_kw is not None:
+        share = {"forward_passes": cost.forward_passes / len(results),
+                 "forward_tokens": cost.forward_tokens / len(results)}
+        for r in results:
+            r.verification = verify_attribution(
+                model, r, internal_batch_size=internal_batch_size, memory_budget=memory_budget,
+                explanation_cost=share, **verify_kw)
     return results if not isinstance(prompt, str) else results[0]
+
+
+def _check_verify(verify: Any, foils: list[str] | None) -> dict[str, Any] | None:
+    """``verify=`` as the verification's keyword arguments (None: no verification)."""
+    if verify is False or verify is None:
+        return None
+    if verify is not True and not isinstance(verify, dict):
+        raise InputError(f"verify must be True, False or a dict of verification parameters, got {verify!r}")
+    kw = {} if verify is True else dict(verify)
+    check_params(kw)
+    if foils is not None:
+        raise InputError("contrastive (foil) attributions cannot be verified; drop foil= or verify=")
+    return kw
 
 
 def _check_texts(

@@ -19,16 +19,20 @@ else — tokenisation, generation, validation, provenance, result objects — is
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import InputError
 from ..memory import check_batch_size
 from ..targets import TargetFn
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..model import Model
 
 __all__ = [
     "Request",
@@ -41,6 +45,7 @@ __all__ = [
     "method_specs",
     "method_params",
     "nan_mask_scores",
+    "eval_mode",
 ]
 
 
@@ -200,3 +205,16 @@ def nan_mask_scores(scores: np.ndarray, n_prompt: int) -> np.ndarray:
     out = scores.astype(np.float32, copy=True)
     out[s >= n_prompt + t] = np.nan
     return out
+
+
+@contextlib.contextmanager
+def eval_mode(model: Model) -> Iterator[None]:
+    """Run in eval mode (no dropout) and restore the user's train/eval flag afterwards."""
+    was_training = model.hf.training
+    if was_training:
+        model.hf.eval()
+    try:
+        yield
+    finally:
+        if was_training:
+            model.hf.train()

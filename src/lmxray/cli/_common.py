@@ -40,7 +40,8 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "LmxrayGroup", "PROG", "check_outputs", "write_outputs", "render_png", "load_model", "consoles",
     "check_method", "is_stdout", "ModelOpt", "DeviceOpt", "JsonOpt", "ResultJsonOpt", "HtmlOpt",
-    "PngOpt", "show_result", "resumable", "Interrupted", "RESUME_HINT",
+    "PngOpt", "show_result", "resumable", "Interrupted", "RESUME_HINT", "MaxNewTokensOpt",
+    "count_option", "check_target_options", "check_result_outputs", "emit_result",
 ]
 
 PROG = "lmxray"
@@ -296,6 +297,31 @@ def check_method(method: str) -> None:
         raise InputError(f"unknown method {method!r}; choose one of: {', '.join(known)}")
 
 
+def check_target_options(target: str | None, max_new_tokens: int | None, foil: str | None) -> None:
+    """``--target`` / ``--max-new-tokens`` / ``--foil`` of the explain commands, checked."""
+    if target is not None and max_new_tokens is not None:
+        raise InputError("give either --target or --max-new-tokens, not both")
+    if foil is not None and target is None:
+        raise InputError("--foil needs --target: the foil is contrasted with a given target")
+
+
+def check_result_outputs(json_out: Path | None, html_out: Path | None) -> None:
+    """Before any work: the outputs can be written, and at most one of them goes to stdout."""
+    check_outputs(json_out, html_out)
+    if is_stdout(json_out) and is_stdout(html_out):
+        raise InputError("only one of --json and --html can go to stdout ('-')")
+
+
+def emit_result(result: Any, json_out: Path | None, html_out: Path | None, **show_kw: Any) -> None:
+    """Show an Attribution (unless a file goes to stdout) and write its JSON and HTML."""
+    out, err = consoles()
+    if not (is_stdout(json_out) or is_stdout(html_out)):
+        show_result(result, out, **show_kw)
+    write_outputs(
+        [(json_out, lambda: result.to_json() + "\n"), (html_out, lambda: result.to_html())], err
+    )
+
+
 def consoles() -> tuple[Console, Console]:
     """``(stdout, stderr)`` rich consoles for a command's output and its status lines."""
     from rich.console import Console
@@ -307,6 +333,11 @@ def consoles() -> tuple[Console, Console]:
 
 
 # --------------------------------------------------------------------------- option types
+def count_option(*names: str, help: str) -> typer.models.OptionInfo:
+    """An option taking a positive integer ``N``."""
+    return typer.Option(*names, min=1, metavar="N", help=help)
+
+
 ModelOpt = Annotated[
     str | None,
     typer.Option(
@@ -322,6 +353,12 @@ DeviceOpt = Annotated[
 ]
 
 
+MaxNewTokensOpt = Annotated[int | None, count_option(
+    "--max-new-tokens", "-n",
+    help=f"Generate N tokens greedily and explain them [default: {DEFAULT_NEW_TOKENS}].",
+)]
+
+
 def _json_opt(what: str) -> typer.models.OptionInfo:
     return typer.Option(
         "--json",
@@ -332,7 +369,7 @@ def _json_opt(what: str) -> typer.models.OptionInfo:
     )
 
 
-JsonOpt = Annotated[Path | None, _json_opt(" (format lmxray.attribution/1)")]
+JsonOpt = Annotated[Path | None, _json_opt(" (format lmxray.attribution/2)")]
 # --json of commands whose result is not an Attribution
 ResultJsonOpt = Annotated[Path | None, _json_opt("")]
 PngOpt = Annotated[

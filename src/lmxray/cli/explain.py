@@ -15,18 +15,18 @@ import typer
 from ..errors import InputError
 from ._common import (
     DEFAULT_METHOD,
-    DEFAULT_NEW_TOKENS,
     DeviceOpt,
     HtmlOpt,
     JsonOpt,
+    MaxNewTokensOpt,
     ModelOpt,
     check_method,
-    check_outputs,
+    check_result_outputs,
+    check_target_options,
     consoles,
-    is_stdout,
+    count_option,
+    emit_result,
     load_model,
-    show_result,
-    write_outputs,
 )
 
 __all__ = ["register", "explain", "methods"]
@@ -63,22 +63,9 @@ def explain(
             help="Continuation to explain (teacher-forced). Default: generate.",
         ),
     ] = None,
-    max_new_tokens: Annotated[
-        int | None,
-        typer.Option(
-            "--max-new-tokens",
-            "-n",
-            min=1,
-            metavar="N",
-            help=f"Generate N tokens greedily and explain them [default: {DEFAULT_NEW_TOKENS}].",
-        ),
-    ] = None,
-    foil: Annotated[
-        str | None,
-        typer.Option(
-            "--foil", metavar="TEXT", help="Contrastive alternative: explain f(target) - f(foil)."
-        ),
-    ] = None,
+    max_new_tokens: MaxNewTokensOpt = None,
+    foil: Annotated[str | None, typer.Option(
+        "--foil", metavar="TEXT", help="Contrastive alternative: explain f(target) - f(foil).")] = None,
     method: Annotated[
         str,
         typer.Option("--method", metavar="NAME", help="Attribution method (see 'lmxray methods')."),
@@ -90,38 +77,40 @@ def explain(
     target_fn: Annotated[
         TargetFnName, typer.Option("--target-fn", help="What to explain at each step.")
     ] = TargetFnName.logprob,
-    n_steps: Annotated[
-        int | None,
-        typer.Option(
-            "--n-steps", min=1, metavar="N",
-            help="Integration steps (integrated gradients; default: the method's, see "
-            "'lmxray methods --verbose').",
-        ),
-    ] = None,
-    baseline: Annotated[
-        str | None,
-        typer.Option(
-            "--baseline", metavar="B", help="Baseline: auto, zero, pad, unk, eos or a token id."
-        ),
-    ] = None,
+    n_steps: Annotated[int | None, count_option(
+        "--n-steps", help="Integration steps (integrated gradients; default: the method's, see "
+        "'lmxray methods --verbose').",
+    )] = None,
+    baseline: Annotated[str | None, typer.Option(
+        "--baseline", metavar="B", help="Baseline: auto, zero, pad, unk, eos or a token id.")] = None,
     normalize: Annotated[
         NormalizeMode, typer.Option("--normalize", help="Colour scale of the terminal view.")
     ] = NormalizeMode.step,
     max_steps: Annotated[
-        int,
-        typer.Option(
-            "--max-steps", min=1, metavar="N", help="Show at most N steps in the terminal."
-        ),
+        int, count_option("--max-steps", help="Show at most N steps in the terminal.")
     ] = 20,
+    verify: Annotated[bool, typer.Option(
+        "--verify", help="Check the explanation: faithfulness against random attributions "
+        "(p-value), stability, completeness/convergence; a verdict with reasons.",
+    )] = False,
+    verify_k: Annotated[int | None, typer.Option(
+        "--verify-k", metavar="K", help="--verify: random attributions in the null [default: 49].",
+    )] = None,
+    alpha: Annotated[float | None, typer.Option(
+        "--alpha", metavar="A", help="--verify: significance level, in (0, 1) [default: 0.05].",
+    )] = None,
+    stability: Annotated[str | None, typer.Option(
+        "--stability", metavar="CHECKS",
+        help="--verify: auto, none, all, or a comma list of swap, whitespace, noise [default: auto].",
+    )] = None,
+    model_null: Annotated[bool, typer.Option(
+        "--model-null", help="--verify: also run the method on a randomised copy of the model.",
+    )] = False,
 ) -> None:
     """Attribute a target (given or generated) to the prompt tokens, and show the heatmap."""
-    if target is not None and max_new_tokens is not None:
-        raise InputError("give either --target or --max-new-tokens, not both")
-    if foil is not None and target is None:
-        raise InputError("--foil needs --target: the foil is contrasted with a given target")
-    check_outputs(json_out, html_out)
-    if is_stdout(json_out) and is_stdout(html_out):
-        raise InputError("only one of --json and --html can go to stdout ('-')")
+    check_target_options(target, max_new_tokens, foil)
+    verify_kw = _verify_options(verify, verify_k, alpha, stability, model_null, foil)
+    check_result_outputs(json_out, html_out)
     check_method(method)
     params: dict[str, Any] = {}
     if n_steps is not None:
@@ -137,20 +126,38 @@ def explain(
         foil=foil,
         method=method,
         target_fn=target_fn.value,
+        verify=verify_kw if verify_kw is not None else False,
         **params,
     )
     assert not isinstance(result, list)
+    emit_result(result, json_out, html_out, max_steps=max_steps, normalize=normalize.value)
 
-    out, err = consoles()
-    if not (is_stdout(json_out) or is_stdout(html_out)):
-        show_result(result, out, max_steps=max_steps, normalize=normalize.value)
-    write_outputs(
-        [
-            (json_out, lambda: result.to_json() + "\n"),
-            (html_out, lambda: result.to_html()),
-        ],
-        err,
-    )
+
+def _verify_options(
+    verify: bool, k: int | None, alpha: float | None, stability: str | None, model_null: bool,
+    foil: str | None,
+) -> dict[str, Any] | None:
+    """The --verify options as ``verify=`` keyword arguments (checked before any work)."""
+    given = {"--verify-k": k, "--alpha": alpha, "--stability": stability,
+             "--model-null": model_null or None}
+    if not verify:
+        extra = [name for name, v in given.items() if v is not None]
+        if extra:
+            raise InputError(f"{extra[0]} needs --verify")
+        return None
+    if foil is not None:
+        raise InputError("--verify does not support --foil (contrastive attributions); drop one")
+    kw: dict[str, Any] = {"model_null": model_null}
+    if k is not None:
+        kw["k"] = k
+    if alpha is not None:
+        kw["alpha"] = alpha
+    if stability is not None:
+        kw["stability"] = [c.strip() for c in stability.split(",")] if stability.strip() else [""]
+    from ..attribution.verify import check_params  # lazy: the CLI loads features on use
+
+    check_params(kw)
+    return kw
 
 
 def methods(

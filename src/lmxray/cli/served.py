@@ -20,18 +20,8 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import InputError
-from ._common import (
-    DeviceOpt,
-    HtmlOpt,
-    JsonOpt,
-    ModelOpt,
-    check_outputs,
-    consoles,
-    is_stdout,
-    load_model,
-    show_result,
-    write_outputs,
-)
+from . import _common as common
+from ._common import DeviceOpt, HtmlOpt, JsonOpt, MaxNewTokensOpt, ModelOpt
 
 __all__ = ["register", "explain_endpoint", "serve_completions"]
 
@@ -46,8 +36,7 @@ def explain_endpoint(
     served_model: Annotated[str | None, typer.Option(
         "--served-model", metavar="NAME", help="The 'model' field of requests.")] = None,
     target: Annotated[str | None, typer.Option("--target", "-t", metavar="TEXT")] = None,
-    max_new_tokens: Annotated[int | None, typer.Option(
-        "--max-new-tokens", "-n", min=1, metavar="N")] = None,
+    max_new_tokens: MaxNewTokensOpt = None,
     foil: Annotated[str | None, typer.Option("--foil", metavar="TEXT")] = None,
     method: Annotated[str, typer.Option("--method", metavar="NAME")] = "kernel_shap",
     n_samples: Annotated[int | None, typer.Option("--n-samples", min=1, metavar="N")] = None,
@@ -63,18 +52,13 @@ def explain_endpoint(
     from ..blackbox import connect
     from ..blackbox.scorer import blackbox_methods
 
-    if target is not None and max_new_tokens is not None:
-        raise InputError("give either --target or --max-new-tokens, not both")
-    if foil is not None and target is None:
-        raise InputError("--foil needs --target: the foil is contrasted with a given target")
+    common.check_target_options(target, max_new_tokens, foil)
     if method not in blackbox_methods():
         raise InputError(
             f"method {method!r} cannot run on a served model; use one of: "
             f"{', '.join(blackbox_methods())}"
         )
-    check_outputs(json_out, html_out)
-    if is_stdout(json_out) and is_stdout(html_out):
-        raise InputError("only one of --json and --html can go to stdout ('-')")
+    common.check_result_outputs(json_out, html_out)
     given = {"n_samples": n_samples, "features": features, "seed": seed}
     params: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     key = None
@@ -87,13 +71,7 @@ def explain_endpoint(
         prompt, target=target, foil=foil, method=method,
         max_new_tokens=max_new_tokens, **params,
     )
-    out, err = consoles()
-    if not (is_stdout(json_out) or is_stdout(html_out)):
-        show_result(result, out)
-    write_outputs(
-        [(json_out, lambda: result.to_json() + "\n"), (html_out, lambda: result.to_html())],
-        err,
-    )
+    common.emit_result(result, json_out, html_out)
 
 
 def serve_completions(
@@ -108,9 +86,9 @@ def serve_completions(
     """Serve a local model as an OpenAI-compatible /v1/completions endpoint (Ctrl-C stops)."""
     from ..blackbox.server import serve
 
-    m = load_model(model, device)
+    m = common.load_model(model, device)
     srv = serve(m, host=host, port=port, name=name, allow_remote=allow_remote)
-    _, err = consoles()
+    _, err = common.consoles()
     err.print(f"serving {srv.name!r} at {srv.url} (Ctrl-C to stop)", highlight=False)
     try:
         while True:

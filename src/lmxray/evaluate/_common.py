@@ -1,5 +1,6 @@
-"""Helpers shared by the evaluation modules: rankings of source tokens, special-token positions,
-and rationales given as indices or masks.
+"""Helpers shared by the evaluation modules: rationales given as indices or masks, and the
+rankings of source tokens and special-token positions of :mod:`lmxray.attribution.removal`
+(re-exported here).
 
 A ranking orders the *candidate* positions of one attribution by decreasing importance.
 Candidates are the source positions a step can read (``s < prompt_length + t``), or only the
@@ -14,71 +15,23 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..attribution.removal import (
+    RANK_BY,
+    candidate_positions,
+    check_rank_by,
+    ranking,
+    special_ids,
+)
 from ..errors import InputError
 from ..result import Attribution
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..model import Model
 
-RANK_BY = ("signed", "abs")
-
-
-def special_ids(model: Model | None) -> frozenset[int]:
-    """Token ids of the model's special tokens (empty without a model)."""
-    if model is None:
-        return frozenset()
-    return frozenset(int(i) for i in (model.tokenizer.all_special_ids or []))
-
-
-def check_rank_by(rank_by: str) -> None:
-    if rank_by not in RANK_BY:
-        raise InputError(f"rank_by must be 'signed' or 'abs', got {rank_by!r}")
-
-
-def ranking(scores: np.ndarray, candidates: np.ndarray, rank_by: str = "signed") -> np.ndarray:
-    """Candidate positions sorted by decreasing importance.
-
-    Args:
-        scores: ``[S]`` scores of every source position (NaN allowed: ranked last).
-        candidates: ``[n]`` positions that may be ranked.
-        rank_by: ``"signed"`` (largest positive contribution first) or ``"abs"`` (largest
-            magnitude first).
-
-    Returns:
-        ``[n]`` int array of positions; ties keep position order (stable sort).
-    """
-    if len(candidates) == 0:
-        return np.zeros(0, dtype=np.int64)
-    v = np.asarray(scores, dtype=np.float64)[candidates]
-    if rank_by == "abs":
-        v = np.abs(v)
-    v = np.where(np.isnan(v), -np.inf, v)
-    order = np.argsort(-v, kind="stable")
-    return np.asarray(candidates, dtype=np.int64)[order]
-
-
-def candidate_positions(
-    attribution: Attribution,
-    step: int,
-    *,
-    sources: str = "all",
-    specials: frozenset[int] = frozenset(),
-) -> np.ndarray:
-    """Positions step ``step`` reads that an evaluation may remove or rank.
-
-    ``sources="all"``: prompt and earlier target tokens; ``"prompt"``: prompt tokens only.
-    Positions holding a special token id are left out.
-    """
-    if sources not in ("all", "prompt"):
-        raise InputError(f"sources must be 'all' or 'prompt', got {sources!r}")
-    n = attribution.prompt_length + (step if sources == "all" else 0)
-    ids = attribution.source_ids
-    pos = np.arange(n, dtype=np.int64)
-    if specials and ids is not None:
-        keep = np.array([int(ids[p]) not in specials for p in pos], dtype=bool)
-        pos = pos[keep]
-    return pos
-
+__all__ = [
+    "RANK_BY", "special_ids", "check_rank_by", "ranking", "candidate_positions", "prompt_scores",
+    "as_mask", "spans", "nanmean", "judged_prompt",
+]
 
 def prompt_scores(attribution: Attribution, step: int | None = None, aggregate: str = "sum") -> np.ndarray:
     """One score per prompt token: step ``step``'s row, or all steps aggregated (``sum`` |

@@ -45,10 +45,13 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from ..attribution import ScoreRow, score_sequences
+from ..attribution import score_sequences
 from ..attribution.api import eval_mode
 from ..attribution.base import Context
 from ..attribution.gradient import resolve_baseline_ids
+from ..attribution.removal import Perturber as _Perturber
+from ..attribution.removal import RowBank as _RowBank
+from ..attribution.removal import bin_sizes, curve_sizes
 from ..errors import InputError
 from ..io import from_jsonable, to_jsonable
 from ..model import Model
@@ -77,19 +80,6 @@ def target_rank(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
     """A target function: how many vocabulary entries score strictly above the target (0 = top)."""
     tgt = logits.gather(-1, token_ids.unsqueeze(-1))
     return (logits > tgt).sum(-1).float()
-
-
-def bin_sizes(n: int, bins: Sequence[float]) -> list[int]:
-    """Tokens in each top-k% bin of ``n`` removable tokens: ``ceil(pct * n / 100)``, in ``[1, n]``."""
-    if n <= 0:
-        return []
-    # round before ceil so that e.g. 10% of 30 is 3, not 4 (0.1 * 30 = 3.0000000000000004)
-    return [min(n, max(1, math.ceil(round(float(b) * n / 100.0, 9)))) for b in bins]
-
-
-def curve_sizes(n: int, n_steps: int) -> list[int]:
-    """Tokens removed (or inserted) at each of the ``n_steps + 1`` curve points: ``round(j n / n_steps)``."""
-    return [(2 * j * n + n_steps) // (2 * n_steps) for j in range(n_steps + 1)]
 
 
 @dataclass(repr=False)
@@ -202,37 +192,6 @@ class Faithfulness(Result):
 
 def _fmt_bin(b: float) -> str:
     return str(int(b)) if float(b).is_integer() else str(b)
-
-
-class _RowBank:
-    """Perturbed sequences to score, each stored once."""
-
-    def __init__(self) -> None:
-        self.rows: list[ScoreRow] = []
-        self._index: dict[tuple[tuple[int, ...], int], int] = {}
-
-    def add(self, ids: list[int], target: int) -> int:
-        key = (tuple(ids), target)
-        idx = self._index.get(key)
-        if idx is None:
-            idx = len(self.rows)
-            self._index[key] = idx
-            self.rows.append(ScoreRow(list(ids), [target]))
-        return idx
-
-
-@dataclass
-class _Perturber:
-    removal: str
-    baseline_id: int | None
-    fallback_id: int
-
-    def __call__(self, prefix: list[int], drop: set[int]) -> list[int]:
-        if self.removal == "remove":
-            ids = [tok for i, tok in enumerate(prefix) if i not in drop]
-            return ids or [self.fallback_id]
-        assert self.baseline_id is not None
-        return [self.baseline_id if i in drop else tok for i, tok in enumerate(prefix)]
 
 
 @dataclass

@@ -56,6 +56,9 @@ METRIC_INFO: dict[str, tuple[bool, str]] = {
     "topk_hit": (True, "share of the top-|evidence| tokens that are evidence"),
     "mrr": (True, "mean reciprocal rank of the first evidence token"),
     "sanity_rho": (False, "Spearman rho after full cascading randomisation"),
+    "verdict_faithful": (True, "share of explanations verified faithful (p <= alpha vs random)"),
+    "verdict_stable": (True, "share verified stable under output-preserving perturbations"),
+    "verdict_passed": (True, "share whose whole verification verdict passed"),
 }
 GROUNDTRUTH_COLUMNS = ("top1_hit", "topk_hit", "mrr", "evidence_rank")
 _NON_METRIC = {"kind", "example", "method", "verified", "deletion_curve", "insertion_curve"}

@@ -29,6 +29,8 @@ import numpy as np
 
 from ..attribution.api import attribute
 from ..attribution.base import methods as registered_methods
+from ..attribution.verify import check_params as check_verify_params
+from ..attribution.verify import verify as verify_attribution
 from ..errors import InputError
 from ..io import atomic_write_text, check_output, dumps, to_jsonable
 from ..model import Model
@@ -179,6 +181,7 @@ def evaluate(
     n_steps: int = 20,
     progress: bool = True,
     name: str = "examples",
+    verify: bool | dict[str, Any] = False,
 ) -> Evaluation:
     """Explain every example with every method and judge the explanations.
 
@@ -197,6 +200,9 @@ def evaluate(
         batch_size: examples explained together.
         sanity_examples: examples used by the sanity check.
         removal, baseline, bins, n_steps: faithfulness parameters.
+        verify: also verify every explanation (:func:`lmxray.attribution.verify.verify`; True or
+            a dict of its parameters): rows get ``verdict_faithful``, ``verdict_stable``,
+            ``verdict_passed`` and ``verdict_p``, the leaderboard their rates per method.
 
     Returns:
         :class:`~lmxray.evaluate.report.Evaluation`: ``to_dataframe()``, ``leaderboard()``,
@@ -216,10 +222,12 @@ def evaluate(
             params[m].update(p)
     faith_kw = {"removal": removal, "baseline": baseline, "bins": list(bins), "n_steps": n_steps,
                 "metrics": faith_metrics}
+    verify_kw = _verify_kw(verify)
     config = to_jsonable({
         "model": model.name, "data": name, "methods": chosen, "groups": sorted(groups),
         "method_params": params, "faithfulness": faith_kw, "sanity_examples": sanity_examples,
         "examples": [e.id for e in exs],
+        **({"verify": verify_kw} if verify_kw is not None else {}),
     })
     header = {"kind": "header", "format": RESULTS_FORMAT, "config": config}
     store: _ResultsFile = _ResultsFile(Path(out), header, resume) if out is not None else _Memory()
@@ -237,7 +245,7 @@ def evaluate(
                 if not todo:
                     continue
                 rows = _rows(model, [e for e, _ in todo], [v for _, v in todo], m, params[m],
-                             groups, faith_kw)
+                             groups, faith_kw, verify_kw)
                 store.append(rows)
                 bar.update(len(rows))
         if "sanity" in groups:
@@ -250,6 +258,23 @@ def evaluate(
         bar.close()
     return Evaluation(rows=store.rows, sanity=store.sanity, config=config,
                       path=Path(out) if out is not None else None)
+
+
+def _verify_kw(verify: Any) -> dict[str, Any] | None:
+    """``verify=`` as verification keyword arguments (None: off), checked before any work."""
+    if verify is False or verify is None:
+        return None
+    if verify is not True and not isinstance(verify, dict):
+        raise InputError(f"verify must be True, False or a dict of verification parameters, got {verify!r}")
+    kw = {} if verify is True else dict(verify)
+    check_verify_params(kw)
+    return kw
+
+
+def _verdict_columns(model: Model, a: Any, verify_kw: dict[str, Any]) -> dict[str, Any]:
+    v = verify_attribution(model, a, **verify_kw)
+    return {"verdict_faithful": v.checks.get("faithful"), "verdict_stable": v.checks.get("stable"),
+            "verdict_passed": v.passed, "verdict_p": v.p_value, "verdict": v.verdict}
 
 
 def _verify(model: Model, chunk: list[Example]) -> list[bool | None]:
@@ -273,6 +298,7 @@ def _rows(
     params: dict[str, Any],
     groups: set[str],
     faith_kw: dict[str, Any],
+    verify_kw: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     t0 = time.perf_counter()
     attrs = attribute(model, [e.prompt for e in chunk], [e.target for e in chunk],
@@ -296,6 +322,8 @@ def _rows(
         if "groundtruth" in groups and e.evidence:
             row.update(evidence_recovery(a, e.evidence, model=model))
             row["verified"] = verified[i]
+        if verify_kw is not None:
+            row.update(_verdict_columns(model, a, verify_kw))
         rows.append(row)
     return rows
 

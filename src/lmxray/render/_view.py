@@ -7,6 +7,7 @@ three views agree.
 
 from __future__ import annotations
 
+import json
 import math
 import unicodedata
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..result import Attribution
 
 __all__ = [
+    "verification_summary",
     "PALETTE",
     "display_token",
     "is_special_token",
@@ -289,3 +291,33 @@ def eos_note(a: Attribution) -> str | None:
         f"the model ended the text (<eos>) after {n} of the {info.get('requested_new_tokens')} "
         "requested new tokens"
     )
+
+
+def verification_summary(a: Attribution) -> dict[str, Any] | None:
+    """What the views show of ``a.verification``: the verdict, a pass/fail mark, the reasons,
+    per-step faithfulness numbers and the extra cost; None when the attribution is unverified."""
+    v = a.verification
+    if v is None:
+        return None
+    f = v.faithfulness or {}
+    steps = []
+    for t, tok in enumerate(a.target_tokens):
+        def pick(name: str, t: int = t) -> Any:
+            vals = f.get(name) or []
+            return vals[t] if t < len(vals) else None
+
+        steps.append({"step": t + 1, "token": display_token(tok),
+                      "p": format_value(pick("step_p_value"), 3),
+                      "effect": format_value(pick("step_effect_size"), 3),
+                      "comprehensiveness": format_value(pick("comprehensiveness"), 3),
+                      "sufficiency": format_value(pick("sufficiency"), 3)})
+    cost = v.cost or {}
+    ratio = cost.get("token_ratio")
+    cost_text = (f"{cost.get('forward_passes', 0)} extra forward passes, "
+                 f"{cost.get('forward_tokens', 0)} token positions, "
+                 f"{cost.get('method_reruns', 0)} method rerun(s)")
+    if ratio:
+        cost_text += f"; {ratio:.2f}x the explanation's token positions in all"
+    return {"verdict": v.verdict, "passed": v.passed, "mark": "PASS" if v.passed else "FAIL",
+            "reasons": list(v.reasons), "steps": steps, "cost": cost_text,
+            "json": json.dumps(v.to_dict(), indent=2, ensure_ascii=False, sort_keys=True)}

@@ -38,6 +38,7 @@ from ._view import (
     normalised_rows,
     rgb_hex,
     score_rgb,
+    verification_summary,
 )
 
 __all__ = ["show_attribution", "attribution_renderables", "attribution_text", "DEFAULT_MAX_STEPS"]
@@ -219,6 +220,21 @@ def attribution_renderables(
     yield table
     if header:
         yield _legend(normalize)
+    yield from _verification(a)
+
+
+def _verification(a: Attribution) -> Iterator[RenderableType]:
+    """The verdict and its reasons (nothing for an unverified attribution)."""
+    v = verification_summary(a)
+    if v is None:
+        return
+    line = Text("verification  ", style="bold")
+    line.append(f" {v['mark']} ", style="bold white on green" if v["passed"] else "bold white on red")
+    line.append(f"  {v['verdict']}", style="bold")
+    yield line
+    for r in v["reasons"]:
+        yield Text(f"  · {r}")
+    yield Text(f"  cost: {v['cost']}", style="dim")
 
 
 def show_attribution(
@@ -290,4 +306,9 @@ def attribution_text(
         for s in range(len(a.source_tokens) - 1):
             tok = display_token(a.source_tokens[s])
             lines.append(f"  {s:>4}  {tok:<{width}}  {format_value(raw[s])}")
+    v = verification_summary(a)
+    if v is not None:
+        lines.append(f"verification {v['mark']}  {v['verdict']}")
+        lines.extend(f"  - {r}" for r in v["reasons"])
+        lines.append(f"  cost: {v['cost']}")
     return "\n".join(lines) + "\n"

@@ -233,6 +233,7 @@ def attribution_html(
         "palette_css": ", ".join(_view.PALETTE),
         "normalize": normalize,
         "data": data,
+        "verification": _view.verification_summary(a),
         "info_json": json.dumps(a.to_dict()["info"], indent=2, ensure_ascii=False, sort_keys=True),
         "version": _version(),
     }
