@@ -18,6 +18,7 @@ from __future__ import annotations
 import typer
 
 from . import evaluate, explain, improve, internals, selfexplain, served, zoo
+from . import concepts  # noqa: E402  (sae, tcav)
 from ._common import (
     PROG,
     LmxrayGroup,
@@ -54,6 +55,7 @@ def _root(ctx: typer.Context) -> None:
 for _group in (explain, internals, evaluate, improve, served, selfexplain):
     _group.register(app)
 app.add_typer(zoo.app, name="zoo")
+concepts.register(app)  # sae train|eval|show|scan, tcav
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -27,7 +27,8 @@ from ..hooks import capture, run_with_cache
 from ..sites import site_map
 from ..zoo.tasks import training_items
 
-__all__ = ["text_stream", "check_corpus", "ActivationStream", "token_activations", "site_width"]
+__all__ = ["text_stream", "check_corpus", "ActivationStream", "token_activations", "site_width",
+           "read_texts", "site_forward"]
 
 _EXTS = (".txt", ".jsonl")
 
@@ -81,6 +82,12 @@ def _read_file(path: Path) -> Iterator[str]:
                     yield line.rstrip("\n")
     except UnicodeDecodeError:
         raise InputError(f"corpus {path} is not UTF-8 text") from None
+
+
+def read_texts(path: str | os.PathLike[str], limit: int = 10_000) -> list[str]:
+    """The texts of a file or folder, read once (at most ``limit``)."""
+    files = _files(Path(check_corpus(path)))
+    return list(itertools.islice(itertools.chain.from_iterable(_read_file(f) for f in files), limit))
 
 
 def text_stream(corpus: Any = None, seed: int = 0) -> Iterator[str]:

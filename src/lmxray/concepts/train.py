@@ -191,6 +191,7 @@ class _Trainer:
         sae.normalise_decoder()
         self.steps_done += 1
         var = ((x - x.mean(0)) ** 2).sum(-1).mean().clamp_min(1e-8)
+        mse = mse.detach()
         self.last = {"mse": float(mse), "fve": float(1 - mse / var),
                      "l0": float((f > 0).sum(-1).float().mean()),
                      "dead": float((self.silent >= cfg.dead_tokens).float().mean())}
@@ -227,11 +228,13 @@ def _geometric_median(x: torch.Tensor, iters: int = 20) -> torch.Tensor:
 def fit_sae(
     batches: Callable[[int], torch.Tensor], d_in: int, cfg: TrainConfig | None = None, *,
     site: str = "", model_name: str = "", checkpoint: str | os.PathLike[str] | None = None,
-    resume: bool = True, progress: bool = True, state_extra: Callable[[], dict[str, Any]] | None = None,
+    resume: bool = True, progress: bool = True, checkpoint_every: int = 100,
+    state_extra: Callable[[], dict[str, Any]] | None = None,
 ) -> TrainRun:
     """Train an SAE on ``batches(step) -> [batch_tokens, d_in]`` (any activation source).
 
-    ``checkpoint``: a folder for checkpoints (every 100 steps and on Ctrl-C); with ``resume``
+    ``checkpoint``: a folder for checkpoints (every ``checkpoint_every`` steps and on Ctrl-C,
+    SIGTERM); with ``resume``
     a run found there continues. ``state_extra()`` adds to the checkpoint's JSON state.
     """
     cfg = cfg or TrainConfig()
@@ -263,7 +266,7 @@ def fit_sae(
         training.save_checkpoint(ckpt, sae, trainer.opt, st)  # type: ignore[arg-type]
 
     training.run_steps(step, start=start, end=cfg.steps, checkpoint=save if ckpt else None,
-                       checkpoint_every=100, checkpoint_folder=ckpt, desc=f"sae {cfg.kind}",
+                       checkpoint_every=checkpoint_every, checkpoint_folder=ckpt, desc=f"sae {cfg.kind}",
                        progress=progress)
     seconds = time.perf_counter() - t0
     sae.fold_scale(trainer.scale)
