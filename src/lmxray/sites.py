@@ -25,6 +25,7 @@ An *attached* site (``layers.2.resid_post.sae``) is a dictionary (an object with
 and ``decode(f)``, e.g. a :class:`lmxray.concepts.SAE`) read off another site: caching it
 records ``encode(x)``; intervening on it edits the latents and adds ``decode(f') - decode(f)``
 to the base site, so the SAE's reconstruction error is kept (only the edit changes the model).
+The base site itself is recorded before the edit (read the next site to see the edited stream).
 
 Each family is a small table (:data:`FAMILIES`): where the blocks live and, inside a block, which
 module plays which role (the TransformerLens-3 ``component_mapping`` / pyvene idea). A model type

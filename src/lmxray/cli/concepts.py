@@ -187,7 +187,7 @@ def tcav_cmd(
     concept: Annotated[list[str] | None, typer.Option("--concept", help="NAME=FILE (texts); repeatable.")] = None,
     inputs: Annotated[Path | None, typer.Option("--inputs", help="JSONL of {prompt, target}.")] = None,
     n_random: Annotated[int, typer.Option("--n-random", help="Random CAVs per concept.")] = 10,
-    pool: Annotated[str, typer.Option("--pool", help="last or mean.")] = "last",
+    pool: Annotated[str, typer.Option("--pool", help="last or mean (token pooling).")] = "mean",
     alpha: Annotated[float, typer.Option("--alpha")] = 0.05,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     model: ModelOpt = None, device: DeviceOpt = None,
@@ -206,7 +206,8 @@ def tcav_cmd(
     check_outputs(json_path, html_path)
     if continent is not None:
         m = load_model(model, device)
-        result = continent_tcav(m, site, continent, n_random=n_random, seed=seed)
+        result = continent_tcav(m, site, continent, n_random=n_random, seed=seed, pool=pool,
+                                alpha=alpha)
     else:
         assert concept is not None and inputs is not None
         sets = _read_concepts(concept)

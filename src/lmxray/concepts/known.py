@@ -104,7 +104,8 @@ def sentiment_accuracy(model: Any, split: str, n: int = 300, seed: int = 0,
 
 
 def continent_tcav(model: Any, site: str, continent: str, *, n_random: int = 10,
-                   random_size: int = 40, seed: int = 0) -> TCAVResult:
+                   random_size: int = 40, seed: int = 0, pool: str = "mean",
+                   alpha: float = 0.05) -> TCAVResult:
     """TCAV of ``continent`` (concept: language and currency prompts about its countries) and of
     a random concept for the capital prompts of its countries → their capitals. Random sets (and
     the random concept) are language and currency prompts about any country."""
@@ -119,7 +120,8 @@ def continent_tcav(model: Any, site: str, continent: str, *, n_random: int = 10,
     rand = random_sets(2, min(random_size, len(concept)), seed + 1000, about)[-1]
     return tcav(model, site, {continent: concept, "random": rand}, [it.prompt for it in inputs],
                 [it.target for it in inputs], n_random=n_random, random_size=random_size,
-                seed=seed, target_name=f"capitals of {continent}", random_pool=about)
+                seed=seed, target_name=f"capitals of {continent}", random_pool=about, pool=pool,
+                alpha=alpha)
 
 
 def marker_ablation(model: Any, sae_site: str, feature: int, *, n: int = 300,
