@@ -72,7 +72,7 @@ def _row_text(row: dict[str, Any], path: Path, line: int) -> str:
 
 def _read_file(path: Path) -> Iterator[str]:
     if path.suffix == ".jsonl":
-        for i, row in enumerate(io.iter_jsonl(path), 1):
+        for i, row in io.iter_jsonl(path, what="corpus"):
             yield _row_text(row, path, i)
         return
     try:
