@@ -212,6 +212,7 @@ def test_unattached_and_misfit(m):
 
 
 # --------------------------------------------------------------------------- attribution
+@pytest.mark.slow
 def test_integrated_gradients_on_latents_complete(m, attached):
     name, sae = attached
     prompt, target = "The capital of France is", " Paris"

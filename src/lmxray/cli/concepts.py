@@ -115,6 +115,8 @@ def eval_cmd(
     from ..concepts import evaluate_sae
     from ._common import check_outputs
 
+    if n_texts < 1:
+        raise InputError(f"--n-texts must be >= 1, got {n_texts}")
     check_outputs(json_path, html_path)
     m, sae, name = _load(sae_dir, model, device, site)
     _finish(evaluate_sae(m, sae, name[:-4], corpus=corpus, n_texts=n_texts), json_path, html_path)
@@ -130,10 +132,16 @@ def show_cmd(
     json_path: ResultJsonOpt = None, html_path: HtmlOpt = None,
 ) -> None:
     """One latent: top-activating contexts, activation histogram, logit effects."""
-    from ..concepts import feature_view
+    from ..concepts import feature_view, load_sae
     from ._common import check_outputs
 
+    if n_texts < 1 or top < 1:
+        raise InputError("--n-texts and --top must be >= 1")
     check_outputs(json_path, html_path)
+    d_sae = load_sae(sae_dir).cfg.d_sae
+    if not 0 <= feature < d_sae:
+        raise InputError(f"--feature {feature} is out of range; the SAE has {d_sae} latents "
+                         f"(0..{d_sae - 1})")
     m, _, name = _load(sae_dir, model, device, site)
     _finish(feature_view(m, name, feature, corpus=corpus, n_texts=n_texts, top=top),
             json_path, html_path)
