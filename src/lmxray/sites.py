@@ -17,7 +17,15 @@ site                       what it is                                  shape
 ``layers.{i}.resid_post``  residual stream leaving block ``i``         ``[B, L, d_model]``
 ``final_norm``             output of the final norm                    ``[B, L, d_model]``
 ``logits``                 output of the unembedding (``lm_head``)     ``[B, L, vocab]``
+``<site>.sae``             latents of a sparse autoencoder attached    ``[B, L, d_sae]``
+                           at ``<site>`` (:meth:`SiteMap.attach`)
 =========================  ==========================================  ==========================
+
+An *attached* site (``layers.2.resid_post.sae``) is a dictionary (an object with ``encode(x)``
+and ``decode(f)``, e.g. a :class:`lmxray.concepts.SAE`) read off another site: caching it
+records ``encode(x)``; intervening on it edits the latents and adds ``decode(f') - decode(f)``
+to the base site, so the SAE's reconstruction error is kept (only the edit changes the model).
+The base site itself is recorded before the edit (read the next site to see the edited stream).
 
 Each family is a small table (:data:`FAMILIES`): where the blocks live and, inside a block, which
 module plays which role (the TransformerLens-3 ``component_mapping`` / pyvene idea). A model type
@@ -53,6 +61,7 @@ __all__ = [
     "Site",
     "SiteMap",
     "site_map",
+    "ATTACH_SUFFIX",
 ]
 
 # --------------------------------------------------------------------------- the data
@@ -131,6 +140,8 @@ LAYER_KINDS = (
 SITE_KINDS = ("embed", *LAYER_KINDS, "final_norm", "logits")
 _WRITABLE_EXCEPT = {"attn.pattern"}
 _NAME_RE = re.compile(r"^layers\.(-?\d+)\.(.+)$")
+#: suffix of the attached-dictionary sites (``layers.2.resid_post.sae``)
+ATTACH_SUFFIX = ".sae"
 
 
 # --------------------------------------------------------------------------- resolved sites
@@ -147,6 +158,8 @@ class Site:
         index: element of a tuple output (``0``; ``1`` for the pattern), or None for a tensor.
         heads: split the last dim into ``(n_heads, d_head)`` for the per-head view.
         writable: whether interventions may replace it.
+        attach: for an attached site (``<base>.sae``), the dictionary (``encode``/``decode``).
+        base: for an attached site, the name of the site it reads.
     """
 
     name: str
@@ -157,6 +170,8 @@ class Site:
     index: int | None = None
     heads: int | None = None
     writable: bool = True
+    attach: Any = field(default=None, repr=False, compare=False, hash=False)
+    base: str | None = None
 
 
 def _get(root: torch.nn.Module, path: str) -> torch.nn.Module | None:
@@ -228,7 +243,48 @@ class SiteMap:
         order = sorted(self._sites.values(), key=lambda s: (
             stage.get(s.kind, 1), s.layer or 0, LAYER_KINDS.index(s.kind) if s.kind in LAYER_KINDS else 0))
         self._sites = {s.name: s for s in order}
+        self._reindex()
+
+    def _reindex(self) -> None:
+        base = [n for n, s in self._sites.items() if s.base is None]
+        attached = {s.base: n for n, s in self._sites.items() if s.base is not None}
+        order: list[str] = []
+        for n in base:
+            order.append(n)
+            if n in attached:
+                order.append(attached[n])
+        self._sites = {n: self._sites[n] for n in order}
         self._index = {n: k for k, n in enumerate(self._sites)}
+
+    # ------------------------------------------------------------------ attached dictionaries
+    def attach(self, base: str, dictionary: Any) -> str:
+        """Attach ``dictionary`` (``encode(x) -> f``, ``decode(f) -> x``) at site ``base``;
+        returns the new site's name ``<base>.sae`` (an earlier one there is replaced)."""
+        site = self[base]
+        if site.base is not None or site.kind == "attn.pattern" or site.heads is not None:
+            raise InputError(f"cannot attach a dictionary at {site.name}; use a residual, "
+                             "attn.out, mlp.out or mlp.hidden site")
+        for meth in ("encode", "decode"):
+            if not callable(getattr(dictionary, meth, None)):
+                raise InputError(f"a dictionary attached at a site needs an {meth}() method; "
+                                 f"got {type(dictionary).__name__}")
+        name = site.name + ATTACH_SUFFIX
+        self._sites[name] = Site(name, site.kind + ATTACH_SUFFIX, site.layer, site.module,
+                                 site.mode, site.index, None, True, attach=dictionary,
+                                 base=site.name)
+        self._reindex()
+        return name
+
+    def detach(self, name: str) -> None:
+        """Remove the attached site ``name`` (``<base>.sae``); no error when absent."""
+        canon = self.canonical(name)
+        if canon in self._sites and self._sites[canon].base is not None:
+            del self._sites[canon]
+            self._reindex()
+
+    def attached(self) -> list[str]:
+        """Names of the attached-dictionary sites."""
+        return [n for n, s in self._sites.items() if s.base is not None]
 
     # ------------------------------------------------------------------ building
     def _add(self, name: str, kind: str, layer: int | None, module: Any, mode: str,
@@ -283,6 +339,11 @@ class SiteMap:
     def __getitem__(self, name: str) -> Site:
         canon = self.canonical(name)
         site = self._sites.get(canon)
+        if site is None and canon.endswith(ATTACH_SUFFIX):
+            raise MethodError(
+                f"no sparse autoencoder is attached at {canon[:-len(ATTACH_SUFFIX)]}; attach one "
+                "with lmxray.concepts.attach(model, sae) or pass --sae to the command"
+            )
         if site is None:
             kind = _NAME_RE.match(canon)
             raise MethodError(
@@ -310,6 +371,8 @@ class SiteMap:
         if not isinstance(name, str):
             raise InputError(f"a site name must be a string, got {type(name).__name__}")
         name = name.strip()
+        if name.endswith(ATTACH_SUFFIX) and name != ATTACH_SUFFIX:
+            return self.canonical(name[: -len(ATTACH_SUFFIX)]) + ATTACH_SUFFIX
         m = _NAME_RE.match(name)
         if not m:
             if name in self._sites or name in SITE_KINDS:

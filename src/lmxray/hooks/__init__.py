@@ -544,8 +544,17 @@ class _Session:
         b, length = self.ctx.batch, self.ctx.length
         if t.dim() == 2 and b and t.shape[0] == b * length and site.kind != "attn.pattern":
             x = t.view(b, length, t.shape[-1])  # e.g. OPT runs its MLP on [B*L, d]
-        if site.heads is not None:
-            x = x.view(*x.shape[:-1], site.heads, x.shape[-1] // site.heads)
+        if site.attach is not None:
+            x = self._process_attached(site, x)
+        else:
+            if site.heads is not None:
+                x = x.view(*x.shape[:-1], site.heads, x.shape[-1] // site.heads)
+            x = self._apply(site, x)
+        if x.shape != t.shape:
+            x = x.reshape(t.shape)
+        return x
+
+    def _apply(self, site: Site, x: torch.Tensor) -> torch.Tensor:
         for op in self.ops.get(site.name, ()):
             x = op.apply(x, site, self.ctx)
         if site.name in self.record:
@@ -554,9 +563,16 @@ class _Session:
             else:
                 v = x.detach()
                 self.store[site.name] = v.to("cpu", copy=True) if self.to_cpu else v.clone()
-        if x.shape != t.shape:
-            x = x.reshape(t.shape)
         return x
+
+    def _process_attached(self, site: Site, x: torch.Tensor) -> torch.Tensor:
+        """An attached dictionary: ops act on its latents ``f = encode(x)``; an edit adds
+        ``decode(f') - decode(f)`` to ``x`` (the reconstruction error is kept)."""
+        f = site.attach.encode(x)
+        new = self._apply(site, f)
+        if new is f:
+            return x
+        return x + (site.attach.decode(new) - site.attach.decode(f)).to(x.dtype)
 
     def _pre(self, sites: list[Site]) -> Callable[..., Any]:
         def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
