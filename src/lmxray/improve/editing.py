@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from ..errors import InputError, MethodError
 from ..examples import AnnotatedExample
-from ..hooks import add, intervene, run_with_cache
+from ..hooks import run_with_cache
 from ..internals.tracing import subject_positions, trace_facts
 from ..model import Model
 from ..sites import site_map
@@ -172,6 +172,50 @@ def _subject_last(model: Model, prompt: str, subject: Any) -> int:
     return max(subject_positions(model, prompt, subject))
 
 
+@contextlib.contextmanager
+def rank_one_hook(model: Model, layer: int, key: torch.Tensor, value: torch.Tensor) -> Iterator[None]:
+    """Run ``model`` as if the MLP down projection of ``layer`` were ``W + value ⊗ key``, without
+    touching the weights: every position's output gets ``(key · k_t) value`` added (a forward
+    hook; ``value`` may require grad, so the rank-one update itself can be optimised)."""
+    down = _down(model, layer)
+
+    def hook(_mod: Any, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
+        coef = args[0].float() @ key.to(args[0].device, torch.float32)
+        return output + (coef.unsqueeze(-1) * value.to(output.device)).to(output.dtype)
+
+    handle = down.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def context_prefixes(texts: Sequence[str], n: int, *, seed: int = 0, words: int = 5) -> list[str]:
+    """``n`` short prefixes (the first 1..``words`` words of seeded sample texts, ending in ". ")
+    that :func:`rome_edit` puts before the prompt: ROME's context templates, so that the key and
+    the value hold in other contexts than the bare edit prompt."""
+    rng = random.Random(seed)
+    pool = [t.split() for t in texts if t.split()]
+    if n and not pool:
+        raise InputError("context prefixes need sample texts with words")
+    out = []
+    for _ in range(n):
+        ws = rng.choice(pool)
+        out.append(" ".join(ws[: rng.randint(1, words)]).rstrip(".") + ". ")
+    return out
+
+
+def _variants(model: Model, prompt: str, subject: str, t_ids: list[int],
+              prefixes: Sequence[str]) -> list[tuple[list[int], int]]:
+    """``(ids, subject's last position)`` of the prompt alone and after each prefix."""
+    out = []
+    for pre in ["", *prefixes]:
+        ids = model.encode(pre + prompt)
+        model.check_length(len(ids) + len(t_ids))
+        out.append((ids, _subject_last(model, pre + prompt, subject) if pre else -1))
+    return out
+
+
 def rome_edit(
     model: Model,
     prompt: str,
@@ -186,8 +230,13 @@ def rome_edit(
     clamp: float = 4.0,
     essence_prompt: str | None = None,
     stop_prob: float = 0.95,
+    prefixes: Sequence[str] = (),
 ) -> RankOneEdit:
     """Compute (not apply) a ROME rank-one edit making ``prompt`` continue with ``target``.
+
+    The value is optimised through the rank-one update itself (:func:`rank_one_hook`: every
+    position whose key overlaps ``C⁻¹k*`` changes, as it will once the weight is edited), so the
+    probability reached in the optimisation is the edited model's.
 
     Args:
         model: the lmxray Model (not modified: only activations are read and ``δ`` optimised).
@@ -198,7 +247,10 @@ def rome_edit(
         steps / lr: Adam steps and learning rate (relative to ``‖W k*‖``) of ``δ``.
         kl_factor: weight of the essence KL term. clamp: ``‖δ‖ ≤ clamp · ‖W k*‖``.
         essence_prompt: the KL prompt (default "{subject} is a").
-        stop_prob: stop early once ``P(target)`` (product over its tokens) exceeds this.
+        stop_prob: stop early once ``P(target)`` (geometric mean over the prompts of the
+            product over its tokens) exceeds this.
+        prefixes: context prefixes (:func:`context_prefixes`); the key ``k*`` is the mean key
+            over the prompt alone and after each prefix, and the value is optimised on all.
 
     Returns:
         :class:`RankOneEdit`.
@@ -219,25 +271,20 @@ def rome_edit(
             [p_ids[i] for i in subject_positions(model, prompt, subject)], skip_special_tokens=True
         ).strip()
     )
+    variants = _variants(model, prompt, subj_text, t_ids, prefixes if subj_text else ())
+    variants[0] = (p_ids, pos)
     ess = essence_prompt if essence_prompt is not None else f"{subj_text} is a"
-    hid, out = f"layers.{layer}.mlp.hidden", f"layers.{layer}.mlp.out"
-    _down(model, layer)  # checks the family
-    cache = run_with_cache(model, [p_ids], cache=[hid, out], logits=False)
-    k_star = cache[hid][0, pos].double().cpu()
-    scale = float(cache[out][0, pos].float().norm()) or 1.0
-    ess_ids = model.encode(ess)
-    e_pos = (
-        _subject_last(model, ess, subj_text) if subj_text and subj_text in ess else len(ess_ids) - 1
-    )
+    k_star, scale = _mean_key(model, layer, variants)
+    key = _rank_one_key(cov, k_star)
     problem = _DeltaProblem(
-        model, out, p_ids, t_ids, pos, ess_ids, e_pos, scale, kl_factor, clamp, stop_prob
+        model, layer, key, variants, t_ids, model.encode(ess), scale, kl_factor, clamp, stop_prob
     )
     delta, p_new, n_steps = problem.optimise(steps, lr)
     value = delta.detach().float().cpu()  # v* - W k* (the bias, if any, is unchanged)
     return RankOneEdit(
         layer=layer,
         value=value,
-        key=_rank_one_key(cov, k_star),
+        key=key,
         prompt=prompt,
         subject=subj_text,
         target=target,
@@ -247,8 +294,24 @@ def rome_edit(
             "delta_norm": float(value.norm()),
             "wk_norm": scale,
             "position": pos,
+            "prefixes": len(variants) - 1,
         },
     )
+
+
+def _mean_key(model: Model, layer: int, variants: Sequence[tuple[list[int], int]]
+              ) -> tuple[torch.Tensor, float]:
+    """The mean key ``k*`` (float64) at the subject's last token over the variants, and the
+    norm of the MLP output there in the bare prompt (``‖W k*‖``, the scale of ``δ``)."""
+    _down(model, layer)  # checks the family
+    hid, out = f"layers.{layer}.mlp.hidden", f"layers.{layer}.mlp.out"
+    keys, scale = [], 1.0
+    for j, (ids, pos) in enumerate(variants):
+        cache = run_with_cache(model, [ids], cache=[hid, out], logits=False)
+        keys.append(cache[hid][0, pos].double().cpu())
+        if j == 0:
+            scale = float(cache[out][0, pos].float().norm()) or 1.0
+    return torch.stack(keys).mean(0), scale
 
 
 def _rank_one_key(cov: torch.Tensor, k_star: torch.Tensor) -> torch.Tensor:
@@ -264,51 +327,50 @@ def _rank_one_key(cov: torch.Tensor, k_star: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class _DeltaProblem:
-    """ROME's value optimisation: ``δ`` added to the MLP output ``out`` at the subject's last
-    token makes the target likely, with a KL penalty on the essence prompt's next token."""
+    """ROME's value optimisation through the rank-one update ``δ ⊗ key`` of ``layer``: the
+    target is likely after every variant of the prompt, with a KL penalty on the essence
+    prompt's next token."""
 
     model: Model
-    out: str
-    p_ids: list[int]
+    layer: int
+    key: torch.Tensor
+    variants: list[tuple[list[int], int]]
     t_ids: list[int]
-    pos: int
     ess_ids: list[int]
-    e_pos: int
     scale: float
     kl_factor: float
     clamp: float
     stop_prob: float
 
-    def _essence_logp(self, delta: torch.Tensor | None) -> torch.Tensor:
-        m = self.model
-        ids = torch.tensor([self.ess_ids], device=m.device)
-        ctx = (
-            intervene(m, {self.out: add(delta.to(m.dtype), positions=[self.e_pos])})
-            if delta is not None
-            else contextlib.nullcontext()
-        )
+    def _logp(self, delta: torch.Tensor | None) -> torch.Tensor:
+        """``[rows, n_t, vocab]`` log-probabilities at the last ``n_t`` positions of every variant
+        (teacher-forced on the target) and of the essence prompt (last row), in one forward."""
+        m, n_t = self.model, len(self.t_ids)
+        seqs = [ids + self.t_ids[:-1] for ids, _ in self.variants] + [self.ess_ids]
+        x, mask, pos = m.pad_batch(seqs)
+        ctx = (rank_one_hook(m, self.layer, self.key, delta) if delta is not None
+               else contextlib.nullcontext())
         with ctx:
-            logits = m.forward(input_ids=ids, logits_to_keep=1).logits[0, -1].float()
+            logits = m.forward(input_ids=x, attention_mask=mask, position_ids=pos,
+                               logits_to_keep=n_t).logits.float()
         return torch.log_softmax(logits, -1)
 
-    def _loss(self, delta: torch.Tensor, seq: torch.Tensor, base_ess: torch.Tensor):
-        m, n_t = self.model, len(self.t_ids)
-        with intervene(m, {self.out: add(delta.to(m.dtype), positions=[self.pos])}):
-            lg = m.forward(input_ids=seq, logits_to_keep=n_t).logits[0].float()
-        tgt = torch.tensor(self.t_ids, device=m.device)
-        nll = -torch.log_softmax(lg, -1)[torch.arange(n_t), tgt].sum()
-        loss = nll
+    def _loss(self, delta: torch.Tensor, base_ess: torch.Tensor) -> tuple[torch.Tensor, float]:
+        n_t = len(self.t_ids)
+        lp = self._logp(delta)
+        tgt = torch.tensor(self.t_ids, device=lp.device)
+        nll = -lp[:-1, torch.arange(n_t), tgt].sum(-1)  # [variants]
+        loss = nll.mean()
         if self.kl_factor > 0:
-            le = self._essence_logp(delta)
+            le = lp[-1, -1]
             loss = loss + self.kl_factor * torch.sum(base_ess.exp() * (base_ess - le))
-        return loss, nll
+        return loss, float(torch.exp(-nll.detach().mean()))
 
     def optimise(self, steps: int, lr: float) -> tuple[torch.Tensor, float, int]:
         """``(δ, P(target) at the last step, steps run)``; Adam, ``‖δ‖`` capped."""
         m = self.model
-        seq = torch.tensor([self.p_ids + self.t_ids[:-1]], device=m.device)
         with torch.no_grad():
-            base_ess = self._essence_logp(None)
+            base_ess = self._logp(None)[-1, -1]
         delta = torch.zeros(m.d_model, device=m.device, dtype=torch.float32, requires_grad=True)
         opt = torch.optim.Adam([delta], lr=lr * self.scale / np.sqrt(m.d_model))
         was = m.hf.training
@@ -318,8 +380,7 @@ class _DeltaProblem:
             for step in range(1, steps + 1):
                 n_steps = step
                 with torch.enable_grad():
-                    loss, nll = self._loss(delta, seq, base_ess)
-                    p_new = float(torch.exp(-nll.detach()))
+                    loss, p_new = self._loss(delta, base_ess)
                     if p_new >= self.stop_prob:
                         break
                     (g,) = torch.autograd.grad(loss, [delta])  # no .grad left on the model
@@ -444,6 +505,7 @@ class _EditBench:
     texts: list[str]
     n_specificity: int
     edit_kwargs: dict[str, Any]
+    prefixes: list[str] = field(default_factory=list)
     covs: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def cov_at(self, ly: int) -> torch.Tensor:
@@ -469,7 +531,7 @@ class _EditBench:
         """The ROME edit of fact ``i`` into ``target`` at layer ``ly`` (not applied)."""
         f = self.facts[i]
         return rome_edit(self.model, f["prompt"], f["subject"], target, layer=ly,
-                         cov=self.cov_at(ly), **self.edit_kwargs)
+                         cov=self.cov_at(ly), prefixes=self.prefixes, **self.edit_kwargs)
 
 
 def _edit_row(
@@ -511,6 +573,7 @@ def evaluate_edits(
     cov_texts: Sequence[str] | None = None,
     n_specificity: int = 20,
     compare_random: bool = True,
+    n_prefixes: int = 5,
     seed: int = 0,
     progress: bool = True,
     **edit_kwargs: Any,
@@ -526,6 +589,7 @@ def evaluate_edits(
         cov_texts: text for the key covariance (default: 300 zoo training texts).
         n_specificity: other known facts checked after each edit.
         compare_random: also edit a random other layer (seeded) per fact.
+        n_prefixes: context prefixes per edit (:func:`context_prefixes` of ``cov_texts``).
         **edit_kwargs: passed to :func:`rome_edit`.
     """
     facts = list(facts)
@@ -551,7 +615,8 @@ def evaluate_edits(
         layer, aie = locate_layer(model, trace_set, seed=seed)
     layer = int(layer) % n_l
     texts = list(cov_texts) if cov_texts is not None else corpus("train", 300, seed=seed)
-    bench = _EditBench(model, facts, groups, known_idx, texts, n_specificity, edit_kwargs)
+    bench = _EditBench(model, facts, groups, known_idx, texts, n_specificity, edit_kwargs,
+                       context_prefixes(texts, n_prefixes, seed=seed))
     new_obj = counterfactuals([facts[i] for i in chosen], facts, seed=seed)
     editors: dict[str, Any] = {"located": lambda i: layer}
     if compare_random and n_l > 1:
