@@ -51,12 +51,20 @@ from .results import EditReport
 
 __all__ = [
     "RankOneEdit",
+    "weights_added",
+    "edited_copy",
+    "rank_one_hook",
+    "context_prefixes",
+    "prompt_variants",
     "EditReport",
     "key_covariance",
     "rome_edit",
     "locate_layer",
     "evaluate_edits",
     "counterfactuals",
+    "plan_edits",
+    "top1",
+    "fact_group",
 ]
 
 
@@ -111,35 +119,48 @@ class RankOneEdit:
         """``ΔW`` in ``[d_model, d_mlp]`` (nn.Linear) orientation."""
         return torch.outer(self.value, self.key)
 
-    @contextlib.contextmanager
-    def applied(self, model: Model) -> Iterator[Model]:
+    def applied(self, model: Model) -> contextlib.AbstractContextManager[Model]:
         """Apply the edit to ``model``'s weights inside the block; restored bit-exactly after.
 
         For evaluation loops that must not copy a model per edit. The weight is restored in
         ``finally`` even when the block raises. Use :meth:`apply` for a lasting edited copy.
         """
-        down = _down(model, self.layer)
-        w, transposed = _linear_weight(down)
-        saved = w.detach().clone()
-        d = self.delta().to(w.device, w.dtype)
-        try:
-            with torch.no_grad():
-                w.add_(d.T if transposed else d)
-            yield model
-        finally:
-            with torch.no_grad():
-                w.copy_(saved)
+        return weights_added(model, {self.layer: self.delta()})
 
     def apply(self, model: Model) -> Model:
         """An edited deep copy of ``model`` (the input model is unchanged)."""
-        hf = copy.deepcopy(model.hf)
-        edited = Model(hf, model.tokenizer, name=f"{model.name}+rome")
-        down = _down(edited, self.layer)
-        w, transposed = _linear_weight(down)
-        d = self.delta().to(w.device, w.dtype)
+        return edited_copy(model, {self.layer: self.delta()}, "rome")
+
+
+def _add_deltas(model: Model, deltas: dict[int, torch.Tensor]) -> None:
+    for layer, d in deltas.items():
+        w, transposed = _linear_weight(_down(model, layer))
+        d = d.to(w.device, w.dtype)
         with torch.no_grad():
             w.add_(d.T if transposed else d)
-        return edited
+
+
+@contextlib.contextmanager
+def weights_added(model: Model, deltas: dict[int, torch.Tensor]) -> Iterator[Model]:
+    """``model`` with ``ΔW`` (``[d_model, d_mlp]``, nn.Linear orientation) added to the MLP
+    down projection of each layer of ``deltas`` inside the block; restored bit-exactly after
+    (also when the block raises)."""
+    saved = {ly: _linear_weight(_down(model, ly))[0].detach().clone() for ly in deltas}
+    try:
+        _add_deltas(model, deltas)
+        yield model
+    finally:
+        with torch.no_grad():
+            for ly, w0 in saved.items():
+                _linear_weight(_down(model, ly))[0].copy_(w0)
+
+
+def edited_copy(model: Model, deltas: dict[int, torch.Tensor], tag: str) -> Model:
+    """A deep copy of ``model`` named ``{name}+{tag}`` with the ``deltas`` added (the input model
+    is unchanged)."""
+    edited = Model(copy.deepcopy(model.hf), model.tokenizer, name=f"{model.name}+{tag}")
+    _add_deltas(edited, deltas)
+    return edited
 
 
 def key_covariance(
@@ -205,14 +226,14 @@ def context_prefixes(texts: Sequence[str], n: int, *, seed: int = 0, words: int 
     return out
 
 
-def _variants(model: Model, prompt: str, subject: str, t_ids: list[int],
+def prompt_variants(model: Model, prompt: str, subject: str, t_ids: list[int],
               prefixes: Sequence[str]) -> list[tuple[list[int], int]]:
     """``(ids, subject's last position)`` of the prompt alone and after each prefix."""
     out = []
     for pre in ["", *prefixes]:
         ids = model.encode(pre + prompt)
         model.check_length(len(ids) + len(t_ids))
-        out.append((ids, _subject_last(model, pre + prompt, subject) if pre else -1))
+        out.append((ids, _subject_last(model, pre + prompt, subject)))
     return out
 
 
@@ -271,10 +292,11 @@ def rome_edit(
             [p_ids[i] for i in subject_positions(model, prompt, subject)], skip_special_tokens=True
         ).strip()
     )
-    variants = _variants(model, prompt, subj_text, t_ids, prefixes if subj_text else ())
-    variants[0] = (p_ids, pos)
+    variants = [(p_ids, pos)]
+    if subj_text and prefixes:
+        variants += prompt_variants(model, prompt, subj_text, t_ids, prefixes)[1:]
     ess = essence_prompt if essence_prompt is not None else f"{subj_text} is a"
-    k_star, scale = _mean_key(model, layer, variants)
+    k_star, scale = mean_key(model, layer, variants)
     key = _rank_one_key(cov, k_star)
     problem = _DeltaProblem(
         model, layer, key, variants, t_ids, model.encode(ess), scale, kl_factor, clamp, stop_prob
@@ -299,7 +321,7 @@ def rome_edit(
     )
 
 
-def _mean_key(model: Model, layer: int, variants: Sequence[tuple[list[int], int]]
+def mean_key(model: Model, layer: int, variants: Sequence[tuple[list[int], int]]
               ) -> tuple[torch.Tensor, float]:
     """The mean key ``k*`` (float64) at the subject's last token over the variants, and the
     norm of the MLP output there in the bare prompt (``‖W k*‖``, the scale of ``δ``)."""
@@ -432,7 +454,7 @@ def locate_layer(
 
 
 # --------------------------------------------------------------------------- evaluation
-def _top1(model: Model, pairs: Sequence[tuple[str, str]], batch_size: int = 64) -> np.ndarray:
+def top1(model: Model, pairs: Sequence[tuple[str, str]], batch_size: int = 64) -> np.ndarray:
     if not pairs:
         return np.zeros(0, dtype=bool)
     return target_correct(model, [AnnotatedExample(p, t) for p, t in pairs], batch_size=batch_size)
@@ -464,7 +486,7 @@ def counterfactuals(
     return out
 
 
-def _group(f: dict[str, Any]) -> tuple[str, str]:
+def fact_group(f: dict[str, Any]) -> tuple[str, str]:
     """A fact's paraphrase group: facts with the same subject and relation."""
     return str(f.get("subject_text")), str(f.get("relation"))
 
@@ -476,13 +498,13 @@ def _choose_facts(
     and the paraphrase groups."""
     groups: dict[tuple[str, str], list[int]] = {}
     for i, f in enumerate(facts):
-        groups.setdefault(_group(f), []).append(i)
-    cands = [i for i in range(len(facts)) if known[i] and len(groups[_group(facts[i])]) > 1]
+        groups.setdefault(fact_group(f), []).append(i)
+    cands = [i for i in range(len(facts)) if known[i] and len(groups[fact_group(facts[i])]) > 1]
     random.Random(seed).shuffle(cands)
     chosen, seen = [], set()
     for i in cands:
-        if _group(facts[i]) not in seen:
-            seen.add(_group(facts[i]))
+        if fact_group(facts[i]) not in seen:
+            seen.add(fact_group(facts[i]))
             chosen.append(i)
         if len(chosen) == n_edits:
             break
@@ -491,6 +513,40 @@ def _choose_facts(
             f"only {len(chosen)} known facts with paraphrases; need {n_edits} (pass more facts)"
         )
     return chosen, groups
+
+
+def plan_edits(
+    model: Model, facts: list[dict[str, Any]], n_edits: int, layer: int | None,
+    trace_facts_n: int, seed: int,
+) -> tuple[list[int], dict[tuple[str, str], list[int]], list[int], int, np.ndarray]:
+    """Check the request, find the facts the model knows and choose ``n_edits`` of them (one
+    per paraphrase group); locate the edit layer when ``layer`` is None (causal tracing on up
+    to ``trace_facts_n`` other known facts).
+
+    Returns:
+        ``(chosen, groups, known_idx, layer, aie)``; ``aie`` is NaN when ``layer`` was given.
+    """
+    n_l = site_map(model).n_layers
+    if layer is not None and not -n_l <= layer < n_l:
+        raise InputError(f"layer {layer} is out of range; the model has {n_l} layers")
+    if n_edits < 1:
+        raise InputError(f"n_edits must be at least 1, got {n_edits}")
+    n_groups = sum(1 for g in Counter(fact_group(f) for f in facts).values() if g > 1)
+    if n_groups < n_edits:  # before any work: at most one edit per fact with paraphrases
+        raise InputError(
+            f"only {n_groups} facts have paraphrases, so at most {n_groups} known facts can be "
+            f"edited; need {n_edits} (pass more facts or fewer edits)"
+        )
+    known = top1(model, [(f["prompt"], f["answer"]) for f in facts])
+    chosen, groups = _choose_facts(facts, known, n_edits, seed)
+    known_idx = [i for i in range(len(facts)) if known[i]]
+    aie = np.full(n_l, np.nan)
+    if layer is None:
+        trace_set = [facts[i] for i in known_idx if i not in set(chosen)][:trace_facts_n] or [
+            facts[i] for i in chosen
+        ]
+        layer, aie = locate_layer(model, trace_set, seed=seed)
+    return chosen, groups, known_idx, int(layer) % n_l, aie
 
 
 @dataclass
@@ -517,7 +573,7 @@ class _EditBench:
         """The edit prompt, its paraphrases (both with the new object) and other known facts
         (with their own answers)."""
         f, facts = self.facts[i], self.facts
-        para = [j for j in self.groups[_group(f)] if j != i]
+        para = [j for j in self.groups[fact_group(f)] if j != i]
         others = [j for j in self.known_idx
                   if str(facts[j].get("subject_text")) != str(f.get("subject_text"))]
         spec = srng.sample(others, min(self.n_specificity, len(others)))
@@ -525,7 +581,7 @@ class _EditBench:
                 [(facts[j]["prompt"], facts[j]["answer"]) for j in spec]]
 
     def measure(self, probes: list[list[tuple[str, str]]]) -> tuple[np.ndarray, ...]:
-        return tuple(_top1(self.model, p) for p in probes)
+        return tuple(top1(self.model, p) for p in probes)
 
     def edit(self, i: int, target: str, ly: int) -> RankOneEdit:
         """The ROME edit of fact ``i`` into ``target`` at layer ``ly`` (not applied)."""
@@ -594,26 +650,8 @@ def evaluate_edits(
     """
     facts = list(facts)
     n_l = site_map(model).n_layers
-    if layer is not None and not -n_l <= layer < n_l:
-        raise InputError(f"layer {layer} is out of range; the model has {n_l} layers")
-    if n_edits < 1:
-        raise InputError(f"n_edits must be at least 1, got {n_edits}")
-    n_groups = sum(1 for g in Counter(_group(f) for f in facts).values() if g > 1)
-    if n_groups < n_edits:  # before any work: at most one edit per fact with paraphrases
-        raise InputError(
-            f"only {n_groups} facts have paraphrases, so at most {n_groups} known facts can be "
-            f"edited; need {n_edits} (pass more facts or fewer edits)"
-        )
-    known = _top1(model, [(f["prompt"], f["answer"]) for f in facts])
-    chosen, groups = _choose_facts(facts, known, n_edits, seed)
-    known_idx = [i for i in range(len(facts)) if known[i]]
-    aie = np.full(n_l, np.nan)
-    if layer is None:
-        trace_set = [facts[i] for i in known_idx if i not in set(chosen)][:trace_facts_n] or [
-            facts[i] for i in chosen
-        ]
-        layer, aie = locate_layer(model, trace_set, seed=seed)
-    layer = int(layer) % n_l
+    chosen, groups, known_idx, layer, aie = plan_edits(
+        model, facts, n_edits, layer, trace_facts_n, seed)
     texts = list(cov_texts) if cov_texts is not None else corpus("train", 300, seed=seed)
     bench = _EditBench(model, facts, groups, known_idx, texts, n_specificity, edit_kwargs,
                        context_prefixes(texts, n_prefixes, seed=seed))
@@ -624,7 +662,8 @@ def evaluate_edits(
         rand_layers = {i: rl.choice([x for x in range(n_l) if x != layer]) for i in chosen}
         editors["random layer"] = lambda i: rand_layers[i]
     metrics: dict[str, dict[str, list[float]]] = {
-        k: {"efficacy": [], "paraphrase": [], "specificity": []} for k in ["unedited", *editors]
+        k: {"efficacy": [], "paraphrase": [], "specificity": [], "consistency": []}
+        for k in ["unedited", *editors]
     }
     edits_out = []
     srng = random.Random(seed + 2)
@@ -635,6 +674,7 @@ def evaluate_edits(
                 metrics[name]["efficacy"].append(float(e.mean()))
                 metrics[name]["paraphrase"].append(float(p.mean()) if len(p) else np.nan)
                 metrics[name]["specificity"].append(float(s.mean()) if len(s) else np.nan)
+                metrics[name]["consistency"].append(float(bool(e.all()) and bool(p.all())))
             edits_out.append(row)
     summary = {
         name: {"n": len(chosen), **{m: float(np.nanmean(v)) for m, v in d.items()}}
