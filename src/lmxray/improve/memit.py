@@ -31,7 +31,7 @@ import contextlib
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -54,9 +54,10 @@ from .editing import (
     top1,
     weights_added,
 )
-from .results import EditReport
+from .results import EditReport, ImproveResult
 
-__all__ = ["EditRequest", "MultiEdit", "memit_edit", "default_layers", "evaluate_memit"]
+__all__ = ["EditRequest", "MultiEdit", "memit_edit", "default_layers", "evaluate_memit",
+           "BatchEditResult", "batch_result"]
 
 
 @dataclass(frozen=True)
@@ -187,18 +188,21 @@ class _Targets:
     def loss(self, delta: torch.Tensor, base: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(loss, [n] P(target) per request (geometric mean over its variants))``."""
         lp, b = self.logp(delta), self.b
-        nll = torch.zeros(self.n)
-        cnt = torch.zeros(self.n)
-        kl = torch.zeros(self.n)
-        for j, k in enumerate(b.n_t):
-            i = b.owner[j]
-            if k == 0:
-                kl[i] = torch.sum(base[j, -1].exp() * (base[j, -1] - lp[j, -1]))
-                continue
-            tgt = torch.tensor(b.tgt[j])
-            nll[i] = nll[i] - lp[j, lp.shape[1] - k:][torch.arange(k), tgt].sum()
-            cnt[i] += 1
-        nll = nll / cnt.clamp(min=1)
+        keep = lp.shape[1]
+        idx = torch.zeros(len(b.seqs), keep, dtype=torch.long)
+        on = torch.zeros(len(b.seqs), keep)
+        for j, t in enumerate(b.tgt):
+            if t:
+                idx[j, keep - len(t):] = torch.tensor(t)
+                on[j, keep - len(t):] = 1.0
+        row_nll = -(lp.gather(-1, idx.unsqueeze(-1)).squeeze(-1) * on).sum(-1)  # [rows]
+        ess = torch.tensor([k == 0 for k in b.n_t])
+        row_kl = (base[:, -1].exp() * (base[:, -1] - lp[:, -1])).sum(-1) * ess
+        owner = torch.tensor(b.owner)
+        nll = torch.zeros(self.n).index_add(0, owner, row_nll * ~ess)
+        cnt = torch.zeros(self.n).index_add(0, owner, (~ess).float()).clamp(min=1)
+        kl = torch.zeros(self.n).index_add(0, owner, row_kl)
+        nll = nll / cnt
         return (nll + self.kl_factor * kl).sum(), torch.exp(-nll.detach())
 
 
@@ -393,3 +397,25 @@ def evaluate_memit(
                       model_name=model.name,
                       info={"method": "memit", "layers": lys, "seed": seed,
                             "n_specificity": len(spec), "cov_texts": len(texts), **ed.info})
+
+
+@dataclass
+class BatchEditResult(ImproveResult):
+    """A MEMIT batch (``lmxray edit --method memit --batch``): each request's greedy answer
+    before and after, and the edit layers."""
+
+    FORMAT: ClassVar[str] = "lmxray.edit-batch/1"
+
+    layers: list[int]
+    rows: list[dict[str, Any]]
+    model_name: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def batch_result(model: Model, edited: Model, ed: MultiEdit) -> BatchEditResult:
+    """The greedy next token of each request's prompt in ``model`` and in ``edited``."""
+    rows = [{"prompt": r.prompt, "subject": r.subject, "target": r.target,
+             "before": model.generate(r.prompt, 1), "after": edited.generate(r.prompt, 1)}
+            for r in ed.requests]
+    return BatchEditResult(layers=list(ed.info.get("layers", sorted(ed.deltas))), rows=rows,
+                           model_name=model.name, info=dict(ed.info))
