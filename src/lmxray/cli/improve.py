@@ -423,8 +423,8 @@ def edit_cmd(
     if method not in ("rome", "memit"):
         raise InputError(f"--method must be rome or memit, got {method!r}")
     if sum(x is not None for x in (prompt, facts_n, batch)) != 1:
-        raise InputError("give one of: a PROMPT with --subject and --target, --facts N "
-                         "(the benchmark), or --batch FILE.jsonl")
+        raise InputError("give a PROMPT with --subject and --target, or --facts N (the "
+                         "benchmark), or --batch FILE.jsonl (with --method memit); only one")
     if batch is not None and method != "memit":
         raise InputError("--batch edits many facts at once: use it with --method memit")
     out, err = _prepare(json_out)
