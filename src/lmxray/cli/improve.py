@@ -474,14 +474,14 @@ def _edit_one(prompt: str, subject: str | None, target: str | None, layer: int |
     """``lmxray edit PROMPT --subject S --target T``: one ROME edit (or a MEMIT batch of one)."""
     from ..improve.experiments import edit_prompt
 
-    if not prompt.strip():
-        raise InputError("the PROMPT is empty; give a fact prompt to edit")
-    if not subject or not target or not target.strip():
-        raise InputError(
-            "editing a PROMPT needs --subject (a substring of it) and --target (the new object)"
-        )
-    if subject not in prompt:
-        raise InputError(f"--subject {subject!r} does not occur in the prompt")
+    for bad, msg in (
+        (not prompt.strip(), "the PROMPT is empty; give a fact prompt to edit"),
+        (not subject or not target or not target.strip(),
+         "editing a PROMPT needs --subject (a substring of it) and --target (the new object)"),
+        (bool(subject) and subject not in prompt, f"--subject {subject!r} does not occur in the prompt"),
+    ):
+        if bad:
+            raise InputError(msg)
     m = _load(model, device)
     if layer is not None and not 0 <= layer < m.n_layers:
         raise InputError(f"--layer {layer} is out of range; the model has {m.n_layers} layers")

@@ -42,16 +42,19 @@ LABEL_TASK, RATIONALE_TASK = "[label] ", "[rationale] "
 class DistillConfig:
     """The student and its training (the same for both students)."""
 
+    n_train: int = 400
+    """Training examples at 100 % (smaller fractions are nested subsets)."""
+    n_test: int = 300
+    steps: int = 300
+    """Optimiser steps of every student, whatever the data fraction."""
+    batch_size: int = 32
+    lr: float = 3e-3
+    rationale_weight: float = 1.0
+    """Weight of the rationale task's loss (label + rationale students only)."""
     d_model: int = 64
     n_layers: int = 2
     n_heads: int = 4
     d_ff: int = 128
-    n_train: int = 400  # examples at 100 %
-    n_test: int = 300
-    steps: int = 300
-    batch_size: int = 32
-    lr: float = 3e-3
-    rationale_weight: float = 1.0
 
 
 def distill_examples(n: int, seed: int, split: str) -> list[dict[str, str]]:

@@ -245,13 +245,8 @@ def rome_edit(
     *,
     layer: int,
     cov: torch.Tensor,
-    steps: int = 100,
-    lr: float = 0.5,
-    kl_factor: float = 0.0625,
-    clamp: float = 4.0,
-    essence_prompt: str | None = None,
-    stop_prob: float = 0.95,
-    prefixes: Sequence[str] = (),
+    steps: int = 100, lr: float = 0.5, kl_factor: float = 0.0625, clamp: float = 4.0,
+    essence_prompt: str | None = None, stop_prob: float = 0.95, prefixes: Sequence[str] = (),
 ) -> RankOneEdit:
     """Compute (not apply) a ROME rank-one edit making ``prompt`` continue with ``target``.
 
@@ -304,12 +299,7 @@ def rome_edit(
     delta, p_new, n_steps = problem.optimise(steps, lr)
     value = delta.detach().float().cpu()  # v* - W k* (the bias, if any, is unchanged)
     return RankOneEdit(
-        layer=layer,
-        value=value,
-        key=key,
-        prompt=prompt,
-        subject=subj_text,
-        target=target,
+        layer=layer, value=value, key=key, prompt=prompt, subject=subj_text, target=target,
         info={
             "p_target": round(p_new, 4),
             "steps": n_steps,

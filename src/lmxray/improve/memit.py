@@ -348,17 +348,10 @@ def evaluate_memit(
     model: Model,
     facts: Sequence[dict[str, Any]],
     *,
-    n_edits: int = 100,
-    layers: Sequence[int] | None = None,
-    layer: int | None = None,
-    trace_facts_n: int = 30,
-    cov_texts: Sequence[str] | None = None,
-    n_specificity: int = 200,
-    n_fluency: int = 30,
-    n_prefixes: int = 2,
-    seed: int = 0,
-    progress: bool = True,
-    **edit_kwargs: Any,
+    n_edits: int = 100, layers: Sequence[int] | None = None, layer: int | None = None,
+    trace_facts_n: int = 30, cov_texts: Sequence[str] | None = None,
+    n_specificity: int = 200, n_fluency: int = 30, n_prefixes: int = 2,
+    seed: int = 0, progress: bool = True, **edit_kwargs: Any,
 ) -> EditReport:
     """Apply ``n_edits`` counterfactual edits of zoo-style ``facts`` at once with MEMIT and
     measure the edited model against the unedited one (rows ``"unedited"`` and ``"memit"``).
