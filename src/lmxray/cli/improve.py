@@ -161,15 +161,8 @@ def shortcuts(
             m, rows, method=method, min_count=min_count, progress=not no_progress
         )
     else:
-        rep = shortcut_demo(
-            m,
-            n=n,
-            split=split,
-            seed=seed,
-            method=method,
-            min_count=min_count,
-            progress=not no_progress,
-        )
+        rep = shortcut_demo(m, n=n, split=split, seed=seed, method=method,
+                            min_count=min_count, progress=not no_progress)
     _emit(rep, out, err, json_out, png_out, png_kw={"k": top}, table=rep.table(k=top))
     if rows is None and str(json_out) != "-":
         out.print(
@@ -261,20 +254,9 @@ def finetune_cmd(
             "--penalise none is a plain fine-tune; the zoo demo already runs one with --compare"
         )
     with resumable(resume and out_dir is not None, note=f"checkpoints in {out_dir}"):
-        report, _ = rrr_demo(
-            m,
-            penalise=pen,
-            lam=lam,
-            config=cfg,
-            n_train=n_train,
-            n_eval=n_eval,
-            annotation=annotation,
-            compare=compare,
-            out_dir=out_dir,
-            resume=resume,
-            seed=seed,
-            progress=not no_progress,
-        )
+        report, _ = rrr_demo(m, penalise=pen, lam=lam, config=cfg, n_train=n_train,
+                             n_eval=n_eval, annotation=annotation, compare=compare,
+                             out_dir=out_dir, resume=resume, seed=seed, progress=not no_progress)
     _emit(report, out, err, json_out, None)
 
 
@@ -308,16 +290,8 @@ def _finetune_file(
     )
     m = _load(model, device)
     with resumable(resume, note=f"checkpoint in {out_dir / 'checkpoint'}"):
-        r = finetune(
-            m,
-            rows,
-            lam=0.0 if penalise == "none" else lam,
-            config=cfg,
-            irrelevant=words,
-            out_dir=out_dir,
-            resume=resume,
-            progress=not no_progress,
-        )
+        r = finetune(m, rows, lam=0.0 if penalise == "none" else lam, config=cfg,
+                     irrelevant=words, out_dir=out_dir, resume=resume, progress=not no_progress)
     last = r.history[-1] if r.history else {}
     if str(json_out) != "-":
         out.print(
@@ -386,19 +360,9 @@ def steer_cmd(
     coef_list = _floats(coefs, "--coefs")
     m = _load(model, device)
     layer_list = check_layers(m, _ints(layers, "--layers"))
-    sw = steering_demo(
-        m,
-        to=to,
-        layers=layer_list,
-        coefs=coef_list,
-        n_vector=n_vector,
-        n_eval=n_eval,
-        n_fluency=n_fluency,
-        site=site,
-        project=project,
-        seed=seed,
-        progress=not no_progress,
-    )
+    sw = steering_demo(m, to=to, layers=layer_list, coefs=coef_list, n_vector=n_vector,
+                       n_eval=n_eval, n_fluency=n_fluency, site=site, project=project,
+                       seed=seed, progress=not no_progress)
     best_i, best_j = np.unravel_index(int(np.argmax(sw.flip)), sw.flip.shape)
     best_layer, best_coef = sw.layers[int(best_i)], sw.coefs[int(best_j)]
     vec = None
@@ -423,84 +387,146 @@ def steer_cmd(
 
 
 # --------------------------------------------------------------------------- edit
+_EditMethod = Annotated[str, typer.Option("--method", metavar="NAME",
+                                          help="rome (one edit at a time) or memit (all at once).")]
+
+
 def edit_cmd(
-    prompt: Annotated[
-        str | None,
-        typer.Argument(help="Fact prompt to edit (or use --facts N).", show_default=False),
-    ] = None,
-    subject: Annotated[
-        str | None, typer.Option("--subject", metavar="TEXT", help="Subject substring of PROMPT.")
-    ] = None,
-    target: Annotated[
-        str | None, typer.Option("--target", "-t", metavar="TEXT", help="New object (' Rome').")
-    ] = None,
-    layer: Annotated[
-        int | None, typer.Option("--layer", min=0, help="Edit layer [default: causal tracing].")
-    ] = None,
-    facts_n: Annotated[
-        int | None,
-        typer.Option(
-            "--facts",
-            metavar="N",
-            min=1,
-            help="Evaluate N single edits on zoo facts vs a random layer.",
-        ),
-    ] = None,
-    n_specificity: Annotated[
-        int, typer.Option("--n-specificity", min=1, help="Other facts checked per edit.")
-    ] = 20,
-    out_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--out", metavar="DIR", file_okay=False, help="Save the edited model (HF format)."
-        ),
-    ] = None,
+    prompt: Annotated[str | None, typer.Argument(
+        help="Fact prompt to edit (or use --facts N or --batch FILE).", show_default=False)] = None,
+    subject: Annotated[str | None, typer.Option(
+        "--subject", metavar="TEXT", help="Subject substring of PROMPT.")] = None,
+    target: Annotated[str | None, typer.Option(
+        "--target", "-t", metavar="TEXT", help="New object (' Rome').")] = None,
+    layer: Annotated[int | None, typer.Option(
+        "--layer", min=0, help="Edit layer (MEMIT: the first) [default: causal tracing].")] = None,
+    facts_n: Annotated[int | None, typer.Option(
+        "--facts", metavar="N", min=1,
+        help="Benchmark N edits on zoo facts (rome: one at a time vs a random layer; "
+             "memit: all at once).")] = None,
+    batch: Annotated[Path | None, typer.Option(
+        "--batch", metavar="FILE", dir_okay=False,
+        help="JSONL of edits (prompt, subject, target) made at once (MEMIT).")] = None,
+    method: _EditMethod = "rome",
+    n_specificity: Annotated[int | None, typer.Option(
+        "--n-specificity", min=1, help="Other facts checked [default: rome 20, memit 200].")] = None,
+    out_dir: Annotated[Path | None, typer.Option(
+        "--out", metavar="DIR", file_okay=False, help="Save the edited model (HF format).")] = None,
     seed: _Seed = 0,
     model: _Model = None,
     device: _Device = None,
     json_out: _Json = None,
     no_progress: _NoProgress = False,
 ) -> None:
-    """ROME rank-one edit at the layer causal tracing selects (one fact, or an N-edit benchmark)."""
-    if (prompt is None) == (facts_n is None):
-        raise InputError(
-            "give a PROMPT with --subject and --target, or --facts N for the benchmark"
-        )
+    """Locate-then-edit: ROME rank-one edits or MEMIT batches at the layers causal tracing
+    selects (one fact, a JSONL batch, or an N-edit benchmark)."""
+    if method not in ("rome", "memit"):
+        raise InputError(f"--method must be rome or memit, got {method!r}")
+    if sum(x is not None for x in (prompt, facts_n, batch)) != 1:
+        raise InputError("give a PROMPT with --subject and --target, or --facts N (the "
+                         "benchmark), or --batch FILE.jsonl (with --method memit); only one")
+    if batch is not None and method != "memit":
+        raise InputError("--batch edits many facts at once: use it with --method memit")
     out, err = _prepare(json_out)
     if facts_n is not None:
-        from ..improve.experiments import editing_demo
-
-        m = _load(model, device)
-        rep = editing_demo(
-            m,
-            n_edits=facts_n,
-            layer=layer,
-            n_specificity=n_specificity,
-            seed=seed,
-            progress=not no_progress,
-        )
-        _emit(rep, out, err, json_out, None)
+        _edit_benchmark(method, facts_n, layer, n_specificity, seed, model, device, json_out,
+                        no_progress, out, err)
         return
-    if not prompt.strip():  # type: ignore[union-attr]
-        raise InputError("the PROMPT is empty; give a fact prompt to edit")
-    if not subject or not target or not target.strip():
-        raise InputError(
-            "editing a PROMPT needs --subject (a substring of it) and --target (the new object)"
-        )
-    if subject not in prompt:  # type: ignore[operator]
-        raise InputError(f"--subject {subject!r} does not occur in the prompt")
     _check_out_dir(out_dir)
-    from ..improve.experiments import edit_prompt
+    if batch is not None:
+        _edit_batch(batch, layer, out_dir, seed, model, device, json_out, out, err)
+        return
+    _edit_one(prompt, subject, target, layer, out_dir, method, seed, model, device,  # type: ignore[arg-type]
+              json_out, out, err)
+
+
+def _edit_benchmark(method: str, n: int, layer: int | None, n_spec: int | None, seed: int,
+                    model: str | None, device: str | None, json_out: Path | None,
+                    no_progress: bool, out: Any, err: Any) -> None:
+    """``lmxray edit --facts N``: the ROME (single edits) or MEMIT (one batch) benchmark."""
+    from ..improve.experiments import editing_demo
+    from ..improve.memit import evaluate_memit
+    from .internals import zoo_facts
 
     m = _load(model, device)
-    if layer is not None and not 0 <= layer < m.n_layers:
+    if layer is not None and layer >= m.n_layers:
         raise InputError(f"--layer {layer} is out of range; the model has {m.n_layers} layers")
-    res, edited = edit_prompt(m, prompt, subject, target, layer=layer, seed=seed)  # type: ignore[arg-type]
+    if method == "memit":
+        rep = evaluate_memit(m, zoo_facts(n=None), n_edits=n, layer=layer,
+                             n_specificity=n_spec or 200, seed=seed, progress=not no_progress)
+    else:
+        rep = editing_demo(m, n_edits=n, layer=layer, n_specificity=n_spec or 20, seed=seed,
+                           progress=not no_progress)
+    _emit(rep, out, err, json_out, None)
+
+
+def _save_model(edited: Any, out_dir: Path | None, err: Any) -> None:
     if out_dir is not None:
         with atomic_folder(out_dir) as tmp:
             edited.hf.save_pretrained(str(tmp))
             edited.tokenizer.save_pretrained(str(tmp))
         err.print(f"wrote {out_dir}", style="dim", highlight=False, markup=False)
+
+
+def _edit_one(prompt: str, subject: str | None, target: str | None, layer: int | None,
+              out_dir: Path | None, method: str, seed: int, model: str | None,
+              device: str | None, json_out: Path | None, out: Any, err: Any) -> None:
+    """``lmxray edit PROMPT --subject S --target T``: one ROME edit (or a MEMIT batch of one)."""
+    from ..improve.experiments import edit_prompt
+
+    for bad, msg in (
+        (not prompt.strip(), "the PROMPT is empty; give a fact prompt to edit"),
+        (not subject or not target or not target.strip(),
+         "editing a PROMPT needs --subject (a substring of it) and --target (the new object)"),
+        (bool(subject) and subject not in prompt, f"--subject {subject!r} does not occur in the prompt"),
+    ):
+        if bad:
+            raise InputError(msg)
+    m = _load(model, device)
+    if layer is not None and not 0 <= layer < m.n_layers:
+        raise InputError(f"--layer {layer} is out of range; the model has {m.n_layers} layers")
+    if method == "memit":
+        _run_memit(m, [{"prompt": prompt, "subject": subject, "target": target}], layer,
+                   out_dir, seed, json_out, out, err)
+        return
+    res, edited = edit_prompt(m, prompt, subject, target, layer=layer, seed=seed)
+    _save_model(edited, out_dir, err)
+    _emit(res, out, err, json_out, None)
+
+
+def _edit_batch(batch: Path, layer: int | None, out_dir: Path | None, seed: int,
+                model: str | None, device: str | None, json_out: Path | None, out: Any,
+                err: Any) -> None:
+    """``lmxray edit --method memit --batch FILE.jsonl``: all the file's edits at once."""
+    from ..improve.memit import EditRequest
+
+    rows = read_jsonl(batch, what="edit batch",
+                      hint="; give a JSONL file with one edit (prompt, subject, target) per line")
+    for k, r in enumerate(rows, 1):
+        try:
+            EditRequest.of(r)
+        except InputError as e:
+            raise InputError(f"{batch} line {k}: {e}") from None
+    m = _load(model, device)
+    if layer is not None and not 0 <= layer < m.n_layers:
+        raise InputError(f"--layer {layer} is out of range; the model has {m.n_layers} layers")
+    _run_memit(m, rows, layer, out_dir, seed, json_out, out, err)
+
+
+def _run_memit(m: Any, rows: list[dict[str, Any]], layer: int | None, out_dir: Path | None,
+               seed: int, json_out: Path | None, out: Any, err: Any) -> None:
+    from ..improve.editing import context_prefixes
+    from ..improve.experiments import zoo_edit_layer
+    from ..improve.memit import batch_result, default_layers, memit_edit
+    from ..zoo import corpus
+
+    located = layer if layer is not None else zoo_edit_layer(m, seed=seed)
+    texts = corpus("train", 300, seed=seed)
+    ed = memit_edit(m, rows, layers=default_layers(m.n_layers, located), cov_texts=texts,
+                    prefixes=context_prefixes(texts, 2, seed=seed))
+    edited = ed.apply(m)
+    res = batch_result(m, edited, ed)
+    _save_model(edited, out_dir, err)
     _emit(res, out, err, json_out, None)
 
 
@@ -541,18 +567,9 @@ def amplify_cmd(
         check_method(method)
     m = _load(model, device)
     px = _load(proxy, device) if proxy is not None else None
-    res = amplify_demo(
-        m,
-        proxy=px,
-        split=split,
-        n_pool=n_pool,
-        n_queries=n_queries,
-        n_shots=shots,
-        k=k,
-        seed=seed,
-        progress=not no_progress,
-        **({"method": method} if method else {}),
-    )
+    res = amplify_demo(m, proxy=px, split=split, n_pool=n_pool, n_queries=n_queries,
+                       n_shots=shots, k=k, seed=seed, progress=not no_progress,
+                       **({"method": method} if method else {}))
     _emit(res, out, err, json_out, None)
     if str(json_out) != "-":
         out.print("demonstrations (MCS, rationale words):", markup=False)
@@ -565,10 +582,43 @@ def amplify_cmd(
             )
 
 
+# --------------------------------------------------------------------------- distill
+def distill_cmd(
+    fractions: Annotated[str, typer.Option(
+        "--fractions", metavar="F,..", help="Shares of the training data (0 < F <= 1).")
+    ] = "0.1,0.25,0.5,1",
+    seeds: Annotated[str, typer.Option("--seeds", metavar="S,..", help="Seeds.")] = "0,1,2",
+    n_train: Annotated[int, typer.Option("--n-train", min=10, help="Examples at 100%.")] = 400,
+    n_test: Annotated[int, typer.Option("--n-test", min=1, help="Held-out items.")] = 300,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Steps per student.")] = 300,
+    rationale_weight: Annotated[float, typer.Option(
+        "--rationale-weight", min=0.0, help="Weight of the rationale task's loss.")] = 1.0,
+    json_out: _Json = None,
+    no_progress: _NoProgress = False,
+) -> None:
+    """Rationale distillation: students trained on label + rationale vs label only, on the
+    organism task, at each share of the data (a data-efficiency curve)."""
+    from ..improve.distill import DistillConfig, distill_curve
+
+    out, err = _prepare(json_out)
+    fr = _floats(fractions, "--fractions")
+    if not all(0 < f <= 1 for f in fr):
+        raise InputError(f"--fractions must be in (0, 1], got {fractions!r}")
+    sd = _ints(seeds, "--seeds")
+    if not sd:
+        raise InputError("--seeds is empty; give a comma list of integers")
+    cfg = DistillConfig(n_train=n_train, n_test=n_test, steps=steps,
+                        rationale_weight=rationale_weight)
+    rep = distill_curve(fr, sd, config=cfg, progress=not no_progress)
+    _emit(rep, out, err, json_out, None)
+
+
+_COMMANDS = {"shortcuts": shortcuts, "finetune": finetune_cmd, "steer": steer_cmd,
+             "edit": edit_cmd, "amplify": amplify_cmd, "distill": distill_cmd}
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``shortcuts``, ``finetune``, ``steer``, ``edit`` and ``amplify`` to the main app."""
-    app.command("shortcuts")(shortcuts)
-    app.command("finetune")(finetune_cmd)
-    app.command("steer")(steer_cmd)
-    app.command("edit")(edit_cmd)
-    app.command("amplify")(amplify_cmd)
+    """Add ``shortcuts``, ``finetune``, ``steer``, ``edit``, ``amplify`` and ``distill`` to the
+    main app."""
+    for name, fn in _COMMANDS.items():
+        app.command(name)(fn)

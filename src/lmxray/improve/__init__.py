@@ -1,5 +1,6 @@
 """Improve models with explanations: shortcut detection, explanation-regularised fine-tuning
-(RRR), steering vectors (CAA), ROME rank-one editing and AMPLIFY prompting.
+(RRR), steering vectors (CAA), ROME rank-one editing, MEMIT batch editing,
+rationale distillation and AMPLIFY prompting.
 
 See ``docs/improve.md``. Exports resolve lazily (PEP 562), so importing ``lmxray.improve`` (the
 CLI does, to register its commands) does not import torch until a function is used::
@@ -40,11 +41,21 @@ _LAZY: dict[str, str] = {
     "steering_demo": ".experiments",
     "editing_demo": ".experiments",
     "amplify_demo": ".experiments",
+    "EditRequest": ".memit",
+    "MultiEdit": ".memit",
+    "memit_edit": ".memit",
+    "evaluate_memit": ".memit",
+    "DistillReport": ".distill",
+    "distill_curve": ".distill",
+    "train_student": ".distill",
 }
 
 __all__ = [
     "AmplifyResult",
+    "DistillReport",
     "EditReport",
+    "EditRequest",
+    "MultiEdit",
     "EditResult",
     "FinetuneConfig",
     "FinetuneResult",
@@ -58,11 +69,14 @@ __all__ = [
     "amplify_experiment",
     "as_labelled",
     "detect_shortcuts",
+    "distill_curve",
     "editing_demo",
     "evaluate_edits",
+    "evaluate_memit",
     "finetune",
     "key_covariance",
     "locate_layer",
+    "memit_edit",
     "rome_edit",
     "rrr_demo",
     "shortcut_demo",
@@ -70,10 +84,12 @@ __all__ = [
     "steering_demo",
     "steering_sweep",
     "steering_vector",
+    "train_student",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._common import Labelled, as_labelled
+    from .distill import DistillReport, distill_curve, train_student
     from .editing import (
         EditReport,
         RankOneEdit,
@@ -90,6 +106,7 @@ if TYPE_CHECKING:  # pragma: no cover
         shortcut_demo,
         steering_demo,
     )
+    from .memit import EditRequest, MultiEdit, evaluate_memit, memit_edit
     from .prompting import AmplifyResult, amplify_experiment
     from .regularise import FinetuneConfig, FinetuneResult, finetune
     from .results import EditResult

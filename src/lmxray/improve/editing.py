@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from ..errors import InputError, MethodError
 from ..examples import AnnotatedExample
-from ..hooks import add, intervene, run_with_cache
+from ..hooks import run_with_cache
 from ..internals.tracing import subject_positions, trace_facts
 from ..model import Model
 from ..sites import site_map
@@ -51,12 +51,20 @@ from .results import EditReport
 
 __all__ = [
     "RankOneEdit",
+    "weights_added",
+    "edited_copy",
+    "rank_one_hook",
+    "context_prefixes",
+    "prompt_variants",
     "EditReport",
     "key_covariance",
     "rome_edit",
     "locate_layer",
     "evaluate_edits",
     "counterfactuals",
+    "plan_edits",
+    "top1",
+    "fact_group",
 ]
 
 
@@ -111,35 +119,48 @@ class RankOneEdit:
         """``ΔW`` in ``[d_model, d_mlp]`` (nn.Linear) orientation."""
         return torch.outer(self.value, self.key)
 
-    @contextlib.contextmanager
-    def applied(self, model: Model) -> Iterator[Model]:
+    def applied(self, model: Model) -> contextlib.AbstractContextManager[Model]:
         """Apply the edit to ``model``'s weights inside the block; restored bit-exactly after.
 
         For evaluation loops that must not copy a model per edit. The weight is restored in
         ``finally`` even when the block raises. Use :meth:`apply` for a lasting edited copy.
         """
-        down = _down(model, self.layer)
-        w, transposed = _linear_weight(down)
-        saved = w.detach().clone()
-        d = self.delta().to(w.device, w.dtype)
-        try:
-            with torch.no_grad():
-                w.add_(d.T if transposed else d)
-            yield model
-        finally:
-            with torch.no_grad():
-                w.copy_(saved)
+        return weights_added(model, {self.layer: self.delta()})
 
     def apply(self, model: Model) -> Model:
         """An edited deep copy of ``model`` (the input model is unchanged)."""
-        hf = copy.deepcopy(model.hf)
-        edited = Model(hf, model.tokenizer, name=f"{model.name}+rome")
-        down = _down(edited, self.layer)
-        w, transposed = _linear_weight(down)
-        d = self.delta().to(w.device, w.dtype)
+        return edited_copy(model, {self.layer: self.delta()}, "rome")
+
+
+def _add_deltas(model: Model, deltas: dict[int, torch.Tensor]) -> None:
+    for layer, d in deltas.items():
+        w, transposed = _linear_weight(_down(model, layer))
+        d = d.to(w.device, w.dtype)
         with torch.no_grad():
             w.add_(d.T if transposed else d)
-        return edited
+
+
+@contextlib.contextmanager
+def weights_added(model: Model, deltas: dict[int, torch.Tensor]) -> Iterator[Model]:
+    """``model`` with ``ΔW`` (``[d_model, d_mlp]``, nn.Linear orientation) added to the MLP
+    down projection of each layer of ``deltas`` inside the block; restored bit-exactly after
+    (also when the block raises)."""
+    saved = {ly: _linear_weight(_down(model, ly))[0].detach().clone() for ly in deltas}
+    try:
+        _add_deltas(model, deltas)
+        yield model
+    finally:
+        with torch.no_grad():
+            for ly, w0 in saved.items():
+                _linear_weight(_down(model, ly))[0].copy_(w0)
+
+
+def edited_copy(model: Model, deltas: dict[int, torch.Tensor], tag: str) -> Model:
+    """A deep copy of ``model`` named ``{name}+{tag}`` with the ``deltas`` added (the input model
+    is unchanged)."""
+    edited = Model(copy.deepcopy(model.hf), model.tokenizer, name=f"{model.name}+{tag}")
+    _add_deltas(edited, deltas)
+    return edited
 
 
 def key_covariance(
@@ -172,6 +193,50 @@ def _subject_last(model: Model, prompt: str, subject: Any) -> int:
     return max(subject_positions(model, prompt, subject))
 
 
+@contextlib.contextmanager
+def rank_one_hook(model: Model, layer: int, key: torch.Tensor, value: torch.Tensor) -> Iterator[None]:
+    """Run ``model`` as if the MLP down projection of ``layer`` were ``W + value ⊗ key``, without
+    touching the weights: every position's output gets ``(key · k_t) value`` added (a forward
+    hook; ``value`` may require grad, so the rank-one update itself can be optimised)."""
+    down = _down(model, layer)
+
+    def hook(_mod: Any, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
+        coef = args[0].float() @ key.to(args[0].device, torch.float32)
+        return output + (coef.unsqueeze(-1) * value.to(output.device)).to(output.dtype)
+
+    handle = down.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def context_prefixes(texts: Sequence[str], n: int, *, seed: int = 0, words: int = 5) -> list[str]:
+    """``n`` short prefixes (the first 1..``words`` words of seeded sample texts, ending in ". ")
+    that :func:`rome_edit` puts before the prompt: ROME's context templates, so that the key and
+    the value hold in other contexts than the bare edit prompt."""
+    rng = random.Random(seed)
+    pool = [t.split() for t in texts if t.split()]
+    if n and not pool:
+        raise InputError("context prefixes need sample texts with words")
+    out = []
+    for _ in range(n):
+        ws = rng.choice(pool)
+        out.append(" ".join(ws[: rng.randint(1, words)]).rstrip(".") + ". ")
+    return out
+
+
+def prompt_variants(model: Model, prompt: str, subject: str, t_ids: list[int],
+              prefixes: Sequence[str]) -> list[tuple[list[int], int]]:
+    """``(ids, subject's last position)`` of the prompt alone and after each prefix."""
+    out = []
+    for pre in ["", *prefixes]:
+        ids = model.encode(pre + prompt)
+        model.check_length(len(ids) + len(t_ids))
+        out.append((ids, _subject_last(model, pre + prompt, subject)))
+    return out
+
+
 def rome_edit(
     model: Model,
     prompt: str,
@@ -180,14 +245,14 @@ def rome_edit(
     *,
     layer: int,
     cov: torch.Tensor,
-    steps: int = 100,
-    lr: float = 0.5,
-    kl_factor: float = 0.0625,
-    clamp: float = 4.0,
-    essence_prompt: str | None = None,
-    stop_prob: float = 0.95,
+    steps: int = 100, lr: float = 0.5, kl_factor: float = 0.0625, clamp: float = 4.0,
+    essence_prompt: str | None = None, stop_prob: float = 0.95, prefixes: Sequence[str] = (),
 ) -> RankOneEdit:
     """Compute (not apply) a ROME rank-one edit making ``prompt`` continue with ``target``.
+
+    The value is optimised through the rank-one update itself (:func:`rank_one_hook`: every
+    position whose key overlaps ``C⁻¹k*`` changes, as it will once the weight is edited), so the
+    probability reached in the optimisation is the edited model's.
 
     Args:
         model: the lmxray Model (not modified: only activations are read and ``δ`` optimised).
@@ -198,7 +263,10 @@ def rome_edit(
         steps / lr: Adam steps and learning rate (relative to ``‖W k*‖``) of ``δ``.
         kl_factor: weight of the essence KL term. clamp: ``‖δ‖ ≤ clamp · ‖W k*‖``.
         essence_prompt: the KL prompt (default "{subject} is a").
-        stop_prob: stop early once ``P(target)`` (product over its tokens) exceeds this.
+        stop_prob: stop early once ``P(target)`` (geometric mean over the prompts of the
+            product over its tokens) exceeds this.
+        prefixes: context prefixes (:func:`context_prefixes`); the key ``k*`` is the mean key
+            over the prompt alone and after each prefix, and the value is optimised on all.
 
     Returns:
         :class:`RankOneEdit`.
@@ -219,36 +287,43 @@ def rome_edit(
             [p_ids[i] for i in subject_positions(model, prompt, subject)], skip_special_tokens=True
         ).strip()
     )
+    variants = [(p_ids, pos)]
+    if subj_text and prefixes:
+        variants += prompt_variants(model, prompt, subj_text, t_ids, prefixes)[1:]
     ess = essence_prompt if essence_prompt is not None else f"{subj_text} is a"
-    hid, out = f"layers.{layer}.mlp.hidden", f"layers.{layer}.mlp.out"
-    _down(model, layer)  # checks the family
-    cache = run_with_cache(model, [p_ids], cache=[hid, out], logits=False)
-    k_star = cache[hid][0, pos].double().cpu()
-    scale = float(cache[out][0, pos].float().norm()) or 1.0
-    ess_ids = model.encode(ess)
-    e_pos = (
-        _subject_last(model, ess, subj_text) if subj_text and subj_text in ess else len(ess_ids) - 1
-    )
+    k_star, scale = mean_key(model, layer, variants)
+    key = _rank_one_key(cov, k_star)
     problem = _DeltaProblem(
-        model, out, p_ids, t_ids, pos, ess_ids, e_pos, scale, kl_factor, clamp, stop_prob
+        model, layer, key, variants, t_ids, model.encode(ess), scale, kl_factor, clamp, stop_prob
     )
     delta, p_new, n_steps = problem.optimise(steps, lr)
     value = delta.detach().float().cpu()  # v* - W k* (the bias, if any, is unchanged)
     return RankOneEdit(
-        layer=layer,
-        value=value,
-        key=_rank_one_key(cov, k_star),
-        prompt=prompt,
-        subject=subj_text,
-        target=target,
+        layer=layer, value=value, key=key, prompt=prompt, subject=subj_text, target=target,
         info={
             "p_target": round(p_new, 4),
             "steps": n_steps,
             "delta_norm": float(value.norm()),
             "wk_norm": scale,
             "position": pos,
+            "prefixes": len(variants) - 1,
         },
     )
+
+
+def mean_key(model: Model, layer: int, variants: Sequence[tuple[list[int], int]]
+              ) -> tuple[torch.Tensor, float]:
+    """The mean key ``k*`` (float64) at the subject's last token over the variants, and the
+    norm of the MLP output there in the bare prompt (``‖W k*‖``, the scale of ``δ``)."""
+    _down(model, layer)  # checks the family
+    hid, out = f"layers.{layer}.mlp.hidden", f"layers.{layer}.mlp.out"
+    keys, scale = [], 1.0
+    for j, (ids, pos) in enumerate(variants):
+        cache = run_with_cache(model, [ids], cache=[hid, out], logits=False)
+        keys.append(cache[hid][0, pos].double().cpu())
+        if j == 0:
+            scale = float(cache[out][0, pos].float().norm()) or 1.0
+    return torch.stack(keys).mean(0), scale
 
 
 def _rank_one_key(cov: torch.Tensor, k_star: torch.Tensor) -> torch.Tensor:
@@ -264,51 +339,50 @@ def _rank_one_key(cov: torch.Tensor, k_star: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class _DeltaProblem:
-    """ROME's value optimisation: ``δ`` added to the MLP output ``out`` at the subject's last
-    token makes the target likely, with a KL penalty on the essence prompt's next token."""
+    """ROME's value optimisation through the rank-one update ``δ ⊗ key`` of ``layer``: the
+    target is likely after every variant of the prompt, with a KL penalty on the essence
+    prompt's next token."""
 
     model: Model
-    out: str
-    p_ids: list[int]
+    layer: int
+    key: torch.Tensor
+    variants: list[tuple[list[int], int]]
     t_ids: list[int]
-    pos: int
     ess_ids: list[int]
-    e_pos: int
     scale: float
     kl_factor: float
     clamp: float
     stop_prob: float
 
-    def _essence_logp(self, delta: torch.Tensor | None) -> torch.Tensor:
-        m = self.model
-        ids = torch.tensor([self.ess_ids], device=m.device)
-        ctx = (
-            intervene(m, {self.out: add(delta.to(m.dtype), positions=[self.e_pos])})
-            if delta is not None
-            else contextlib.nullcontext()
-        )
+    def _logp(self, delta: torch.Tensor | None) -> torch.Tensor:
+        """``[rows, n_t, vocab]`` log-probabilities at the last ``n_t`` positions of every variant
+        (teacher-forced on the target) and of the essence prompt (last row), in one forward."""
+        m, n_t = self.model, len(self.t_ids)
+        seqs = [ids + self.t_ids[:-1] for ids, _ in self.variants] + [self.ess_ids]
+        x, mask, pos = m.pad_batch(seqs)
+        ctx = (rank_one_hook(m, self.layer, self.key, delta) if delta is not None
+               else contextlib.nullcontext())
         with ctx:
-            logits = m.forward(input_ids=ids, logits_to_keep=1).logits[0, -1].float()
+            logits = m.forward(input_ids=x, attention_mask=mask, position_ids=pos,
+                               logits_to_keep=n_t).logits.float()
         return torch.log_softmax(logits, -1)
 
-    def _loss(self, delta: torch.Tensor, seq: torch.Tensor, base_ess: torch.Tensor):
-        m, n_t = self.model, len(self.t_ids)
-        with intervene(m, {self.out: add(delta.to(m.dtype), positions=[self.pos])}):
-            lg = m.forward(input_ids=seq, logits_to_keep=n_t).logits[0].float()
-        tgt = torch.tensor(self.t_ids, device=m.device)
-        nll = -torch.log_softmax(lg, -1)[torch.arange(n_t), tgt].sum()
-        loss = nll
+    def _loss(self, delta: torch.Tensor, base_ess: torch.Tensor) -> tuple[torch.Tensor, float]:
+        n_t = len(self.t_ids)
+        lp = self._logp(delta)
+        tgt = torch.tensor(self.t_ids, device=lp.device)
+        nll = -lp[:-1, torch.arange(n_t), tgt].sum(-1)  # [variants]
+        loss = nll.mean()
         if self.kl_factor > 0:
-            le = self._essence_logp(delta)
+            le = lp[-1, -1]
             loss = loss + self.kl_factor * torch.sum(base_ess.exp() * (base_ess - le))
-        return loss, nll
+        return loss, float(torch.exp(-nll.detach().mean()))
 
     def optimise(self, steps: int, lr: float) -> tuple[torch.Tensor, float, int]:
         """``(δ, P(target) at the last step, steps run)``; Adam, ``‖δ‖`` capped."""
         m = self.model
-        seq = torch.tensor([self.p_ids + self.t_ids[:-1]], device=m.device)
         with torch.no_grad():
-            base_ess = self._essence_logp(None)
+            base_ess = self._logp(None)[-1, -1]
         delta = torch.zeros(m.d_model, device=m.device, dtype=torch.float32, requires_grad=True)
         opt = torch.optim.Adam([delta], lr=lr * self.scale / np.sqrt(m.d_model))
         was = m.hf.training
@@ -318,8 +392,7 @@ class _DeltaProblem:
             for step in range(1, steps + 1):
                 n_steps = step
                 with torch.enable_grad():
-                    loss, nll = self._loss(delta, seq, base_ess)
-                    p_new = float(torch.exp(-nll.detach()))
+                    loss, p_new = self._loss(delta, base_ess)
                     if p_new >= self.stop_prob:
                         break
                     (g,) = torch.autograd.grad(loss, [delta])  # no .grad left on the model
@@ -371,7 +444,7 @@ def locate_layer(
 
 
 # --------------------------------------------------------------------------- evaluation
-def _top1(model: Model, pairs: Sequence[tuple[str, str]], batch_size: int = 64) -> np.ndarray:
+def top1(model: Model, pairs: Sequence[tuple[str, str]], batch_size: int = 64) -> np.ndarray:
     if not pairs:
         return np.zeros(0, dtype=bool)
     return target_correct(model, [AnnotatedExample(p, t) for p, t in pairs], batch_size=batch_size)
@@ -403,7 +476,7 @@ def counterfactuals(
     return out
 
 
-def _group(f: dict[str, Any]) -> tuple[str, str]:
+def fact_group(f: dict[str, Any]) -> tuple[str, str]:
     """A fact's paraphrase group: facts with the same subject and relation."""
     return str(f.get("subject_text")), str(f.get("relation"))
 
@@ -415,13 +488,13 @@ def _choose_facts(
     and the paraphrase groups."""
     groups: dict[tuple[str, str], list[int]] = {}
     for i, f in enumerate(facts):
-        groups.setdefault(_group(f), []).append(i)
-    cands = [i for i in range(len(facts)) if known[i] and len(groups[_group(facts[i])]) > 1]
+        groups.setdefault(fact_group(f), []).append(i)
+    cands = [i for i in range(len(facts)) if known[i] and len(groups[fact_group(facts[i])]) > 1]
     random.Random(seed).shuffle(cands)
     chosen, seen = [], set()
     for i in cands:
-        if _group(facts[i]) not in seen:
-            seen.add(_group(facts[i]))
+        if fact_group(facts[i]) not in seen:
+            seen.add(fact_group(facts[i]))
             chosen.append(i)
         if len(chosen) == n_edits:
             break
@@ -430,6 +503,40 @@ def _choose_facts(
             f"only {len(chosen)} known facts with paraphrases; need {n_edits} (pass more facts)"
         )
     return chosen, groups
+
+
+def plan_edits(
+    model: Model, facts: list[dict[str, Any]], n_edits: int, layer: int | None,
+    trace_facts_n: int, seed: int,
+) -> tuple[list[int], dict[tuple[str, str], list[int]], list[int], int, np.ndarray]:
+    """Check the request, find the facts the model knows and choose ``n_edits`` of them (one
+    per paraphrase group); locate the edit layer when ``layer`` is None (causal tracing on up
+    to ``trace_facts_n`` other known facts).
+
+    Returns:
+        ``(chosen, groups, known_idx, layer, aie)``; ``aie`` is NaN when ``layer`` was given.
+    """
+    n_l = site_map(model).n_layers
+    if layer is not None and not -n_l <= layer < n_l:
+        raise InputError(f"layer {layer} is out of range; the model has {n_l} layers")
+    if n_edits < 1:
+        raise InputError(f"n_edits must be at least 1, got {n_edits}")
+    n_groups = sum(1 for g in Counter(fact_group(f) for f in facts).values() if g > 1)
+    if n_groups < n_edits:  # before any work: at most one edit per fact with paraphrases
+        raise InputError(
+            f"only {n_groups} facts have paraphrases, so at most {n_groups} known facts can be "
+            f"edited; need {n_edits} (pass more facts or fewer edits)"
+        )
+    known = top1(model, [(f["prompt"], f["answer"]) for f in facts])
+    chosen, groups = _choose_facts(facts, known, n_edits, seed)
+    known_idx = [i for i in range(len(facts)) if known[i]]
+    aie = np.full(n_l, np.nan)
+    if layer is None:
+        trace_set = [facts[i] for i in known_idx if i not in set(chosen)][:trace_facts_n] or [
+            facts[i] for i in chosen
+        ]
+        layer, aie = locate_layer(model, trace_set, seed=seed)
+    return chosen, groups, known_idx, int(layer) % n_l, aie
 
 
 @dataclass
@@ -444,6 +551,7 @@ class _EditBench:
     texts: list[str]
     n_specificity: int
     edit_kwargs: dict[str, Any]
+    prefixes: list[str] = field(default_factory=list)
     covs: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def cov_at(self, ly: int) -> torch.Tensor:
@@ -455,7 +563,7 @@ class _EditBench:
         """The edit prompt, its paraphrases (both with the new object) and other known facts
         (with their own answers)."""
         f, facts = self.facts[i], self.facts
-        para = [j for j in self.groups[_group(f)] if j != i]
+        para = [j for j in self.groups[fact_group(f)] if j != i]
         others = [j for j in self.known_idx
                   if str(facts[j].get("subject_text")) != str(f.get("subject_text"))]
         spec = srng.sample(others, min(self.n_specificity, len(others)))
@@ -463,13 +571,13 @@ class _EditBench:
                 [(facts[j]["prompt"], facts[j]["answer"]) for j in spec]]
 
     def measure(self, probes: list[list[tuple[str, str]]]) -> tuple[np.ndarray, ...]:
-        return tuple(_top1(self.model, p) for p in probes)
+        return tuple(top1(self.model, p) for p in probes)
 
     def edit(self, i: int, target: str, ly: int) -> RankOneEdit:
         """The ROME edit of fact ``i`` into ``target`` at layer ``ly`` (not applied)."""
         f = self.facts[i]
         return rome_edit(self.model, f["prompt"], f["subject"], target, layer=ly,
-                         cov=self.cov_at(ly), **self.edit_kwargs)
+                         cov=self.cov_at(ly), prefixes=self.prefixes, **self.edit_kwargs)
 
 
 def _edit_row(
@@ -511,6 +619,7 @@ def evaluate_edits(
     cov_texts: Sequence[str] | None = None,
     n_specificity: int = 20,
     compare_random: bool = True,
+    n_prefixes: int = 5,
     seed: int = 0,
     progress: bool = True,
     **edit_kwargs: Any,
@@ -526,32 +635,16 @@ def evaluate_edits(
         cov_texts: text for the key covariance (default: 300 zoo training texts).
         n_specificity: other known facts checked after each edit.
         compare_random: also edit a random other layer (seeded) per fact.
+        n_prefixes: context prefixes per edit (:func:`context_prefixes` of ``cov_texts``).
         **edit_kwargs: passed to :func:`rome_edit`.
     """
     facts = list(facts)
     n_l = site_map(model).n_layers
-    if layer is not None and not -n_l <= layer < n_l:
-        raise InputError(f"layer {layer} is out of range; the model has {n_l} layers")
-    if n_edits < 1:
-        raise InputError(f"n_edits must be at least 1, got {n_edits}")
-    n_groups = sum(1 for g in Counter(_group(f) for f in facts).values() if g > 1)
-    if n_groups < n_edits:  # before any work: at most one edit per fact with paraphrases
-        raise InputError(
-            f"only {n_groups} facts have paraphrases, so at most {n_groups} known facts can be "
-            f"edited; need {n_edits} (pass more facts or fewer edits)"
-        )
-    known = _top1(model, [(f["prompt"], f["answer"]) for f in facts])
-    chosen, groups = _choose_facts(facts, known, n_edits, seed)
-    known_idx = [i for i in range(len(facts)) if known[i]]
-    aie = np.full(n_l, np.nan)
-    if layer is None:
-        trace_set = [facts[i] for i in known_idx if i not in set(chosen)][:trace_facts_n] or [
-            facts[i] for i in chosen
-        ]
-        layer, aie = locate_layer(model, trace_set, seed=seed)
-    layer = int(layer) % n_l
+    chosen, groups, known_idx, layer, aie = plan_edits(
+        model, facts, n_edits, layer, trace_facts_n, seed)
     texts = list(cov_texts) if cov_texts is not None else corpus("train", 300, seed=seed)
-    bench = _EditBench(model, facts, groups, known_idx, texts, n_specificity, edit_kwargs)
+    bench = _EditBench(model, facts, groups, known_idx, texts, n_specificity, edit_kwargs,
+                       context_prefixes(texts, n_prefixes, seed=seed))
     new_obj = counterfactuals([facts[i] for i in chosen], facts, seed=seed)
     editors: dict[str, Any] = {"located": lambda i: layer}
     if compare_random and n_l > 1:
@@ -559,7 +652,8 @@ def evaluate_edits(
         rand_layers = {i: rl.choice([x for x in range(n_l) if x != layer]) for i in chosen}
         editors["random layer"] = lambda i: rand_layers[i]
     metrics: dict[str, dict[str, list[float]]] = {
-        k: {"efficacy": [], "paraphrase": [], "specificity": []} for k in ["unedited", *editors]
+        k: {"efficacy": [], "paraphrase": [], "specificity": [], "consistency": []}
+        for k in ["unedited", *editors]
     }
     edits_out = []
     srng = random.Random(seed + 2)
@@ -570,6 +664,7 @@ def evaluate_edits(
                 metrics[name]["efficacy"].append(float(e.mean()))
                 metrics[name]["paraphrase"].append(float(p.mean()) if len(p) else np.nan)
                 metrics[name]["specificity"].append(float(s.mean()) if len(s) else np.nan)
+                metrics[name]["consistency"].append(float(bool(e.all()) and bool(p.all())))
             edits_out.append(row)
     summary = {
         name: {"n": len(chosen), **{m: float(np.nanmean(v)) for m, v in d.items()}}

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 from rich.text import Text
 
+from ..improve.distill import DistillReport
+from ..improve.memit import BatchEditResult
 from ..improve.results import (
     CONDITIONS,
     AmplifyResult,
@@ -131,17 +133,40 @@ def steering_table(r: SteeringSweep) -> str:
     return format_table(head, rows, title=title)
 
 
+_EDIT_METRICS = ("efficacy", "paraphrase", "specificity", "consistency", "fluency")
+
+
 @register_renderer(EditReport, "text")
 def edits_table(r: EditReport) -> str:
-    """Efficacy, paraphrase and specificity per editor."""
-    body = [[k, int(v["n"]), v["efficacy"], v["paraphrase"], v["specificity"]]
-            for k, v in r.rows.items()]
+    """Efficacy, paraphrase, specificity (and consistency, fluency where measured) per editor."""
+    cols = [m for m in _EDIT_METRICS if any(m in v for v in r.rows.values())]
+    body = [[k, int(v["n"]), *(v.get(m, float("nan")) for m in cols)] for k, v in r.rows.items()]
     aie = ", ".join(f"L{i} {v:.3f}" for i, v in enumerate(r.aie))
+    what = (f"MEMIT, {body[0][1]} edits at once (layers {r.info.get('layers')})"
+            if r.info.get("method") == "memit" else "ROME rank-one edits, each alone")
     return format_table(
-        ["editor", "edits", "efficacy", "paraphrase", "specificity"], body,
-        title=f"ROME rank-one edits, each alone (located layer {r.layer}; "
-        f"MLP AIE at the last subject token: {aie})",
+        ["editor", "edits", *cols], body,
+        title=f"{what} (located layer {r.layer}; MLP AIE at the last subject token: {aie})",
     )
+
+
+@register_renderer(BatchEditResult, "text")
+def batch_edit_table(r: BatchEditResult) -> str:
+    """Each request's greedy answer before and after the MEMIT batch."""
+    body = [[x["prompt"], x["target"], x["before"], x["after"]] for x in r.rows]
+    return format_table(["prompt", "target", "before", "after"], body,
+                        title=f"MEMIT batch of {len(r.rows)} edits at layers {r.layers}")
+
+
+@register_renderer(DistillReport, "text")
+def distill_table(r: DistillReport) -> str:
+    """Label accuracy (mean ± sd over seeds) per data fraction and student."""
+    summ = r.summary()
+    body = [[f"{f:.0%}", *(f"{summ[v][i][0]:.3f} ± {summ[v][i][1]:.3f}" for v in summ)]
+            for i, f in enumerate(r.fractions)]
+    return format_table(["data", *summ], body,
+                        title=f"Rationale distillation: student label accuracy on {r.n_test} "
+                        f"held-out items, seeds {r.seeds} ({r.n_train} examples at 100%)")
 
 
 @register_renderer(EditResult, "text")

@@ -69,6 +69,7 @@ __all__ = [
     "paraphrase",
     "training_example",
     "train_organism",
+    "organism_tokenizer",
 ]
 
 ORGANISMS = ("rationale-faithful", "rationale-unfaithful")
@@ -259,6 +260,12 @@ def _stream(seed: int, faithful: bool, step: int) -> Iterator[tuple[str, str, st
     rng = random.Random(f"organism-batch:{seed}:{step}")
     while True:
         yield training_example(rng, faithful)
+
+
+def organism_tokenizer(seed: int = SHIPPED_SEED, config: OrganismConfig | None = None) -> Any:
+    """The organisms' byte-level BPE tokenizer (every task word one token), deterministic in
+    ``seed``; also the tokenizer of the rationale-distillation students."""
+    return _tokenizer(config or OrganismConfig(), seed)
 
 
 def _tokenizer(cfg: OrganismConfig, seed: int):

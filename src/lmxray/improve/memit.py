@@ -1,0 +1,414 @@
+"""MEMIT: many factual edits at once, spread over several MLP layers (Meng et al. 2023,
+"Mass-Editing Memory in a Transformer", arXiv 2210.07229).
+
+For ``N`` requests (prompt, subject, new object) and edit layers ``R = l_1 < ... < l_m``:
+
+1. **targets**: for each request a vector ``δ_i`` (``[d_model]``) added to the residual stream
+   after the last edit layer ``L = l_m``, at the subject's last token, is optimised (Adam, all
+   requests in one batched forward: each ``δ_i`` only touches its own rows) so that the new
+   object is likely after the prompt and after each context prefix, with a KL term on
+   "{subject} is a"; ``‖δ_i‖ ≤ clamp · ‖h_i‖``. The target is ``z_i = h_i + δ_i``.
+2. **spread**: for each layer ``l`` in ascending order, with the updates of the earlier layers
+   applied, read the keys ``K`` (``[N, d_mlp]``, subject's last token, mean over the prompt
+   and its prefixes) and the current ``h_i`` at ``L``; the residual left to write is
+   ``R = (z - h) / (layers left)``; the update is the least-squares solution with the key
+   covariance ``C`` (:func:`lmxray.improve.editing.key_covariance`) as the memory of what
+   must not move::
+
+       ΔW_l = Rᵀ K (λ C + Kᵀ K)⁻¹
+
+   (``λ``: ``mom2_weight``, the weight of the covariance against the new keys).
+
+:func:`memit_edit` returns a :class:`MultiEdit` (per-layer ``ΔW``; ``applied`` / ``apply`` as
+:class:`~lmxray.improve.editing.RankOneEdit`). :func:`evaluate_memit` applies ``n_edits``
+counterfactual edits at once and reports CounterFact-style metrics against the unedited model
+(see :mod:`lmxray.improve.edit_metrics`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..hooks import intervene, run_with_cache, scatter
+from ..internals.tracing import subject_positions
+from ..model import Model
+from ..sites import site_map
+from ..zoo import corpus
+from .edit_metrics import consistency, fluency
+from .editing import (
+    context_prefixes,
+    counterfactuals,
+    edited_copy,
+    fact_group,
+    key_covariance,
+    plan_edits,
+    prompt_variants,
+    top1,
+    weights_added,
+)
+from .results import EditReport, ImproveResult
+
+__all__ = ["EditRequest", "MultiEdit", "memit_edit", "default_layers", "evaluate_memit",
+           "BatchEditResult", "batch_result"]
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    """One rewrite: ``prompt`` (containing ``subject``) should continue with ``target``."""
+
+    prompt: str
+    subject: str
+    target: str
+
+    @classmethod
+    def of(cls, r: Any) -> EditRequest:
+        """From an EditRequest, a ``(prompt, subject, target)`` tuple or a dict."""
+        if isinstance(r, EditRequest):
+            return r
+        if isinstance(r, dict):
+            r = (r.get("prompt"), r.get("subject"), r.get("target"))
+        if not isinstance(r, Sequence) or len(r) != 3 or not all(isinstance(x, str) for x in r):
+            raise InputError("an edit request is (prompt, subject, target) strings")
+        prompt, subject, target = r
+        if not prompt.strip() or not subject or not target.strip():
+            raise InputError("an edit request needs a prompt, a subject and a new target")
+        if subject not in prompt:
+            raise InputError(f"the subject {subject!r} does not occur in {prompt!r}")
+        return cls(prompt, subject, target if target.startswith(" ") else " " + target)
+
+
+@dataclass
+class MultiEdit:
+    """Per-layer updates ``ΔW_l`` (``[d_model, d_mlp]``) of the MLP down projections."""
+
+    deltas: dict[int, torch.Tensor]
+    requests: list[EditRequest] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def applied(self, model: Model) -> contextlib.AbstractContextManager[Model]:
+        """The edits applied in place inside the block; weights restored bit-exactly after."""
+        return weights_added(model, self.deltas)
+
+    def apply(self, model: Model) -> Model:
+        """An edited deep copy of ``model``."""
+        return edited_copy(model, self.deltas, "memit")
+
+
+def default_layers(n_layers: int, located: int, span: int | None = None) -> list[int]:
+    """The located layer and the ``span - 1`` after it (default span: ``max(2, n_layers // 4)``,
+    MEMIT's 5 of GPT-J's 28 scaled down), kept inside the model."""
+    span = span if span is not None else max(2, n_layers // 4)
+    return [ly for ly in range(located, located + span) if ly < n_layers]
+
+
+@dataclass
+class _Batch:
+    """Rows of all requests' variants (teacher-forced on the target) and essence prompts."""
+
+    seqs: list[list[int]]
+    owner: list[int]  # request index of each row
+    pos: list[int]  # subject's last token in each row
+    n_t: list[int]  # target tokens scored in each row (0 for essence rows)
+    tgt: list[list[int]]
+
+
+def _rows(model: Model, reqs: Sequence[EditRequest], prefixes: Sequence[str]) -> _Batch:
+    b = _Batch([], [], [], [], [])
+    for i, r in enumerate(reqs):
+        t_ids = model.encode_target(r.target)
+        if not t_ids:
+            raise InputError(f"the new target {r.target!r} tokenizes to no tokens")
+        for ids, pos in prompt_variants(model, r.prompt, r.subject, t_ids, prefixes):
+            b.seqs.append(ids + t_ids[:-1])
+            b.owner.append(i)
+            b.pos.append(pos)
+            b.n_t.append(len(t_ids))
+            b.tgt.append(t_ids)
+        ess = f"{r.subject} is a"
+        b.seqs.append(model.encode(ess))
+        b.owner.append(i)
+        b.pos.append(max(subject_positions(model, ess, r.subject)))
+        b.n_t.append(0)
+        b.tgt.append([])
+    return b
+
+
+def _at_subject(x: torch.Tensor, mask: torch.Tensor, b: _Batch) -> torch.Tensor:
+    """``[rows, d]`` activations at each row's subject position (rows left padded)."""
+    lens = mask.sum(-1).tolist()
+    cols = [x.shape[1] - n + p for n, p in zip(lens, b.pos, strict=True)]
+    return x[torch.arange(x.shape[0]), torch.tensor(cols)]
+
+
+def _per_request(rows: torch.Tensor, b: _Batch, n: int, essence: bool = False) -> torch.Tensor:
+    """``[n, d]`` mean over each request's variant rows (or its essence row)."""
+    keep = [j for j, k in enumerate(b.n_t) if (k == 0) == essence]
+    owner = torch.tensor([b.owner[j] for j in keep])
+    out = torch.zeros(n, rows.shape[-1], dtype=rows.dtype)
+    out.index_add_(0, owner, rows[keep].to(out.dtype))
+    return out / torch.bincount(owner, minlength=n).clamp(min=1).unsqueeze(-1).to(out.dtype)
+
+
+def _read(model: Model, b: _Batch, site: str, n: int) -> torch.Tensor:
+    """``[n, d]`` float64: ``site`` at the subject's last token, mean over each request's
+    variants (essence rows left out)."""
+    cache = run_with_cache(model, b.seqs, cache=[site], logits=False)
+    return _per_request(_at_subject(cache[site].double().cpu(), cache.attention_mask.cpu(), b), b, n)
+
+
+@dataclass
+class _Targets:
+    """The batched δ optimisation at ``site`` (resid_post of the last edit layer)."""
+
+    model: Model
+    b: _Batch
+    site: str
+    n: int
+    kl_factor: float
+
+    def logp(self, delta: torch.Tensor | None) -> torch.Tensor:
+        m, b = self.model, self.b
+        x, mask, pos = m.pad_batch(b.seqs)
+        keep = max(max(b.n_t), 1)
+        spec = {} if delta is None else {self.site: scatter(
+            list(range(len(b.seqs))), b.pos, delta[torch.tensor(b.owner)], mode="add")}
+        with intervene(m, spec):
+            logits = m.forward(input_ids=x, attention_mask=mask, position_ids=pos,
+                               logits_to_keep=keep).logits.float()
+        return torch.log_softmax(logits, -1)
+
+    def loss(self, delta: torch.Tensor, base: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loss, [n] P(target) per request (geometric mean over its variants))``."""
+        lp, b = self.logp(delta), self.b
+        keep = lp.shape[1]
+        idx = torch.zeros(len(b.seqs), keep, dtype=torch.long)
+        on = torch.zeros(len(b.seqs), keep)
+        for j, t in enumerate(b.tgt):
+            if t:
+                idx[j, keep - len(t):] = torch.tensor(t)
+                on[j, keep - len(t):] = 1.0
+        row_nll = -(lp.gather(-1, idx.unsqueeze(-1)).squeeze(-1) * on).sum(-1)  # [rows]
+        ess = torch.tensor([k == 0 for k in b.n_t])
+        row_kl = (base[:, -1].exp() * (base[:, -1] - lp[:, -1])).sum(-1) * ess
+        owner = torch.tensor(b.owner)
+        nll = torch.zeros(self.n).index_add(0, owner, row_nll * ~ess)
+        cnt = torch.zeros(self.n).index_add(0, owner, (~ess).float()).clamp(min=1)
+        kl = torch.zeros(self.n).index_add(0, owner, row_kl)
+        nll = nll / cnt
+        return (nll + self.kl_factor * kl).sum(), torch.exp(-nll.detach())
+
+
+def _optimise_targets(tg: _Targets, h: torch.Tensor, steps: int, lr: float, clamp: float,
+                      stop_prob: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(δ [n, d_model], P(target) per request)``."""
+    m = tg.model
+    with torch.no_grad():
+        base = tg.logp(None)
+    scale = h.float().norm(dim=-1).clamp(min=1e-6)
+    delta = torch.zeros(tg.n, m.d_model, requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=lr * float(scale.mean()) / np.sqrt(m.d_model))
+    p = torch.zeros(tg.n)
+    for _ in range(steps):
+        with torch.enable_grad():
+            loss, p = tg.loss(delta, base)
+            if bool((p >= stop_prob).all()):
+                break
+            (g,) = torch.autograd.grad(loss, [delta])
+        delta.grad = g
+        opt.step()
+        with torch.no_grad():
+            norm = delta.norm(dim=-1).clamp(min=1e-12)
+            delta.mul_(torch.clamp(clamp * scale / norm, max=1.0).unsqueeze(-1))
+    return delta.detach(), p
+
+
+def memit_edit(
+    model: Model,
+    requests: Sequence[Any],
+    *,
+    layers: Sequence[int],
+    covs: dict[int, torch.Tensor] | None = None,
+    cov_texts: Sequence[str] | None = None,
+    prefixes: Sequence[str] = (),
+    mom2_weight: float = 1000.0,
+    steps: int = 60,
+    lr: float = 0.5,
+    kl_factor: float = 0.0625,
+    clamp: float = 4.0,
+    stop_prob: float = 0.95,
+    chunk: int = 25,
+) -> MultiEdit:
+    """Compute (not apply) MEMIT edits of all ``requests`` spread over ``layers``.
+
+    Args:
+        requests: :class:`EditRequest` s, ``(prompt, subject, target)`` tuples or dicts.
+        layers: the edit layers (ascending; the last one carries the targets).
+        covs / cov_texts: key covariance per layer, or texts to compute them from.
+        prefixes: context prefixes (:func:`lmxray.improve.editing.context_prefixes`).
+        mom2_weight: ``λ``, the weight of the covariance against the new keys.
+        steps / lr / kl_factor / clamp / stop_prob: the target optimisation (as ``rome_edit``).
+        chunk: requests optimised together in one batch.
+    """
+    reqs = [EditRequest.of(r) for r in requests]
+    if not reqs:
+        raise InputError("MEMIT needs at least one edit request")
+    n_l = site_map(model).n_layers
+    layers = sorted({int(ly) for ly in layers})
+    if not layers or not all(0 <= ly < n_l for ly in layers):
+        raise InputError(f"MEMIT layers {layers} must be in 0..{n_l - 1}")
+    if mom2_weight <= 0:
+        raise InputError(f"mom2_weight must be positive, got {mom2_weight}")
+    covs = dict(covs or {})
+    for ly in layers:
+        if ly not in covs:
+            if not cov_texts:
+                raise InputError("MEMIT needs key covariances (covs=) or sample texts (cov_texts=)")
+            covs[ly] = key_covariance(model, ly, cov_texts)
+    z_site = f"layers.{layers[-1]}.resid_post"
+    b = _rows(model, reqs, prefixes)
+    h0 = _read(model, b, z_site, len(reqs))
+    delta, p = _chunked_targets(model, reqs, prefixes, z_site, h0, chunk,
+                                steps, lr, kl_factor, clamp, stop_prob)
+    deltas = _spread(model, b, layers, covs, h0 + delta.double(), mom2_weight, len(reqs))
+    return MultiEdit(deltas, reqs, info={
+        "layers": layers, "mom2_weight": mom2_weight, "prefixes": len(prefixes),
+        "p_target_mean": float(p.mean()), "p_target_min": float(p.min()),
+        "delta_norm_mean": float(delta.norm(dim=-1).mean()),
+    })
+
+
+def _chunked_targets(model: Model, reqs: list[EditRequest], prefixes: Sequence[str], site: str,
+                     h0: torch.Tensor, chunk: int, *opt: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    was = model.hf.training
+    model.hf.eval()
+    ds, ps = [], []
+    try:
+        for a in range(0, len(reqs), chunk):
+            part = reqs[a: a + chunk]
+            tg = _Targets(model, _rows(model, part, prefixes), site, len(part), opt[2])
+            d, p = _optimise_targets(tg, h0[a: a + chunk], opt[0], opt[1], opt[3], opt[4])
+            ds.append(d)
+            ps.append(p)
+    finally:
+        if was:
+            model.hf.train()
+    return torch.cat(ds), torch.cat(ps)
+
+
+def _spread(model: Model, b: _Batch, layers: list[int], covs: dict[int, torch.Tensor],
+            z: torch.Tensor, lam: float, n: int) -> dict[int, torch.Tensor]:
+    """MEMIT's layer loop: each layer writes its share of the residual ``z - h``."""
+    z_site = f"layers.{layers[-1]}.resid_post"
+    deltas: dict[int, torch.Tensor] = {}
+    for j, ly in enumerate(layers):
+        with weights_added(model, deltas):
+            keys = _read(model, b, f"layers.{ly}.mlp.hidden", n)  # [n, d_mlp]
+            h = _read(model, b, z_site, n)
+        resid = (z - h) / (len(layers) - j)  # [n, d_model]
+        a = lam * covs[ly].double() + keys.T @ keys
+        upd = torch.linalg.solve(a, keys.T @ resid).T  # [d_model, d_mlp]
+        deltas[ly] = upd.float()
+    return deltas
+
+
+# --------------------------------------------------------------------------- evaluation
+def _measure(model: Model, chosen: list[int], facts: list[dict[str, Any]],
+             groups: dict[tuple[str, str], list[int]], new: list[str], spec: list[int],
+             n_fluency: int) -> tuple[dict[str, float], list[np.ndarray]]:
+    """Efficacy, paraphrase, specificity, consistency and fluency of ``model`` as it is now,
+    and the per-edit paraphrase results."""
+    eff = top1(model, [(facts[i]["prompt"], t) for i, t in zip(chosen, new, strict=True)])
+    para_pairs = [[(facts[j]["prompt"], t) for j in groups[fact_group(facts[i])] if j != i]
+                  for i, t in zip(chosen, new, strict=True)]
+    flat = top1(model, [p for ps in para_pairs for p in ps])
+    cuts = np.cumsum([0] + [len(ps) for ps in para_pairs])
+    para = [flat[cuts[k]: cuts[k + 1]] for k in range(len(chosen))]
+    spc = top1(model, [(facts[j]["prompt"], facts[j]["answer"]) for j in spec])
+    gen = [facts[j]["prompt"] for i in chosen[:n_fluency] for j in groups[fact_group(facts[i])]
+           if j != i][:n_fluency]
+    return {
+        "n": len(chosen),
+        "efficacy": float(eff.mean()),
+        "paraphrase": float(flat.mean()) if len(flat) else float("nan"),
+        "specificity": float(spc.mean()) if len(spc) else float("nan"),
+        "consistency": consistency(eff, para),
+        "fluency": fluency(model, gen),
+    }, [eff, *para]
+
+
+def evaluate_memit(
+    model: Model,
+    facts: Sequence[dict[str, Any]],
+    *,
+    n_edits: int = 100, layers: Sequence[int] | None = None, layer: int | None = None,
+    trace_facts_n: int = 30, cov_texts: Sequence[str] | None = None,
+    n_specificity: int = 200, n_fluency: int = 30, n_prefixes: int = 2,
+    seed: int = 0, progress: bool = True, **edit_kwargs: Any,
+) -> EditReport:
+    """Apply ``n_edits`` counterfactual edits of zoo-style ``facts`` at once with MEMIT and
+    measure the edited model against the unedited one (rows ``"unedited"`` and ``"memit"``).
+
+    Args:
+        facts: as :func:`lmxray.improve.editing.evaluate_edits` takes them.
+        layers: the MEMIT layers; default :func:`default_layers` from ``layer`` (default: the
+            layer :func:`~lmxray.improve.editing.locate_layer` selects).
+        n_specificity: known facts of other subjects checked (neighbourhood).
+        n_fluency: paraphrase prompts of edited facts generated from (20 tokens each).
+        **edit_kwargs: passed to :func:`memit_edit`.
+    """
+    facts = list(facts)
+    n_l = site_map(model).n_layers
+    chosen, groups, known_idx, located, aie = plan_edits(
+        model, facts, n_edits, layer, trace_facts_n, seed)
+    lys = list(layers) if layers is not None else default_layers(n_l, located)
+    texts = list(cov_texts) if cov_texts is not None else corpus("train", 300, seed=seed)
+    new = [t if t.startswith(" ") else " " + t
+           for t in counterfactuals([facts[i] for i in chosen], facts, seed=seed)]
+    edited_subjects = {str(facts[i].get("subject_text")) for i in chosen}
+    others = [j for j in known_idx if str(facts[j].get("subject_text")) not in edited_subjects]
+    spec = random.Random(seed + 2).sample(others, min(n_specificity, len(others)))
+    before, _ = _measure(model, chosen, facts, groups, new, spec, n_fluency)
+    reqs = [EditRequest(facts[i]["prompt"], str(facts[i]["subject"]), t)
+            for i, t in zip(chosen, new, strict=True)]
+    ed = memit_edit(model, reqs, layers=lys, cov_texts=texts,
+                    prefixes=context_prefixes(texts, n_prefixes, seed=seed), **edit_kwargs)
+    with ed.applied(model):
+        after, per = _measure(model, chosen, facts, groups, new, spec, n_fluency)
+    edits = [{"prompt": facts[i]["prompt"], "subject": facts[i].get("subject_text"),
+              "old": facts[i]["answer"], "new": t, "memit": {"efficacy": bool(per[0][k])}}
+             for k, (i, t) in enumerate(zip(chosen, new, strict=True))]
+    return EditReport(layer=located, aie=[float(v) for v in aie],
+                      rows={"unedited": before, "memit": after}, edits=edits,
+                      model_name=model.name,
+                      info={"method": "memit", "layers": lys, "seed": seed,
+                            "n_specificity": len(spec), "cov_texts": len(texts), **ed.info})
+
+
+@dataclass
+class BatchEditResult(ImproveResult):
+    """A MEMIT batch (``lmxray edit --method memit --batch``): each request's greedy answer
+    before and after, and the edit layers."""
+
+    FORMAT: ClassVar[str] = "lmxray.edit-batch/1"
+
+    layers: list[int]
+    rows: list[dict[str, Any]]
+    model_name: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def batch_result(model: Model, edited: Model, ed: MultiEdit) -> BatchEditResult:
+    """The greedy next token of each request's prompt in ``model`` and in ``edited``."""
+    rows = [{"prompt": r.prompt, "subject": r.subject, "target": r.target,
+             "before": model.generate(r.prompt, 1), "after": edited.generate(r.prompt, 1)}
+            for r in ed.requests]
+    return BatchEditResult(layers=list(ed.info.get("layers", sorted(ed.deltas))), rows=rows,
+                           model_name=model.name, info=dict(ed.info))
