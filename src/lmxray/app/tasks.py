@@ -95,11 +95,14 @@ def _method_params(method: str, body: dict[str, Any], limits: Limits) -> dict[st
 def parse_explain(body: dict[str, Any], ctx: Context) -> dict[str, Any]:
     lim = ctx.limits
     chosen = choices(body, "methods", sorted(methods()), lim.methods, ["saliency"])
+    target = optional_text(body, "target", lim.prompt_chars)
+    if target is not None and body.get("max_new_tokens") is not None:
+        raise InputError("give either a target or max_new_tokens (to generate), not both")
     return {
         "prompt": text(body, "prompt", lim.prompt_chars),
-        "target": optional_text(body, "target", lim.prompt_chars),
+        "target": target,
         "foil": optional_text(body, "foil", lim.prompt_chars),
-        "max_new_tokens": integer(body, "max_new_tokens", 5, 1, lim.new_tokens),
+        "max_new_tokens": None if target is not None else integer(body, "max_new_tokens", 5, 1, lim.new_tokens),
         "methods": chosen,
         "params": {m: _method_params(m, body, lim) for m in chosen},
         "verify": flag(body, "verify"),

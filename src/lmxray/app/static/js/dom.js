@@ -20,7 +20,9 @@ export function h(tag, attrs = {}, ...children) {
 export function svg(tag, attrs = {}, ...children) {
   const el = document.createElementNS("http://www.w3.org/2000/svg", tag);
   for (const [k, v] of Object.entries(attrs)) {
-    if (k === "text") el.textContent = v; else el.setAttribute(k, String(v));
+    if (k === "text") el.textContent = v;
+    else if (k === "style") Object.assign(el.style, v);
+    else el.setAttribute(k, String(v));
   }
   for (const c of children.flat()) if (c) el.append(c);
   return el;

@@ -37,7 +37,7 @@ export function restore(q) {
 function request(v) {
   const methods = [v.method_a, v.method_b].filter((m, i, all) => m && all.indexOf(m) === i);
   return { kind: "explain", model: app.model(), prompt: v.prompt, target: v.target || null, foil: v.foil || null,
-    max_new_tokens: v.max_new_tokens, methods, n_steps: v.n_steps, n_samples: v.n_samples, verify: !!v.verify };
+    max_new_tokens: v.target ? null : v.max_new_tokens, methods, n_steps: v.n_steps, n_samples: v.n_samples, verify: !!v.verify };
 }
 
 async function run(row) {

@@ -94,7 +94,8 @@ function plot(curves) {
     const c = curves[n];
     const pts = c.map((v, i) => (v === null ? null : `${x(i, c.length).toFixed(1)},${y(v).toFixed(1)}`)).filter(Boolean).join(" ");
     s.append(svg("polyline", { points: pts, fill: "none", stroke: COLOURS[k % COLOURS.length], "stroke-width": 2 }),
-      svg("text", { x: W - R + 8, y: T + 14 + k * 16, fill: COLOURS[k % COLOURS.length], text: n }));
+      svg("line", { x1: W - R + 10, y1: T + 10 + k * 18, x2: W - R + 28, y2: T + 10 + k * 18, stroke: COLOURS[k % COLOURS.length], "stroke-width": 3 }),
+      svg("text", { x: W - R + 34, y: T + 14 + k * 18, class: "legend", style: { fill: COLOURS[k % COLOURS.length] }, text: n }));
   });
   return h("figure", {}, s, h("figcaption", { class: "muted", text: "Mean deletion curve: p(target) as the top-scored tokens are removed (lower is more faithful)." }));
 }
