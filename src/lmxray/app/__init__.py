@@ -12,6 +12,7 @@ Jobs run one at a time on one worker thread (the model is loaded once), from a b
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
@@ -37,10 +38,15 @@ def check_bind(host: str, token: str | None) -> None:
 
 
 def serve(models: list[str] | None = None, *, host: str = "127.0.0.1", port: int = 8000,
-          token: str | None = None, limits: Limits | None = None, log_level: str = "warning") -> None:
-    """Load ``models`` (default: the embedded ``lmxray-tiny``) and serve the app until stopped."""
+          token: str | None = None, limits: Limits | None = None, log_level: str = "warning",
+          announce: Callable[[str], None] | None = None) -> None:
+    """Load ``models`` (default: the embedded ``lmxray-tiny``) and serve the app until stopped;
+    ``announce(url)`` is called once the models are loaded."""
     check_bind(host, token)
     if not 0 < port < 65536:
         raise InputError(f"port must be 1..65535, got {port}")
     app: Any = create_app(models or ["lmxray-tiny"], token=token, limits=limits)
+    if announce is not None:
+        shown = f"[{host}]" if ":" in host else host
+        announce(f"http://{shown}:{port}/" + ("?token=<your token>" if token else ""))
     uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)

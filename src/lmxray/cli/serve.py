@@ -35,10 +35,11 @@ def serve(
 
     check_bind(host, token)
     _, err = consoles()
-    shown = f"[{host}]" if ":" in host else host
-    err.print(f"lmxray serve: loading {', '.join(model or ['lmxray-tiny'])}; then open "
-              f"http://{shown}:{port}/{'?token=…' if token else ''} (Ctrl-C stops)", highlight=False)
-    run_server(model, host=host, port=port, token=token, limits=Limits(queue=queue))
+
+    def announce(url: str) -> None:
+        err.print(f"lmxray serve: open {url} (Ctrl-C stops)", highlight=False, soft_wrap=True)
+
+    run_server(model, host=host, port=port, token=token, limits=Limits(queue=queue), announce=announce)
 
 
 def register(app: typer.Typer) -> None:
