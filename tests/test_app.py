@@ -83,7 +83,8 @@ def test_export_json_and_html_of_a_result(client):
 @pytest.mark.parametrize("body,key", [
     ({"kind": "lens", "prompt": "hello world", "top_k": 3}, "top_tokens"),
     ({"kind": "trace", "prompt": "hello world foo", "start": 6, "end": 11, "n_samples": 2}, "restored"),
-    ({"kind": "patch", "clean": "The capital of France is", "corrupt": "The capital of Spain is"}, "effects"),
+    ({"kind": "patch", "clean": "The capital of France is", "corrupt": "The capital of Spain is",
+      "answer": " France", "foil": " Spain"}, "effects"),
     ({"kind": "heads", "n_seqs": 2, "seq_len": 8}, "scores"),
 ])
 def test_inside_jobs(client, body, key):

@@ -24,6 +24,7 @@ from ..errors import LmxrayError
 __all__ = ["Job", "JobQueue", "Cancelled", "QueueFull", "cancel_hooks", "TERMINAL"]
 
 TERMINAL = ("done", "error", "cancelled")
+GRACE_S = 120.0
 _LAYER = re.compile(r"(^|\.)(layers|h|blocks|layer)\.\d+$")
 
 
@@ -56,6 +57,16 @@ class Job:
     finished: float | None = None
     cancel_event: threading.Event = field(default_factory=threading.Event)
     version: int = 0
+    watchers: list[tuple[Any, Any]] = field(default_factory=list)
+
+    def touch(self) -> None:
+        """Count a change and wake the event streams watching this job (from any thread)."""
+        self.version += 1
+        for loop, event in list(self.watchers):
+            try:
+                loop.call_soon_threadsafe(event.set)
+            except RuntimeError:  # that stream's loop is closed
+                pass
 
     def step(self, label: str, done: int | None = None, total: int | None = None) -> None:
         """Report progress (``done`` of ``total`` units, and what is running now)."""
@@ -66,7 +77,7 @@ class Job:
             self.done = done
         if total is not None:
             self.total = total
-        self.version += 1
+        self.touch()
 
     def snapshot(self) -> dict[str, Any]:
         now = time.time()
@@ -87,7 +98,7 @@ def cancel_hooks(hf_model: Any, job: Job) -> Iterator[None]:
             raise Cancelled()
         if module is hf_model:
             job.forwards += 1
-            job.version += 1
+            job.touch()
 
     modules = [hf_model] + [m for name, m in hf_model.named_modules() if _LAYER.search(name)]
     handles = [m.register_forward_pre_hook(hook) for m in modules]
@@ -118,12 +129,19 @@ class JobQueue:
                             "try again when one has finished") from None
         with self._lock:
             self._jobs[job.id] = job
-            while len(self._jobs) > self._kept:
-                oldest = next(iter(self._jobs.values()))
-                if oldest.state not in TERMINAL:
-                    break
-                self._jobs.popitem(last=False)
+            self._forget()
         return job
+
+    def _forget(self) -> None:
+        """Drop the oldest finished jobs beyond ``kept``; a job finished less than ``GRACE_S`` ago
+        stays (its client may be about to fetch the result), as does every unfinished job."""
+        now = time.time()
+        extra = len(self._jobs) - self._kept
+        for old in [j for j in self._jobs.values() if j.state in TERMINAL and now - (j.finished or now) > GRACE_S]:
+            if extra <= 0:
+                break
+            del self._jobs[old.id]
+            extra -= 1
 
     def get(self, job_id: str) -> Job | None:
         with self._lock:
@@ -140,7 +158,7 @@ class JobQueue:
     def _finish(self, job: Job, state: str, label: str) -> None:
         job.state, job.label = state, label
         job.finished = time.time()
-        job.version += 1
+        job.touch()
 
     def _work(self) -> None:
         while True:
@@ -148,7 +166,7 @@ class JobQueue:
             if job.cancel_event.is_set():
                 continue
             job.state, job.started = "running", time.time()
-            job.version += 1
+            job.touch()
             try:
                 job.output = job.run(job)
             except Cancelled:

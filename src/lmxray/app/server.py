@@ -11,6 +11,7 @@ Errors are JSON ``{"error": "..."}`` with a 4xx status (a bug is a JSON 500, nev
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 from http.cookies import SimpleCookie
@@ -176,14 +177,22 @@ class Api:
         job = self._job(request)
 
         async def stream() -> Any:
-            seen = -1
-            while True:
-                if job.version != seen:
-                    seen = job.version
-                    yield f"data: {json.dumps(job.snapshot())}\n\n"
-                if job.state in TERMINAL:
-                    return
-                await asyncio.sleep(0.03)
+            seen, wake = -1, asyncio.Event()
+            job.watchers.append((asyncio.get_running_loop(), wake))
+            try:
+                while True:
+                    wake.clear()
+                    if job.version != seen:
+                        seen = job.version
+                        yield f"data: {json.dumps(job.snapshot())}\n\n"
+                    if job.state in TERMINAL:
+                        return
+                    if job.version == seen:  # sleep until the worker touches the job
+                        with contextlib.suppress(asyncio.TimeoutError):
+                            await asyncio.wait_for(wake.wait(), 5)
+                    await asyncio.sleep(0.02)  # coalesce bursts (one event per forward pass)
+            finally:
+                job.watchers.remove((asyncio.get_running_loop(), wake))
 
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"cache-control": "no-store"})

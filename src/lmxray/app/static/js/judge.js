@@ -58,8 +58,10 @@ async function run() {
   }
 }
 
+const num = (x) => (x === null || x === undefined || x === "" ? NaN : Number(x));
+
 function best(rows, col, higher) {
-  const vals = rows.map((r) => r[col]).filter((x) => typeof x === "number");
+  const vals = rows.map((r) => num(r[col])).filter((x) => !Number.isNaN(x));
   return vals.length ? (higher ? Math.max(...vals) : Math.min(...vals)) : null;
 }
 
@@ -72,7 +74,8 @@ function draw(res) {
     h("tbody", {}, ...res.leaderboard.map((row) => h("tr", {}, ...cols.map((c) => {
       if (c === "method") return h("th", { text: row.method });
       const top = best(res.leaderboard, c, res.metrics[c].higher_is_better);
-      return h("td", { class: row[c] === top && res.leaderboard.length > 1 ? "best" : "", "data-col": c, text: fmt(row[c]) });
+      const best_ = top !== null && num(row[c]) === top && res.leaderboard.length > 1;
+      return h("td", { class: best_ ? "best" : "", "data-col": c, text: fmt(num(row[c])) });
     }), h("td", { text: String(row.n) })))));
   out.append(h("h3", { text: `Leaderboard \u00b7 ${res.data} \u00b7 ${res.n_examples} examples` }), table, plot(res.curves), exportLinks(res.job.id, 1));
   out.hidden = false;
