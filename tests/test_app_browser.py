@@ -84,7 +84,7 @@ def test_explain_click_a_target_token_and_numbers_equal_the_api(server, page, sh
     row = n_targets - 1
     page.click(f".panel[data-method=saliency] .target-token[data-index='{row}']")
     page.wait_for_selector(f".panel[data-method=saliency] .heat[data-row='{row}']")
-    for k, a in enumerate(api):
+    for a in api:
         panel = page.locator(f".panel[data-method={a['method']}]")
         cells = panel.locator(".heat .tok[data-index]")
         shown = cells.evaluate_all("els => els.map(e => [e.dataset.score, e.querySelector('.tok-score').textContent])")

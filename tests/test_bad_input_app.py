@@ -119,14 +119,10 @@ def client():
     return TestClient(create_app({"tiny": lmxray.load(model=hf, tokenizer=tok)}), base_url="http://127.0.0.1")
 
 
-@pytest.mark.parametrize("case", CLI_CASES, ids=lambda c: c.id)
-def test_cli_bad_input(case, tmp_path):
-    run_cli_case(case, tmp_path)
-
-
-@pytest.mark.parametrize("case", API_CASES, ids=lambda c: c.id)
-def test_api_bad_input(case, tmp_path):
-    run_api_case(case, tmp_path)
+@pytest.mark.parametrize("kind,case", [("cli", c) for c in CLI_CASES] + [("api", c) for c in API_CASES],
+                         ids=lambda c: c if isinstance(c, str) else c.id)
+def test_cli_and_api_bad_input(kind, case, tmp_path):
+    (run_cli_case if kind == "cli" else run_api_case)(case, tmp_path)
 
 
 @pytest.mark.parametrize("case", HTTP_CASES, ids=lambda c: c[0])

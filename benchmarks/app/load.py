@@ -110,7 +110,10 @@ def main() -> None:
     rows = []
     for name, out in (("load 1", first), ("load 2", second)):
         lat = sorted(v["seconds"] for k, v in out.items() if k != "wall" and v.get("ok"))
-        q = lambda p: lat[min(len(lat) - 1, int(round(p / 100 * (len(lat) - 1))))]  # noqa: E731
+
+        def q(p: float, lat: list[float] = lat) -> float:
+            return lat[min(len(lat) - 1, int(round(p / 100 * (len(lat) - 1))))]
+
         rows.append({"round": name, **check(out, a.clients, a.requests, model), "n": a.clients * a.requests,
                      "retries_429": sum(v["retries"] for k, v in out.items() if k != "wall" and v.get("ok")),
                      "p50_s": q(50), "p90_s": q(90), "p99_s": q(99), "max_s": lat[-1], "mean_s": statistics.mean(lat),

@@ -6,7 +6,7 @@ to fix it; the server answers it with status 400 (413 for a body over the size l
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import InputError
@@ -18,16 +18,16 @@ __all__ = ["Limits", "text", "optional_text", "integer", "choice", "choices", "f
 class Limits:
     """Bounds on what one request may ask for (the server is shared; a request must stay small)."""
 
-    prompt_chars: int = 2000
-    new_tokens: int = 20
-    steps: int = 64
-    samples: int = 64
-    examples: int = 200
-    upload_bytes: int = 1_000_000
-    body_bytes: int = 2_000_000
-    methods: int = 2
-    queue: int = 8
-    kept_jobs: int = 64
+    prompt_chars: int = field(default=2000, metadata={"about": "Characters in a prompt, target, foil or patching prompt."})
+    new_tokens: int = field(default=20, metadata={"about": "Tokens generated when no target is given."})
+    steps: int = field(default=64, metadata={"about": "Integration steps (integrated gradients)."})
+    samples: int = field(default=64, metadata={"about": "Samples of the sampling methods and noise draws of causal tracing."})
+    examples: int = field(default=200, metadata={"about": "Examples in one leaderboard."})
+    upload_bytes: int = field(default=1_000_000, metadata={"about": "Size of an uploaded JSONL."})
+    body_bytes: int = field(default=2_000_000, metadata={"about": "Size of a request body."})
+    methods: int = field(default=2, metadata={"about": "Methods side by side in Explain."})
+    queue: int = field(default=8, metadata={"about": "Jobs waiting (one more gets 429)."})
+    kept_jobs: int = field(default=64, metadata={"about": "Finished jobs kept for their results and exports."})
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
