@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -103,7 +104,9 @@ def main() -> None:
     got = np.array([[np.nan if v is None else v for v in row] for row in runs[-1][1]], dtype=np.float32)
     diff = float(np.nanmax(np.abs(got - ref.scores)))
     med = {k: statistics.median(v) for k, v in (("direct", direct), ("api", api), ("browser", browser))}
-    print(f"submit -> first heatmap, saliency, {n_tokens}-token prompt, lmxray-tiny, median of {a.repeat}")
+    load = os.getloadavg()[0]
+    print(f"submit -> first heatmap, saliency, {n_tokens}-token prompt, lmxray-tiny, median of {a.repeat}; "
+          f"{os.cpu_count()} CPUs, load average {load:.1f} (min = the closest to a quiet machine)")
     print(f"{'measure':34} {'median s':>9} {'min s':>7} {'max s':>7} {'x direct':>9}")
     for k, label in (("direct", "direct m.attribute() (peer)"), ("api", "API: POST -> events -> result"),
                      ("browser", "browser: click -> heatmap drawn")):
@@ -113,7 +116,8 @@ def main() -> None:
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps({"prompt_tokens": n_tokens, "repeat": a.repeat, "median_s": med,
                                        "direct_s": direct, "api_s": api, "browser_s": browser,
-                                       "max_abs_diff": diff}, indent=1))
+                                       "max_abs_diff": diff, "load_average": load,
+                                       "cpus": os.cpu_count()}, indent=1))
 
 
 if __name__ == "__main__":

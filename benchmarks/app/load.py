@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import threading
@@ -120,7 +121,9 @@ def main() -> None:
                      "wall_s": out["wall"], "req_per_s": len(lat) / out["wall"]})
     mem = {"rss_after_warmup_mb": rss0 / 2**20, "rss_after_load1_mb": rss1 / 2**20, "rss_after_load2_mb": rss2 / 2**20,
            "growth_load2_mb": (rss2 - rss1) / 2**20}
-    print(f"lmxray serve load test: {a.clients} clients x {a.requests} requests (saliency Explain jobs), 127.0.0.1")
+    load = os.getloadavg()[0]
+    print(f"lmxray serve load test: {a.clients} clients x {a.requests} requests (saliency Explain jobs), 127.0.0.1; "
+          f"{os.cpu_count()} CPUs, load average {load:.1f}")
     print(f"{'round':8} {'n':>4} {'lost':>5} {'mixed':>6} {'429s':>5} {'p50 s':>7} {'p90 s':>7} {'p99 s':>7} {'max s':>7} {'req/s':>6}")
     for r in rows:
         print(f"{r['round']:8} {r['n']:>4} {r['lost']:>5} {r['mixed']:>6} {r['retries_429']:>5} {r['p50_s']:>7.2f} "
@@ -130,7 +133,8 @@ def main() -> None:
     print(f"agreement with direct m.attribute(): max |diff| = {worst:.2e}")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps({"rounds": rows, "memory": mem, "max_abs_diff_vs_python": worst,
-                                       "clients": a.clients, "requests": a.requests}, indent=1))
+                                       "clients": a.clients, "requests": a.requests,
+                                       "load_average": load, "cpus": os.cpu_count()}, indent=1))
 
 
 if __name__ == "__main__":
