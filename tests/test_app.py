@@ -192,3 +192,14 @@ def test_guards(client, tiny):
     page = locked.get(f"/?token={TOKEN}")
     assert page.status_code == 200 and "HttpOnly" in page.headers["set-cookie"]
     assert locked.get("/api/info").status_code == 200  # the cookie now carries the token
+
+
+def test_serve_command_is_mounted_with_its_options():
+    from typer.testing import CliRunner
+
+    from lmxray import cli
+
+    r = CliRunner().invoke(cli.app, ["serve", "--help"])
+    assert r.exit_code == 0
+    for opt in ("--model", "--host", "--port", "--token", "--queue"):
+        assert opt in r.stdout
