@@ -145,8 +145,10 @@ def test_queue_full_answers_429_and_cancel_of_a_queued_job(tiny):
     app = create_app({"tiny": tiny}, limits=Limits(queue=1))
     c = TestClient(app, base_url=LOCAL)
     gate = threading.Event()
-    app.state.api.queue.submit(Job(kind="block", run=lambda job: gate.wait(10)))
-    time.sleep(0.1)  # the worker takes the blocker; the queue is empty again
+    blocker = app.state.api.queue.submit(Job(kind="block", run=lambda job: gate.wait(30)))
+    deadline = time.time() + 10
+    while blocker.state != "running" and time.time() < deadline:  # the worker takes it: queue empty
+        time.sleep(0.01)
     body = {"kind": "explain", "prompt": "hi", "target": " x"}
     first = c.post("/api/jobs", json=body)
     assert first.status_code == 202
