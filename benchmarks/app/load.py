@@ -1,0 +1,141 @@
+"""Load test of ``lmxray serve`` on 127.0.0.1: C clients x R requests (default 20 x 5), each an
+Explain job (saliency) on its own prompt. Checks that no request is lost (every job ends ``done``,
+429s are retried and counted) or mixed up (each result holds its own prompt's tokens and equals
+the direct Python call on that prompt), that memory is stable (server RSS after a warm-up round,
+after the load, after a second load), and reports latency percentiles (submit -> result).
+
+    PYTHONPATH=src python3 benchmarks/app/load.py [--clients 20] [--requests 5] [--out benchmarks/results/app-load.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _server import start, wait_done  # noqa: E402
+
+import lmxray  # noqa: E402
+
+
+def prompt_of(c: int, r: int) -> str:
+    return f"Client {c} asks question {r}: the capital of France is"
+
+
+def one(client: httpx.Client, url: str, c: int, r: int, out: dict) -> None:
+    body = {"kind": "explain", "prompt": prompt_of(c, r), "target": " Paris", "methods": ["saliency"]}
+    t0 = time.perf_counter()
+    retries = 0
+    while True:
+        sub = client.post(f"{url}/api/jobs", json=body, timeout=60)
+        if sub.status_code != 429:
+            break
+        retries += 1
+        time.sleep(0.1 * min(retries, 10))
+    if sub.status_code != 202:
+        out[(c, r)] = {"ok": False, "why": sub.text}
+        return
+    state = wait_done(client, url, sub.json()["id"])
+    res = client.get(f"{url}/api/jobs/{state['id']}/result", timeout=60)
+    out[(c, r)] = {"ok": state["state"] == "done" and res.status_code == 200, "seconds": time.perf_counter() - t0,
+                   "retries": retries, "result": res.json() if res.status_code == 200 else None}
+
+
+def round_(url: str, clients: int, requests: int) -> dict:
+    out: dict = {}
+
+    def client_loop(c: int) -> None:
+        with httpx.Client() as cl:
+            for r in range(requests):
+                one(cl, url, c, r, out)
+
+    threads = [threading.Thread(target=client_loop, args=(c,)) for c in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out["wall"] = time.perf_counter() - t0
+    return out
+
+
+def check(out: dict, clients: int, requests: int, model) -> dict:
+    lost = mixed = 0
+    for c in range(clients):
+        for r in range(requests):
+            got = out.get((c, r))
+            if not got or not got["ok"]:
+                lost += 1
+                continue
+            a = got["result"]["attributions"][0]
+            if got["result"]["prompt"] != prompt_of(c, r) or a["source_tokens"][:-1] != model.token_strings(model.encode(prompt_of(c, r))):
+                mixed += 1
+    return {"lost": lost, "mixed": mixed}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--clients", type=int, default=20)
+    ap.add_argument("--requests", type=int, default=5)
+    ap.add_argument("--out", default="benchmarks/results/app-load.json")
+    a = ap.parse_args()
+    proc, url = start("--queue", "32")
+    try:
+        server = psutil.Process(proc.pid)
+        round_(url, 4, 2)  # warm-up
+        rss0 = server.memory_info().rss
+        first = round_(url, a.clients, a.requests)
+        rss1 = server.memory_info().rss
+        second = round_(url, a.clients, a.requests)
+        rss2 = server.memory_info().rss
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    model = lmxray.load()
+    # numeric agreement: a sample of served results equals the direct Python call
+    worst = 0.0
+    for c, r in ((0, 0), (a.clients - 1, a.requests - 1)):
+        ref = model.attribute(prompt_of(c, r), " Paris", method="saliency")
+        got = np.array([[np.nan if v is None else v for v in row] for row in first[(c, r)]["result"]["attributions"][0]["scores"]])
+        worst = max(worst, float(np.nanmax(np.abs(got - ref.scores))))
+    rows = []
+    for name, out in (("load 1", first), ("load 2", second)):
+        lat = sorted(v["seconds"] for k, v in out.items() if k != "wall" and v.get("ok"))
+
+        def q(p: float, lat: list[float] = lat) -> float:
+            return lat[min(len(lat) - 1, int(round(p / 100 * (len(lat) - 1))))]
+
+        rows.append({"round": name, **check(out, a.clients, a.requests, model), "n": a.clients * a.requests,
+                     "retries_429": sum(v["retries"] for k, v in out.items() if k != "wall" and v.get("ok")),
+                     "p50_s": q(50), "p90_s": q(90), "p99_s": q(99), "max_s": lat[-1], "mean_s": statistics.mean(lat),
+                     "wall_s": out["wall"], "req_per_s": len(lat) / out["wall"]})
+    mem = {"rss_after_warmup_mb": rss0 / 2**20, "rss_after_load1_mb": rss1 / 2**20, "rss_after_load2_mb": rss2 / 2**20,
+           "growth_load2_mb": (rss2 - rss1) / 2**20}
+    load = os.getloadavg()[0]
+    print(f"lmxray serve load test: {a.clients} clients x {a.requests} requests (saliency Explain jobs), 127.0.0.1; "
+          f"{os.cpu_count()} CPUs, load average {load:.1f}")
+    print(f"{'round':8} {'n':>4} {'lost':>5} {'mixed':>6} {'429s':>5} {'p50 s':>7} {'p90 s':>7} {'p99 s':>7} {'max s':>7} {'req/s':>6}")
+    for r in rows:
+        print(f"{r['round']:8} {r['n']:>4} {r['lost']:>5} {r['mixed']:>6} {r['retries_429']:>5} {r['p50_s']:>7.2f} "
+              f"{r['p90_s']:>7.2f} {r['p99_s']:>7.2f} {r['max_s']:>7.2f} {r['req_per_s']:>6.2f}")
+    print(f"server RSS MB: warm-up {mem['rss_after_warmup_mb']:.0f}, after load 1 {mem['rss_after_load1_mb']:.0f}, "
+          f"after load 2 {mem['rss_after_load2_mb']:.0f} (growth {mem['growth_load2_mb']:+.1f})")
+    print(f"agreement with direct m.attribute(): max |diff| = {worst:.2e}")
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps({"rounds": rows, "memory": mem, "max_abs_diff_vs_python": worst,
+                                       "clients": a.clients, "requests": a.requests,
+                                       "load_average": load, "cpus": os.cpu_count()}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""``lmxray serve``: the interactive explorer in the browser (mounted by :func:`register`).
+
+    lmxray serve [--model NAME ...] [--host 127.0.0.1] [--port 8000] [--token TOKEN]
+
+Binds 127.0.0.1 unless told otherwise; any other host needs an access token (``--token`` or the
+``LMXRAY_TOKEN`` environment variable), else the command refuses to start (exit 2). The browser
+chooses only among the ``--model`` names given here.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ._common import consoles
+
+__all__ = ["register", "serve"]
+
+
+def serve(
+    model: Annotated[list[str] | None, typer.Option(
+        "--model", "-m", metavar="NAME",
+        help="A model to offer (repeat for several): hub id, folder or lmxray-tiny (default).")] = None,
+    host: Annotated[str, typer.Option("--host", help="Address to bind; not local: needs --token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8000,
+    token: Annotated[str | None, typer.Option(
+        "--token", envvar="LMXRAY_TOKEN", metavar="TOKEN",
+        help="Access token (16+ characters) every request must carry; open the page with ?token=TOKEN.")] = None,
+    queue: Annotated[int, typer.Option("--queue", min=1, max=1000, help="Jobs that may wait.")] = 8,
+) -> None:
+    """Serve the interactive explorer (Explain, Inside, Judge) in the browser; Ctrl-C stops."""
+    from ..app import Limits, check_bind
+    from ..app import serve as run_server
+
+    check_bind(host, token)
+    _, err = consoles()
+
+    def announce(url: str) -> None:
+        err.print(f"lmxray serve: open {url} (Ctrl-C stops)", highlight=False, soft_wrap=True)
+
+    run_server(model, host=host, port=port, token=token, limits=Limits(queue=queue), announce=announce)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``serve`` to the main app."""
+    app.command("serve")(serve)

@@ -1,0 +1,186 @@
+"""``lmxray serve`` in a real browser: Playwright driving Debian's headless chromium against the
+app on 127.0.0.1 with the embedded model. Enter a prompt, run, click a target token and check the
+heatmap's numbers against the API's JSON; cancel a long job; ``<script>`` stays text; a bad input
+is shown as the server's message; a screenshot of each view (into $LMXRAY_SCREENSHOTS when set,
+as for docs/img/app-*.png, else a temporary folder).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from app_server import Background
+from lmxray.app import Limits, create_app
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]
+PROMPT = "The capital of France is"
+
+
+@pytest.fixture(scope="module")
+def server():
+    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed; CI must run `apt-get install -y chromium` first")
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    with Background(create_app(["lmxray-tiny"], limits=Limits(prompt_chars=500))) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    ctx = browser.new_context(viewport={"width": 1280, "height": 860})
+    pg = ctx.new_page()
+    pg.errors = []
+    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
+    pg.on("console", lambda m: pg.errors.append(m.text) if m.type == "error" else None)
+    yield pg
+    ctx.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    out = os.environ.get("LMXRAY_SCREENSHOTS")
+    return Path(out) if out else tmp_path_factory.mktemp("shots")
+
+
+def shoot(page, shots: Path, name: str) -> None:
+    path = shots / f"app-{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 10_000
+
+
+def test_explain_click_a_target_token_and_numbers_equal_the_api(server, page, shots):
+    page.goto(server + "/")
+    page.wait_for_selector("body[data-ready='1']")
+    page.fill("#explain-form textarea[name=prompt]", PROMPT + " the city of")
+    page.fill("#explain-form input[name=max_new_tokens]", "3")
+    page.select_option("#explain-form select[name=method_b]", "occlusion")
+    page.click("#explain-form button[type=submit]")
+    page.wait_for_selector(".panel .heat .tok", timeout=60_000)
+    job_id = page.get_attribute("#explain-job", "data-job")
+    api = httpx.get(f"{server}/api/jobs/{job_id}/result").json()["attributions"]
+    n_targets = len(api[0]["target_tokens"])
+    assert n_targets >= 2  # a later row than the one shown first
+    row = n_targets - 1
+    page.click(f".panel[data-method=saliency] .target-token[data-index='{row}']")
+    page.wait_for_selector(f".panel[data-method=saliency] .heat[data-row='{row}']")
+    for a in api:
+        panel = page.locator(f".panel[data-method={a['method']}]")
+        cells = panel.locator(".heat .tok[data-index]")
+        shown = cells.evaluate_all("els => els.map(e => [e.dataset.score, e.querySelector('.tok-score').textContent])")
+        expected = a["scores"][row][: len(a["source_tokens"]) - n_targets + row]
+        assert len(shown) == len(expected) > 3
+        for (data, text), want in zip(shown, expected, strict=True):
+            assert float(data) == want  # the exact number of the API's JSON
+            assert text == f"{want:.3f}"
+    assert "row=" in page.url and "prompt=" in page.url and not page.errors
+    shoot(page, shots, "explain")
+
+
+def test_url_reproduces_the_view(server, page):
+    page.goto(f"{server}/?view=explain&prompt={quote(PROMPT)}&method_a=occlusion&target={quote(' Paris')}")
+    page.wait_for_selector(".panel[data-method=occlusion] .heat .tok", timeout=60_000)
+    assert page.input_value("#explain-form textarea[name=prompt]") == PROMPT
+    assert page.locator(".target-token").first.text_content() == "\u2423Paris"
+
+
+def test_script_in_prompt_and_tokens_stays_text(server, page):
+    evil = '<script>window.pwned=1</script><img src=x onerror="window.pwned=2">'
+    page.goto(server + "/")
+    page.wait_for_selector("body[data-ready='1']")
+    page.fill("#explain-form textarea[name=prompt]", evil)
+    page.fill("#explain-form input[name=target]", "<script>")
+    page.click("#explain-form button[type=submit]")
+    page.wait_for_selector(".panel .heat .tok", timeout=60_000)
+    assert page.evaluate("window.pwned") is None
+    assert page.locator("#explain-out script, #explain-out img").count() == 0
+    text = "".join(page.locator(".panel .heat .tok-text").all_text_contents())
+    assert "<script>" in text and "onerror" in text
+    assert page.locator(".target-token").all_text_contents()  # target tokens drawn as text
+
+
+def test_cancel_a_long_job(server, page):
+    page.goto(f"{server}/?view=judge")
+    page.wait_for_selector("body[data-ready='1']")
+    page.fill("#judge-form input[name=n]", "60")
+    page.check("#judge-form input[name=m_integrated_gradients]")
+    page.click("#judge-form button[type=submit]")
+    page.wait_for_selector("#judge-job[data-state=running]", timeout=30_000)
+    page.click("#judge-job .cancel")
+    page.wait_for_selector("#judge-job[data-state=cancelled]", timeout=30_000)
+    assert page.text_content("#error") == "Cancelled."
+    job_id = page.get_attribute("#judge-job", "data-job")
+    assert httpx.get(f"{server}/api/jobs/{job_id}").json()["state"] == "cancelled"
+    # the worker is free again: a next job runs
+    assert httpx.get(f"{server}/api/info").json()["queued"] == 0
+
+
+def test_bad_input_shows_the_servers_message(server, page):
+    page.goto(server + "/")
+    page.wait_for_selector("body[data-ready='1']")
+    page.evaluate("document.querySelector('#explain-form textarea[name=prompt]').removeAttribute('maxlength')")
+    page.fill("#explain-form textarea[name=prompt]", "x" * 501)
+    page.click("#explain-form button[type=submit]")
+    page.wait_for_selector("#error:not([hidden])")
+    assert page.text_content("#error") == "prompt has 501 characters, over the limit of 500; shorten it"
+
+
+def test_inside_views(server, page, shots):
+    page.goto(f"{server}/?view=inside&sub=lens&prompt={quote(PROMPT)}&run=1")
+    page.wait_for_selector("#inside-out table.lens td.cell", timeout=60_000)
+    page.locator("#inside-out td.cell").last.click()
+    assert "%" not in page.text_content(".detail") and page.locator(".detail .chip").count() == 5
+    shoot(page, shots, "inside-lens")
+
+    page.click(".subtab[data-sub=trace]")
+    page.fill("#trace-form textarea[name=prompt]", PROMPT)
+    start = PROMPT.index("France")
+    page.evaluate(f"""() => {{ const t = document.querySelector('#trace-form textarea');
+        t.focus(); t.setSelectionRange({start}, {start + 6}); t.dispatchEvent(new Event('select')); }}""")
+    assert "France" in page.text_content("#subject-hint")
+    page.click("#trace-form button[type=submit]")
+    page.wait_for_selector("#inside-out table.trace td.marked", timeout=60_000)
+    shoot(page, shots, "inside-trace")
+
+    page.click(".subtab[data-sub=patch]")
+    page.fill("#patch-form input[name=clean]", PROMPT)
+    page.fill("#patch-form input[name=corrupt]", "The capital of Spain is")
+    page.click("#patch-form button[type=submit]")
+    page.wait_for_selector("#inside-out table.patch td.cell", timeout=60_000)
+    shoot(page, shots, "inside-patch")
+
+    page.click(".subtab[data-sub=heads]")
+    page.click("#heads-form button[type=submit]")
+    page.wait_for_selector("#inside-out table.headgrid td.cell", timeout=60_000)
+    assert page.locator("#inside-out .heads h4").count() == 3
+    shoot(page, shots, "inside-heads")
+    assert not page.errors
+
+
+def test_judge_leaderboard(server, page, shots):
+    page.goto(f"{server}/?view=judge&task=facts&n=8&methods=saliency,occlusion,random&run=1")
+    page.wait_for_selector("table.board", timeout=120_000)
+    methods = page.locator("table.board tbody th").all_text_contents()
+    assert sorted(methods) == ["occlusion", "random", "saliency"]
+    assert page.locator("svg.plot polyline").count() == 3
+    shoot(page, shots, "judge")
