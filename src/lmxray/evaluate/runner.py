@@ -179,6 +179,7 @@ def evaluate(
     n_steps: int = 20,
     progress: bool = True,
     name: str = "examples",
+    executor: Any = None,
 ) -> Evaluation:
     """Explain every example with every method and judge the explanations.
 
@@ -197,6 +198,9 @@ def evaluate(
         batch_size: examples explained together.
         sanity_examples: examples used by the sanity check.
         removal, baseline, bins, n_steps: faithfulness parameters.
+        executor: where the chunks of examples run (``executor.map(fn, units)``, results in
+            order): ``None`` here, or :class:`lmxray.jobs.RayExecutor` (one model per actor).
+            The rows are the same either way.
 
     Returns:
         :class:`~lmxray.evaluate.report.Evaluation`: ``to_dataframe()``, ``leaderboard()``,
@@ -227,29 +231,43 @@ def evaluate(
     total = len(exs) * len(chosen)
     bar = _progress(total, len(done & {(e.id, m) for e in exs for m in chosen}), progress)
     try:
-        for start in range(0, len(exs), batch_size):
-            chunk = exs[start:start + batch_size]
-            if all((e.id, m) in done for e in chunk for m in chosen):
-                continue
-            verified = _verify(model, chunk) if "groundtruth" in groups else [None] * len(chunk)
-            for m in chosen:
-                todo = [(e, v) for e, v in zip(chunk, verified, strict=True) if (e.id, m) not in done]
-                if not todo:
-                    continue
-                rows = _rows(model, [e for e, _ in todo], [v for _, v in todo], m, params[m],
-                             groups, faith_kw)
-                store.append(rows)
-                bar.update(len(rows))
+        chunks = [exs[start:start + batch_size] for start in range(0, len(exs), batch_size)]
+        units = [(c, [(e.id, m) for e in c for m in chosen if (e.id, m) in done], chosen, params, groups,
+                  faith_kw) for c in chunks if not all((e.id, m) in done for e in c for m in chosen)]
+        for rows in _map(executor, model, _chunk_rows, units):
+            store.append(rows)
+            bar.update(len(rows))
         if "sanity" in groups:
             have = {r["method"] for r in store.sanity}
-            subset = exs[:sanity_examples]
-            for m in chosen:
-                if m not in have:
-                    store.append([_sanity_row(model, subset, m, params[m])])
+            todo = [(exs[:sanity_examples], m, params[m]) for m in chosen if m not in have]
+            for row in _map(executor, model, _sanity_unit, todo):
+                store.append([row])
     finally:
         bar.close()
     return Evaluation(rows=store.rows, sanity=store.sanity, config=config,
                       path=Path(out) if out is not None else None)
+
+
+def _map(executor: Any, model: Model, fn: Any, units: list[Any]) -> Any:
+    """``fn(model, unit)`` per unit in order: here, or on ``executor`` (see :mod:`lmxray.jobs`)."""
+    return (fn(model, u) for u in units) if executor is None else executor.map(fn, units)
+
+
+def _chunk_rows(model: Model, unit: tuple[Any, ...]) -> list[dict[str, Any]]:
+    """Every row still missing for one chunk of examples (a pure function of its unit)."""
+    chunk, done_list, chosen, params, groups, faith_kw = unit
+    done = {tuple(d) for d in done_list}
+    verified = _verify(model, chunk) if "groundtruth" in groups else [None] * len(chunk)
+    rows: list[dict[str, Any]] = []
+    for m in chosen:
+        todo = [(e, v) for e, v in zip(chunk, verified, strict=True) if (e.id, m) not in done]
+        if todo:
+            rows += _rows(model, [e for e, _ in todo], [v for _, v in todo], m, params[m], groups, faith_kw)
+    return rows
+
+
+def _sanity_unit(model: Model, unit: tuple[Any, ...]) -> dict[str, Any]:
+    return _sanity_row(model, *unit)
 
 
 def _verify(model: Model, chunk: list[Example]) -> list[bool | None]:
