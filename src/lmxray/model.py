@@ -222,6 +222,7 @@ def load(
         raise ModelLoadError(
             f"{display!r} is an encoder-only {config.model_type!r} model, not a causal language model"
         )
+    _check_module_names(config, device_map, trust_remote_code)
     kwargs: dict[str, Any] = dict(from_pretrained_kwargs)
     if resolved is not None:
         kwargs["dtype" if _TRANSFORMERS_MAJOR >= 5 else "torch_dtype"] = resolved
@@ -286,10 +287,28 @@ def check_device_map(device_map: Any, device: Any, kwargs: dict[str, Any]) -> An
     if isinstance(device_map, str) and device_map == "disk":
         raise InputError("device_map='disk' would leave nothing to compute on; map some modules to a device")
     try:
-        return _check_placement(device_map, "")
-    except InputError:
+        torch.device(device_map)
+    except (RuntimeError, TypeError):
         raise InputError(f"unknown device_map {device_map!r}; use one of {', '.join(DEVICE_MAP_STRATEGIES)}, "
                          "a device ('cpu', 'cuda:1') or a dict {module name: device}") from None
+    return _check_placement(device_map, "")
+
+
+def _check_module_names(config: Any, device_map: Any, trust_remote_code: bool) -> None:
+    """Every key of a dict ``device_map`` names a module of the model (checked on an empty,
+    weightless copy before any weight is read; transformers would ignore an unknown name)."""
+    if not isinstance(device_map, dict):
+        return
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    names = {name for name, _ in skeleton.named_modules()}
+    unknown = sorted(k for k in device_map if k not in names)
+    if unknown:
+        tops = ", ".join(sorted(n for n in names if n and n.count(".") <= 1)[:8])
+        raise InputError(f"device_map names modules the model does not have: {', '.join(unknown)}; "
+                         f"its modules include: {tops}")
 
 
 _ENCODER_ONLY = {"bert", "roberta", "xlm-roberta", "camembert", "electra", "ernie", "data2vec-text"}

@@ -13,15 +13,25 @@ one; each worker loads the model once. Ray is imported only when asked for.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from ..errors import InputError
-from ._common import DeviceOpt, ModelOpt, check_method, check_outputs, consoles, load_model, resumable
+from ._common import (
+    DeviceOpt,
+    ModelOpt,
+    check_method,
+    check_outputs,
+    consoles,
+    load_model,
+    resumable,
+)
 
-__all__ = ["register", "attribute_dataset_command", "RayOpt", "RayAddressOpt", "WorkersOpt", "make_executor"]
+__all__ = ["register", "attribute_dataset_command", "RayOpt", "RayAddressOpt", "WorkersOpt", "job_executor"]
 
 RayOpt = Annotated[bool, typer.Option("--ray", help="Run on a local Ray cluster (pip install 'lmxray[ray]').")]
 RayAddressOpt = Annotated[
@@ -34,12 +44,19 @@ WorkersOpt = Annotated[
 ]
 
 
-def make_executor(model: str | None, device: str | None, ray: bool, address: str | None,
-                  workers: int | None) -> Any:
-    """The executor of ``--ray`` / ``--ray-address`` (``None``: in process); checked before work."""
+@contextlib.contextmanager
+def job_executor(model: str | None, device: str | None, ray: bool, address: str | None,
+                 workers: int | None) -> Iterator[Any]:
+    """The executor of ``--ray`` / ``--ray-address`` (``None``: in process), closed at the end;
+    a missing Ray, an unreachable address or ``--workers`` alone fail here, before any work."""
     from ..jobs import ModelSpec, executor_for
 
-    return executor_for(ModelSpec(model, device), use_ray=ray, address=address, workers=workers)
+    executor = executor_for(ModelSpec(model, device), use_ray=ray, address=address, workers=workers)
+    try:
+        yield executor
+    finally:
+        if executor is not None:
+            executor.close()
 
 
 def attribute_dataset_command(
@@ -63,21 +80,17 @@ def attribute_dataset_command(
     check_method(method)
     if ig_steps is not None and method != "integrated_gradients":
         raise InputError("--ig-steps applies to --method integrated_gradients only; drop it")
-    if not out.suffix.lower() in (".jsonl", ".parquet"):
+    if out.suffix.lower() not in (".jsonl", ".parquet"):
         raise InputError(f"cannot tell the output format of {out}; name it *.jsonl or *.parquet")
     check_outputs(out)
     rows = read_rows(data)
     _, err = consoles()
-    executor = make_executor(model, device, ray, ray_address, workers)
-    try:
+    with job_executor(model, device, ray, ray_address, workers) as executor:
         m = load_model(model, device)
         params = {"n_steps": ig_steps} if ig_steps is not None else {}
         with resumable(enabled=resume, note=f"rows so far in {out}"):
             res = attribute_dataset(m, rows, method=method, params=params, out=out, resume=resume,
                                     batch_size=batch_size, executor=executor, progress=progress)
-    finally:
-        if executor is not None:
-            executor.close()
     err.print(f"{len(res)} attributions in {out} ({res.info['resumed_rows']} resumed)", style="dim",
               markup=False, highlight=False)
 

@@ -18,7 +18,6 @@ Ray is optional (``pip install 'lmxray[ray]'``) and imported only when an execut
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 import socket
 from collections import deque
@@ -39,10 +38,11 @@ RETRIES = 4
 
 def ray_module() -> Any:
     """The ``ray`` module, or a one-line error saying how to install it."""
-    if importlib.util.find_spec("ray") is None:
+    try:
+        return importlib.import_module("ray")
+    except ImportError:
         raise InputError("Ray is not installed; install it with: pip install 'lmxray[ray]' "
-                         "(or run without --ray)")
-    return importlib.import_module("ray")
+                         "(or run without --ray)") from None
 
 
 def check_address(address: str, timeout: float = 3.0) -> str:
