@@ -194,7 +194,7 @@ def run_case(name: str, shape: dict[str, Any], device: str, dtype: torch.dtype, 
             row[peer]["agrees"] = row[peer]["max_rel_diff"] <= BF16_TOL
             if isinstance(secs, float) and isinstance(peers["lmxray"][0], float):
                 row[peer]["speedup"] = secs / peers["lmxray"][0]
-    del m, hf
+    m = hf = None  # free the weights before the next case
     reset_peak(device)
     return row
 

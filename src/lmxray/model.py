@@ -381,6 +381,19 @@ class Model:
         return dev if dev is not None else emb.weight.device
 
     @property
+    def devices(self) -> list[torch.device]:
+        """Every device the model computes on (several under a ``device_map``; offloaded modules
+        count where they run), input device first: what the memory budget is read over."""
+        placed = getattr(self.hf, "hf_device_map", None) or {}
+        out = [self.device]
+        for where in placed.values():
+            dev = self.device if where in ("cpu", "disk") and self.device.type != "cpu" else (
+                torch.device(f"cuda:{where}") if isinstance(where, int) else torch.device(where))
+            if where != "disk" and dev not in out:
+                out.append(dev)
+        return out
+
+    @property
     def dtype(self) -> torch.dtype:
         return self.hf.get_input_embeddings().weight.dtype
 

@@ -1,0 +1,107 @@
+"""Dataset jobs: scaling from 1 to 2 Ray workers, and the overhead against in process.
+
+One evaluate run (zoo task, methods, faithfulness + plausibility) timed three ways in one
+process: in process (torch with every CPU thread), on a local Ray cluster with 1 actor (every
+thread) and with 2 actors (the threads divided among them). Ray's start-up and the actors' model
+loading are timed apart from the job. The rows of every run are checked equal to the in-process
+rows (largest difference of any metric). Writes a Markdown table.
+
+    python benchmarks/jobs/run.py                          # 24 facts, writes benchmarks/results/jobs.md
+    python benchmarks/jobs/run.py --n 4 --out -            # a quick look (the test runs this)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _rows(ev: Any) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.items() if k != "attribution_seconds"} for r in ev.rows]
+
+
+def max_diff(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> float:
+    assert [(r["example"], r["method"]) for r in a] == [(r["example"], r["method"]) for r in b], "rows differ"
+    worst = 0.0
+    for x, y in zip(a, b, strict=True):
+        for k, v in x.items():
+            if isinstance(v, int | float | list) and not isinstance(v, bool) and v is not None:
+                d = np.nan_to_num(np.abs(np.asarray(v, float) - np.asarray(y[k], float)))
+                worst = max(worst, float(d.max()) if d.size else 0.0)
+    return worst
+
+
+def main(argv: list[str] | None = None) -> str:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--task", default="facts")
+    ap.add_argument("--n", type=int, default=24)
+    ap.add_argument("--methods", default="integrated_gradients,occlusion")
+    ap.add_argument("--batch-size", type=int, default=2)
+    ap.add_argument("--out", default="benchmarks/results/jobs.md", help="Markdown file, or - for stdout only")
+    args = ap.parse_args(argv)
+
+    import ray
+    import torch
+
+    import lmxray
+    from lmxray.evaluate import evaluate, load_examples
+    from lmxray.jobs import ModelSpec, RayExecutor
+
+    cpus = os.cpu_count() or 1
+    model = lmxray.load()
+    examples, _ = load_examples(model, args.task, n=args.n)
+    kw = {"methods": args.methods.split(","), "metrics": ["faithfulness", "plausibility"], "n_steps": 10,
+          "batch_size": args.batch_size, "progress": False, "method_params": {"integrated_gradients": {"n_steps": 16}}}
+    load0 = os.getloadavg()[0]
+    evaluate(model, examples[:1], **kw)  # warm-up
+    t0 = time.perf_counter()
+    here = evaluate(model, examples, **kw)
+    t_here = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    t_ray = time.perf_counter() - t0
+    results: list[tuple[str, float, float | None, float]] = [("in process", t_here, None, 0.0)]
+    for workers in (1, 2):
+        t0 = time.perf_counter()
+        ex = RayExecutor(ModelSpec(), workers=workers, threads=max(1, cpus // workers))
+        t_start = time.perf_counter() - t0
+        evaluate(model, examples[:1], executor=ex, **kw)  # warm-up in the actors
+        t0 = time.perf_counter()
+        there = evaluate(model, examples, executor=ex, **kw)
+        results.append((f"Ray, {workers} worker{'s' * (workers > 1)}", time.perf_counter() - t0, t_start,
+                        max_diff(_rows(here), _rows(there))))
+        ex.close()
+    ray.shutdown()
+    n_rows = len(here.rows)
+    lines = [
+        f"Evaluate run: zoo task {args.task!r}, {len(examples)} examples x {len(kw['methods'])} methods "
+        f"({', '.join(kw['methods'])}) = {n_rows} rows, faithfulness + plausibility, batch {args.batch_size}; "
+        f"lmxray-tiny on {cpus} CPU cores, torch {torch.__version__}, ray {ray.__version__}; "
+        f"load average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end.",
+        "",
+        "| executor | job seconds | rows/s | vs in process | vs 1 worker | actor start-up s | max row difference |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    one = results[1][1]
+    for name, secs, start, diff in results:
+        lines.append(f"| {name} | {secs:.1f} | {n_rows / secs:.2f} | {t_here / secs:.2f}x | "
+                     f"{'—' if name == 'in process' else f'{one / secs:.2f}x'} | "
+                     f"{'—' if start is None else f'{start:.1f}'} | {diff:.1e} |")
+    lines += ["", f"Ray cluster start-up (ray.init, local): {t_ray:.1f} s, not counted in the job times.",
+              f"Command: `python benchmarks/jobs/run.py --n {args.n} --methods {args.methods}`"]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out != "-":
+        Path(args.out).write_text("# Dataset jobs: Ray scaling and overhead\n\n" + text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)
