@@ -1,8 +1,9 @@
 """Dataset jobs: scaling from 1 to 2 Ray workers, and the overhead against in process.
 
 One evaluate run (zoo task, methods, faithfulness + plausibility) timed three ways in one
-process: in process (torch with every CPU thread), on a local Ray cluster with 1 actor (every
-thread) and with 2 actors (the threads divided among them). Ray's start-up and the actors' model
+process: in process, on a local Ray cluster with 1 actor and with 2 actors, every one with
+``--threads`` torch threads (default 1: on a shared machine, several spinning OpenMP threads per
+process make the timings meaningless; with one thread each, 2 workers use 2 cores). Ray's start-up and the actors' model
 loading are timed apart from the job. The rows of every run are checked equal to the in-process
 rows (largest difference of any metric). Writes a Markdown table.
 
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--n", type=int, default=24)
     ap.add_argument("--methods", default="integrated_gradients,occlusion")
     ap.add_argument("--batch-size", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per process / actor")
     ap.add_argument("--out", default="benchmarks/results/jobs.md", help="Markdown file, or - for stdout only")
     args = ap.parse_args(argv)
 
@@ -54,6 +56,7 @@ def main(argv: list[str] | None = None) -> str:
     from lmxray.jobs import ModelSpec, RayExecutor
 
     cpus = os.cpu_count() or 1
+    torch.set_num_threads(args.threads)
     model = lmxray.load()
     examples, _ = load_examples(model, args.task, n=args.n)
     kw = {"methods": args.methods.split(","), "metrics": ["faithfulness", "plausibility"], "n_steps": 10,
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> str:
     results: list[tuple[str, float, float | None, float]] = [("in process", t_here, None, 0.0)]
     for workers in (1, 2):
         t0 = time.perf_counter()
-        ex = RayExecutor(ModelSpec(), workers=workers, threads=max(1, cpus // workers))
+        ex = RayExecutor(ModelSpec(), workers=workers, threads=args.threads)
         t_start = time.perf_counter() - t0
         evaluate(model, examples[:1], executor=ex, **kw)  # warm-up in the actors
         t0 = time.perf_counter()
@@ -82,7 +85,7 @@ def main(argv: list[str] | None = None) -> str:
     lines = [
         f"Evaluate run: zoo task {args.task!r}, {len(examples)} examples x {len(kw['methods'])} methods "
         f"({', '.join(kw['methods'])}) = {n_rows} rows, faithfulness + plausibility, batch {args.batch_size}; "
-        f"lmxray-tiny on {cpus} CPU cores, torch {torch.__version__}, ray {ray.__version__}; "
+        f"lmxray-tiny on {cpus} CPU cores, {args.threads} torch thread(s) per process, torch {torch.__version__}, ray {ray.__version__}; "
         f"load average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end.",
         "",
         "| executor | job seconds | rows/s | vs in process | vs 1 worker | actor start-up s | max row difference |",
@@ -94,7 +97,8 @@ def main(argv: list[str] | None = None) -> str:
                      f"{'—' if name == 'in process' else f'{one / secs:.2f}x'} | "
                      f"{'—' if start is None else f'{start:.1f}'} | {diff:.1e} |")
     lines += ["", f"Ray cluster start-up (ray.init, local): {t_ray:.1f} s, not counted in the job times.",
-              f"Command: `python benchmarks/jobs/run.py --n {args.n} --methods {args.methods}`"]
+              f"Command: `python benchmarks/jobs/run.py --n {args.n} --methods {args.methods} "
+              f"--threads {args.threads}`"]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out != "-":
