@@ -110,17 +110,22 @@ class _Stream:
                 fh.truncate(good)
 
     def add(self, rows: list[dict[str, Any]]) -> None:
+        """Append ``rows`` (the first ones go out with the header in one atomic write)."""
         text = "".join(dumps(r) + "\n" for r in rows)
         if self.fresh:
             atomic_write_text(self.path, dumps(self.header) + "\n" + text)
-            self.fresh = False
         else:
-            with open(self.path, "a", encoding="utf-8") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
-        for r in rows:
-            self.done[int(r["index"])] = json.loads(dumps(r))
+            _append_synced(self.path, text)
+        self.fresh = False
+        self.done.update((int(r["index"]), json.loads(dumps(r))) for r in rows)
+
+
+def _append_synced(path: Path, text: str) -> None:
+    """Append ``text`` and flush it to disk (a crash keeps every row written before it)."""
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def _attribute_unit(model: Model, unit: tuple[Any, ...]) -> list[dict[str, Any]]:
