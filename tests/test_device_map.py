@@ -49,6 +49,7 @@ def test_the_offloaded_model_really_is_offloaded(pair, cpu_offloaded):
     _, off = pair
     assert off.hf.model.embed_tokens.weight.device.type == "meta"
     assert off.device == torch.device("cpu")
+    assert off.devices == [torch.device("cpu")]
     assert off.embedding_matrix.shape == (off.vocab_size, off.d_model)
     assert off.embedding_matrix.device.type == "cpu"
     assert cpu_offloaded[1].hf.model.layers[0].mlp.up_proj.weight.device.type == "meta"

@@ -387,9 +387,10 @@ class Model:
         placed = getattr(self.hf, "hf_device_map", None) or {}
         out = [self.device]
         for where in placed.values():
-            dev = self.device if where in ("cpu", "disk") and self.device.type != "cpu" else (
-                torch.device(f"cuda:{where}") if isinstance(where, int) else torch.device(where))
-            if where != "disk" and dev not in out:
+            if where in ("cpu", "disk"):
+                continue  # offloaded: runs on the main execution device (or on the CPU itself)
+            dev = torch.device(f"cuda:{where}") if isinstance(where, int) else torch.device(where)
+            if dev not in out:
                 out.append(dev)
         return out
 
