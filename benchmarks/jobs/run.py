@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--methods", default="integrated_gradients,occlusion")
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process / actor")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per executor (median)")
     ap.add_argument("--out", default="benchmarks/results/jobs.md", help="Markdown file, or - for stdout only")
     args = ap.parse_args(argv)
 
@@ -64,29 +65,39 @@ def main(argv: list[str] | None = None) -> str:
     load0 = os.getloadavg()[0]
     evaluate(model, examples[:1], **kw)  # warm-up
     t0 = time.perf_counter()
-    here = evaluate(model, examples, **kw)
-    t_here = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False, configure_logging=False)
     t_ray = time.perf_counter() - t0
-    results: list[tuple[str, float, float | None, float]] = [("in process", t_here, None, 0.0)]
-    for workers in (1, 2):
+    executors: dict[str, Any] = {"in process": None}
+    starts: dict[str, float | None] = {"in process": None}
+    for workers in (1, 2):  # 3 actors live together (3 logical CPUs), each with --threads threads
         t0 = time.perf_counter()
-        ex = RayExecutor(ModelSpec(), workers=workers, threads=args.threads)
-        t_start = time.perf_counter() - t0
-        evaluate(model, examples[:1], executor=ex, **kw)  # warm-up in the actors
-        t0 = time.perf_counter()
-        there = evaluate(model, examples, executor=ex, **kw)
-        results.append((f"Ray, {workers} worker{'s' * (workers > 1)}", time.perf_counter() - t0, t_start,
-                        max_diff(_rows(here), _rows(there))))
-        ex.close()
+        name = f"Ray, {workers} worker{'s' * (workers > 1)}"
+        executors[name] = RayExecutor(ModelSpec(), workers=workers, threads=args.threads)
+        starts[name] = time.perf_counter() - t0
+        evaluate(model, examples[:1], executor=executors[name], **kw)  # warm-up in the actors
+    times: dict[str, list[float]] = {k: [] for k in executors}
+    rows: dict[str, Any] = {}
+    for _ in range(args.repeats):  # interleaved, so that the machine's load hits every executor alike
+        for name, ex in executors.items():
+            t0 = time.perf_counter()
+            rows[name] = evaluate(model, examples, executor=ex, **kw)
+            times[name].append(time.perf_counter() - t0)
+    for ex in executors.values():
+        if ex is not None:
+            ex.close()
     ray.shutdown()
+    here = rows["in process"]
+    t_here = float(np.median(times["in process"]))
+    results = [(name, float(np.median(times[name])), starts[name], max_diff(_rows(here), _rows(rows[name])))
+               for name in executors]
     n_rows = len(here.rows)
     lines = [
         f"Evaluate run: zoo task {args.task!r}, {len(examples)} examples x {len(kw['methods'])} methods "
         f"({', '.join(kw['methods'])}) = {n_rows} rows, faithfulness + plausibility, batch {args.batch_size}; "
         f"lmxray-tiny on {cpus} CPU cores, {args.threads} torch thread(s) per process, torch {torch.__version__}, ray {ray.__version__}; "
         f"load average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end.",
+        "",
+        f"Median of {args.repeats} runs per executor, interleaved.",
         "",
         "| executor | job seconds | rows/s | vs in process | vs 1 worker | actor start-up s | max row difference |",
         "|---|---|---|---|---|---|---|",
@@ -98,7 +109,7 @@ def main(argv: list[str] | None = None) -> str:
                      f"{'—' if start is None else f'{start:.1f}'} | {diff:.1e} |")
     lines += ["", f"Ray cluster start-up (ray.init, local): {t_ray:.1f} s, not counted in the job times.",
               f"Command: `python benchmarks/jobs/run.py --n {args.n} --methods {args.methods} "
-              f"--threads {args.threads}`"]
+              f"--threads {args.threads} --repeats {args.repeats}`"]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out != "-":
