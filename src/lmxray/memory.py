@@ -34,12 +34,22 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def available_memory(device: torch.device | str) -> int:
-    """Bytes a sweep may use for activations on ``device``."""
+def _cuda_free(device: torch.device) -> int:
+    return int(torch.cuda.mem_get_info(device)[0])
+
+
+def available_memory(device: torch.device | str | Sequence[torch.device | str]) -> int:
+    """Bytes a sweep may use for activations on ``device``; for a model placed across several
+    devices (``Model.devices``), the smallest budget among them (every device holds a share of
+    each chunk's activations)."""
+    if not isinstance(device, torch.device | str):
+        budgets = [available_memory(d) for d in dict.fromkeys(str(d) for d in device)]
+        if not budgets:
+            raise InputError("no device to read the memory budget of")
+        return min(budgets)
     device = torch.device(device)
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free * CUDA_SHARE)
+        return int(_cuda_free(device) * CUDA_SHARE)
     try:
         avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):  # pragma: no cover
@@ -56,7 +66,7 @@ def check_batch_size(value: int | None, name: str = "internal_batch_size") -> in
     return value
 
 
-def rows_that_fit(per_row_bytes: float, *, device: torch.device | str,
+def rows_that_fit(per_row_bytes: float, *, device: torch.device | str | Sequence[torch.device | str],
                   memory_budget: int | None = None, batch_size: int | None = None,
                   max_rows: int = MAX_ROWS) -> int:
     """Rows per chunk: ``batch_size`` when given, else the budget over the per-row estimate,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import inspect
 import os
 import socket
@@ -38,7 +39,8 @@ from .hooks import run_with_cache
 if TYPE_CHECKING:  # pragma: no cover
     from .result import Attribution
 
-__all__ = ["Model", "load", "load_tokenizer", "embedded_model_path", "DEFAULT_MODEL", "EMBEDDED_MODELS"]
+__all__ = ["Model", "load", "load_tokenizer", "embedded_model_path", "check_device_map", "DEFAULT_MODEL",
+           "EMBEDDED_MODELS", "DEVICE_MAP_STRATEGIES"]
 
 DEFAULT_MODEL = "lmxray-tiny"
 #: the models shipped inside the package (``lmxray/zoo/models/<name>``), loadable by name offline
@@ -169,13 +171,22 @@ def load(
         model, tokenizer: objects already in memory (then ``name_or_path`` is ignored).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default: the model's current device.
         dtype: ``torch.float32`` / ``"bfloat16"`` / ``"auto"``...
-        device_map: passed to ``from_pretrained`` (``accelerate`` placement for big models).
+        device_map: ``accelerate`` placement across devices: ``"auto"``, ``"balanced"``,
+            ``"balanced_low_0"``, ``"sequential"``, one device (``"cuda:1"``), or a dict
+            ``{module name: device}`` where a device may be ``"cpu"`` or ``"disk"`` (offload;
+            ``"disk"`` needs ``offload_folder=``). Every method gives the same numbers as on one
+            device. Not combined with ``device``.
         trust_remote_code: off unless you ask; passed to ``from_pretrained``.
 
     Example:
         >>> m = lmxray.load()  # doctest: +SKIP
         >>> m = lmxray.load("gpt2", dtype="float32")  # doctest: +SKIP
     """
+    if device_map is not None:
+        if model is not None:
+            raise InputError("device_map= is not applied to a model passed in memory; place it with "
+                             "accelerate.dispatch_model (or load it by name with device_map=)")
+        device_map = check_device_map(device_map, device, from_pretrained_kwargs)
     if model is not None:
         if tokenizer is None:
             raise InputError("load(model=...) also needs tokenizer=...; pass the model's tokenizer")
@@ -211,6 +222,7 @@ def load(
         raise ModelLoadError(
             f"{display!r} is an encoder-only {config.model_type!r} model, not a causal language model"
         )
+    _check_module_names(config, device_map, trust_remote_code)
     kwargs: dict[str, Any] = dict(from_pretrained_kwargs)
     if resolved is not None:
         kwargs["dtype" if _TRANSFORMERS_MAJOR >= 5 else "torch_dtype"] = resolved
@@ -228,6 +240,75 @@ def load(
         except (RuntimeError, AssertionError) as exc:
             raise ModelLoadError(f"cannot move the model to {device!r}: {_one_line(exc)}") from None
     return Model(hf, tok, name=display)
+
+
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def _check_placement(value: Any, where: str) -> Any:
+    """One placement: a GPU index, ``"cpu"``, ``"disk"``, ``"meta"`` or a torch device string."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        dev = torch.device("cuda", value)
+    elif isinstance(value, str | torch.device) and str(value) in ("disk", "meta"):
+        return str(value)
+    else:
+        try:
+            dev = torch.device(value)
+        except (RuntimeError, TypeError):
+            raise InputError(f"device_map{where}: {value!r} is not a device; use 'cpu', 'disk', 'cuda:N' "
+                             "or a GPU index") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise InputError(f"device_map{where}: {value!r} names a GPU this machine does not have "
+                         f"({torch.cuda.device_count()} visible); use 'cpu' or 'disk' offload")
+    return value
+
+
+def check_device_map(device_map: Any, device: Any, kwargs: dict[str, Any]) -> Any:
+    """``device_map`` checked before any loading: a strategy name, one device, or a dict of
+    module name → device; one-line errors for anything else."""
+    if device is not None:
+        raise InputError("give either device= or device_map=, not both (device_map places the model)")
+    if importlib.util.find_spec("accelerate") is None:
+        raise InputError("device_map needs accelerate: pip install 'lmxray[scale]' (or pip install accelerate)")
+    if isinstance(device_map, str) and device_map in DEVICE_MAP_STRATEGIES:
+        return device_map
+    if isinstance(device_map, dict):
+        if not device_map:
+            raise InputError("device_map is an empty dict; map module names to devices, e.g. {'': 'cpu'}")
+        for name, value in device_map.items():
+            if not isinstance(name, str):
+                raise InputError(f"device_map keys are module names (strings), got {name!r}")
+            _check_placement(value, f"[{name!r}]")
+        if "disk" in device_map.values() and not kwargs.get("offload_folder"):
+            raise InputError("device_map offloads to 'disk'; also give offload_folder='a folder for the weights'")
+        return device_map
+    if isinstance(device_map, str) and not device_map.strip():
+        raise InputError(f"device_map is empty; use one of {', '.join(DEVICE_MAP_STRATEGIES)}, a device or a dict")
+    if isinstance(device_map, str) and device_map == "disk":
+        raise InputError("device_map='disk' would leave nothing to compute on; map some modules to a device")
+    try:
+        torch.device(device_map)
+    except (RuntimeError, TypeError):
+        raise InputError(f"unknown device_map {device_map!r}; use one of {', '.join(DEVICE_MAP_STRATEGIES)}, "
+                         "a device ('cpu', 'cuda:1') or a dict {module name: device}") from None
+    return _check_placement(device_map, "")
+
+
+def _check_module_names(config: Any, device_map: Any, trust_remote_code: bool) -> None:
+    """Every key of a dict ``device_map`` names a module of the model (checked on an empty,
+    weightless copy before any weight is read; transformers would ignore an unknown name)."""
+    if not isinstance(device_map, dict):
+        return
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    names = {name for name, _ in skeleton.named_modules()}
+    unknown = sorted(k for k in device_map if k not in names)
+    if unknown:
+        tops = ", ".join(sorted(n for n in names if n and n.count(".") <= 1)[:8])
+        raise InputError(f"device_map names modules the model does not have: {', '.join(unknown)}; "
+                         f"its modules include: {tops}")
 
 
 _ENCODER_ONLY = {"bert", "roberta", "xlm-roberta", "camembert", "electra", "ernie", "data2vec-text"}
@@ -293,8 +374,25 @@ class Model:
 
     @property
     def device(self) -> torch.device:
+        """Where inputs go: the input embeddings' device, or, when accelerate offloads them
+        (``device_map`` with ``"cpu"``/``"disk"``), the device their forward runs on."""
         emb = self.hf.get_input_embeddings()
-        return emb.weight.device
+        dev = _execution_device(emb)
+        return dev if dev is not None else emb.weight.device
+
+    @property
+    def devices(self) -> list[torch.device]:
+        """Every device the model computes on (several under a ``device_map``; offloaded modules
+        count where they run), input device first: what the memory budget is read over."""
+        placed = getattr(self.hf, "hf_device_map", None) or {}
+        out = [self.device]
+        for where in placed.values():
+            if where in ("cpu", "disk"):
+                continue  # offloaded: runs on the main execution device (or on the CPU itself)
+            dev = torch.device(f"cuda:{where}") if isinstance(where, int) else torch.device(where)
+            if dev not in out:
+                out.append(dev)
+        return out
 
     @property
     def dtype(self) -> torch.dtype:
@@ -421,7 +519,15 @@ class Model:
 
     @property
     def embedding_matrix(self) -> torch.Tensor:
-        return self.hf.get_input_embeddings().weight
+        """The input embedding weights ``[vocab, d_model]`` (a copy on :attr:`device` when
+        accelerate has offloaded them to CPU or disk)."""
+        emb = self.hf.get_input_embeddings()
+        if emb.weight.device.type != "meta":
+            return emb.weight
+        from accelerate.utils import align_module_device
+
+        with align_module_device(emb, self.device):
+            return emb.weight.detach().clone()
 
     def forward(
         self,
@@ -553,6 +659,16 @@ class Model:
         """
         attribute = importlib.import_module(_ATTRIBUTION_PACKAGE).attribute
         return attribute(self, prompt, target, **kwargs)
+
+
+def _execution_device(module: Any) -> torch.device | None:
+    """The execution device accelerate's hook gives ``module`` (None: no hook)."""
+    hook = getattr(module, "_hf_hook", None)
+    for h in [hook, *getattr(hook, "hooks", [])]:
+        dev = getattr(h, "execution_device", None)
+        if dev is not None:
+            return torch.device(f"cuda:{dev}" if isinstance(dev, int) else dev)
+    return None
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import typer
 
-from . import concepts, evaluate, explain, improve, internals, selfexplain, serve, served, zoo
+from . import concepts, evaluate, explain, improve, internals, jobs, selfexplain, serve, served, zoo
 from ._common import (
     PROG,
     LmxrayGroup,
@@ -51,7 +51,7 @@ def _root(ctx: typer.Context) -> None:
 
 
 
-for _group in (explain, internals, evaluate, improve, served, selfexplain, concepts, serve):
+for _group in (explain, internals, evaluate, improve, served, selfexplain, concepts, serve, jobs):
     _group.register(app)
 app.add_typer(zoo.app, name="zoo")
 

@@ -4,6 +4,7 @@
     lmxray evaluate [DATA] [--task NAME] [--n N] [--methods all|a,b] [--metrics all|a,b]
                     [--model ID_OR_PATH] [--out results.jsonl] [--no-resume]
                     [--csv FILE] [--html FILE] [--png FILE] [--json FILE] [--parquet FILE]
+                    [--ray [--workers N] | --ray-address HOST:PORT]
 
 ``DATA`` is a JSONL file (``prompt``/``target``/``rationale``/``evidence`` fields), a Hugging Face
 ``datasets`` folder saved with ``save_to_disk``, or a zoo task name (``--task`` says the same).
@@ -11,6 +12,9 @@ Rows stream to ``--out`` (default ``evaluate-<data>.jsonl``); a rerun with the s
 resumes where the last one stopped (Ctrl-C says so). The leaderboard is printed, and written to
 the requested files atomically once the run is complete. Every output path is checked before
 any work.
+``--ray`` runs the chunks of examples on a local Ray cluster (``--workers`` actors, each loading
+the model once; one per GPU by default), ``--ray-address`` on a running one; the rows are the
+same as in process (see :mod:`lmxray.jobs`).
 
 The main CLI mounts this command with :func:`register`.
 """
@@ -24,6 +28,7 @@ import typer
 
 from ..errors import InputError
 from ._common import check_outputs, consoles, load_model, resumable, write_outputs
+from .jobs import RayAddressOpt, RayOpt, WorkersOpt, job_executor
 
 __all__ = ["register", "evaluate_command"]
 
@@ -82,6 +87,9 @@ def evaluate_command(
         int | None, typer.Option("--ig-steps", min=1, help="Integrated-gradients steps [default: 32].")
     ] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    ray: RayOpt = False,
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = None,
 ) -> None:
     """Compare attribution methods on faithfulness, plausibility, ground truth and sanity."""
     from ..evaluate.data import check_source, load_examples
@@ -98,17 +106,18 @@ def evaluate_command(
     out = out if out is not None else Path(f"evaluate-{name}.jsonl")
     check_outputs(out, csv_out, html_out, png_out, json_out, parquet_out)
     stdout, err = consoles()
-    m = load_model(model, device)
-    examples, name = load_examples(m, source, n=n, split=split, seed=seed)
-    params: dict[str, dict[str, Any]] = {}
-    if ig_steps is not None:
-        params["integrated_gradients"] = {"n_steps": ig_steps}
-    with resumable(enabled=resume, note=f"rows so far in {out}"):
-        result = evaluate(
-            m, examples, methods=methods, metrics=metrics, method_params=params, out=out,
-            resume=resume, batch_size=batch_size, sanity_examples=sanity_examples,
-            removal=removal, n_steps=n_steps, progress=progress, name=name,
-        )
+    with job_executor(model, device, ray, ray_address, workers) as executor:
+        m = load_model(model, device)
+        examples, name = load_examples(m, source, n=n, split=split, seed=seed)
+        params: dict[str, dict[str, Any]] = {}
+        if ig_steps is not None:
+            params["integrated_gradients"] = {"n_steps": ig_steps}
+        with resumable(enabled=resume, note=f"rows so far in {out}"):
+            result = evaluate(
+                m, examples, methods=methods, metrics=metrics, method_params=params, out=out,
+                resume=resume, batch_size=batch_size, sanity_examples=sanity_examples,
+                removal=removal, n_steps=n_steps, progress=progress, name=name, executor=executor,
+            )
     result.show(stdout)
     write_outputs([(csv_out, result.to_csv), (html_out, result.to_html), (png_out, result.to_png),
                    (json_out, lambda: result.to_json() + "\n"),

@@ -16,6 +16,7 @@ import typer
 
 from ..errors import InputError
 from ._common import DeviceOpt, ModelOpt, PngOpt, ResultJsonOpt, resumable
+from .jobs import RayAddressOpt, RayOpt, WorkersOpt, job_executor
 
 __all__ = ["register"]
 
@@ -193,7 +194,7 @@ def trace(
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", metavar="FILE", dir_okay=False,
                                                        help="JSONL checkpoint for --zoo-facts (resumes).")] = None,
     model: _Model = None, device: _Device = None, json_out: _Json = None, html_out: _Html = None,
-    png_out: _Png = None,
+    png_out: _Png = None, ray: RayOpt = False, ray_address: RayAddressOpt = None, workers: WorkersOpt = None,
 ) -> None:
     """Activation patching (--corrupt), causal tracing (--subject) or a facts average (--zoo-facts)."""
     modes = sum(x is not None for x in (corrupt, subject, zoo_facts))
@@ -205,6 +206,8 @@ def trace(
         raise InputError("--zoo-facts traces the zoo's fact prompts; drop the PROMPT argument")
     if checkpoint is not None and zoo_facts is None:
         raise InputError("--checkpoint applies to --zoo-facts runs only; drop it")
+    if (ray or ray_address is not None or workers is not None) and zoo_facts is None:
+        raise InputError("--ray, --ray-address and --workers apply to --zoo-facts runs only; drop them")
     if corrupt is None and (attribution or foil is not None):
         raise InputError("--attribution and --foil apply to activation patching (--corrupt) only")
     if prompt is not None and not prompt.strip():
@@ -212,7 +215,8 @@ def trace(
     out, err = _prepare(json_out, html_out, png_out, checkpoint)
     m = _load(model, device)
     if zoo_facts is not None:
-        r: Any = _trace_zoo_facts(m, zoo_facts, window, samples, noise, checkpoint)
+        with job_executor(model, device, ray, ray_address, workers) as ex:
+            r: Any = _trace_zoo_facts(m, zoo_facts, window, samples, noise, checkpoint, ex)
     elif subject is not None:
         from ..internals.tracing import causal_trace
 
@@ -228,7 +232,8 @@ def trace(
     _write(r, json_out, html_out, png_out, err)
 
 
-def _trace_zoo_facts(m: Any, n: int, window: int, samples: int, noise: float, checkpoint: Path | None) -> Any:
+def _trace_zoo_facts(m: Any, n: int, window: int, samples: int, noise: float, checkpoint: Path | None,
+                     executor: Any = None) -> Any:
     """ROME's averaged table over ``n`` zoo facts; Ctrl-C with a checkpoint says how to resume."""
     from ..internals.tracing import trace_facts
 
@@ -236,7 +241,8 @@ def _trace_zoo_facts(m: Any, n: int, window: int, samples: int, noise: float, ch
     if len(facts) < n:
         raise InputError(f"the zoo has {len(facts)} facts; use --zoo-facts {len(facts)} or less")
     with resumable(checkpoint is not None, f"checkpoint {checkpoint}"):
-        return trace_facts(m, facts, window=window, n_samples=samples, noise=noise, checkpoint=checkpoint)
+        return trace_facts(m, facts, window=window, n_samples=samples, noise=noise, checkpoint=checkpoint,
+                           executor=executor)
 
 
 

@@ -182,6 +182,7 @@ def evaluate(
     progress: bool = True,
     name: str = "examples",
     verify: bool | dict[str, Any] = False,
+    executor: Any = None,
 ) -> Evaluation:
     """Explain every example with every method and judge the explanations.
 
@@ -203,6 +204,9 @@ def evaluate(
         verify: also verify every explanation (:func:`lmxray.attribution.verify.verify`; True or
             a dict of its parameters): rows get ``verdict_faithful``, ``verdict_stable``,
             ``verdict_passed`` and ``verdict_p``, the leaderboard their rates per method.
+        executor: where the chunks of examples run (``executor.map(fn, units)``, results in
+            order): ``None`` here, or :class:`lmxray.jobs.RayExecutor` (one model per actor).
+            The rows are the same either way.
 
     Returns:
         :class:`~lmxray.evaluate.report.Evaluation`: ``to_dataframe()``, ``leaderboard()``,
@@ -235,25 +239,17 @@ def evaluate(
     total = len(exs) * len(chosen)
     bar = _progress(total, len(done & {(e.id, m) for e in exs for m in chosen}), progress)
     try:
-        for start in range(0, len(exs), batch_size):
-            chunk = exs[start:start + batch_size]
-            if all((e.id, m) in done for e in chunk for m in chosen):
-                continue
-            verified = _verify(model, chunk) if "groundtruth" in groups else [None] * len(chunk)
-            for m in chosen:
-                todo = [(e, v) for e, v in zip(chunk, verified, strict=True) if (e.id, m) not in done]
-                if not todo:
-                    continue
-                rows = _rows(model, [e for e, _ in todo], [v for _, v in todo], m, params[m],
-                             groups, faith_kw, verify_kw)
-                store.append(rows)
-                bar.update(len(rows))
+        chunks = [exs[start:start + batch_size] for start in range(0, len(exs), batch_size)]
+        units = [(c, [(e.id, m) for e in c for m in chosen if (e.id, m) in done], chosen, params, groups,
+                  faith_kw, verify_kw) for c in chunks if not all((e.id, m) in done for e in c for m in chosen)]
+        for rows in _map(executor, model, _chunk_rows, units):
+            store.append(rows)
+            bar.update(len(rows))
         if "sanity" in groups:
             have = {r["method"] for r in store.sanity}
-            subset = exs[:sanity_examples]
-            for m in chosen:
-                if m not in have:
-                    store.append([_sanity_row(model, subset, m, params[m])])
+            todo = [(exs[:sanity_examples], m, params[m]) for m in chosen if m not in have]
+            for row in _map(executor, model, _sanity_unit, todo):
+                store.append([row])
     finally:
         bar.close()
     return Evaluation(rows=store.rows, sanity=store.sanity, config=config,
@@ -275,6 +271,29 @@ def _verdict_columns(model: Model, a: Any, verify_kw: dict[str, Any]) -> dict[st
     v = verify_attribution(model, a, **verify_kw)
     return {"verdict_faithful": v.checks.get("faithful"), "verdict_stable": v.checks.get("stable"),
             "verdict_passed": v.passed, "verdict_p": v.p_value, "verdict": v.verdict}
+
+
+def _map(executor: Any, model: Model, fn: Any, units: list[Any]) -> Any:
+    """``fn(model, unit)`` per unit in order: here, or on ``executor`` (see :mod:`lmxray.jobs`)."""
+    return (fn(model, u) for u in units) if executor is None else executor.map(fn, units)
+
+
+def _chunk_rows(model: Model, unit: tuple[Any, ...]) -> list[dict[str, Any]]:
+    """Every row still missing for one chunk of examples (a pure function of its unit)."""
+    chunk, done_list, chosen, params, groups, faith_kw, verify_kw = unit
+    done = {tuple(d) for d in done_list}
+    verified = _verify(model, chunk) if "groundtruth" in groups else [None] * len(chunk)
+    rows: list[dict[str, Any]] = []
+    for m in chosen:
+        todo = [(e, v) for e, v in zip(chunk, verified, strict=True) if (e.id, m) not in done]
+        if todo:
+            rows += _rows(model, [e for e, _ in todo], [v for _, v in todo], m, params[m], groups, faith_kw,
+                          verify_kw)
+    return rows
+
+
+def _sanity_unit(model: Model, unit: tuple[Any, ...]) -> dict[str, Any]:
+    return _sanity_row(model, *unit)
 
 
 def _verify(model: Model, chunk: list[Example]) -> list[bool | None]:

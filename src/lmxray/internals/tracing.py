@@ -420,6 +420,10 @@ def _trace_one(model: Model, i: int, prompt: str, positions: list[int], answer: 
     return row
 
 
+def _trace_unit(model: Model, unit: tuple[Any, ...]) -> dict[str, Any]:
+    return _trace_one(model, *unit)
+
+
 def _summary(model: Model, done: dict[int, dict[str, Any]], n_items: int, kinds: Sequence[str],
              info: dict[str, Any]) -> TraceSummary:
     rows = [done[i] for i in range(n_items) if i in done and "skipped" not in done[i]]
@@ -454,6 +458,7 @@ def trace_facts(
     batch_size: int | None = None,
     memory_budget: int | None = None,
     progress: bool = True,
+    executor: Any = None,
 ) -> TraceSummary:
     """Average causal tracing over facts, in ROME's token buckets.
 
@@ -468,6 +473,8 @@ def trace_facts(
             traced fact is appended as it finishes. Rerunning with the same file and options skips
             the facts already in it (resume after an interruption); a file that is not such a
             checkpoint, or the checkpoint of another run, is refused.
+        executor: where the facts are traced (``executor.map(fn, units)``, results in order):
+            ``None`` here, or :class:`lmxray.jobs.RayExecutor`; the summary is the same.
 
     Returns:
         :class:`TraceSummary`.
@@ -490,10 +497,11 @@ def trace_facts(
     ck = _Checkpoint(checkpoint, {"model": model.name, "options": opts, "n_facts": len(items),
                                   "facts": _fingerprint(items)})
     opts = {**opts, "batch_size": batch_size, "memory_budget": memory_budget}
-    for i, (prompt, _subject, answer) in enumerate(tqdm(items, desc="causal tracing",
-                                                        disable=None if progress else True)):
-        if i not in ck.done:
-            ck.add(_trace_one(model, i, prompt, positions[i], answer, std, opts))
+    units = [(i, p, positions[i], a, std, opts) for i, (p, _s, a) in enumerate(items) if i not in ck.done]
+    rows = (_trace_unit(model, u) for u in units) if executor is None else executor.map(_trace_unit, units)
+    for row in tqdm(rows, desc="causal tracing", total=len(items), initial=len(items) - len(units),
+                    disable=None if progress else True):
+        ck.add(row)
     return _summary(model, ck.done, len(items), kinds,
                     {"noise_std": std, "noise": noise, "n_samples": n_samples, "window": min(window, model.n_layers),
                      "window_requested": window, "seed": seed, "kinds": list(kinds)})
