@@ -33,7 +33,7 @@ __all__ = ["Models", "Context", "Output", "KINDS", "verify_available"]
 STEP_PARAM, SAMPLE_PARAM = "n_steps", "n_samples"
 PATCH_SITES = ("resid_pre", "resid_post", "attn.out", "mlp.out")
 TRACE_KINDS = ("resid_post", "mlp.out", "attn.out")
-TUNED_LENS_STEPS = 60
+TUNED_LENS = {"steps": 20, "batch_size": 4, "max_tokens": 64}  # quick: ~1 min on a busy 2-core CPU
 JUDGE_BATCH = 4
 
 
@@ -149,8 +149,8 @@ def run_lens(job: Job, model: Model, args: dict[str, Any], models: Models, name:
     if args["tuned"]:
         lens = models.lenses.get(name)
         if lens is None:
-            job.step(f"training a tuned lens ({TUNED_LENS_STEPS} steps, once per model)")
-            lens = TunedLens.fit(model, zoo.corpus("train", n=200), steps=TUNED_LENS_STEPS, progress=False)
+            job.step(f"training a quick tuned lens ({TUNED_LENS['steps']} steps, once per model; cancel stops it)")
+            lens = TunedLens.fit(model, zoo.corpus("train", n=100), progress=False, **TUNED_LENS)
             models.lenses[name] = lens
     job.step("reading the lens")
     r = logit_lens(model, args["prompt"], args["target"], top_k=args["top_k"], lens=lens)

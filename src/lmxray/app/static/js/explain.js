@@ -99,7 +99,12 @@ function panel(a, row, verdict) {
 }
 
 function verdictView(v) {
-  const rows = Object.entries(v).filter(([, x]) => typeof x !== "object" || x === null);
-  return h("div", { class: "verdict" }, h("h4", { text: "Verdict" }),
-    h("dl", {}, ...rows.flatMap(([k, x]) => [h("dt", { text: k }), h("dd", { text: String(x) })])));
+  const scalars = Object.entries(v).filter(([, x]) => x !== null && typeof x !== "object");
+  const checks = v.checks && typeof v.checks === "object" ? Object.entries(v.checks).filter(([, x]) => x !== null) : [];
+  const reasons = Array.isArray(v.reasons) ? v.reasons : [];
+  return h("div", { class: "verdict" + (v.passed === false ? " failed" : "") },
+    h("h4", { text: `Verdict: ${v.verdict !== undefined ? v.verdict : ""}` }),
+    h("dl", {}, ...[...scalars.filter(([k]) => k !== "verdict"), ...checks]
+      .flatMap(([k, x]) => [h("dt", { text: k }), h("dd", { text: String(x) })])),
+    reasons.length ? h("ul", { class: "reasons" }, ...reasons.map((r) => h("li", { text: String(r) }))) : null);
 }
