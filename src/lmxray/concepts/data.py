@@ -168,7 +168,7 @@ class ActivationStream:
                  skip: int = 0) -> None:
         self.model, self.site = model, site
         # small batches read few texts per forward (the rest of a forward is dropped)
-        self.chunk = min(texts_per_forward, max(4, batch_tokens // 20))
+        self.chunk = min(texts_per_forward, max(4, batch_tokens // 16))
         self.batch_tokens, self.max_len = batch_tokens, max_len
         self.texts = text_stream(corpus, seed)
         self.consumed = 0
