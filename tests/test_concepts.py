@@ -36,10 +36,12 @@ SITE = "layers.1.resid_post"
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
     """Small tensors: one thread is many times faster on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +116,7 @@ _MAX_L0 = {"topk": 4, "batchtopk": 4.5, "jumprelu": 20, "relu": 15}
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["topk", "batchtopk", "jumprelu", "relu"])
 def test_training_fits_a_sparse_dictionary(kind):
-    cfg = TrainConfig(kind=kind, d_sae=96, k=4, steps=200, batch_tokens=256, lr=3e-3,
+    cfg = TrainConfig(kind=kind, d_sae=96, k=4, steps=300, batch_tokens=256, lr=3e-3,
                       dead_tokens=5000, **_SPARSITY[kind])
     run = fit_sae(_sparse_data, 16, cfg, progress=False)
     x = _sparse_data(10_000)

@@ -162,12 +162,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--width", type=int, default=1024)
     ap.add_argument("--n-random", type=int, default=10)
     ap.add_argument("--quick", action="store_true", help="tiny settings (smoke run)")
+    ap.add_argument("--tcav-only", action="store_true",
+                    help="rerun the TCAV part only, keeping the rest of results/concepts.json")
     args = ap.parse_args(argv)
     if args.quick:
         args.steps, args.batch, args.width, args.n_random = 20, 256, 256, 3
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     m = lmxray.load()
+    if args.tcav_only:
+        res = json.loads((OUT / "concepts.json").read_text())
+        res["tcav"] = tcav_part(m, args.n_random)
+        args.steps, args.batch = res["tokens"] // 1024, 1024
+        return _write(res, args, "")
     batches = collect(m, args.steps, args.batch)
     with tempfile.TemporaryDirectory() as tmp:
         sae_rows, sae = sae_part(m, batches, args.width, Path(tmp))
@@ -175,8 +182,11 @@ def main(argv: list[str] | None = None) -> int:
            "concepts": concept_part(m, sae, 100 if args.quick else 200),
            "tcav": tcav_part(m, args.n_random)}
     res["wall_s"] = time.perf_counter() - t0
+    return _write(res, args, "-quick" if args.quick else "")
+
+
+def _write(res: dict, args, suffix: str) -> int:
     text = report(res, args)
-    suffix = "-quick" if args.quick else ""
     atomic_write_text(OUT / f"concepts{suffix}.md", text)
     atomic_write_text(OUT / f"concepts{suffix}.json", dumps(res, indent=1))
     print(text)

@@ -119,7 +119,8 @@ def eval_cmd(
         raise InputError(f"--n-texts must be >= 1, got {n_texts}")
     check_outputs(json_path, html_path)
     m, sae, name = _load(sae_dir, model, device, site)
-    _finish(evaluate_sae(m, sae, name[:-4], corpus=corpus, n_texts=n_texts), json_path, html_path)
+    result = evaluate_sae(m, sae, name[:-4], corpus=corpus, n_texts=n_texts)
+    _finish(result, json_path, html_path)
 
 
 def show_cmd(
@@ -160,8 +161,7 @@ def scan_cmd(
     if n < 4:
         raise InputError(f"--n must be >= 4, got {n}")
     check_outputs(json_path, html_path)
-    m, _, name = _load(sae_dir, model, device, site)
-    _finish(scan_concepts(m, name, n=n), json_path, html_path)
+    _finish(scan_concepts(*_load(sae_dir, model, device, site)[::2], n=n), json_path, html_path)
 
 
 def _read_concepts(specs: list[str]) -> dict[str, list[str]]:

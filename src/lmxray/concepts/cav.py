@@ -6,9 +6,9 @@
   token (``pool="last"``, default) or the mean over tokens (BOS excluded).
 - The *TCAV score* of C for inputs with targets: the share of inputs whose directional derivative
   ``∇_h log p(target | x) · v_C`` is positive (``h``: the site, pooled the same way).
-- *Significance*: CAVs of C against ``n_random`` random sets give ``n_random`` scores; CAVs of a
-  held-out random set against the same random sets give the null scores; a two-sided Welch
-  t-test (``scipy.stats.ttest_ind``) at ``alpha`` decides. Insignificant concepts are reported as
+- *Significance*: CAVs of C against ``n_random`` random sets give ``n_random`` scores; CAVs of
+  random set ``i − 1`` against random set ``i`` (a different random "concept" each run) give the
+  null scores; a two-sided Welch t-test (``scipy.stats.ttest_ind``) at ``alpha`` decides. Insignificant concepts are reported as
   such, whatever their mean score.
 """
 
@@ -140,7 +140,9 @@ def tcav(model: Any, site: str, concepts: Mapping[str, Sequence[str]], prompts: 
     sets = random_sets(n_random + 1, random_size, seed, random_pool)
     rand = [pooled_activations(model, name, s, pool) for s in sets]
     grads = input_gradients(model, name, prompts, targets, pool)
-    null = [tcav_score(grads, train_cav(rand[0], r, seed + i)[0]) for i, r in enumerate(rand[1:])]
+    # the null: random-vs-random CAVs whose *positive* set changes with the run too (the set
+    # before it), so the null carries the spread that choosing a concept set brings
+    null = [tcav_score(grads, train_cav(rand[i], r, seed + i)[0]) for i, r in enumerate(rand[1:])]
     rows = []
     for cname, texts in concepts.items():
         acts = pooled_activations(model, name, texts, pool)

@@ -167,7 +167,9 @@ class ActivationStream:
                  texts_per_forward: int = 64, max_len: int = 128, seed: int = 0,
                  skip: int = 0) -> None:
         self.model, self.site = model, site
-        self.batch_tokens, self.chunk, self.max_len = batch_tokens, texts_per_forward, max_len
+        # small batches read few texts per forward (the rest of a forward is dropped)
+        self.chunk = min(texts_per_forward, max(4, batch_tokens // 16))
+        self.batch_tokens, self.max_len = batch_tokens, max_len
         self.texts = text_stream(corpus, seed)
         self.consumed = 0
         for _ in range(skip):

@@ -43,20 +43,24 @@ __all__ = ["TrainConfig", "TrainRun", "fit_sae", "train_sae"]
 class TrainConfig:
     """Settings of a training run (defaults suit the zoo model's residual stream)."""
 
+    # the SAE
     kind: str = "topk"
     d_sae: int = 1024
     k: int = 32
+    # the run
     steps: int = 600
     batch_tokens: int = 2048
     lr: float = 1e-3
+    seed: int = 0
+    # sparsity terms: L1 (relu), L0 with its straight-through bandwidth (jumprelu)
     l1: float = 0.02
     l0_coef: float = 0.05
     bandwidth: float = 0.05
     init_threshold: float = 0.1
+    # dead latents: silent for dead_tokens tokens, revived by the AuxK loss
     aux_coef: float = 1 / 32
     k_aux: int = 64
     dead_tokens: int = 100_000
-    seed: int = 0
 
     def check(self) -> None:
         if self.kind not in KINDS:
