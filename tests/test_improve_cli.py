@@ -379,3 +379,39 @@ def test_amplify_runs_and_reports_every_condition(tiny_long_dir, tmp_path):
     assert doc["format"] == "lmxray.amplify/1" and len(doc["demos"]) == 2
     assert_clean_error(invoke("amplify", "dev", "--model", tiny_long_dir))
     assert_clean_error(invoke("amplify", "--method", "nope", "--model", tiny_long_dir))
+
+
+def test_edit_memit_batch_saves_model_and_json(tiny_long_dir, tmp_path):
+    batch = tmp_path / "b.jsonl"
+    batch.write_text(
+        '{"prompt": "The capital of France is", "subject": "France", "target": " Rome"}\n'
+        '{"prompt": "Berlin is in", "subject": "Berlin", "target": "Spain"}\n'
+    )
+    out_dir, js = tmp_path / "edited", tmp_path / "b.json"
+    r = invoke("edit", "--method", "memit", "--batch", batch, "--layer", 0, "--model",
+               tiny_long_dir, "--out", out_dir, "--json", js)
+    ok(r)
+    assert "MEMIT batch of 2 edits at layers [0]" in r.stdout
+    doc = json.loads(js.read_text())
+    assert doc["format"] == "lmxray.edit-batch/1" and doc["layers"] == [0]
+    assert [x["target"] for x in doc["rows"]] == [" Rome", " Spain"]
+    assert (out_dir / "config.json").exists()
+    # the saved model carries the update: its down projection differs from the original
+    from safetensors.torch import load_file
+
+    a = load_file(str(out_dir / "model.safetensors"))
+    b = load_file(str(Path(tiny_long_dir) / "model.safetensors"))
+    key = next(k for k in a if "layers.0.mlp.down_proj" in k)
+    assert not torch.equal(a[key], b[key])
+
+
+@pytest.mark.slow  # trains the students' tokenizer and 4 tiny students
+def test_distill_prints_the_curve_and_writes_json(tmp_path):
+    js = tmp_path / "d.json"
+    r = invoke("distill", "--fractions", "0.5,1", "--seeds", "0", "--n-train", 10, "--n-test",
+               4, "--steps", 2, "--json", js, "--no-progress")
+    ok(r)
+    assert "Rationale distillation" in r.stdout and "label + rationale" in r.stdout
+    doc = json.loads(js.read_text())
+    assert doc["format"] == "lmxray.distill/1" and doc["fractions"] == [0.5, 1.0]
+    assert len(doc["accuracy"]["label only"]) == 2

@@ -90,6 +90,7 @@ def test_requests_and_layers():
     with pytest.raises(InputError, match="needs a prompt"):
         EditRequest.of(("a b", "a", " "))
     assert default_layers(4, 0) == [0, 1] and default_layers(4, 3) == [3]
+    assert default_layers(2, 0) == [0] and default_layers(4, 2) == [2]
     assert default_layers(48, 10) == list(range(10, 22))
 
 

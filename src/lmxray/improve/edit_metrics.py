@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 from ..model import Model
 
@@ -36,11 +37,30 @@ def ngram_entropy(text: str, ns: Sequence[int] = (2, 3),
     return total / sum(weights)
 
 
+def _greedy_past_eos(model: Model, prompt: str, n: int) -> str:
+    """``n`` greedy tokens after ``prompt`` with EOS never chosen (small models end their
+    answers after a word or two; the text they go on with is what fluency reads)."""
+    ids = model.encode(prompt)
+    model.check_length(len(ids) + n)
+    eos = model.eos_token_id
+    new: list[int] = []
+    with torch.no_grad():
+        for _ in range(n):
+            x = torch.tensor([ids + new], device=model.device)
+            logits = model.forward(input_ids=x, logits_to_keep=1).logits[0, -1].float()
+            if eos is not None:
+                logits[eos] = -float("inf")
+            new.append(int(logits.argmax()))
+    return model.tokenizer.decode(new, skip_special_tokens=True)
+
+
 def fluency(model: Model, prompts: Sequence[str], max_new_tokens: int = 20) -> float:
-    """Mean :func:`ngram_entropy` of the greedy generations (prompt excluded) of ``prompts``."""
+    """Mean :func:`ngram_entropy` of the greedy generations (prompt excluded, EOS never
+    chosen) of ``prompts``."""
     if not prompts:
         return float("nan")
-    return float(np.mean([ngram_entropy(model.generate(p, max_new_tokens)) for p in prompts]))
+    return float(np.mean([ngram_entropy(_greedy_past_eos(model, p, max_new_tokens))
+                          for p in prompts]))
 
 
 def consistency(efficacy: np.ndarray, paraphrase: Sequence[np.ndarray]) -> float:

@@ -104,9 +104,11 @@ class MultiEdit:
 
 def default_layers(n_layers: int, located: int, span: int | None = None) -> list[int]:
     """The located layer and the ``span - 1`` after it (default span: ``max(2, n_layers // 4)``,
-    MEMIT's 5 of GPT-J's 28 scaled down), kept inside the model."""
+    MEMIT's 5 of GPT-J's 28 scaled down), kept before the model's last block."""
     span = span if span is not None else max(2, n_layers // 4)
-    return [ly for ly in range(located, located + span) if ly < n_layers]
+    # the last block is left out where possible: its output site is the final residual, where
+    # the hooked target does not reach the loss on every family (a zero gradient)
+    return [ly for ly in range(located, located + span) if ly < max(1, n_layers - 1)] or [located]
 
 
 @dataclass
