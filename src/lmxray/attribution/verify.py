@@ -509,7 +509,7 @@ def _stability(model: Model, a: Attribution, p: dict[str, Any], ctx: Context, rr
     ids = a.source_ids or []
     specials = special_ids(model)
     spec_mask = np.array([int(i) in specials for i in ids], dtype=bool)
-    rows = []
+    rows: list[dict[str, Any]] = []
     plain = [q for q in found if q.kind != "noise"]
     new_scores = dict(zip([id(q) for q in plain], rr.scores([q.request for q in plain]), strict=True)) if plain else {}
     for q in found:
