@@ -22,7 +22,7 @@ from ..result import Attribution
 from ..targets import resolve_target_fn, target_fn_name
 from ._engine import ScoreRow, score_sequences
 from .base import Context, MethodSpec, Request, eval_mode, get_method
-from .verify import check_params, count_forwards
+from .verify import count_forwards, verify_kwargs
 from .verify import verify as verify_attribution
 
 __all__ = ["attribute", "build_requests", "versions", "eval_mode"]
@@ -182,13 +182,8 @@ def attribute(
 
 def _check_verify(verify: Any, foils: list[str] | None) -> dict[str, Any] | None:
     """``verify=`` as the verification's keyword arguments (None: no verification)."""
-    if verify is False or verify is None:
-        return None
-    if verify is not True and not isinstance(verify, dict):
-        raise InputError(f"verify must be True, False or a dict of verification parameters, got {verify!r}")
-    kw = {} if verify is True else dict(verify)
-    check_params(kw)
-    if foils is not None:
+    kw = verify_kwargs(verify)
+    if kw is not None and foils is not None:
         raise InputError("contrastive (foil) attributions cannot be verified; drop foil= or verify=")
     return kw
 

@@ -40,8 +40,8 @@ def randomisation_stages(hf: torch.nn.Module, n_layers: int) -> list[tuple[str, 
     layers = _decoder_layers(hf, n_layers)
     stages: list[tuple[str, list[torch.nn.Parameter]]] = []
     seen: set[int] = set()
-    head = hf.get_output_embeddings()
-    emb = hf.get_input_embeddings()
+    head = hf.get_output_embeddings()  # type: ignore[operator]
+    emb = hf.get_input_embeddings()  # type: ignore[operator]
     if head is not None and head.weight is not emb.weight:
         params = list(head.parameters())
         stages.append(("lm_head", params))

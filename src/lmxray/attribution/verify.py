@@ -79,6 +79,7 @@ from .stability import (
 
 __all__ = [
     "verify", "permutation_p_value", "effect_size", "check_params", "check_verifiable", "count_forwards",
+    "verify_kwargs", "correlation_statistics",
     "removal_statistics", "DEFAULTS", "STABILITY_CHOICES",
 ]
 
@@ -212,6 +213,18 @@ def check_params(p: dict[str, Any]) -> dict[str, Any]:
     out["model_null"] = bool(out["model_null"])
     out["stability"] = _check_stability(out["stability"])
     return out
+
+
+def verify_kwargs(verify: Any) -> dict[str, Any] | None:
+    """A ``verify=`` argument (False/None, True, or a dict of :func:`verify`'s parameters) as
+    checked keyword arguments, or None when verification is off."""
+    if verify is False or verify is None:
+        return None
+    if verify is not True and not isinstance(verify, dict):
+        raise InputError(f"verify must be True, False or a dict of verification parameters, got {verify!r}")
+    kw = {} if verify is True else dict(verify)
+    check_params(kw)
+    return kw
 
 
 def check_verifiable(a: Any, model: Any) -> Attribution:
@@ -496,7 +509,7 @@ def _stability(model: Model, a: Attribution, p: dict[str, Any], ctx: Context, rr
     ids = a.source_ids or []
     specials = special_ids(model)
     spec_mask = np.array([int(i) in specials for i in ids], dtype=bool)
-    rows = []
+    rows: list[dict[str, Any]] = []
     plain = [q for q in found if q.kind != "noise"]
     new_scores = dict(zip([id(q) for q in plain], rr.scores([q.request for q in plain]), strict=True)) if plain else {}
     for q in found:

@@ -29,8 +29,8 @@ import numpy as np
 
 from ..attribution.api import attribute
 from ..attribution.base import methods as registered_methods
-from ..attribution.verify import check_params as check_verify_params
 from ..attribution.verify import verify as verify_attribution
+from ..attribution.verify import verify_kwargs
 from ..errors import InputError
 from ..io import atomic_write_text, check_output, dumps, to_jsonable
 from ..model import Model
@@ -226,7 +226,7 @@ def evaluate(
             params[m].update(p)
     faith_kw = {"removal": removal, "baseline": baseline, "bins": list(bins), "n_steps": n_steps,
                 "metrics": faith_metrics}
-    verify_kw = _verify_kw(verify)
+    verify_kw = verify_kwargs(verify)
     config = to_jsonable({
         "model": model.name, "data": name, "methods": chosen, "groups": sorted(groups),
         "method_params": params, "faithfulness": faith_kw, "sanity_examples": sanity_examples,
@@ -254,17 +254,6 @@ def evaluate(
         bar.close()
     return Evaluation(rows=store.rows, sanity=store.sanity, config=config,
                       path=Path(out) if out is not None else None)
-
-
-def _verify_kw(verify: Any) -> dict[str, Any] | None:
-    """``verify=`` as verification keyword arguments (None: off), checked before any work."""
-    if verify is False or verify is None:
-        return None
-    if verify is not True and not isinstance(verify, dict):
-        raise InputError(f"verify must be True, False or a dict of verification parameters, got {verify!r}")
-    kw = {} if verify is True else dict(verify)
-    check_verify_params(kw)
-    return kw
 
 
 def _verdict_columns(model: Model, a: Any, verify_kw: dict[str, Any]) -> dict[str, Any]:
