@@ -9,6 +9,7 @@ imports it on first use. matplotlib is imported only when a figure is drawn.
 from __future__ import annotations
 
 from . import console, evaluate, html, improve, internals, plots, selfexplain
+from . import context as context  # noqa: F401  (registers the context-attribution views)
 from .console import show_attribution
 from .html import attribution_html
 from .plots import heatmap_png, plot_attribution
