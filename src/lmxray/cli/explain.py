@@ -39,6 +39,18 @@ class TargetFnName(str, Enum):
     logit = "logit"
 
 
+class FeatureKind(str, Enum):
+    sentence = "sentence"
+    paragraph = "paragraph"
+    document = "document"
+
+
+class ContextMethod(str, Enum):
+    ablation = "ablation"
+    loo = "loo"
+    shapley = "shapley"
+
+
 class NormalizeMode(str, Enum):
     step = "step"
     global_ = "global"
@@ -113,8 +125,31 @@ def explain(
             "--max-steps", min=1, metavar="N", help="Show at most N steps in the terminal."
         ),
     ] = 20,
+    features: Annotated[
+        FeatureKind | None,
+        typer.Option("--features", help="Context attribution: score the prompt's sentences, "
+                     "paragraphs or documents instead of its tokens (see docs/context.md)."),
+    ] = None,
+    query: Annotated[
+        str, typer.Option("--query", metavar="TEXT", help="With --features: fixed text after "
+                          "the prompt (the question), never removed.")
+    ] = "",
+    context_method: Annotated[
+        ContextMethod, typer.Option("--context-method", help="With --features: ContextCite "
+                                    "ablations, exact leave-one-out or exact Shapley.")
+    ] = ContextMethod.ablation,
+    n_ablations: Annotated[
+        int, typer.Option("--n-ablations", min=1, metavar="N",
+                          help="With --features and ablation: random ablations.")
+    ] = 64,
 ) -> None:
     """Attribute a target (given or generated) to the prompt tokens, and show the heatmap."""
+    if features is not None:
+        if method != DEFAULT_METHOD or foil is not None or n_steps is not None:
+            raise InputError("--method, --foil and --n-steps do not apply with --features; "
+                             "choose --context-method ablation, loo or shapley")
+        return _explain_context(prompt, target, max_new_tokens, model, device, json_out,
+                                html_out, features.value, query, context_method.value, n_ablations)
     if target is not None and max_new_tokens is not None:
         raise InputError("give either --target or --max-new-tokens, not both")
     if foil is not None and target is None:
@@ -150,6 +185,31 @@ def explain(
             (html_out, lambda: result.to_html()),
         ],
         err,
+    )
+
+
+def _explain_context(
+    prompt: str, target: str | None, max_new_tokens: int | None, model: Any, device: Any,
+    json_out: Any, html_out: Any, kind: str, query: str, method: str, n_ablations: int,
+) -> None:
+    """``explain --features KIND``: context attribution (lmxray.attribution.context)."""
+    from ..attribution.context import attribute_context
+
+    if target is not None and max_new_tokens is not None:
+        raise InputError("give either --target or --max-new-tokens, not both")
+    check_outputs(json_out, html_out)
+    if is_stdout(json_out) and is_stdout(html_out):
+        raise InputError("only one of --json and --html can go to stdout ('-')")
+    m = load_model(model, device)
+    result = attribute_context(
+        m, prompt, query=query, target=target, sources=kind, method=method,
+        n_ablations=n_ablations, max_new_tokens=max_new_tokens or DEFAULT_NEW_TOKENS,
+    )
+    out, err = consoles()
+    if not (is_stdout(json_out) or is_stdout(html_out)):
+        out.print(*result.renderables())
+    write_outputs(
+        [(json_out, lambda: result.to_json() + "\n"), (html_out, lambda: result.to_html())], err
     )
 
 
