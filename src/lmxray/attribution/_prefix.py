@@ -53,6 +53,7 @@ from ._stems import (
     cache_layers,
     expanded_cache,
     kv_bytes_per_token,
+    plain_row_cost,
     plan_stems,
     stem_cost,
     stem_groups,
@@ -633,9 +634,9 @@ def _score_stems(runner: _Runner, block: list[int], mode: str, longest: int) -> 
     served = [i for pl in plans for i in (pl.anchor, *pl.served)]
     if not plans:
         return block
-    plain_cost = _cost(
-        model, [[len(rows[i].input_ids) for i in c] for c in _plain_chunks(model, rows, served, runner.ctx)],
-        packed=False,
+    chunks = _plain_chunks(model, rows, served, runner.ctx)
+    plain_cost = len(chunks) * _overhead(model) + sum(
+        plain_row_cost(len(rows[i].input_ids), model.d_model) for i in served
     )
     if mode == "auto" and stem_cost(model, rows, plans, _overhead(model)) > 0.9 * plain_cost:
         return block

@@ -44,7 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .base import Context
 
 __all__ = ["StemPlan", "plan_stems", "stem_cost", "stem_groups", "cache_layers", "expanded_cache",
-           "kv_bytes_per_token", "cache_kwarg",
+           "kv_bytes_per_token", "cache_kwarg", "plain_row_cost",
            "KV_VERIFIED"]
 
 MAX_ANCHORS = 8
@@ -153,17 +153,24 @@ def stem_groups(
 
 def stem_cost(model: Model, rows: Sequence[ScoreRow], plans: Sequence[StemPlan],
               overhead: float) -> float:
-    """Estimated cost in token positions of serving ``plans`` (same units as ``_prefix._cost``):
-    each anchor in full, then each row from its stem, with attention over the whole row."""
+    """Estimated cost in token positions of serving ``plans``: each anchor in full, then each
+    row from its stem, its queries attending to the whole row (a plain causal row attends to
+    half of it on average, see :func:`plain_row_cost`); groups of about 32 rows share a pass's
+    ``overhead``."""
     total = 0.0
     d = model.d_model
     for pl in plans:
         la = len(rows[pl.anchor].input_ids)
-        total += overhead + la * (1 + la / (8.0 * d))
+        total += overhead + plain_row_cost(la, d)
         for st, r in zip(pl.stems, pl.served, strict=True):
             ln = len(rows[r].input_ids)
             total += (ln - st) * (1 + ln / (8.0 * d)) + overhead / 32
     return total
+
+
+def plain_row_cost(length: int, d_model: int) -> float:
+    """Cost in token positions of one row computed in full (causal attention included)."""
+    return length * (1 + length / (16.0 * d_model))
 
 
 def cache_layers(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
