@@ -65,7 +65,7 @@ API_CASES: list[ApiCase] = [
     ApiCase("context-spans-short", _ctx(sources=[(0, 10), (10, 40)]), "they end at character 40",
             InputError),
     ApiCase("context-spans-not-numbers", _ctx(sources=[("a", "b")]), "list of strings", InputError),
-    ApiCase("context-empty-source", _ctx(sources=["The sky was grey.", " ", " Anna baked bread. The bus was late."]),
+    ApiCase("context-empty-source", _ctx(sources=["The sky was grey.", " ", "Anna baked bread. The bus was late."]),
             "empty or only whitespace", InputError),
     ApiCase("context-no-sources", _ctx(sources=[]), "sources is empty", InputError),
     ApiCase("context-unknown-kind", _ctx(sources="clause"), "unknown source kind", InputError),

@@ -36,17 +36,16 @@ def _logprob(model, prompt_ids, target_ids) -> float:
     return float(torch.log_softmax(lg.float(), -1)[torch.arange(len(target_ids)), target_ids].sum())
 
 
-@pytest.mark.parametrize("kind, n", [("sentence", 5), ("paragraph", 3), ("document", 2)])
+@pytest.mark.parametrize("kind, n", [("sentence", 7), ("paragraph", 3), ("document", 3)])
 def test_split_sources_partitions_the_text(kind, n):
     text = "A b c. D e f!\n\nG h? I j.\n\n\nK l m.\n---\nN o."
     spans = split_sources(text, kind)
     assert "".join(text[a:b] for a, b in spans) == text
     assert spans[0][0] == 0 and spans[-1][1] == len(text)
     assert all(b1 == a2 for (_, b1), (a2, _) in zip(spans, spans[1:], strict=False))
-    if kind == "sentence":
-        assert len(spans) == 7
-    else:
-        assert len(spans) == n + (1 if kind == "paragraph" else 0)
+    assert len(spans) == n
+    if kind == "document":
+        assert text[spans[1][0]:spans[1][1]] == "K l m.\n---\n"
 
 
 def test_leave_one_out_is_exact(tiny, loo):
@@ -93,6 +92,7 @@ def test_user_sources_and_generated_target(tiny):
     assert spans.sources == ["The sky was grey. ", "Anna baked bread. The bus was late."]
 
 
+@pytest.mark.slow
 def test_haystack_evidence_ranked_first(tiny):
     items = tasks.generate("haystack", n=8, seed=1)
     ex = zoo.dataset("haystack", n=8, seed=1)
