@@ -36,8 +36,9 @@ def tokenizer():
 
 def bench_model(n_layer: int = 6, n_embd: int = 512, n_head: int = 8, n_positions: int = 2048):
     """The bench GPT-2 (6 x 512 by default) with a longer position table, random init seed 0."""
-    import lmxray
     from transformers import GPT2Config, GPT2LMHeadModel
+
+    import lmxray
 
     tok = tokenizer()
     torch.manual_seed(0)

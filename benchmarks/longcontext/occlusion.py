@@ -95,14 +95,17 @@ def main() -> None:
         "forwards | Captum FeatureAblation s | speed-up | max abs diff |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    def fmt(v, spec):
+        return "" if v is None else format(v, spec)
+
     for r in rows:
         cap = r.get("captum_sec")
         lines.append(
-            f"| {r['n']} | {r['sec']:.2f} | {'' if r['growth'] is None else f'{r['growth']:.2f}'} | "
-            f"{'' if r['work'] is None else f'{r['work']:.2f}'} | {r['computed']:,} / {r['naive']:,} "
-            f"({r['computed'] / r['naive']:.2f}) | {r['forwards']} | "
-            f"{'' if cap is None else f'{cap:.2f}'} | {'' if cap is None else f'{cap / r['sec']:.1f}x'} | "
-            f"{'' if cap is None else f'{r['max_diff']:.1e}'} |"
+            f"| {r['n']} | {r['sec']:.2f} | {fmt(r['growth'], '.2f')} | {fmt(r['work'], '.2f')} | "
+            f"{r['computed']:,} / {r['naive']:,} ({r['computed'] / r['naive']:.2f}) | "
+            f"{r['forwards']} | {fmt(cap, '.2f')} | "
+            f"{'' if cap is None else format(cap / r['sec'], '.1f') + 'x'} | "
+            f"{fmt(r.get('max_diff'), '.1e')} |"
         )
     lines.append("")
     OUT.parent.mkdir(parents=True, exist_ok=True)
