@@ -79,3 +79,10 @@ def sentences(text: str, n: int) -> list[str]:
         if len(out) == n:
             break
     return out
+
+
+def write_section(out: Path, lines: list[str]) -> None:
+    """Write a results section (markdown lines) and print it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))

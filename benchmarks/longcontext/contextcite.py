@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import bench_model, licence_text, sentences  # noqa: E402
+from common import bench_model, licence_text, sentences, write_section  # noqa: E402
 
 from lmxray.attribution import context as C  # noqa: E402
 
@@ -38,6 +38,7 @@ def _stub_imports() -> None:
     nltk.sent_tokenize = lambda text: [text]  # type: ignore[attr-defined]
     sys.modules.setdefault("nltk", nltk)
     spacy = types.ModuleType("spacy")
+    spacy.Language = type("Language", (), {})  # type: ignore[attr-defined]  # datasets checks it
     lang = types.ModuleType("spacy.lang")
     en = types.ModuleType("spacy.lang.en")
     en.English = object  # type: ignore[attr-defined]
@@ -133,9 +134,7 @@ def main() -> None:
     lines += ["", f"speed-up: {cc_sec / our_sec:.1f}x; rank correlation of the two score vectors: "
               f"{np.corrcoef(np.argsort(np.argsort(ours.scores)), np.argsort(np.argsort(theirs)))[0, 1]:.2f} "
               "(different random masks)", ""]
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_section(OUT, lines)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import licence_text, tokenizer  # noqa: E402
+from common import licence_text, tokenizer, write_section  # noqa: E402
 
 import lmxray  # noqa: E402
 
@@ -57,9 +57,7 @@ def main() -> None:
                      f"{len(a.info.get('oom_backoff', []))} |")
         print(lines[-1], flush=True)
     lines.append("")
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_section(OUT, lines)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ context-attribution method ranks the evidence sentence first (ground truth by co
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +17,9 @@ import lmxray
 from lmxray import zoo
 from lmxray.attribution.context import attribute_context
 from lmxray.zoo import tasks
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import write_section  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "longcontext-haystack.md"
 
@@ -53,9 +57,7 @@ def main() -> None:
                      f"{hits}/{len(verified)} ({hits / n:.0%}) | {drop / n:.2f} | {sec:.1f} |")
         print(lines[-1], flush=True)
     lines.append("")
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_section(OUT, lines)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import bench_model, prompt_of  # noqa: E402
+from common import bench_model, prompt_of, write_section  # noqa: E402
 
 from lmxray.attribution._prefix import count_forward_tokens  # noqa: E402
 
@@ -108,9 +108,7 @@ def main() -> None:
             f"{fmt(r.get('max_diff'), '.1e')} |"
         )
     lines.append("")
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_section(OUT, lines)
 
 
 if __name__ == "__main__":

@@ -644,14 +644,7 @@ def _score_stems(runner: _Runner, block: list[int], mode: str, longest: int) -> 
         try:
             runner.stems(pl)
         except (RuntimeError, TypeError, ValueError, IndexError, AttributeError) as exc:
-            if is_oom(exc) or isinstance(exc, LmxrayError) or model.hf in KV_VERIFIED:
-                raise
-            KV_VERIFIED[model.hf] = False
-            warnings.warn(
-                f"cached prefix sharing failed for {type(model.hf).__name__} "
-                f"({type(exc).__name__}: {str(exc)[:120]}); scoring without it",
-                RuntimeWarning, stacklevel=5,
-            )
+            _disable(model, exc, KV_VERIFIED, "cached prefix sharing")
         except _Fallback:
             pass
         else:
@@ -661,6 +654,20 @@ def _score_stems(runner: _Runner, block: list[int], mode: str, longest: int) -> 
             runner.out[i] = None
         return sorted(rest + left, key=lambda i: rows[i].input_ids)
     return rest
+
+
+def _disable(model: Model, exc: BaseException, registry: weakref.WeakKeyDictionary[Any, bool],
+             what: str) -> None:
+    """A path failed before it was verified for this model: switch it off with a warning (an
+    out-of-memory, an lmxray error or a failure after verification is re-raised)."""
+    if is_oom(exc) or isinstance(exc, LmxrayError) or model.hf in registry:
+        raise exc
+    registry[model.hf] = False
+    warnings.warn(
+        f"{what} failed for {type(model.hf).__name__} "
+        f"({type(exc).__name__}: {str(exc)[:120]}); scoring without it",
+        RuntimeWarning, stacklevel=6,
+    )
 
 
 def _score_packed(runner: _Runner, block: list[int], mode: str, longest: int) -> None:
@@ -684,15 +691,7 @@ def _score_packed(runner: _Runner, block: list[int], mode: str, longest: int) ->
         for chunk in chunks:
             runner.packed_chunk(chunk)
     except (RuntimeError, TypeError, ValueError, IndexError) as exc:
-        if is_oom(exc) or isinstance(exc, LmxrayError) or model.hf in _VERIFIED:
-            raise
-        _VERIFIED[model.hf] = False
-        warnings.warn(
-            f"packed prefix sharing failed for {type(model.hf).__name__} "
-            f"({type(exc).__name__}: {str(exc)[:120]}); scoring without it",
-            RuntimeWarning,
-            stacklevel=5,
-        )
+        _disable(model, exc, _VERIFIED, "packed prefix sharing")
         for i in block:
             out[i] = None
         runner.plain(block)
