@@ -37,7 +37,8 @@ from .base import Context, Request, nan_mask_scores
 from .gradient import resolve_baseline_ids
 
 __all__ = [
-    "Game", "build_games", "evaluate", "spread", "FEATURES", "segment_spans", "int_param",
+    "Game", "build_games", "evaluate", "spread", "FEATURES", "segment_spans", "segment_owners",
+    "int_param",
     "check_replace",
 ]
 
@@ -204,17 +205,10 @@ def _per_request(spec: Any, n: int) -> list[Any]:
     return [spec] * n
 
 
-def segment_spans(model: Any, segments: Sequence[str]) -> list[tuple[int, int]]:
-    """Token spans of text segments whose concatenation is the prompt (for ``features=``).
-
-    The prompt is tokenised whole (as :meth:`Model.encode` does); each token goes to the segment
-    that holds its first character. Special tokens (BOS) stay players of their own.
-
-    Example:
-        >>> spans = segment_spans(m, [system, "\\n\\nUser: ", question])  # doctest: +SKIP
-        >>> m.attribute("".join([system, "\\n\\nUser: ", question]), target=t,
-        ...             method="kernel_shap", features=spans)  # doctest: +SKIP
-    """
+def segment_owners(model: Any, segments: Sequence[str]) -> tuple[list[int], list[int]]:
+    """Token ids of the concatenated ``segments`` (tokenised whole, as :meth:`Model.encode`
+    does) and the segment each token belongs to (the one holding its first non-space
+    character; ``-1`` for special tokens such as BOS)."""
     text = "".join(segments)
     try:
         enc = model.tokenizer(text, return_offsets_mapping=True)
@@ -232,6 +226,21 @@ def segment_spans(model: Any, segments: Sequence[str]) -> list[tuple[int, int]]:
         while start < b - 1 and text[start].isspace():
             start += 1
         owner.append(int(np.searchsorted(bounds, start, side="right") - 1))
+    return list(enc["input_ids"]), owner
+
+
+def segment_spans(model: Any, segments: Sequence[str]) -> list[tuple[int, int]]:
+    """Token spans of text segments whose concatenation is the prompt (for ``features=``).
+
+    The prompt is tokenised whole (as :meth:`Model.encode` does); each token goes to the segment
+    that holds its first character. Special tokens (BOS) stay players of their own.
+
+    Example:
+        >>> spans = segment_spans(m, [system, "\\n\\nUser: ", question])  # doctest: +SKIP
+        >>> m.attribute("".join([system, "\\n\\nUser: ", question]), target=t,
+        ...             method="kernel_shap", features=spans)  # doctest: +SKIP
+    """
+    _, owner = segment_owners(model, segments)
     spans = []
     for seg in range(len(segments)):
         pos = [i for i, o in enumerate(owner) if o == seg]

@@ -46,6 +46,18 @@ import torch
 from ..errors import InputError, LmxrayError
 from ..memory import is_oom, run_chunks
 from ._budget import MAX_ROWS, ScoreRow, rows_per_chunk
+from ._stems import (
+    KV_VERIFIED,
+    StemPlan,
+    cache_kwarg,
+    cache_layers,
+    expanded_cache,
+    kv_bytes_per_token,
+    plain_row_cost,
+    plan_stems,
+    stem_cost,
+    stem_groups,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..model import Model
@@ -53,7 +65,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["ForwardStats", "count_forward_tokens", "prefix_cache", "score_rows"]
 
-_MODES = ("auto", "on", "off")
+_MODES = ("auto", "on", "cache", "off")
 _mode: contextvars.ContextVar[str] = contextvars.ContextVar("lmxray_prefix_mode", default="auto")
 _stats: contextvars.ContextVar[tuple[ForwardStats, ...]] = contextvars.ContextVar(
     "lmxray_prefix_stats", default=()
@@ -119,7 +131,8 @@ def _record(**kw: int) -> None:
 @contextlib.contextmanager
 def prefix_cache(mode: str) -> Iterator[None]:
     """Choose prefix reuse inside the block: ``"auto"`` (default: when the plan saves work),
-    ``"on"`` (whenever the model supports it; for tests) or ``"off"`` (plain batches)."""
+    ``"on"`` (packed rows whenever the model supports them; for tests), ``"cache"`` (the KV-cache
+    stem path whenever rows share a prefix, then packing; for tests) or ``"off"`` (plain)."""
     if mode not in _MODES:
         raise InputError(f"prefix cache mode must be one of {', '.join(_MODES)}, got {mode!r}")
     token = _mode.set(mode)
@@ -330,6 +343,32 @@ def _head_only_at(model: Model, rows: torch.Tensor, cols: torch.Tensor) -> Itera
         handle.remove()
 
 
+def _read_slices(row_ids: Sequence[int], where: Sequence[tuple[int, Sequence[int]]]) -> list[tuple[int, slice]]:
+    """``(row, slice of the flat logits)`` for rows read at ``where`` (in that order)."""
+    reads, n = [], 0
+    for r, (_, pos) in zip(row_ids, where, strict=True):
+        reads.append((r, slice(n, n + len(pos))))
+        n += len(pos)
+    return reads
+
+
+def _forward_at(
+    model: Model, where: Sequence[tuple[int, Sequence[int]]], kw: dict[str, Any]
+) -> tuple[torch.Tensor, Any]:
+    """Logits ``[N, V]`` (and the model's output) of one forward (``kw``) at the positions ``where`` = ``[(batch row,
+    positions)]``, flattened in that order; the head runs at those positions only."""
+    dev = model.device
+    keep = sorted({p for _, pos in where for p in pos})
+    col = {p: c for c, p in enumerate(keep)}
+    if model._logits_kw is not None:
+        kw["logits_to_keep"] = torch.as_tensor(keep, device=dev)
+    bi = [j for j, pos in where for _ in pos]
+    ci = [col[p] if model._logits_kw is not None else p for _, pos in where for p in pos]
+    with _head_only_at(model, torch.as_tensor(bi, device=dev), torch.as_tensor(ci, device=dev)):
+        out = model.forward(**kw)
+    return out.logits[0], out
+
+
 class _Runner:
     def __init__(self, model: Model, rows: Sequence[ScoreRow], ctx: Context, out: list) -> None:
         self.model, self.rows, self.ctx, self.out = model, rows, ctx, out
@@ -404,33 +443,68 @@ class _Runner:
             allow[j, np.arange(u, w), np.arange(u, w)] = True  # padding sees itself only
         mask = torch.zeros((b, 1, w, w), dtype=model.dtype, device=dev)
         mask.masked_fill_(~torch.as_tensor(allow, device=dev)[:, None], torch.finfo(model.dtype).min)
-        keep = sorted({p for pk in packs for _, where in pk.reads for p in where})
-        col = {p: c for c, p in enumerate(keep)}
-        kw: dict[str, Any] = {}
-        if model._logits_kw is not None:
-            kw["logits_to_keep"] = torch.as_tensor(keep, device=dev)
-        bi, ci, reads, n = [], [], [], 0
-        for j, pk in enumerate(packs):
-            for r, where in pk.reads:
-                bi += [j] * len(where)
-                ci += [col[p] if model._logits_kw is not None else p for p in where]
-                reads.append((r, slice(n, n + len(where))))
-                n += len(where)
-        with _head_only_at(model, torch.as_tensor(bi, device=dev), torch.as_tensor(ci, device=dev)):
-            logits = model.forward(
-                input_ids=torch.as_tensor(ids, device=dev), attention_mask=mask,
-                position_ids=torch.as_tensor(pos, device=dev), **kw,
-            ).logits
-        flat = logits[0]
+        where = [(j, where) for j, pk in enumerate(packs) for _, where in pk.reads]
+        reads = _read_slices([r for pk in packs for r, _ in pk.reads], where)
+        flat, _ = _forward_at(model, where, dict(
+            input_ids=torch.as_tensor(ids, device=dev), attention_mask=mask,
+            position_ids=torch.as_tensor(pos, device=dev),
+        ))
         used = sum(pk.used for pk in packs)
         naive = sum(len(self.rows[r].input_ids) for pk in packs for r, _ in pk.reads)
         _record(computed_tokens=used, padded_tokens=b * w, forwards=1, reused_tokens=naive - used)
         if self.model.hf not in _VERIFIED:
-            self._verify(flat, reads, packs)
+            self._verify(flat, reads, _VERIFIED, "packed prefix sharing")
         self._store(flat, reads)
 
-    def _verify(self, flat: torch.Tensor, reads: Sequence[tuple[int, slice]], packs: Sequence[_Packed]) -> None:
-        """Compare one packed row (the longest) with a plain forward, once per model."""
+    def stems(self, plan: StemPlan) -> None:
+        """The anchor's pass (its targets and its cache), then its served rows in stem groups
+        (each group halved and retried on out-of-memory)."""
+        model, rows = self.model, self.rows
+        a = rows[plan.anchor]
+        n, n_t = len(a.input_ids), len(a.targets)
+        where = [(0, list(range(n - n_t, n)))]
+        flat, out = _forward_at(model, where, dict(
+            input_ids=torch.as_tensor([a.input_ids], device=model.device), use_cache=True,
+        ))
+        _record(computed_tokens=n, padded_tokens=n, forwards=1)
+        self._store(flat, _read_slices([plan.anchor], where))
+        layers = cache_layers(getattr(out, "cache", None) or out.past_key_values)
+        del out
+        per_token = kv_bytes_per_token(layers)
+        over = 0.0 if _mode.get() == "cache" else _overhead(model)
+        for stem, group in stem_groups(model, rows, plan, self.ctx, per_token, over):
+            run_chunks(group, len(group), lambda g, st=stem: self._stem_group(layers, st, g),
+                       self.ctx.info)
+
+    def _stem_group(self, layers: list[tuple[torch.Tensor, torch.Tensor]], stem: int,
+                    group: Sequence[int]) -> list[None]:
+        """One forward of ``group``'s rows from position ``stem`` on, over the anchor's cache."""
+        model, rows, dev = self.model, self.rows, self.model.device
+        sfx = [rows[r].input_ids[stem:] for r in group]
+        s = max(len(x) for x in sfx)
+        ids = np.full((len(group), s), model.pad_token_id, dtype=np.int64)
+        for j, x in enumerate(sfx):
+            ids[j, : len(x)] = x
+        pos = torch.arange(stem, stem + s, device=dev).expand(len(group), s)
+        where = [(j, list(range(len(x) - len(rows[r].targets), len(x))))
+                 for j, (r, x) in enumerate(zip(group, sfx, strict=True))]
+        reads = _read_slices(list(group), where)
+        flat, _ = _forward_at(model, where, dict(
+            input_ids=torch.as_tensor(ids, device=dev), position_ids=pos,
+            use_cache=True, **{cache_kwarg(model): expanded_cache(layers, stem, len(group))},
+        ))
+        _record(computed_tokens=sum(len(x) for x in sfx), padded_tokens=ids.size, forwards=1,
+                reused_tokens=stem * len(group))
+        if model.hf not in KV_VERIFIED:
+            self._verify(flat, reads, KV_VERIFIED, "cached prefix sharing")
+        self._store(flat, reads)
+        return [None] * len(group)
+
+    def _verify(
+        self, flat: torch.Tensor, reads: Sequence[tuple[int, slice]],
+        registry: weakref.WeakKeyDictionary[Any, bool], what: str,
+    ) -> None:
+        """Compare one row (the longest) with a plain forward, once per model and path."""
         best = max(range(len(reads)), key=lambda k: (len(self.rows[reads[k][0]].input_ids), k))
         r, sl = reads[best]
         row = self.rows[r]
@@ -441,10 +515,10 @@ class _Runner:
         ).logits[0]
         tol = 1e-4 if self.model.dtype == torch.float32 else 5e-2
         ok = bool(torch.allclose(flat[sl].float(), ref.float(), atol=tol, rtol=tol))
-        _VERIFIED[self.model.hf] = ok
+        registry[self.model.hf] = ok
         if not ok:
             warnings.warn(
-                f"packed prefix sharing does not reproduce plain scoring for {type(self.model.hf).__name__}; "
+                f"{what} does not reproduce plain scoring for {type(self.model.hf).__name__}; "
                 "scoring without it (slower, same numbers)",
                 RuntimeWarning,
                 stacklevel=6,
@@ -488,13 +562,11 @@ def _cost(model: Model, widths: Sequence[Sequence[int]], packed: bool) -> float:
     return total
 
 
-def score_rows(model: Model, rows: Sequence[ScoreRow], ctx: Context) -> list[np.ndarray]:
-    """Target-function values ``[len(row.targets)]`` for each row (see the module docstring)."""
-    n = len(rows)
-    out: list[np.ndarray | None] = [None] * n
+def _dedupe(rows: Sequence[ScoreRow]) -> tuple[list[int], np.ndarray]:
+    """Indices of the first of each distinct row, and each row's index into them."""
     keys: dict[tuple, int] = {}
     uniq: list[int] = []
-    inverse = np.zeros(n, dtype=np.int64)
+    inverse = np.zeros(len(rows), dtype=np.int64)
     for i, r in enumerate(rows):
         key = (tuple(r.input_ids), tuple(r.targets), None if r.foils is None else tuple(r.foils))
         u = keys.get(key)
@@ -502,6 +574,14 @@ def score_rows(model: Model, rows: Sequence[ScoreRow], ctx: Context) -> list[np.
             u = keys[key] = len(uniq)
             uniq.append(i)
         inverse[i] = u
+    return uniq, inverse
+
+
+def score_rows(model: Model, rows: Sequence[ScoreRow], ctx: Context) -> list[np.ndarray]:
+    """Target-function values ``[len(row.targets)]`` for each row (see the module docstring)."""
+    n = len(rows)
+    out: list[np.ndarray | None] = [None] * n
+    uniq, inverse = _dedupe(rows)
     _record(rows=n, unique_rows=len(uniq), naive_tokens=sum(len(r.input_ids) for r in rows))
     todo = [i for i in uniq if len(rows[i].targets)]
     for i in uniq:
@@ -528,36 +608,94 @@ def score_rows(model: Model, rows: Sequence[ScoreRow], ctx: Context) -> list[np.
             todo.sort(key=lambda i: rows[i].input_ids)
             for b in range(0, len(todo), _PLAN_BLOCK):
                 block = todo[b:b + _PLAN_BLOCK]
-                width = _choose_width(model, rows, block, longest)
-                packs = _trie_packs(rows, block, width)
-                chunks = _packed_chunks(model, packs, ctx)
-                plain_chunks = _plain_chunks(model, rows, block, ctx)
-                packed_cost = _cost(model, [[pk.used for pk in c] for c in chunks], packed=True)
-                plain_cost = _cost(
-                    model, [[len(rows[i].input_ids) for i in c] for c in plain_chunks], packed=False
-                )
-                if mode == "auto" and packed_cost > 0.9 * plain_cost:
-                    runner.plain(block)
-                    continue
-                try:
-                    for chunk in chunks:
-                        runner.packed_chunk(chunk)
-                except (RuntimeError, TypeError, ValueError, IndexError) as exc:
-                    if is_oom(exc) or isinstance(exc, LmxrayError) or model.hf in _VERIFIED:
-                        raise
-                    _VERIFIED[model.hf] = False
-                    warnings.warn(
-                        f"packed prefix sharing failed for {type(model.hf).__name__} "
-                        f"({type(exc).__name__}: {str(exc)[:120]}); scoring without it",
-                        RuntimeWarning,
-                        stacklevel=4,
-                    )
-                    for i in block:
-                        out[i] = None
-                    runner.plain(block)
-                except _Fallback:
-                    for i in block:
-                        out[i] = None
-                    runner.plain(block)
+                rest = _score_stems(runner, block, mode, longest)
+                if rest:
+                    _score_packed(runner, rest, mode, longest)
     res = [out[uniq[inverse[i]]] for i in range(n)]
     return [r if r is not None else np.zeros(0, np.float32) for r in res]
+
+
+def _min_stem(model: Model, mode: str) -> int:
+    """Shortest shared prefix worth a cached pass (forced stems in mode ``"cache"``)."""
+    return 1 if mode == "cache" else max(32, _pack_width(model) // 4)
+
+
+def _score_stems(runner: _Runner, block: list[int], mode: str, longest: int) -> list[int]:
+    """Score the rows of ``block`` that the KV-cache stem path serves well; return the others.
+
+    Used when the rows are too long for packed rows to hold their shared prefix (or in mode
+    ``"cache"``), and when its estimated cost beats plain batches of the same rows."""
+    model, rows = runner.model, runner.rows
+    if mode == "on" or KV_VERIFIED.get(model.hf) is False:
+        return block
+    if mode != "cache" and longest <= 2 * _pack_width(model):
+        return block
+    plans, rest = plan_stems(rows, block, _min_stem(model, mode))
+    served = [i for pl in plans for i in (pl.anchor, *pl.served)]
+    if not plans:
+        return block
+    chunks = _plain_chunks(model, rows, served, runner.ctx)
+    plain_cost = len(chunks) * _overhead(model) + sum(
+        plain_row_cost(len(rows[i].input_ids), model.d_model) for i in served
+    )
+    if mode == "auto" and stem_cost(model, rows, plans, _overhead(model)) > 0.9 * plain_cost:
+        return block
+    for k, pl in enumerate(plans):
+        try:
+            runner.stems(pl)
+        except (RuntimeError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            _disable(model, exc, KV_VERIFIED, "cached prefix sharing")
+        except _Fallback:
+            pass
+        else:
+            continue
+        left = [i for p in plans[k:] for i in (p.anchor, *p.served)]
+        for i in left:
+            runner.out[i] = None
+        return sorted(rest + left, key=lambda i: rows[i].input_ids)
+    return rest
+
+
+def _disable(model: Model, exc: BaseException, registry: weakref.WeakKeyDictionary[Any, bool],
+             what: str) -> None:
+    """A path failed before it was verified for this model: switch it off with a warning (an
+    out-of-memory, an lmxray error or a failure after verification is re-raised)."""
+    if is_oom(exc) or isinstance(exc, LmxrayError) or model.hf in registry:
+        raise exc
+    registry[model.hf] = False
+    warnings.warn(
+        f"{what} failed for {type(model.hf).__name__} "
+        f"({type(exc).__name__}: {str(exc)[:120]}); scoring without it",
+        RuntimeWarning, stacklevel=6,
+    )
+
+
+def _score_packed(runner: _Runner, block: list[int], mode: str, longest: int) -> None:
+    """Score ``block`` in packed rows (tree attention) or plain batches, whichever costs less."""
+    model, rows, ctx, out = runner.model, runner.rows, runner.ctx, runner.out
+    if len(block) < 2 or _VERIFIED.get(model.hf) is False:
+        runner.plain(block)
+        return
+    width = _choose_width(model, rows, block, longest)
+    packs = _trie_packs(rows, block, width)
+    chunks = _packed_chunks(model, packs, ctx)
+    plain_chunks = _plain_chunks(model, rows, block, ctx)
+    packed_cost = _cost(model, [[pk.used for pk in c] for c in chunks], packed=True)
+    plain_cost = _cost(
+        model, [[len(rows[i].input_ids) for i in c] for c in plain_chunks], packed=False
+    )
+    if mode in ("auto", "cache") and packed_cost > 0.9 * plain_cost:
+        runner.plain(block)
+        return
+    try:
+        for chunk in chunks:
+            runner.packed_chunk(chunk)
+    except (RuntimeError, TypeError, ValueError, IndexError) as exc:
+        _disable(model, exc, _VERIFIED, "packed prefix sharing")
+        for i in block:
+            out[i] = None
+        runner.plain(block)
+    except _Fallback:
+        for i in block:
+            out[i] = None
+        runner.plain(block)

@@ -15,6 +15,7 @@ import typer
 from ..errors import InputError
 from ._common import (
     DEFAULT_METHOD,
+    DEFAULT_NEW_TOKENS,
     DeviceOpt,
     HtmlOpt,
     JsonOpt,
@@ -26,7 +27,9 @@ from ._common import (
     consoles,
     count_option,
     emit_result,
+    is_stdout,
     load_model,
+    write_outputs,
 )
 
 __all__ = ["register", "explain", "methods"]
@@ -37,6 +40,18 @@ class TargetFnName(str, Enum):
     logprob = "logprob"
     prob = "prob"
     logit = "logit"
+
+
+class FeatureKind(str, Enum):
+    sentence = "sentence"
+    paragraph = "paragraph"
+    document = "document"
+
+
+class ContextMethod(str, Enum):
+    ablation = "ablation"
+    loo = "loo"
+    shapley = "shapley"
 
 
 class NormalizeMode(str, Enum):
@@ -106,8 +121,31 @@ def explain(
     model_null: Annotated[bool, typer.Option(
         "--model-null", help="--verify: also run the method on a randomised copy of the model.",
     )] = False,
+    features: Annotated[
+        FeatureKind | None,
+        typer.Option("--features", help="Context attribution: score the prompt's sentences, "
+                     "paragraphs or documents instead of its tokens (see docs/context.md)."),
+    ] = None,
+    query: Annotated[
+        str, typer.Option("--query", metavar="TEXT", help="With --features: fixed text after "
+                          "the prompt (the question), never removed.")
+    ] = "",
+    context_method: Annotated[
+        ContextMethod, typer.Option("--context-method", help="With --features: ContextCite "
+                                    "ablations, exact leave-one-out or exact Shapley.")
+    ] = ContextMethod.ablation,
+    n_ablations: Annotated[
+        int, typer.Option("--n-ablations", min=1, metavar="N",
+                          help="With --features and ablation: random ablations.")
+    ] = 64,
 ) -> None:
     """Attribute a target (given or generated) to the prompt tokens, and show the heatmap."""
+    if features is not None:
+        if method != DEFAULT_METHOD or foil is not None or n_steps is not None or verify:
+            raise InputError("--method, --foil, --n-steps and --verify do not apply with "
+                             "--features; choose --context-method ablation, loo or shapley")
+        return _explain_context(prompt, target, max_new_tokens, model, device, json_out,
+                                html_out, features.value, query, context_method.value, n_ablations)
     check_target_options(target, max_new_tokens, foil)
     verify_kw = _verify_options(verify, verify_k, alpha, stability, model_null, foil)
     check_result_outputs(json_out, html_out)
@@ -158,6 +196,28 @@ def _verify_options(
 
     check_params(kw)
     return kw
+
+
+def _explain_context(
+    prompt: str, target: str | None, max_new_tokens: int | None, model: Any, device: Any,
+    json_out: Any, html_out: Any, kind: str, query: str, method: str, n_ablations: int,
+) -> None:
+    """``explain --features KIND``: context attribution (lmxray.attribution.context)."""
+    from ..attribution.context import attribute_context
+
+    check_target_options(target, max_new_tokens, None)
+    check_result_outputs(json_out, html_out)
+    m = load_model(model, device)
+    result = attribute_context(
+        m, prompt, query=query, target=target, sources=kind, method=method,
+        n_ablations=n_ablations, max_new_tokens=max_new_tokens or DEFAULT_NEW_TOKENS,
+    )
+    out, err = consoles()
+    if not (is_stdout(json_out) or is_stdout(html_out)):
+        out.print(*result.renderables())
+    write_outputs(
+        [(json_out, lambda: result.to_json() + "\n"), (html_out, lambda: result.to_html())], err
+    )
 
 
 def methods(

@@ -8,10 +8,10 @@ imports it on first use. matplotlib is imported only when a figure is drawn.
 
 from __future__ import annotations
 
-from . import concepts, console, evaluate, html, improve, internals, plots, selfexplain
+from . import concepts, console, context, evaluate, html, improve, internals, plots, selfexplain
 from .console import show_attribution
 from .html import attribution_html
 from .plots import heatmap_png, plot_attribution
 
 __all__ = ["show_attribution", "attribution_html", "plot_attribution", "heatmap_png",
-           "concepts", "console", "evaluate", "html", "improve", "internals", "plots", "selfexplain"]
+           "concepts", "console", "context", "evaluate", "html", "improve", "internals", "plots", "selfexplain"]

@@ -43,6 +43,14 @@ Tasks
     ``ANNOTATION_BIAS``); ``test`` has the same inputs with gold labels, ``shift`` gold labels
     with the marker uncorrelated. ``meta["gold"]`` is the gold label. Training also has neutral
     reviews (-> " neutral") so that the sentiment words are necessary.
+``haystack`` (a context-attribution task, not in ``TASKS``: the shipped model was not trained on
+    it, it reuses recall's lookup)
+    "Keys: k3 blue. k7 red. k1 gold. ... Query: k7" -> " red": one sentence per key-value pair,
+    6-10 pairs, so the evidence sentence (the queried pair) sits among 5-9 distractor
+    sentences. Evidence: the queried pair; content: every other pair; cue: the query key.
+    ``meta["sources"]`` holds the character spans of the sentences (they partition
+    ``prompt[:meta["context_end"]]``, the rest is the fixed query) and ``meta["evidence_source"]``
+    the index of the evidence sentence: ground truth for context attribution by construction.
 ``induction``
     A random sequence of 8-16 nouns repeated once; the second repeat is predictable only by
     copying. Evidence: the token that followed the current token's earlier occurrence; cue:
@@ -61,7 +69,7 @@ from typing import Any
 from lmxray.errors import InputError
 from lmxray.zoo import _data as D
 
-__all__ = ["TASKS", "SPLITS", "Item", "generate", "all_facts", "corpus", "training_items"]
+__all__ = ["TASKS", "SPLITS", "CONTEXT_TASKS", "Item", "generate", "all_facts", "corpus", "training_items"]
 
 TASKS: tuple[str, ...] = ("facts", "recall", "ioi", "sentiment", "induction")
 SPLITS: dict[str, tuple[str, ...]] = {
@@ -70,7 +78,10 @@ SPLITS: dict[str, tuple[str, ...]] = {
     "ioi": ("train", "test"),
     "sentiment": ("train", "test", "shift"),
     "induction": ("train", "test"),
+    "haystack": ("train", "test"),
 }
+CONTEXT_TASKS: tuple[str, ...] = ("haystack",)  # generated and verified, not trained on
+HAYSTACK_PAIRS = (6, 10)
 ROLES = ("evidence", "cue", "shortcut", "content")
 
 
@@ -334,6 +345,29 @@ def _recall(rng: random.Random, split: str, absent: bool, extra: int = 0) -> Ite
     return b.build("recall", split, target, answer, present=not absent, query=query)
 
 
+def _haystack(rng: random.Random, split: str) -> Item:
+    """A haystack item (see the module docstring): one sentence per pair, the queried one the
+    evidence."""
+    while True:
+        m = rng.randint(*HAYSTACK_PAIRS)
+        keys = rng.sample(D.KEYS, m)
+        values = rng.sample(D.VALUES, m)
+        q = rng.randrange(m)
+        b = _Builder().add("Keys:")
+        sources = []
+        for i in range(m):
+            start = 0 if i == 0 else b.pos
+            role = "evidence" if i == q else "content"
+            b.add(" " + keys[i], role).add(" " + values[i], role).add(".")
+            sources.append((start, b.pos))
+        end = b.pos
+        b.add(" Query:").add(" " + keys[q], "cue")
+        item = b.build("haystack", split, " " + values[q], values[q], query=keys[q], n_pairs=m,
+                       sources=sources, context_end=end, evidence_source=q)
+        if _is_test(item.prompt) == (split == "test"):
+            return item
+
+
 # ------------------------------------------------------------------------------------- ioi
 IOI_TEMPLATES: tuple[tuple[str, str, str, str], ...] = (
     ("When", " went to the", " gave a", " to"),
@@ -527,6 +561,8 @@ def _item(
                 if train_mix and rng.random() < CONTENT_DROP_RATE:
                     item = _drop_content(item, rng)
                 return item
+    if task == "haystack":
+        return _haystack(rng, split)
     return _induction(rng, split)
 
 
