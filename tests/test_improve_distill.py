@@ -4,7 +4,6 @@ on the one training loop and are scored on held-out items, the report round-trip
 from __future__ import annotations
 
 import pytest
-import torch
 
 from lmxray.errors import InputError
 from lmxray.improve.distill import (
@@ -18,14 +17,6 @@ from lmxray.zoo import organisms
 
 TINY = DistillConfig(n_train=12, n_test=6, steps=2, batch_size=4, d_model=16, n_layers=1,
                      n_heads=2, d_ff=32)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_examples_hold_label_and_evidence_without_the_cue():

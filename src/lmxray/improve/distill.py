@@ -18,6 +18,7 @@ from the options). All training runs on :func:`lmxray.training.run_steps`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import random
 from collections.abc import Sequence
@@ -47,10 +48,27 @@ class DistillConfig:
     n_test: int = 300
     steps: int = 300
     """Optimiser steps of every student, whatever the data fraction."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
     batch_size: int = 32
     lr: float = 3e-3
     rationale_weight: float = 1.0
     """Weight of the rationale task's loss (label + rationale students only)."""
+
+    def student(self, tok: Any, seed: int) -> Any:
+        """A random-init Llama of this shape for tokenizer ``tok`` (deterministic in seed)."""
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(LlamaConfig(
+            vocab_size=len(tok), hidden_size=self.d_model, intermediate_size=self.d_ff,
+            num_hidden_layers=self.n_layers, num_attention_heads=self.n_heads,
+            num_key_value_heads=self.n_heads, max_position_embeddings=256,
+            tie_word_embeddings=True, bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+
     d_model: int = 64
     n_layers: int = 2
     n_heads: int = 4
@@ -103,18 +121,6 @@ def _task_loss(model: Any, tok: Any, rows: Sequence[tuple[str, str]]) -> torch.T
     return (ce * wt).sum() / wt.sum()
 
 
-def _student(cfg: DistillConfig, tok: Any, seed: int) -> Any:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tok), hidden_size=cfg.d_model, intermediate_size=cfg.d_ff,
-        num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
-        num_key_value_heads=cfg.n_heads, max_position_embeddings=256, tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id))
-
-
 def label_accuracy(model: Any, tok: Any, test: Sequence[dict[str, str]]) -> float:
     """Fraction of ``test`` whose letter has the highest next-token logit among A/B/C after
     the label task's prompt."""
@@ -144,7 +150,7 @@ def train_student(train: Sequence[dict[str, str]], test: Sequence[dict[str, str]
     if not train or not test:
         raise InputError("distillation needs training and test examples")
     tok = _tokenizer(0)
-    model = _student(cfg, tok, seed)
+    model = cfg.student(tok, seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
     model.train()
 
@@ -227,5 +233,4 @@ def distill_curve(
             acc[v].append(row[v])
     return DistillReport(fractions=fr, seeds=[int(s) for s in seeds], accuracy=acc,
                          n_train=cfg.n_train, n_test=cfg.n_test,
-                         config=dict(vars(cfg)) if not hasattr(cfg, "__dataclass_fields__")
-                         else {k: getattr(cfg, k) for k in cfg.__dataclass_fields__})
+                         config=cfg.as_dict())
