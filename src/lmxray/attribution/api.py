@@ -144,7 +144,8 @@ def attribute(
     fn = resolve_target_fn(target_fn)
     ctx = Context(target_fn=fn, internal_batch_size=internal_batch_size, memory_budget=memory_budget)
 
-    with eval_mode(model), count_forwards([model.hf]) as cost:
+    hf = [model.hf] if isinstance(model, Model) else []  # a black-box scorer has no modules
+    with eval_mode(model), count_forwards(hf) as cost:
         requests = build_requests(model, prompts, targets, foils, max_new_tokens)
         outputs = spec.fn(model, requests, ctx, **resolved)
         missing = [i for i, o in enumerate(outputs) if o.target_scores is None]
