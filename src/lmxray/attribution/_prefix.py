@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import warnings
 import weakref
 from collections.abc import Iterator, Sequence
@@ -473,7 +474,7 @@ class _Runner:
         per_token = kv_bytes_per_token(layers)
         over = 0.0 if _mode.get() == "cache" else _overhead(model)
         for stem, group in stem_groups(model, rows, plan, self.ctx, per_token, over):
-            run_chunks(group, len(group), lambda g, st=stem: self._stem_group(layers, st, g),
+            run_chunks(group, len(group), functools.partial(self._stem_group, layers, stem),
                        self.ctx.info)
 
     def _stem_group(self, layers: list[tuple[torch.Tensor, torch.Tensor]], stem: int,
