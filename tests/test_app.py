@@ -205,3 +205,19 @@ def test_serve_command_is_mounted_with_its_options():
     assert r.exit_code == 0
     for opt in ("--model", "--host", "--port", "--token", "--queue"):
         assert opt in r.stdout
+
+
+def test_serve_without_the_app_extra_is_one_line(monkeypatch):
+    import sys
+
+    from typer.testing import CliRunner
+
+    from lmxray import cli
+
+    for name in [n for n in sys.modules if n == "lmxray.app" or n.startswith("lmxray.app.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if `lmxray[app]` were not installed
+    r = CliRunner().invoke(cli.app, ["serve"])
+    assert r.exit_code == 2
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "pip install 'lmxray[app]'" in lines[0] and "uvicorn" in lines[0]

@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from ..errors import InputError
 from ._common import consoles
 
 __all__ = ["register", "serve"]
@@ -30,8 +31,11 @@ def serve(
     queue: Annotated[int, typer.Option("--queue", min=1, max=1000, help="Jobs that may wait.")] = 8,
 ) -> None:
     """Serve the interactive explorer (Explain, Inside, Judge) in the browser; Ctrl-C stops."""
-    from ..app import Limits, check_bind
-    from ..app import serve as run_server
+    try:
+        from ..app import Limits, check_bind
+        from ..app import serve as run_server
+    except ModuleNotFoundError as exc:  # starlette / uvicorn are the `app` extra
+        raise InputError(f"lmxray serve needs {exc.name}: pip install 'lmxray[app]'") from None
 
     check_bind(host, token)
     _, err = consoles()
