@@ -176,14 +176,14 @@ def _verify_other(obj, model=None):
 
 
 API_CASES: list[ApiCase] = [
-    ApiCase("verify-k-zero", _verify(k=0), "integer >= 1", InputError),
+    ApiCase("verify-k-zero-api", _verify(k=0), "integer >= 1", InputError),
     ApiCase("verify-k-float", _verify(k=2.5), "integer >= 1", InputError),
     ApiCase("verify-k-bool", _verify(k=True), "integer >= 1", InputError),
-    ApiCase("verify-alpha-zero", _verify(alpha=0), "alpha must be", InputError),
-    ApiCase("verify-alpha-one", _verify(alpha=1.0), "alpha must be", InputError),
+    ApiCase("verify-alpha-zero-api", _verify(alpha=0), "alpha must be", InputError),
+    ApiCase("verify-alpha-one-api", _verify(alpha=1.0), "alpha must be", InputError),
     ApiCase("verify-alpha-string", _verify(alpha="0.05"), "alpha must be", InputError),
     ApiCase("verify-unknown-param", _verify(n_null=3), "verify does not take 'n_null'", InputError),
-    ApiCase("verify-unknown-stability", _verify(stability=["swap", "jiggle"]),
+    ApiCase("verify-unknown-stability-api", _verify(stability=["swap", "jiggle"]),
             "unknown stability check 'jiggle'", InputError),
     ApiCase("verify-empty-stability-list", _verify(stability=[]), "unknown stability check",
             InputError),

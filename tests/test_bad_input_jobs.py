@@ -125,12 +125,12 @@ API_CASES: list[ApiCase] = [
     ApiCase("ray-address-no-port", lambda t: check_address("10.0.0.5"), "is not host:port"),
     ApiCase("in-process-not-a-model", lambda t: InProcess("lmxray-tiny"), "needs an lmxray Model"),
     ApiCase("ad-no-rows", lambda t: attribute_dataset(_tiny(), []), "no rows"),
-    ApiCase("ad-zero-batch", lambda t: attribute_dataset(_tiny(), ROW, batch_size=0), "batch_size"),
+    ApiCase("ad-zero-batch-api", lambda t: attribute_dataset(_tiny(), ROW, batch_size=0), "batch_size"),
     ApiCase("ad-bool-batch", lambda t: attribute_dataset(_tiny(), ROW, batch_size=True), "batch_size"),
     ApiCase("ad-bad-suffix", lambda t: attribute_dataset(_tiny(), ROW, out=t / "a.csv"), "*.jsonl or *.parquet",
             outputs=["{tmp}/a.csv"]),
     ApiCase("ad-unknown-param", lambda t: attribute_dataset(_tiny(), ROW, params={"nope": 1}), "does not take"),
-    ApiCase("ad-unknown-method", lambda t: attribute_dataset(_tiny(), ROW, method="nope"), "unknown method"),
+    ApiCase("ad-unknown-method-api", lambda t: attribute_dataset(_tiny(), ROW, method="nope"), "unknown method"),
 ]
 
 
