@@ -308,3 +308,21 @@ def test_runner_reports_verdict_rates(m):
     assert ev.config["verify"]["seeds"] == 0
     with pytest.raises(lmxray.errors.InputError, match="alpha"):
         evaluate(m, zoo.dataset("facts", n=1), methods=["random"], verify={"alpha": 2})
+
+
+@pytest.mark.slow
+def test_evaluate_cli_verify_writes_verdict_columns(tmp_path):
+    from typer.testing import CliRunner
+
+    from lmxray import cli
+
+    out = tmp_path / "rows.jsonl"
+    r = CliRunner().invoke(cli.app, [
+        "evaluate", "--task", "facts", "--n", "2", "--methods", "occlusion",
+        "--metrics", "comprehensiveness", "--verify", "--out", str(out),
+        "--csv", str(tmp_path / "t.csv"), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    scored = [row for row in rows if row.get("method") == "occlusion"]
+    assert len(scored) == 2 and all(isinstance(row["verdict_faithful"], bool) for row in scored)
+    assert "verdict_faithful" in (tmp_path / "t.csv").read_text().splitlines()[0]

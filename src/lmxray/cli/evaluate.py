@@ -90,6 +90,9 @@ def evaluate_command(
     ray: RayOpt = False,
     ray_address: RayAddressOpt = None,
     workers: WorkersOpt = None,
+    verify: Annotated[bool, typer.Option(
+        "--verify", help="Also verify every explanation (Attribution.verify): verdict columns per "
+        "row and verdict rates per method in the leaderboard.")] = False,
 ) -> None:
     """Compare attribution methods on faithfulness, plausibility, ground truth and sanity."""
     from ..evaluate.data import check_source, load_examples
@@ -117,6 +120,7 @@ def evaluate_command(
                 m, examples, methods=methods, metrics=metrics, method_params=params, out=out,
                 resume=resume, batch_size=batch_size, sanity_examples=sanity_examples,
                 removal=removal, n_steps=n_steps, progress=progress, name=name, executor=executor,
+                verify=verify,
             )
     result.show(stdout)
     write_outputs([(csv_out, result.to_csv), (html_out, result.to_html), (png_out, result.to_png),
