@@ -283,3 +283,18 @@ def test_ctrl_c_says_how_to_resume(resumes):
         assert line == "lmxray: interrupted"
     plain = runner.invoke(_app(resumes), ["other"])
     assert plain.exit_code == 130 and plain.stderr.strip() == "lmxray: interrupted"
+
+
+def test_choose_names_is_the_one_registry_check():
+    from lmxray.errors import InputError, choose_names
+
+    known = ["a", "b", "c"]
+    assert choose_names("all", known, "method") == known
+    assert choose_names(" b, a ,b,", known, "method") == ["b", "a"]
+    assert choose_names(["c", "c"], known, "test") == ["c"]
+    with pytest.raises(InputError, match=r"^no test chosen; give test names or 'all'$"):
+        choose_names(" , ", known, "test")
+    with pytest.raises(InputError, match=r"unknown method 'd'; choose from: a, b, c \(or 'all'\)"):
+        choose_names("a,d", known, "method")
+    with pytest.raises(InputError, match="none registered"):
+        choose_names("x", [], "test")

@@ -235,14 +235,8 @@ def finetune_cmd(
 
     out, err = _prepare(json_out)
     _check_out_dir(out_dir)
-    cfg = FinetuneConfig(
-        steps=steps,
-        lr=lr,
-        batch_size=batch_size,
-        seed=seed,
-        ig_samples=ig_samples,
-        attribution=attribution,
-    )
+    cfg = FinetuneConfig(steps=steps, lr=lr, batch_size=batch_size, seed=seed,
+                         ig_samples=ig_samples, attribution=attribution)
     if data is not None:
         _finetune_file(data, out_dir, penalise, lam, cfg, resume, model, device, json_out,
                        no_progress, out, err)

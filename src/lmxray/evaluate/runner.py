@@ -31,7 +31,7 @@ from ..attribution.api import attribute
 from ..attribution.base import methods as registered_methods
 from ..attribution.verify import verify as verify_attribution
 from ..attribution.verify import verify_kwargs
-from ..errors import InputError
+from ..errors import InputError, choose_names
 from ..io import atomic_write_text, check_output, dumps, to_jsonable
 from ..model import Model
 from .data import Example, to_examples
@@ -51,16 +51,7 @@ DEFAULT_METHOD_PARAMS: dict[str, dict[str, Any]] = {"integrated_gradients": {"n_
 
 
 def _resolve_methods(methods: str | Sequence[str]) -> list[str]:
-    known = registered_methods()
-    if isinstance(methods, str):
-        methods = list(known) if methods == "all" else [m.strip() for m in methods.split(",") if m.strip()]
-    chosen = list(dict.fromkeys(methods))
-    if not chosen:
-        raise InputError("no method chosen; give method names or 'all'")
-    for m in chosen:
-        if m not in known:
-            raise InputError(f"unknown method {m!r}; choose from: {', '.join(known)} (or 'all')")
-    return chosen
+    return choose_names(methods, registered_methods(), "method")
 
 
 def _resolve_metrics(metrics: str | Sequence[str] | None) -> tuple[set[str], list[str] | None]:

@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, MethodError
+from ..errors import InputError, MethodError, choose_names
 from ..io import check_output, to_jsonable
 from ..model import Model
 from ._types import Format, Generator, MCItem
@@ -166,17 +166,7 @@ def default_format(gen: Generator, organism: bool = False) -> Format:
 def resolve_tests(tests: str | Sequence[str], registry: Mapping[str, Any] | None = None) -> list[str]:
     """Test names from a list, a comma-separated string or ``"all"``, checked against the
     registry (default: the five tests)."""
-    registry = TESTS if registry is None else registry
-    if isinstance(tests, str):
-        tests = list(registry) if tests == "all" else [t.strip() for t in tests.split(",") if t.strip()]
-    chosen = list(dict.fromkeys(tests))
-    if not chosen:
-        raise InputError("no test chosen; give test names or 'all'")
-    for t in chosen:
-        if t not in registry:
-            known = ", ".join(registry) or "none registered"
-            raise InputError(f"unknown test {t!r}; choose from: {known} (or 'all')")
-    return chosen
+    return choose_names(tests, TESTS if registry is None else registry, "test")
 
 
 def _check_params(params: Mapping[str, Any] | None, chosen: list[str]) -> dict[str, dict[str, Any]]:
