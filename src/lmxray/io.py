@@ -37,6 +37,9 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_with",
     "atomic_folder",
+    "append_synced",
+    "cut_torn_tail",
+    "differing_keys",
     "file_mode",
     "check_output",
     "check_outputs",
@@ -325,3 +328,25 @@ def load_tensors(path: PathLike, *, formats: str | Sequence[str], what: str = "t
         except (json.JSONDecodeError, TypeError):
             meta[k] = v
     return tensors, meta
+
+
+# --------------------------------------------------------------------------- resumable rows files
+def append_synced(path: str | os.PathLike[str], text: str) -> None:
+    """Append ``text`` to a rows file and flush it to disk, so that a crash keeps every row
+    written before it (the first rows of a run go out with their header by an atomic write)."""
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def cut_torn_tail(path: str | os.PathLike[str], good_bytes: int) -> None:
+    """Cut a rows file back to its first ``good_bytes`` (the complete lines a resumed run keeps)."""
+    if good_bytes < Path(path).stat().st_size:
+        with open(path, "r+b") as fh:
+            fh.truncate(good_bytes)
+
+
+def differing_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    """The keys whose values differ between two run configurations, for a resume error."""
+    return ", ".join(sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)))

@@ -32,7 +32,15 @@ from ..attribution.base import methods as registered_methods
 from ..attribution.verify import verify as verify_attribution
 from ..attribution.verify import verify_kwargs
 from ..errors import InputError, choose_names
-from ..io import atomic_write_text, check_output, dumps, to_jsonable
+from ..io import (
+    append_synced,
+    atomic_write_text,
+    check_output,
+    cut_torn_tail,
+    differing_keys,
+    dumps,
+    to_jsonable,
+)
 from ..model import Model
 from .data import Example, to_examples
 from .faithfulness import DEFAULT_BINS, FAITHFULNESS_METRICS, faithfulness
@@ -103,15 +111,12 @@ class _ResultsFile:
     def _load(self, header: dict[str, Any]) -> None:
         records, good_bytes = read_results(self.path)
         if records[0].get("config") != header["config"]:
-            old, new = records[0].get("config", {}), header["config"]
-            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            diff = differing_keys(records[0].get("config", {}), header["config"])
             raise InputError(
                 f"{self.path} was written with another configuration (differs in: "
-                f"{', '.join(diff)}); use another --out, or --no-resume to start over"
+                f"{diff}); use another --out, or --no-resume to start over"
             )
-        if good_bytes < self.path.stat().st_size:
-            with open(self.path, "r+b") as fh:
-                fh.truncate(good_bytes)
+        cut_torn_tail(self.path, good_bytes)
         for rec in records[1:]:
             self._keep(rec)
         self.started = True
@@ -131,10 +136,7 @@ class _ResultsFile:
             atomic_write_text(self.path, dumps(self.header) + "\n" + text)
             self.started = True
         else:
-            with open(self.path, "a", encoding="utf-8") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
+            append_synced(self.path, text)
         for r in plain:
             self._keep(r)
 

@@ -32,7 +32,16 @@ from tqdm.auto import tqdm
 from ..attribution.api import attribute
 from ..attribution.base import get_method
 from ..errors import InputError
-from ..io import atomic_write_text, atomic_write_with, check_output, dumps, read_jsonl
+from ..io import (
+    append_synced,
+    atomic_write_text,
+    atomic_write_with,
+    check_output,
+    cut_torn_tail,
+    differing_keys,
+    dumps,
+    read_jsonl,
+)
 from ..model import Model
 from ..result import Attribution
 from .executor import Executor, run_units
@@ -93,9 +102,8 @@ class _Stream:
         if not isinstance(head, dict) or head.get("format") != ROWS_FORMAT:
             raise InputError(f"{self.path} is not an attribution-rows file; give a new --out or --no-resume")
         if head != self.header:
-            diff = sorted(k for k in set(head["config"]) | set(self.header["config"])
-                          if head["config"].get(k) != self.header["config"].get(k))
-            raise InputError(f"{self.path} was written by another run (differs in: {', '.join(diff)}); "
+            diff = differing_keys(head["config"], self.header["config"])
+            raise InputError(f"{self.path} was written by another run (differs in: {diff}); "
                              "use another --out, or --no-resume to start over")
         good = len(lines[0]) + 1
         for line in lines[1:]:
@@ -105,9 +113,7 @@ class _Stream:
                 break  # the line an interruption cut
             self.done[int(row["index"])] = row
             good += len(line) + 1
-        if good < len(data):
-            with open(self.path, "r+b") as fh:
-                fh.truncate(good)
+        cut_torn_tail(self.path, good)
 
     def add(self, rows: list[dict[str, Any]]) -> None:
         """Append ``rows`` (the first ones go out with the header in one atomic write)."""
@@ -115,17 +121,9 @@ class _Stream:
         if self.fresh:
             atomic_write_text(self.path, dumps(self.header) + "\n" + text)
         else:
-            _append_synced(self.path, text)
+            append_synced(self.path, text)
         self.fresh = False
         self.done.update((int(r["index"]), json.loads(dumps(r))) for r in rows)
-
-
-def _append_synced(path: Path, text: str) -> None:
-    """Append ``text`` and flush it to disk (a crash keeps every row written before it)."""
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def _attribute_unit(model: Model, unit: tuple[Any, ...]) -> list[dict[str, Any]]:

@@ -32,7 +32,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, MethodError, choose_names
-from ..io import check_output, to_jsonable
+from ..io import (
+    append_synced,
+    atomic_write_text,
+    check_output,
+    cut_torn_tail,
+    differing_keys,
+    to_jsonable,
+)
 from ..model import Model
 from ._types import Format, Generator, MCItem
 from .data import to_items
@@ -70,12 +77,10 @@ class _RowsFile:
         self._header = json.dumps(header) + "\n"
 
     def _write(self, text: str, mode: str = "a") -> None:
+        """Append ``text`` (``mode="w"``: the file starts over with it, written atomically)."""
         assert self.path is not None
         try:
-            with open(self.path, mode, encoding="utf-8") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
+            (atomic_write_text if mode == "w" else append_synced)(self.path, text)
         except OSError as exc:
             raise InputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
 
@@ -107,11 +112,9 @@ class _RowsFile:
             raise InputError(f"{self.path} is not an lmxray self-explain rows file; choose another --out")
         old, new = records[0].get("config", {}), header["config"]
         if old != new:
-            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             raise InputError(f"{self.path} was written with another configuration (differs in: "
-                             f"{', '.join(diff)}); use another --out, or --no-resume to start over")
-        with open(self.path, "r+b") as fh:
-            fh.truncate(good)  # rows of a chunk cut short are recomputed
+                             f"{differing_keys(old, new)}); use another --out, or --no-resume to start over")
+        cut_torn_tail(self.path, good)  # rows of a chunk cut short are recomputed
         for rec in records[1:]:
             if rec.get("kind") == "row":
                 self.rows.append({k: v for k, v in rec.items() if k != "kind"})
