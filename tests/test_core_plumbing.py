@@ -298,3 +298,18 @@ def test_choose_names_is_the_one_registry_check():
         choose_names("a,d", known, "method")
     with pytest.raises(InputError, match="none registered"):
         choose_names("x", [], "test")
+
+
+def test_parse_jsonl_reads_text_as_read_jsonl_reads_files(tmp_path):
+    from lmxray.errors import InputError
+    from lmxray.io import parse_jsonl, read_jsonl
+
+    text = '{"a": 1}\n\n{"a": 2}\n'
+    (tmp_path / "r.jsonl").write_text(text, encoding="utf-8")
+    assert parse_jsonl(text, source="upload") == read_jsonl(tmp_path / "r.jsonl") == [{"a": 1}, {"a": 2}]
+    with pytest.raises(InputError, match=r"^upload line 2 is not JSON"):
+        parse_jsonl('{"a": 1}\n{"a"\n', source="upload")
+    with pytest.raises(InputError, match=r"^upload line 1 is not a JSON object"):
+        parse_jsonl("[1]\n", source="upload")
+    with pytest.raises(InputError, match=r"^upload holds no examples rows"):
+        parse_jsonl(" \n", source="upload", what="examples")

@@ -24,7 +24,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ __all__ = [
     "read_text",
     "read_json",
     "read_jsonl",
+    "parse_jsonl",
     "iter_jsonl",
     "check_format",
     "save_tensors",
@@ -261,22 +262,26 @@ def iter_jsonl(path: PathLike, *, what: str = "JSONL",
     UTF-8, not JSON or not an object is a one-line error naming the file and line."""
     path = _input_file(path, what, hint)
     with open(path, "rb") as fh:
-        for n, raw in enumerate(fh, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise InputError(
-                    f"{path} line {n} is not UTF-8 text; convert the file to UTF-8 first"
-                ) from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path} line {n} is not JSON: {exc.msg}") from None
-            if not isinstance(row, dict):
-                raise InputError(f"{path} line {n} is not a JSON object")
-            yield n, row
+        yield from _jsonl_rows(fh, path)
+
+
+def _jsonl_rows(lines: Iterable[bytes], source: Any) -> Iterator[tuple[int, dict[str, Any]]]:
+    for n, raw in enumerate(lines, 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InputError(
+                f"{source} line {n} is not UTF-8 text; convert the file to UTF-8 first"
+            ) from None
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{source} line {n} is not JSON: {exc.msg}") from None
+        if not isinstance(row, dict):
+            raise InputError(f"{source} line {n} is not a JSON object")
+        yield n, row
 
 
 def read_jsonl(path: PathLike, *, what: str = "JSONL", allow_empty: bool = False,
@@ -284,9 +289,22 @@ def read_jsonl(path: PathLike, *, what: str = "JSONL", allow_empty: bool = False
                ) -> list[dict[str, Any]]:
     """Every object of a JSONL file (see :func:`iter_jsonl`); an empty file is an error unless
     ``allow_empty``."""
-    rows = [row for _, row in iter_jsonl(path, what=what, hint=hint)]
+    return _some_rows([row for _, row in iter_jsonl(path, what=what, hint=hint)], path, what,
+                      hint, allow_empty)
+
+
+def parse_jsonl(text: str, *, source: str, what: str = "JSONL", allow_empty: bool = False,
+                hint: str = "; give a JSONL file with one JSON object per line",
+                ) -> list[dict[str, Any]]:
+    """:func:`read_jsonl` of text already in memory (an upload), errors naming ``source``."""
+    rows = [row for _, row in _jsonl_rows(text.encode("utf-8").splitlines(keepends=True), source)]
+    return _some_rows(rows, source, what, hint, allow_empty)
+
+
+def _some_rows(rows: list[dict[str, Any]], source: Any, what: str, hint: str,
+               allow_empty: bool) -> list[dict[str, Any]]:
     if not rows and not allow_empty:
-        raise InputError(f"{path} holds no {what} rows{hint}")
+        raise InputError(f"{source} holds no {what} rows{hint}")
     return rows
 
 

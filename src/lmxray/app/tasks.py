@@ -9,20 +9,18 @@ static HTML report.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .. import zoo
 from ..attribution.base import get_method, methods
-from ..errors import InputError, LmxrayError
+from ..errors import InputError
 from ..evaluate import Evaluation, evaluate, load_examples
 from ..evaluate.report import METRIC_INFO
 from ..examples import spans_to_tokens
 from ..internals import TunedLens, activation_patching, causal_trace, head_scores, logit_lens
-from ..io import read_jsonl, to_jsonable
+from ..io import parse_jsonl, to_jsonable
 from ..model import DEFAULT_MODEL, Model, load
 from ..result import Attribution, Result
 from .jobs import Job
@@ -212,20 +210,12 @@ def run_heads(job: Job, model: Model, args: dict[str, Any]) -> Output:
 
 # ---------------------------------------------------------------------------- judge
 def parse_upload(data: str, limits: Limits) -> list[dict[str, Any]]:
-    """Rows of an uploaded JSONL text, read by the library's JSONL reader (line-numbered errors)."""
+    """Rows of an uploaded JSONL text, parsed by the library's JSONL reader (line-numbered errors)."""
     size = len(data.encode("utf-8"))
     if size > limits.upload_bytes:
         raise InputError(f"the upload has {size} bytes, over the limit of {limits.upload_bytes}; "
                          "upload fewer examples")
-    fd, tmp = tempfile.mkstemp(suffix=".jsonl", prefix="lmxray-upload-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(data)
-        rows = read_jsonl(tmp, what="examples")
-    except LmxrayError as exc:  # name the upload, not the temporary file
-        raise type(exc)(str(exc).replace(tmp, "the uploaded JSONL")) from None
-    finally:
-        os.unlink(tmp)
+    rows = parse_jsonl(data, source="the uploaded JSONL", what="examples")
     for i, row in enumerate(rows, 1):
         if not isinstance(row.get("prompt"), str) or not isinstance(row.get("target"), str):
             raise InputError(f"uploaded JSONL line {i}: each example needs string fields prompt and target")
