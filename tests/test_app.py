@@ -168,6 +168,77 @@ def test_events_stream_ends_with_the_final_state(client):
     assert lines[-1]["state"] == "done" and s.headers["content-type"].startswith("text/event-stream")
 
 
+class FinishesDuringSnapshot(Job):
+    """A job whose worker finishes it right after the event stream took a "running" snapshot:
+    the interleaving that lost 1 load-test request in 200 (the stream then saw the job finished
+    and closed, its last event saying "running")."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.release = threading.Event()
+
+    def snapshot(self):
+        snap = super().snapshot()
+        if snap["state"] == "running" and not self.release.is_set():
+            self.release.set()
+            deadline = time.time() + 10
+            while self.state != "done" and time.time() < deadline:
+                time.sleep(0.005)
+        return snap
+
+
+def test_events_stream_ends_on_the_final_state_when_the_job_finishes_mid_snapshot(client):
+    def work(job):
+        job.step("working")
+        assert job.release.wait(10)
+        return "out"
+
+    job = client.app.state.api.queue.submit(FinishesDuringSnapshot(kind="race", run=work))
+    with client.stream("GET", f"/api/jobs/{job.id}/events") as s:
+        states = [json.loads(x[6:])["state"] for x in s.iter_lines() if x.startswith("data: ")]
+    assert job.release.is_set() and job.state == "done"
+    assert "running" in states and states[-1] == "done", states
+
+
+class CancelWhileStarting(threading.Event):
+    """A cancel flag that lets a cancel arrive just as the worker has checked it and is
+    starting the job (the worker waits in ``is_set`` until ``set`` was called)."""
+
+    def __init__(self):
+        super().__init__()
+        self.checking, self.setting = threading.Event(), threading.Event()
+
+    def is_set(self):
+        got = super().is_set()
+        if threading.current_thread().name == "lmxray-serve-worker" and not self.checking.is_set():
+            self.checking.set()
+            self.setting.wait(5)
+            time.sleep(0.2)  # the cancel's own check runs now, before the worker marks the job running
+        return got
+
+    def set(self):
+        super().set()
+        self.setting.set()
+
+
+def test_cancel_racing_with_the_worker_start_is_decided_once():
+    q = JobQueue(size=2)
+    gate = threading.Event()
+    job = q.submit(Job(kind="quick", run=lambda job: gate.wait(10) and "out", cancel_event=CancelWhileStarting()))
+    assert job.cancel_event.checking.wait(5)
+    q.cancel(job)
+    told = job.state
+    gate.set()
+    after = q.submit(Job(kind="after", run=lambda job: "next"))  # one worker, FIFO: this one ends last
+    deadline = time.time() + 10
+    while after.state != "done" and time.time() < deadline:
+        time.sleep(0.01)
+    # either the cancel found it queued (cancelled, never run) or running (it runs to its end);
+    # never "cancelled" first and then run to "done"
+    assert after.state == "done"
+    assert (told, job.state, job.output) in (("cancelled", "cancelled", None), ("running", "done", "out")), (told, job.state)
+
+
 def test_security_headers_and_no_cors(client):
     r = client.get("/", headers={"origin": "http://evil.example"})
     assert r.status_code == 200 and "<title>lmxray" in r.text

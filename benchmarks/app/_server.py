@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -39,13 +40,14 @@ def start(*args: str) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("lmxray serve did not start in 180 s")
 
 
-def wait_done(client: httpx.Client, url: str, job_id: str) -> dict:
-    """Follow the job's server-sent events to its final state."""
+def wait_done(client: httpx.Client, url: str, job_id: str, events: list | None = None) -> dict:
+    """Follow the job's server-sent events to the end of the stream; the last event (which the
+    server promises is the final state), each event appended to ``events`` when given."""
     with client.stream("GET", f"{url}/api/jobs/{job_id}/events", timeout=300) as r:
         state: dict = {}
         for line in r.iter_lines():
             if line.startswith("data: "):
-                import json
-
                 state = json.loads(line[6:])
+                if events is not None:
+                    events.append(state)
         return state

@@ -43,12 +43,18 @@ def one(client: httpx.Client, url: str, c: int, r: int, out: dict) -> None:
         retries += 1
         time.sleep(0.1 * min(retries, 10))
     if sub.status_code != 202:
-        out[(c, r)] = {"ok": False, "why": sub.text}
+        out[(c, r)] = {"ok": False, "why": {"submit_status": sub.status_code, "submit": sub.text[:200]}}
         return
-    state = wait_done(client, url, sub.json()["id"])
-    res = client.get(f"{url}/api/jobs/{state['id']}/result", timeout=60)
-    out[(c, r)] = {"ok": state["state"] == "done" and res.status_code == 200, "seconds": time.perf_counter() - t0,
-                   "retries": retries, "result": res.json() if res.status_code == 200 else None}
+    job_id = sub.json()["id"]
+    events: list = []
+    state = wait_done(client, url, job_id, events)
+    res = client.get(f"{url}/api/jobs/{job_id}/result", timeout=60)
+    ok = state.get("state") == "done" and res.status_code == 200
+    out[(c, r)] = {"ok": ok, "seconds": time.perf_counter() - t0, "retries": retries,
+                   "result": res.json() if res.status_code == 200 else None}
+    if not ok:  # say what this client saw: the events of the stream, the result's status
+        out[(c, r)]["why"] = {"job": job_id, "events": [(e["state"], e["label"]) for e in events],
+                              "result_status": res.status_code, "result": res.text[:200]}
 
 
 def round_(url: str, clients: int, requests: int) -> dict:
@@ -71,16 +77,18 @@ def round_(url: str, clients: int, requests: int) -> dict:
 
 def check(out: dict, clients: int, requests: int, model) -> dict:
     lost = mixed = 0
+    detail = []
     for c in range(clients):
         for r in range(requests):
             got = out.get((c, r))
             if not got or not got["ok"]:
                 lost += 1
+                detail.append({"client": c, "request": r, **(got or {}).get("why", {"seen": "nothing"})})
                 continue
             a = got["result"]["attributions"][0]
             if got["result"]["prompt"] != prompt_of(c, r) or a["source_tokens"][:-1] != model.token_strings(model.encode(prompt_of(c, r))):
                 mixed += 1
-    return {"lost": lost, "mixed": mixed}
+    return {"lost": lost, "mixed": mixed, "lost_detail": detail}
 
 
 def main() -> None:
@@ -130,6 +138,9 @@ def main() -> None:
               f"{r['p90_s']:>7.2f} {r['p99_s']:>7.2f} {r['max_s']:>7.2f} {r['req_per_s']:>6.2f}")
     print(f"server RSS MB: warm-up {mem['rss_after_warmup_mb']:.0f}, after load 1 {mem['rss_after_load1_mb']:.0f}, "
           f"after load 2 {mem['rss_after_load2_mb']:.0f} (growth {mem['growth_load2_mb']:+.1f})")
+    for r in rows:
+        for d in r["lost_detail"]:
+            print(f"LOST in {r['round']}: {json.dumps(d)}")
     print(f"agreement with direct m.attribute(): max |diff| = {worst:.2e}")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps({"rounds": rows, "memory": mem, "max_abs_diff_vs_python": worst,

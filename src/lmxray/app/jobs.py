@@ -149,23 +149,27 @@ class JobQueue:
 
     def cancel(self, job: Job) -> None:
         job.cancel_event.set()
-        if job.state == "queued":
-            self._finish(job, "cancelled", "cancelled before it started")
+        with self._lock:  # the worker may be taking this job now: one of the two decides
+            if job.state == "queued":
+                self._finish(job, "cancelled", "cancelled before it started")
 
     def pending(self) -> int:
         return self._queue.qsize()
 
     def _finish(self, job: Job, state: str, label: str) -> None:
-        job.state, job.label = state, label
-        job.finished = time.time()
+        job.finished = time.time()  # before the state: a snapshot that sees it finished has the time
+        job.label = label
+        job.state = state
         job.touch()
 
     def _work(self) -> None:
         while True:
             job = self._queue.get()
-            if job.cancel_event.is_set():
-                continue
-            job.state, job.started = "running", time.time()
+            with self._lock:  # a cancel racing with this start either finds it queued or running
+                if job.cancel_event.is_set():
+                    continue
+                job.started = time.time()
+                job.state = "running"
             job.touch()
             try:
                 job.output = job.run(job)

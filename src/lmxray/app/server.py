@@ -182,10 +182,15 @@ class Api:
             try:
                 while True:
                     wake.clear()
-                    if job.version != seen:
+                    # Read "finished?" BEFORE the snapshot: the worker may finish the job between
+                    # the two, and a stream that then stopped would end on a "running" event
+                    # (the load test lost 1 request in 200 that way). A job seen finished here
+                    # is finished in the snapshot below, so the last event is always the final state.
+                    final = job.state in TERMINAL
+                    if job.version != seen or final:
                         seen = job.version
                         yield f"data: {json.dumps(job.snapshot())}\n\n"
-                    if job.state in TERMINAL:
+                    if final:
                         return
                     if job.version == seen:  # sleep until the worker touches the job
                         with contextlib.suppress(asyncio.TimeoutError):
