@@ -2,7 +2,9 @@
 
 Three views over the public API: **Explain** (token heatmaps, two methods side by side, the
 verdict when the verification capability exists), **Inside** (logit/tuned lens, causal tracing,
-activation patching, head scores) and **Judge** (a leaderboard on a zoo task or an uploaded JSONL).
+activation patching, head scores) and **Judge** (a leaderboard on a zoo task or an uploaded JSONL,
+the self-explanation tests on a zoo organism or a served model, and the feature view of an SAE
+named at start-up).
 Jobs run one at a time on one worker thread (the model is loaded once), from a bounded queue
 (429 when full); they stream progress (server-sent events) and can be cancelled.
 
@@ -39,13 +41,14 @@ def check_bind(host: str, token: str | None) -> None:
 
 def serve(models: list[str] | None = None, *, host: str = "127.0.0.1", port: int = 8000,
           token: str | None = None, limits: Limits | None = None, log_level: str = "warning",
-          announce: Callable[[str], None] | None = None) -> None:
-    """Load ``models`` (default: the embedded ``lmxray-tiny``) and serve the app until stopped;
-    ``announce(url)`` is called once the models are loaded."""
+          announce: Callable[[str], None] | None = None, saes: dict[str, Any] | None = None) -> None:
+    """Load ``models`` (default: the embedded ``lmxray-tiny``) and ``saes`` (``{name: folder}``,
+    for the first model) and serve the app until stopped; ``announce(url)`` is called once the
+    models are loaded."""
     check_bind(host, token)
     if not 0 < port < 65536:
         raise InputError(f"port must be 1..65535, got {port}")
-    app: Any = create_app(models or ["lmxray-tiny"], token=token, limits=limits)
+    app: Any = create_app(models or ["lmxray-tiny"], token=token, limits=limits, saes=saes)
     if announce is not None:
         shown = f"[{host}]" if ":" in host else host
         announce(f"http://{shown}:{port}/" + ("?token=<your token>" if token else ""))

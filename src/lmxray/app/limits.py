@@ -23,6 +23,8 @@ class Limits:
     steps: int = field(default=64, metadata={"about": "Integration steps (integrated gradients)."})
     samples: int = field(default=64, metadata={"about": "Samples of the sampling methods and noise draws of causal tracing."})
     examples: int = field(default=200, metadata={"about": "Examples in one leaderboard."})
+    chain_tokens: int = field(default=256, metadata={"about": "Tokens of a chain of thought (self-explanation tests)."})
+    texts: int = field(default=2000, metadata={"about": "Zoo texts read for an SAE feature view."})
     upload_bytes: int = field(default=1_000_000, metadata={"about": "Size of an uploaded JSONL."})
     body_bytes: int = field(default=2_000_000, metadata={"about": "Size of a request body."})
     methods: int = field(default=2, metadata={"about": "Methods side by side in Explain."})

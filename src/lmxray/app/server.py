@@ -33,8 +33,11 @@ from ..attribution.base import methods
 from ..errors import InputError, LmxrayError
 from ..io import dumps
 from .jobs import TERMINAL, Job, JobQueue, QueueFull, cancel_hooks
+from .judge_tasks import BIAS_KINDS, ORGANISM_TASKS, SE_TESTS, load_saes
+from .judge_tasks import KINDS as JUDGE_KINDS
 from .limits import Limits, choice
-from .tasks import KINDS, PATCH_SITES, TRACE_KINDS, Context, Models, runner, verify_available
+from .tasks import KINDS as BASE_KINDS
+from .tasks import PATCH_SITES, TRACE_KINDS, Context, Models, runner, verify_available
 
 __all__ = ["create_app", "LOCAL_HOSTS", "STATIC", "CSP"]
 
@@ -43,6 +46,7 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 COOKIE = "lmxray_token"
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+KINDS: dict[str, Any] = {**BASE_KINDS, **JUDGE_KINDS}
 SECURITY_HEADERS = [
     (b"content-security-policy", CSP.encode()),
     (b"x-content-type-options", b"nosniff"),
@@ -114,8 +118,8 @@ class Guard:
 class Api:
     """The HTTP handlers over one :class:`JobQueue` and the served models."""
 
-    def __init__(self, models: Models, limits: Limits) -> None:
-        self.ctx = Context(models, limits)
+    def __init__(self, models: Models, limits: Limits, saes: dict[str, Any] | None = None) -> None:
+        self.ctx = Context(models, limits, saes=saes or {})
         self.queue = JobQueue(limits.queue, limits.kept_jobs)
 
     async def index(self, request: Request) -> Response:
@@ -126,6 +130,8 @@ class Api:
             "version": __version__, "models": self.ctx.models.names, "methods": methods(),
             "tasks": list(zoo.TASKS), "limits": self.ctx.limits.to_dict(), "verify": verify_available(),
             "trace_kinds": list(TRACE_KINDS), "patch_sites": list(PATCH_SITES), "queued": self.queue.pending(),
+            "selfexplain": {"tasks": list(ORGANISM_TASKS), "tests": list(SE_TESTS), "bias_kinds": list(BIAS_KINDS)},
+            "saes": [s.info() for s in self.ctx.saes.values()],
         })
 
     async def submit(self, request: Request) -> Response:
@@ -143,7 +149,8 @@ class Api:
         kind = choice(body, "kind", tuple(KINDS))
         name = self.ctx.models.check(body.get("model"))
         args = KINDS[kind][0](body, self.ctx)
-        run = runner(kind, self.ctx.models, name)
+        name = args.pop("on_model", name)  # an SAE's feature view runs on the model it was named for
+        run = self._runner(kind, name)
         models = self.ctx.models
 
         def work(job: Job) -> Any:
@@ -157,6 +164,11 @@ class Api:
         except QueueFull as exc:
             return error(str(exc), 429)
         return JSONResponse({**job.snapshot(), "queued": self.queue.pending()}, status_code=202)
+
+    def _runner(self, kind: str, name: str) -> Any:
+        if kind in JUDGE_KINDS:
+            return lambda job, model, args: JUDGE_KINDS[kind][1](job, model, args, self.ctx)
+        return runner(kind, self.ctx.models, name)
 
     def _job(self, request: Request) -> Job:
         job = self.queue.get(request.path_params["job_id"])
@@ -243,18 +255,20 @@ async def _bug(request: Request, exc: Exception) -> Response:
 
 
 def create_app(models: list[str] | dict[str, Any] | tuple[str, ...] = ("lmxray-tiny",), *, token: str | None = None,
-               limits: Limits | None = None, preload: bool = True) -> Starlette:
+               limits: Limits | None = None, preload: bool = True, saes: dict[str, Any] | None = None) -> Starlette:
     """The app serving ``models`` (names given at start-up, or ``{name: Model}`` already loaded).
 
     ``preload`` loads every named model now (so a bad name fails at start-up, and the first
-    request does not wait for it).
+    request does not wait for it). ``saes`` (``{name: SAE folder or lmxray.concepts.SAE}``) are
+    offered by name in the feature view, for the first model (each is checked to fit it now).
     """
     limits = limits or Limits()
     served = Models(dict(models) if isinstance(models, dict) else list(models))
     if preload:
         for name in served.names:
             served.get(name)
-    api = Api(served, limits)
+    first = served.names[0]
+    api = Api(served, limits, load_saes(saes, first, served.get(first)) if saes else None)
     routes = [
         Route("/", api.index),
         Route("/api/info", api.info),

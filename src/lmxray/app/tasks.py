@@ -26,7 +26,7 @@ from ..result import Attribution, Result
 from .jobs import Job
 from .limits import Limits, choice, choices, flag, integer, optional_text, text
 
-__all__ = ["Models", "Context", "Output", "KINDS", "verify_available"]
+__all__ = ["Models", "Context", "Output", "KINDS", "verify_available", "parse_upload", "parse_upload_text"]
 
 STEP_PARAM, SAMPLE_PARAM = "n_steps", "n_samples"
 PATCH_SITES = ("resid_pre", "resid_post", "attn.out", "mlp.out")
@@ -69,8 +69,13 @@ class Models:
 
 @dataclass
 class Context:
+    """What the jobs share: the served models, the limits, the SAEs named at start-up (name ->
+    :class:`lmxray.app.judge_tasks.ServedSAE`) and the zoo organisms loaded on first use."""
+
     models: Models
     limits: Limits
+    saes: dict[str, Any] = field(default_factory=dict)
+    organisms: dict[str, Model] = field(default_factory=dict)
 
 
 @dataclass
@@ -209,13 +214,19 @@ def run_heads(job: Job, model: Model, args: dict[str, Any]) -> Output:
 
 
 # ---------------------------------------------------------------------------- judge
-def parse_upload(data: str, limits: Limits) -> list[dict[str, Any]]:
-    """Rows of an uploaded JSONL text, parsed by the library's JSONL reader (line-numbered errors)."""
+def parse_upload_text(data: str, limits: Limits, what: str) -> list[dict[str, Any]]:
+    """Rows of an uploaded JSONL text (size-checked), parsed by the library's JSONL reader
+    (line-numbered errors)."""
     size = len(data.encode("utf-8"))
     if size > limits.upload_bytes:
         raise InputError(f"the upload has {size} bytes, over the limit of {limits.upload_bytes}; "
-                         "upload fewer examples")
-    rows = parse_jsonl(data, source="the uploaded JSONL", what="examples")
+                         f"upload fewer {what}")
+    return parse_jsonl(data, source="the uploaded JSONL", what=what)
+
+
+def parse_upload(data: str, limits: Limits) -> list[dict[str, Any]]:
+    """Leaderboard examples of an uploaded JSONL text: ``prompt`` and ``target`` strings."""
+    rows = parse_upload_text(data, limits, "examples")
     for i, row in enumerate(rows, 1):
         if not isinstance(row.get("prompt"), str) or not isinstance(row.get("target"), str):
             raise InputError(f"uploaded JSONL line {i}: each example needs string fields prompt and target")
