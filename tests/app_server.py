@@ -1,4 +1,5 @@
-"""Test helper: run the lmxray app with uvicorn in a background thread on a free port."""
+"""Test helpers: run the lmxray app with uvicorn in a background thread on a free port; wait for
+a job and fetch its result through a client."""
 
 from __future__ import annotations
 
@@ -36,3 +37,22 @@ class Background:
     def __exit__(self, *exc: Any) -> None:
         self.server.should_exit = True
         self.thread.join(10)
+
+
+def wait(client: Any, job_id: str, timeout: float = 120.0) -> dict[str, Any]:
+    """Poll ``GET /api/jobs/{id}`` until the job has finished; its last state."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        s = client.get(f"/api/jobs/{job_id}").json()
+        if s["state"] in ("done", "error", "cancelled"):
+            return s  # type: ignore[no-any-return]
+        time.sleep(0.02)
+    raise AssertionError(f"job {job_id} did not finish")
+
+
+def run(client: Any, body: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """Submit ``body`` (expecting 202), wait, and return ``(final state, result response)``."""
+    r = client.post("/api/jobs", json=body)
+    assert r.status_code == 202, r.text
+    s = wait(client, r.json()["id"])
+    return s, client.get(f"/api/jobs/{s['id']}/result")

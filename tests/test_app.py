@@ -12,6 +12,7 @@ import pytest
 from starlette.testclient import TestClient
 
 import lmxray
+from app_server import run
 from conftest import build_tiny
 from lmxray.app import Cancelled, Job, JobQueue, Limits, create_app
 from lmxray.app.jobs import cancel_hooks
@@ -30,23 +31,6 @@ def tiny():
 @pytest.fixture(scope="module")
 def client(tiny):
     return TestClient(create_app({"tiny": tiny}, limits=Limits(prompt_chars=200)), base_url=LOCAL)
-
-
-def wait(client, job_id, timeout=30.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        s = client.get(f"/api/jobs/{job_id}").json()
-        if s["state"] in ("done", "error", "cancelled"):
-            return s
-        time.sleep(0.02)
-    raise AssertionError(f"job {job_id} did not finish")
-
-
-def run(client, body):
-    r = client.post("/api/jobs", json=body)
-    assert r.status_code == 202, r.text
-    s = wait(client, r.json()["id"])
-    return s, client.get(f"/api/jobs/{s['id']}/result")
 
 
 def test_info_names_models_methods_and_limits(client):

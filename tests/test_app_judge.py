@@ -5,7 +5,6 @@ Explain tab's verdict on demand and the Inside tab's tuned-lens grid."""
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ import torch
 from starlette.testclient import TestClient
 
 import lmxray
+from app_server import run
 from conftest import build_tiny
 from lmxray.app import Limits, create_app
 from lmxray.app import tasks as app_tasks
@@ -40,7 +40,9 @@ def random_sae(d_in: int, d_sae: int = 32, k: int = 4) -> SAE:
 @pytest.fixture(scope="module")
 def tiny():
     hf, tok = build_tiny("llama")
-    return lmxray.load(model=hf, tokenizer=tok)
+    model = lmxray.load(model=hf, tokenizer=tok)
+    assert model.hf.config.hidden_size > 8  # room for a 32-latent dictionary
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -53,23 +55,6 @@ def client(tiny, sae):
     app = create_app({"tiny": tiny, "zoo": lmxray.load()}, limits=Limits(prompt_chars=200, texts=50),
                      saes={"dict": sae})
     return TestClient(app, base_url=LOCAL)
-
-
-def wait(client, job_id, timeout=120.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        s = client.get(f"/api/jobs/{job_id}").json()
-        if s["state"] in ("done", "error", "cancelled"):
-            return s
-        time.sleep(0.02)
-    raise AssertionError(f"job {job_id} did not finish")
-
-
-def run(client, body):
-    r = client.post("/api/jobs", json=body)
-    assert r.status_code == 202, r.text
-    s = wait(client, r.json()["id"])
-    return s, client.get(f"/api/jobs/{s['id']}/result")
 
 
 # ---------------------------------------------------------------------------- SAE features
