@@ -1,8 +1,9 @@
 """``lmxray serve`` in a real browser: Playwright driving Debian's headless chromium against the
 app on 127.0.0.1 with the embedded model. Enter a prompt, run, click a target token and check the
 heatmap's numbers against the API's JSON; cancel a long job; ``<script>`` stays text; a bad input
-is shown as the server's message; a screenshot of each view (into $LMXRAY_SCREENSHOTS when set,
-as for docs/img/app-*.png, else a temporary folder).
+is shown as the server's message; the Judge tab's self-explanation tests and SAE feature view
+(numbers equal the API's JSON, the URL reproduces them); a screenshot of each view (into
+$LMXRAY_SCREENSHOTS when set, as for docs/img/app-*.png, else a temporary folder).
 """
 
 from __future__ import annotations
@@ -32,8 +33,17 @@ def server():
         if os.environ.get("CI"):
             pytest.fail("chromium is not installed; CI must run `apt-get install -y chromium` first")
         pytest.skip("chromium is not installed (apt-get install -y chromium)")
-    with Background(create_app(["lmxray-tiny"], limits=Limits(prompt_chars=500))) as url:
+    with Background(create_app(["lmxray-tiny"], limits=Limits(prompt_chars=500), saes={"zoo-l2": quick_sae()})) as url:
         yield url
+
+
+def quick_sae():
+    """A small TopK SAE on lmxray-tiny's layers.2.resid_post, trained briefly (for the feature view)."""
+    import lmxray
+    from lmxray.concepts import TrainConfig, train_sae
+
+    cfg = TrainConfig(d_sae=128, k=8, steps=30, batch_tokens=256, lr=3e-3)
+    return train_sae(lmxray.load(), "layers.2.resid_post", cfg).sae
 
 
 @pytest.fixture(scope="module")
@@ -184,3 +194,58 @@ def test_judge_leaderboard(server, page, shots):
     assert sorted(methods) == ["occlusion", "random", "saliency"]
     assert page.locator("svg.plot polyline").count() == 3
     shoot(page, shots, "judge")
+
+
+def test_judge_selfexplain_on_an_organism(server, page, shots):
+    page.goto(f"{server}/?view=judge&sub=selfexplain")
+    page.wait_for_selector("body[data-ready='1']")
+    assert page.is_visible("#selfexplain-form") and not page.is_visible("#judge-form")
+    page.select_option("#selfexplain-form select[name=task]", "rationale-unfaithful")
+    page.fill("#selfexplain-form input[name=n]", "4")
+    page.check("#selfexplain-form input[name=t_deletion]")
+    page.click("#selfexplain-form button[type=submit]")
+    page.wait_for_selector("table.selfexplain td.se-verdict", timeout=180_000)
+    job_id = page.get_attribute("#judge-job", "data-job")
+    api = httpx.get(f"{server}/api/jobs/{job_id}/result").json()
+    assert [t["test"] for t in api["tests"]] == ["bias", "cot", "deletion"]
+    for t in api["tests"]:
+        rows = page.locator(f"table.selfexplain tr[data-test={t['test']}]")
+        assert rows.locator("td.se-verdict").text_content() == t["verdict"]
+        values = rows.locator("td.num[data-value]").evaluate_all("els => els.map(e => [e.dataset.value, e.textContent])")
+        names = rows.locator("td.measure").all_text_contents()
+        assert names == [m["name"] for m in t["measures"]]
+        want = [m["value"] for m in t["measures"] if m["value"] is not None]
+        assert [float(v) for v, _ in values] == want  # the API's numbers, drawn to 2 decimals
+        assert all(abs(float(text) - w) <= 0.0051 for (_, text), w in zip(values, want, strict=True))
+    assert page.locator("table.selfexplain td.se-unfaithful").count() >= 1  # the unfaithful organism
+    assert page.locator("#judge-out .exports a").count() == 2
+    assert "sub=selfexplain" in page.url and "task=rationale-unfaithful" in page.url and "tests=bias%2Ccot%2Cdeletion" in page.url
+    assert not page.errors
+    shoot(page, shots, "judge-selfexplain")
+
+
+def test_judge_sae_feature_view_and_its_url(server, page, shots):
+    page.goto(f"{server}/?view=judge&sub=feature&sae=zoo-l2&feature=3&n_texts=120&top=6&run=1")
+    page.wait_for_selector("ol.contexts li, #judge-out p.muted", timeout=120_000)
+    job_id = page.get_attribute("#judge-job", "data-job")
+    api = httpx.get(f"{server}/api/jobs/{job_id}/result").json()
+    assert api["feature"] == 3 and api["sae"] == "zoo-l2" and len(api["contexts"]) <= 6
+    shown = page.locator("ol.contexts li").evaluate_all(
+        "els => els.map(li => [...li.querySelectorAll('.ctx-tok')].map(t => Number(t.dataset.act)))")
+    assert shown == [c["acts"] for c in api["contexts"]]
+    assert page.locator("svg.histogram rect.bar").count() == len(api["hist_counts"])
+    promoted = page.locator("table.promoted td.num").evaluate_all("els => els.map(e => Number(e.dataset.value))")
+    assert promoted == [v for _, v in api["promoted"]]
+    assert "zoo-l2" in page.text_content("#feature-hint") and not page.errors
+    shoot(page, shots, "judge-feature")
+    page.click("#feature-form button.step[data-step='1']")  # the next latent
+    page.wait_for_selector("#judge-out h3:has-text('latent 4 ')", timeout=120_000)  # (the CSP forbids eval)
+    assert "feature=4" in page.url
+    export = httpx.get(f"{server}/api/jobs/{page.get_attribute('#judge-job', 'data-job')}/export?format=json").json()
+    assert export["format"] == "lmxray.feature_view/1" and export["feature"] == 4
+
+
+def test_judge_feature_bad_latent_shows_the_servers_message(server, page):
+    page.goto(f"{server}/?view=judge&sub=feature&sae=zoo-l2&feature=128&run=1")
+    page.wait_for_selector("#error:not([hidden])")
+    assert page.text_content("#error") == "feature must be between 0 and 127, got 128"

@@ -14,7 +14,7 @@ export function init(a) {
     forms[f.dataset.sub] = f;
     f.addEventListener("submit", (e) => { e.preventDefault(); run(f.dataset.sub); });
   }
-  for (const b of document.querySelectorAll(".subtab")) b.addEventListener("click", () => { choose(b.dataset.sub); app.setUrl("inside", { sub }); });
+  for (const b of document.querySelectorAll("#view-inside .subtab")) b.addEventListener("click", () => { choose(b.dataset.sub); app.setUrl("inside", { sub }); });
   for (const s of app.info.patch_sites) document.querySelector("#patch-site").append(h("option", { value: s, text: s }));
   const t = forms.trace;
   const pick = () => {
@@ -35,7 +35,7 @@ function subjectHint() {
 
 function choose(name) {
   sub = name;
-  for (const b of document.querySelectorAll(".subtab")) b.classList.toggle("active", b.dataset.sub === name);
+  for (const b of document.querySelectorAll("#view-inside .subtab")) b.classList.toggle("active", b.dataset.sub === name);
   for (const [k, f] of Object.entries(forms)) f.hidden = k !== name;
 }
 

@@ -1,10 +1,14 @@
 // Judge: a leaderboard of methods on a zoo task or an uploaded JSONL, with progress, the table
-// (best value per column marked) and the mean deletion curves.
+// (best value per column marked) and the mean deletion curves; the self-explanation tests and the
+// SAE feature view are sub-views (selfexplain.js, features.js) sharing the progress line and output.
 import { h, svg, clear, fmt, formData, fillForm } from "./dom.js";
 import { runJob, JobView, exportLinks } from "./api.js";
+import * as selfexplain from "./selfexplain.js";
+import * as features from "./features.js";
 
-let app, form, out, job;
+let app, form, out, job, sub = "board";
 const COLOURS = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
+const SUBS = { selfexplain, feature: features };
 
 export function init(a) {
   app = a;
@@ -20,9 +24,23 @@ export function init(a) {
   }
   form.n.max = app.info.limits.examples;
   form.addEventListener("submit", (e) => { e.preventDefault(); run(); });
+  const shared = { app, out, job, readFile };
+  for (const m of Object.values(SUBS)) m.init(shared);
+  for (const b of document.querySelectorAll("#view-judge .subtab")) {
+    b.addEventListener("click", () => { app.showError(""); choose(b.dataset.sub); app.setUrl("judge", sub === "board" ? {} : { sub }); });
+  }
+  choose("board");
+}
+
+function choose(name) {
+  sub = SUBS[name] ? name : "board";
+  for (const b of document.querySelectorAll("#view-judge .subtab")) b.classList.toggle("active", b.dataset.sub === sub);
+  for (const f of document.querySelectorAll("#view-judge form.sub")) f.hidden = f.dataset.sub !== sub;
 }
 
 export function restore(q) {
+  choose(q.sub);
+  if (sub !== "board") { SUBS[sub].restore(q); return; }
   if (q.methods) for (const el of form.querySelectorAll("input[name^=m_]")) el.checked = q.methods.split(",").includes(el.name.slice(2));
   fillForm(form, q);
   if (q.run === "1") run();
