@@ -25,6 +25,13 @@ CLI_CASES: list[CliCase] = [
             "does not exist"),
     CliCase("serve-model-is-a-file", ["serve", "--model", "{tmp}/m.txt", "--port", "8765"],
             "not a model folder", setup=lambda tmp: (tmp / "m.txt").write_text("x")),
+    CliCase("serve-sae-without-name", ["serve", "--sae", "{tmp}"], "must be NAME=FOLDER"),
+    CliCase("serve-sae-empty-name", ["serve", "--sae", "={tmp}"], "must be NAME=FOLDER"),
+    CliCase("serve-sae-missing-folder", ["serve", "--sae", "x={tmp}/none"], "no SAE folder at"),
+    CliCase("serve-sae-is-a-file", ["serve", "--sae", "x={tmp}/s.txt"], "is a file",
+            setup=lambda tmp: (tmp / "s.txt").write_text("x")),
+    CliCase("serve-sae-twice", ["serve", "--sae", "x={tmp}", "--sae", "x={tmp}"], "names 'x' twice"),
+    CliCase("serve-sae-folder-without-cfg", ["serve", "--sae", "x={tmp}", "--port", "8765"], "cfg.json"),
 ]
 
 API_CASES: list[ApiCase] = [

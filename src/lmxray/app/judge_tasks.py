@@ -32,7 +32,7 @@ from .jobs import Job, cancel_hooks
 from .limits import choice, choices, flag, integer, optional_text
 from .tasks import Context, Output, parse_upload_text
 
-__all__ = ["ServedSAE", "load_saes", "ORGANISM_TASKS", "CONTROL_TASK", "BIAS_KINDS", "SE_TESTS", "KINDS",
+__all__ = ["ServedSAE", "read_saes", "load_saes", "ORGANISM_TASKS", "CONTROL_TASK", "BIAS_KINDS", "SE_TESTS", "KINDS",
            "parse_selfexplain", "run_selfexplain", "selfexplain_payload", "parse_feature", "run_feature"]
 
 CONTROL_TASK = "rationale-random"  # the faithful organism with random rationales (a control)
@@ -58,15 +58,21 @@ class ServedSAE:
                 "kind": cfg.kind}
 
 
-def load_saes(specs: Mapping[str, str | os.PathLike[str] | SAE], model_name: str, model: Model
-              ) -> dict[str, ServedSAE]:
-    """Load each ``{name: folder or SAE}`` and check that it fits ``model`` (one short forward;
-    attached for the check, then detached: a job attaches its SAE while it runs)."""
-    out: dict[str, ServedSAE] = {}
+def read_saes(specs: Mapping[str, str | os.PathLike[str] | SAE]) -> dict[str, SAE]:
+    """Read each ``{name: folder or SAE}`` (before any model loads: a bad folder fails fast)."""
+    out: dict[str, SAE] = {}
     for name, spec in specs.items():
         if not isinstance(name, str) or not name.strip() or len(name) > 60:
             raise InputError(f"SAE name {str(name)[:80]!r} must be 1-60 characters (--sae NAME=FOLDER)")
-        sae = spec if isinstance(spec, SAE) else load_sae(spec)
+        out[name] = spec if isinstance(spec, SAE) else load_sae(spec)
+    return out
+
+
+def load_saes(saes: Mapping[str, SAE], model_name: str, model: Model) -> dict[str, ServedSAE]:
+    """Check that each SAE fits ``model`` (one short forward; attached for the check, then
+    detached: a job attaches its SAE while it runs)."""
+    out: dict[str, ServedSAE] = {}
+    for name, sae in saes.items():
         site = attach(model, sae)
         site_map(model).detach(site)
         out[name] = ServedSAE(name, sae, model_name, site[: -len(".sae")])

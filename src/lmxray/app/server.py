@@ -33,7 +33,7 @@ from ..attribution.base import methods
 from ..errors import InputError, LmxrayError
 from ..io import dumps
 from .jobs import TERMINAL, Job, JobQueue, QueueFull, cancel_hooks
-from .judge_tasks import BIAS_KINDS, ORGANISM_TASKS, SE_TESTS, load_saes
+from .judge_tasks import BIAS_KINDS, ORGANISM_TASKS, SE_TESTS, load_saes, read_saes
 from .judge_tasks import KINDS as JUDGE_KINDS
 from .limits import Limits, choice
 from .tasks import KINDS as BASE_KINDS
@@ -263,12 +263,13 @@ def create_app(models: list[str] | dict[str, Any] | tuple[str, ...] = ("lmxray-t
     offered by name in the feature view, for the first model (each is checked to fit it now).
     """
     limits = limits or Limits()
+    dictionaries = read_saes(saes or {})
     served = Models(dict(models) if isinstance(models, dict) else list(models))
     if preload:
         for name in served.names:
             served.get(name)
     first = served.names[0]
-    api = Api(served, limits, load_saes(saes, first, served.get(first)) if saes else None)
+    api = Api(served, limits, load_saes(dictionaries, first, served.get(first)) if dictionaries else None)
     routes = [
         Route("/", api.index),
         Route("/api/info", api.info),
