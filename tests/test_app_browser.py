@@ -249,3 +249,53 @@ def test_judge_feature_bad_latent_shows_the_servers_message(server, page):
     page.goto(f"{server}/?view=judge&sub=feature&sae=zoo-l2&feature=128&run=1")
     page.wait_for_selector("#error:not([hidden])")
     assert page.text_content("#error") == "feature must be between 0 and 127, got 128"
+
+
+def test_explain_verdict_on_demand(server, page):
+    page.goto(f"{server}/?view=explain&prompt={quote(PROMPT)}&target={quote(' Paris')}&method_a=saliency&verify=1")
+    page.wait_for_selector("body[data-ready='1']")
+    assert page.is_checked("#explain-form input[name=verify]")  # the URL keeps the choice
+    page.click("#explain-form button[type=submit]")
+    page.wait_for_selector(".panel .verdict h4", timeout=180_000)
+    job_id = page.get_attribute("#explain-job", "data-job")
+    (verdict,) = httpx.get(f"{server}/api/jobs/{job_id}/result").json()["verdicts"]
+    assert page.text_content(".panel .verdict h4") == f"Verdict: {verdict['verdict']}"
+    shown = dict(zip(page.locator(".panel .verdict dt").all_text_contents(),
+                     page.locator(".panel .verdict dd").all_text_contents(), strict=True))
+    checks = {k: v for k, v in verdict["checks"].items() if v is not None}
+    assert checks
+    for check, value in checks.items():
+        if isinstance(value, bool):
+            assert shown[check] == str(value).lower()
+        elif isinstance(value, int | float):
+            assert float(shown[check]) == value
+        else:
+            assert shown[check] == str(value)
+    assert page.locator(".panel .verdict li").all_text_contents() == [str(r) for r in verdict["reasons"]]
+    assert not page.errors
+
+
+def test_inside_tuned_lens_grid(server, page):
+    page.goto(f"{server}/?view=inside&sub=lens&prompt={quote(PROMPT)}&tuned=1&top_k=3&run=1")
+    page.wait_for_selector("#inside-out table.lens td.cell", timeout=300_000)
+    assert page.text_content("#inside-out h3").startswith("Tuned lens")
+    job_id = page.get_attribute("#inside-job", "data-job")
+    api = httpx.get(f"{server}/api/jobs/{job_id}/result").json()
+    assert api["method"] == "tuned_lens"
+    cells = page.locator("#inside-out table.lens td.cell").evaluate_all(
+        "els => els.map(e => [Number(e.dataset.row), Number(e.dataset.col), e.dataset.value, e.textContent])")
+    n_layers = len(api["layers"])
+    assert len(cells) == n_layers * len(api["tokens"])
+    for r, c, value, label in cells:  # the grid's rows are the layers, output layer on top
+        layer = n_layers - 1 - r
+        assert float(value) == api["target_prob"][layer][c]
+        assert label == shown_token(api["top_tokens"][layer][c][0])
+    assert not page.errors
+
+
+def shown_token(t: str) -> str:
+    """A token as the page shows it (dom.js showToken): newlines as \u21b5, an edge space as \u2423."""
+    t = t.replace("\n", "\u21b5")
+    t = "\u2423" + t[1:] if t.startswith(" ") else t
+    t = t[:-1] + "\u2423" if t.endswith(" ") else t
+    return t or "\u2205"
