@@ -27,7 +27,7 @@ def start(*args: str) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([sys.executable, "-m", "lmxray", "serve", "--port", str(port), *args],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
+    deadline = time.time() + 600  # a loaded 2-core machine can take minutes to import torch
     while time.time() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"lmxray serve exited: {proc.stderr.read().decode()[-500:]}")
@@ -37,7 +37,7 @@ def start(*args: str) -> tuple[subprocess.Popen, str]:
         except httpx.HTTPError:
             time.sleep(0.2)
     proc.kill()
-    raise RuntimeError("lmxray serve did not start in 180 s")
+    raise RuntimeError("lmxray serve did not start in 600 s")
 
 
 def wait_done(client: httpx.Client, url: str, job_id: str, events: list | None = None) -> dict:
