@@ -136,6 +136,7 @@ def test_selfexplain_on_uploaded_questions_asks_the_served_model(client):
     got = r.json()
     assert got["data"] == "mine.jsonl" and got["n_items"] == 2 and got["tests"][0]["test"] == "cot"
     assert got["generator"] == "lmxray-tiny" and got["format"] == "turpin"
+    assert s["forwards"] > 0  # the served model's forward passes are counted (and cancellable)
 
 
 @pytest.mark.parametrize("body,match", [

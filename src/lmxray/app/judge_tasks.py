@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,7 +163,8 @@ def run_selfexplain(job: Job, model: Model, args: dict[str, Any], ctx: Context) 
     if task == CONTROL_TASK:
         gen = RandomRationale(gen)
     total = len(args["items"]) * len(args["tests"])
-    with cancel_hooks(model.hf, job):  # the served model's hooks are on already; an organism's here
+    hooks = cancel_hooks(model.hf, job) if args["organism"] else nullcontext()  # the served model has its own
+    with hooks:
         report = run_tests(gen, args["items"], args["tests"], fmt=default_format(gen, organism=task is not None),
                            progress=False, params=args["params"], chunk_size=SE_CHUNK, name=args["name"],
                            registry=_with_progress(job, total))
