@@ -12,8 +12,10 @@ marker ablation, TCAV. Writes benchmarks/results/concepts.md and concepts.json.
    folder: the interoperability round trip); lmxray's other kinds are trained on the same batches.
 3. Known concepts (marker, task, continents) as the best single latent (AUROC); the marker
    latent (per review, read at the last token) ablated on the sentiment test and shift splits.
-4. TCAV of each continent (concept: language/currency prompts of its countries) for its
-   capitals, at ``layers.2.resid_post`` (mean-pooled), 10 random CAVs, two-sided t-test.
+4. TCAV of each continent (concept: language/currency prompts of its countries) and of a random
+   concept of as many such prompts about any country, for the continent's capitals, at
+   ``layers.2.resid_post`` (mean-pooled): ``--n-random`` runs per concept (fresh random negative
+   sets), as many random concepts as the null, two-sided t-test, Bonferroni over the 12 tests.
 """
 
 from __future__ import annotations
@@ -109,14 +111,20 @@ def concept_part(m, sae, n: int) -> dict:
     return {"scan": scan.rows, "ablation": ablation}
 
 
+CONTINENTS = ("Africa", "Asia", "Europe", "North America", "Oceania", "South America")
+
+
 def tcav_part(m, n_random: int) -> list[dict]:
     rows = []
-    for cont in ("Africa", "Asia", "Europe", "North America", "Oceania", "South America"):
-        r = continent_tcav(m, SITE, cont, n_random=n_random)
+    for cont in CONTINENTS:
+        r = continent_tcav(m, SITE, cont, n_random=n_random, n_tests=2 * len(CONTINENTS))
         for x in r.rows:
+            null = x["random_scores"]
+            sd = (sum((v - sum(null) / len(null)) ** 2 for v in null) / (len(null) - 1)) ** 0.5
             rows.append({"continent": cont, "concept": x["concept"], "score": round(x["score"], 3),
-                         "random": round(sum(x["random_scores"]) / len(x["random_scores"]), 3),
-                         "p": x["p_value"], "significant": x["significant"],
+                         "random": round(sum(null) / len(null), 3), "random_sd": round(sd, 3),
+                         "p": x["p_value"], "p_bonferroni": x["p_corrected"],
+                         "significant": x["significant"],
                          "cav_accuracy": round(x["cav_accuracy"], 3)})
     return rows
 
@@ -150,7 +158,12 @@ def report(res: dict, args) -> str:
         "reviews with negative gold label)", fmt_table(acc),
         "RRR (docs/improve.md, seed 0): base 0.983 / 0.840 / 0.238 (ID / shift / conflict), "
         "RRR 1.000 / 0.993 / 0.984.",
-        f"## TCAV ({args.n_random} random CAVs, two-sided t-test, alpha 0.05)",
+        f"## TCAV ({res.get('n_random', args.n_random)} runs per concept against fresh random "
+        f"sets, {res.get('n_random', args.n_random)} random concepts as the null, two-sided "
+        "t-test, alpha 0.05 with Bonferroni over the 12 tests)",
+        f"Command: `python benchmarks/concepts/run.py --tcav-only --n-random "
+        f"{res.get('n_random', args.n_random)}`. random / random_sd: mean and sd of the random "
+        "concepts' scores; significant: p < 0.05 / 12.",
         fmt_table(res["tcav"]),
     ]) + "\n"
 
@@ -160,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--width", type=int, default=1024)
-    ap.add_argument("--n-random", type=int, default=10)
+    ap.add_argument("--n-random", type=int, default=30)
     ap.add_argument("--quick", action="store_true", help="tiny settings (smoke run)")
     ap.add_argument("--tcav-only", action="store_true",
                     help="rerun the TCAV part only, keeping the rest of results/concepts.json")
@@ -172,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     m = lmxray.load()
     if args.tcav_only:
         res = json.loads((OUT / "concepts.json").read_text())
-        res["tcav"] = tcav_part(m, args.n_random)
+        res["tcav"], res["n_random"] = tcav_part(m, args.n_random), args.n_random
         args.steps, args.batch = res["tokens"] // 1024, 1024
         return _write(res, args, "")
     batches = collect(m, args.steps, args.batch)
@@ -180,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         sae_rows, sae = sae_part(m, batches, args.width, Path(tmp))
     res = {"tokens": args.steps * args.batch, "sae": sae_rows,
            "concepts": concept_part(m, sae, 100 if args.quick else 200),
-           "tcav": tcav_part(m, args.n_random)}
+           "tcav": tcav_part(m, args.n_random), "n_random": args.n_random}
     res["wall_s"] = time.perf_counter() - t0
     return _write(res, args, "-quick" if args.quick else "")
 
