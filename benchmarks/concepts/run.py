@@ -95,12 +95,21 @@ def sae_part(m, batches, width: int, work: Path) -> tuple[list[dict], object]:
     info = train_saelens(batches, TrainConfig(kind="topk", **base), work / "saelens")
     theirs = load_sae(work / "saelens")
     rows.append(row("SAELens topk (read by lmxray)", evaluate_sae(m, theirs, SITE), info))
-    for kind, extra in (("batchtopk", {}), ("jumprelu", {"l0_coef": 0.2}), ("relu", {"l1": 0.1})):
-        run = fit_sae(lambda s: batches[s], batches[0].shape[1],
-                      TrainConfig(kind=kind, **base, **extra), site=SITE, model_name=m.name,
-                      progress=False)
+    return rows + other_kinds(m, batches, width, OTHER_KINDS), ours.sae
+
+
+OTHER_KINDS = ("batchtopk", "jumprelu", "relu")
+
+
+def other_kinds(m, batches, width: int, kinds) -> list[dict]:
+    """lmxray's other kinds on the same batches, with their default sparsity coefficients."""
+    rows = []
+    base = dict(d_sae=width, k=32, steps=len(batches), batch_tokens=len(batches[0]), lr=1e-3)
+    for kind in kinds:
+        run = fit_sae(lambda s: batches[s], batches[0].shape[1], TrainConfig(kind=kind, **base),
+                      site=SITE, model_name=m.name, progress=False)
         rows.append(row(f"lmxray {kind}", evaluate_sae(m, run.sae, SITE), run.info))
-    return rows, ours.sae
+    return rows
 
 
 def concept_part(m, sae, n: int) -> dict:
@@ -177,12 +186,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny settings (smoke run)")
     ap.add_argument("--tcav-only", action="store_true",
                     help="rerun the TCAV part only, keeping the rest of results/concepts.json")
+    ap.add_argument("--kinds", default="",
+                    help="rerun only these of lmxray's other SAE kinds (batchtopk,jumprelu,relu), "
+                         "keeping the rest of results/concepts.json")
     args = ap.parse_args(argv)
     if args.quick:
         args.steps, args.batch, args.width, args.n_random = 20, 256, 256, 3
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     m = lmxray.load()
+    if args.kinds:
+        res = json.loads((OUT / "concepts.json").read_text())
+        kinds = [k.strip() for k in args.kinds.split(",")]
+        args.steps, args.batch = res["tokens"] // 1024, 1024
+        fresh = {r["sae"]: r for r in other_kinds(m, collect(m, args.steps, args.batch),
+                                                  args.width, kinds)}
+        res["sae"] = [fresh.get(r["sae"], r) for r in res["sae"]]
+        return _write(res, args, "")
     if args.tcav_only:
         res = json.loads((OUT / "concepts.json").read_text())
         res["tcav"], res["n_random"] = tcav_part(m, args.n_random), args.n_random

@@ -71,7 +71,7 @@ def train_cmd(
     steps: Annotated[int, typer.Option("--steps")] = 600,
     batch_tokens: Annotated[int, typer.Option("--batch-tokens")] = 2048,
     lr: Annotated[float, typer.Option("--lr")] = 1e-3,
-    l1: Annotated[float, typer.Option("--l1", help="L1 coefficient (relu).")] = 0.02,
+    l1: Annotated[float, typer.Option("--l1", help="L1 coefficient (relu).")] = 1.4,
     l0_coef: Annotated[float, typer.Option("--l0-coef", help="L0 coefficient (jumprelu).")] = 0.05,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     corpus: CorpusOpt = None,
