@@ -161,7 +161,10 @@ def report(res: dict, args) -> str:
         f"{res['wall_s']:.0f} s.",
         "## SAEs (same activations, same TopK config for lmxray and SAELens)",
         fmt_table(sae_rows),
-        f"Throughput ratio lmxray / SAELens (TopK): **{ratio:.2f}x**.",
+        f"Throughput ratio lmxray / SAELens (TopK): **{ratio:.2f}x**. lmxray's other kinds "
+        "use their default coefficients (BatchTopK k 32; JumpReLU init threshold 0.6, l0_coef "
+        "0.05; ReLU l1 1.4); rerun them alone with `python benchmarks/concepts/run.py --kinds "
+        "batchtopk,jumprelu,relu`.",
         "## Known concepts: best single latent (AUROC)", fmt_table(res["concepts"]["scan"]),
         f"## Marker latent {ab['feature']} ablated (sentiment accuracy; conflict = marked "
         "reviews with negative gold label)", fmt_table(acc),

@@ -56,7 +56,7 @@ class TrainConfig:
     l1: float = 1.4
     l0_coef: float = 0.05
     bandwidth: float = 0.05
-    init_threshold: float | None = None  # jumprelu: None = L0 of k on the first batch
+    init_threshold: float = 0.6
     # dead latents: silent for dead_tokens tokens, revived by the AuxK loss
     aux_coef: float = 1 / 32
     k_aux: int = 64
@@ -71,8 +71,6 @@ class TrainConfig:
                 raise InputError(f"{name} must be a positive integer, got {v!r}")
         for name in ("lr", "bandwidth", "init_threshold"):
             v = getattr(self, name)
-            if name == "init_threshold" and v is None:
-                continue
             if not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
                 raise InputError(f"{name} must be a positive number, got {v!r}")
         for name in ("l1", "l0_coef", "aux_coef"):
@@ -147,11 +145,7 @@ class _Trainer:
             sae.W_dec.copy_(w / w.norm(dim=-1, keepdim=True))
             sae.W_enc.copy_(sae.W_dec.t())
             sae.b_enc.zero_()
-            theta = cfg.init_threshold
-            if theta is None:  # L0 = k on this batch at the start
-                z = sae.pre(x).relu().flatten()
-                theta = float(z.kthvalue(max(1, z.numel() - cfg.k * len(x))).values)
-            sae.log_threshold.fill_(math.log(max(theta, 1e-8)))
+            sae.log_threshold.fill_(math.log(cfg.init_threshold))
 
     def activate(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Training latents and the sparsity penalty."""
