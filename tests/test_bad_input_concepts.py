@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from badinput import ApiCase, CliCase, run_api_case, run_cli_case
 from lmxray.concepts import SAE, SAEConfig, TrainConfig, load_sae
-from lmxray.concepts.cav import train_cav
+from lmxray.concepts.cav import concept_significance, outlier_p, train_cav
 from lmxray.concepts.data import text_stream
 from lmxray.errors import FormatError, InputError, MethodError
 
@@ -105,6 +106,15 @@ CLI_CASES: list[CliCase] = [
             setup=_saved(then=_edit_cfg(d_sae=17))),
     CliCase("eval-weights-nan", ["sae", "eval", SAE_DIR], "NaN", setup=_saved(then=_nan_weights)),
     CliCase("eval-width-does-not-fit", ["sae", "eval", SAE_DIR], "wide", setup=_saved(d_in=64)),
+    CliCase("eval-width-does-not-fit-no-output", ["sae", "eval", SAE_DIR, "--json", "{tmp}/e.json",
+                                                  "--html", "{tmp}/e.html"], "wide",
+            ["{tmp}/e.json", "{tmp}/e.html"], setup=_saved(d_in=64)),
+    CliCase("eval-corrupt-weights-no-output", ["sae", "eval", SAE_DIR, "--json", "{tmp}/e.json"],
+            "corrupt", ["{tmp}/e.json"],
+            setup=_saved(then=lambda f: (f / "sae_weights.safetensors").write_bytes(b"\x00junk"))),
+    CliCase("show-corrupt-weights-no-output", ["sae", "show", SAE_DIR, "--feature", "0", "--html",
+                                               "{tmp}/v.html"], "corrupt", ["{tmp}/v.html"],
+            setup=_saved(then=lambda f: (f / "sae_weights.safetensors").write_bytes(b"junk"))),
     CliCase("eval-width-does-not-fit-mlp", ["sae", "eval", SAE_DIR, "--site", "layers.0.mlp.hidden"],
             "wide", setup=_saved()),
     CliCase("eval-unknown-site", ["sae", "eval", SAE_DIR, "--site", "layers.1.nope"],
@@ -158,9 +168,24 @@ API_CASES: list[ApiCase] = [
     ApiCase("corpus-not-text", lambda t: text_stream(3), "cannot read a corpus", InputError),
     ApiCase("cav-too-few", lambda t: train_cav(torch.zeros(2, 4).numpy(), torch.zeros(2, 4).numpy()),
             "at least 3", InputError),
+    ApiCase("train-config-init-threshold", lambda t: TrainConfig(init_threshold=-1.0).check(),
+            "init_threshold", InputError),
+    ApiCase("tcav-fewer-tests-than-concepts", lambda t: concept_significance(
+        {"a": _ones(5), "b": _ones(5)}, _ones(40), _ones(3), n_tests=1), "n_tests", InputError),
+    ApiCase("tcav-one-run", lambda t: concept_significance({"a": _ones(5)}, _ones(40), _ones(3),
+                                                           n_random=1), "n_random", InputError),
+    ApiCase("tcav-tiny-random-sets", lambda t: concept_significance(
+        {"a": _ones(5)}, _ones(40), _ones(3), random_size=2), "random_size", InputError),
+    ApiCase("tcav-small-pool", lambda t: concept_significance({"a": _ones(30)}, _ones(10), _ones(3)),
+            "larger random pool", InputError),
+    ApiCase("tcav-null-of-one", lambda t: outlier_p(0.5, [0.5]), "at least 2", InputError),
     ApiCase("unattached-site", lambda t: _site_map().__getitem__("layers.0.resid_post.sae"),
             "no sparse autoencoder is attached", MethodError),
 ]
+
+
+def _ones(n: int) -> np.ndarray:
+    return np.ones((n, 4))
 
 
 def _site_map():

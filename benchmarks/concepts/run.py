@@ -12,8 +12,10 @@ marker ablation, TCAV. Writes benchmarks/results/concepts.md and concepts.json.
    folder: the interoperability round trip); lmxray's other kinds are trained on the same batches.
 3. Known concepts (marker, task, continents) as the best single latent (AUROC); the marker
    latent (per review, read at the last token) ablated on the sentiment test and shift splits.
-4. TCAV of each continent (concept: language/currency prompts of its countries) for its
-   capitals, at ``layers.2.resid_post`` (mean-pooled), 10 random CAVs, two-sided t-test.
+4. TCAV of each continent (concept: language/currency prompts of its countries) and of a random
+   concept of as many such prompts about any country, for the continent's capitals, at
+   ``layers.2.resid_post`` (mean-pooled): ``--n-random`` runs per concept (fresh random negative
+   sets), as many random concepts as the null, two-sided t-test, Bonferroni over the 12 tests.
 """
 
 from __future__ import annotations
@@ -93,12 +95,21 @@ def sae_part(m, batches, width: int, work: Path) -> tuple[list[dict], object]:
     info = train_saelens(batches, TrainConfig(kind="topk", **base), work / "saelens")
     theirs = load_sae(work / "saelens")
     rows.append(row("SAELens topk (read by lmxray)", evaluate_sae(m, theirs, SITE), info))
-    for kind, extra in (("batchtopk", {}), ("jumprelu", {"l0_coef": 0.2}), ("relu", {"l1": 0.1})):
-        run = fit_sae(lambda s: batches[s], batches[0].shape[1],
-                      TrainConfig(kind=kind, **base, **extra), site=SITE, model_name=m.name,
-                      progress=False)
+    return rows + other_kinds(m, batches, width, OTHER_KINDS), ours.sae
+
+
+OTHER_KINDS = ("batchtopk", "jumprelu", "relu")
+
+
+def other_kinds(m, batches, width: int, kinds) -> list[dict]:
+    """lmxray's other kinds on the same batches, with their default sparsity coefficients."""
+    rows = []
+    base = dict(d_sae=width, k=32, steps=len(batches), batch_tokens=len(batches[0]), lr=1e-3)
+    for kind in kinds:
+        run = fit_sae(lambda s: batches[s], batches[0].shape[1], TrainConfig(kind=kind, **base),
+                      site=SITE, model_name=m.name, progress=False)
         rows.append(row(f"lmxray {kind}", evaluate_sae(m, run.sae, SITE), run.info))
-    return rows, ours.sae
+    return rows
 
 
 def concept_part(m, sae, n: int) -> dict:
@@ -109,14 +120,20 @@ def concept_part(m, sae, n: int) -> dict:
     return {"scan": scan.rows, "ablation": ablation}
 
 
+CONTINENTS = ("Africa", "Asia", "Europe", "North America", "Oceania", "South America")
+
+
 def tcav_part(m, n_random: int) -> list[dict]:
     rows = []
-    for cont in ("Africa", "Asia", "Europe", "North America", "Oceania", "South America"):
-        r = continent_tcav(m, SITE, cont, n_random=n_random)
+    for cont in CONTINENTS:
+        r = continent_tcav(m, SITE, cont, n_random=n_random, n_tests=2 * len(CONTINENTS))
         for x in r.rows:
+            null = x["random_scores"]
+            sd = (sum((v - sum(null) / len(null)) ** 2 for v in null) / (len(null) - 1)) ** 0.5
             rows.append({"continent": cont, "concept": x["concept"], "score": round(x["score"], 3),
-                         "random": round(sum(x["random_scores"]) / len(x["random_scores"]), 3),
-                         "p": x["p_value"], "significant": x["significant"],
+                         "random": round(sum(null) / len(null), 3), "random_sd": round(sd, 3),
+                         "p": x["p_value"], "p_bonferroni": x["p_corrected"],
+                         "significant": x["significant"],
                          "cav_accuracy": round(x["cav_accuracy"], 3)})
     return rows
 
@@ -144,13 +161,21 @@ def report(res: dict, args) -> str:
         f"{res['wall_s']:.0f} s.",
         "## SAEs (same activations, same TopK config for lmxray and SAELens)",
         fmt_table(sae_rows),
-        f"Throughput ratio lmxray / SAELens (TopK): **{ratio:.2f}x**.",
+        f"Throughput ratio lmxray / SAELens (TopK): **{ratio:.2f}x**. lmxray's other kinds "
+        "use their default coefficients (BatchTopK k 32; JumpReLU init threshold 0.6, l0_coef "
+        "0.05; ReLU l1 1.4); rerun them alone with `python benchmarks/concepts/run.py --kinds "
+        "batchtopk,jumprelu,relu`.",
         "## Known concepts: best single latent (AUROC)", fmt_table(res["concepts"]["scan"]),
         f"## Marker latent {ab['feature']} ablated (sentiment accuracy; conflict = marked "
         "reviews with negative gold label)", fmt_table(acc),
         "RRR (docs/improve.md, seed 0): base 0.983 / 0.840 / 0.238 (ID / shift / conflict), "
         "RRR 1.000 / 0.993 / 0.984.",
-        f"## TCAV ({args.n_random} random CAVs, two-sided t-test, alpha 0.05)",
+        f"## TCAV ({res.get('n_random', args.n_random)} runs per concept against fresh random "
+        f"sets, {res.get('n_random', args.n_random)} random concepts as the null, two-sided "
+        "t-test, alpha 0.05 with Bonferroni over the 12 tests)",
+        f"Command: `python benchmarks/concepts/run.py --tcav-only --n-random "
+        f"{res.get('n_random', args.n_random)}`. random / random_sd: mean and sd of the random "
+        "concepts' scores; significant: p < 0.05 / 12.",
         fmt_table(res["tcav"]),
     ]) + "\n"
 
@@ -160,19 +185,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--width", type=int, default=1024)
-    ap.add_argument("--n-random", type=int, default=10)
+    ap.add_argument("--n-random", type=int, default=30)
     ap.add_argument("--quick", action="store_true", help="tiny settings (smoke run)")
     ap.add_argument("--tcav-only", action="store_true",
                     help="rerun the TCAV part only, keeping the rest of results/concepts.json")
+    ap.add_argument("--kinds", default="",
+                    help="rerun only these of lmxray's other SAE kinds (batchtopk,jumprelu,relu), "
+                         "keeping the rest of results/concepts.json")
     args = ap.parse_args(argv)
     if args.quick:
         args.steps, args.batch, args.width, args.n_random = 20, 256, 256, 3
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     m = lmxray.load()
+    if args.kinds:
+        res = json.loads((OUT / "concepts.json").read_text())
+        kinds = [k.strip() for k in args.kinds.split(",")]
+        args.steps, args.batch = res["tokens"] // 1024, 1024
+        fresh = {r["sae"]: r for r in other_kinds(m, collect(m, args.steps, args.batch),
+                                                  args.width, kinds)}
+        res["sae"] = [fresh.get(r["sae"], r) for r in res["sae"]]
+        return _write(res, args, "")
     if args.tcav_only:
         res = json.loads((OUT / "concepts.json").read_text())
-        res["tcav"] = tcav_part(m, args.n_random)
+        res["tcav"], res["n_random"] = tcav_part(m, args.n_random), args.n_random
         args.steps, args.batch = res["tokens"] // 1024, 1024
         return _write(res, args, "")
     batches = collect(m, args.steps, args.batch)
@@ -180,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         sae_rows, sae = sae_part(m, batches, args.width, Path(tmp))
     res = {"tokens": args.steps * args.batch, "sae": sae_rows,
            "concepts": concept_part(m, sae, 100 if args.quick else 200),
-           "tcav": tcav_part(m, args.n_random)}
+           "tcav": tcav_part(m, args.n_random), "n_random": args.n_random}
     res["wall_s"] = time.perf_counter() - t0
     return _write(res, args, "-quick" if args.quick else "")
 

@@ -71,7 +71,7 @@ def train_cmd(
     steps: Annotated[int, typer.Option("--steps")] = 600,
     batch_tokens: Annotated[int, typer.Option("--batch-tokens")] = 2048,
     lr: Annotated[float, typer.Option("--lr")] = 1e-3,
-    l1: Annotated[float, typer.Option("--l1", help="L1 coefficient (relu).")] = 0.02,
+    l1: Annotated[float, typer.Option("--l1", help="L1 coefficient (relu).")] = 1.4,
     l0_coef: Annotated[float, typer.Option("--l0-coef", help="L0 coefficient (jumprelu).")] = 0.05,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     corpus: CorpusOpt = None,
@@ -194,14 +194,15 @@ def tcav_cmd(
     continent: Annotated[str | None, typer.Option("--continent", help="Zoo demo: a continent of the facts.")] = None,
     concept: Annotated[list[str] | None, typer.Option("--concept", help="NAME=FILE (texts); repeatable.")] = None,
     inputs: Annotated[Path | None, typer.Option("--inputs", help="JSONL of {prompt, target}.")] = None,
-    n_random: Annotated[int, typer.Option("--n-random", help="Random CAVs per concept.")] = 10,
+    n_random: Annotated[int, typer.Option("--n-random", help="Runs per concept (fresh random sets) and random concepts in the null.")] = 30,
     pool: Annotated[str, typer.Option("--pool", help="last or mean (token pooling).")] = "mean",
     alpha: Annotated[float, typer.Option("--alpha")] = 0.05,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     model: ModelOpt = None, device: DeviceOpt = None,
     json_path: ResultJsonOpt = None, html_path: HtmlOpt = None,
 ) -> None:
-    """TCAV scores with Kim et al.'s two-sided t-test against random concepts."""
+    """TCAV scores with Kim et al.'s two-sided t-test against random concepts (Bonferroni over
+    the concepts tested)."""
     from ..concepts import continent_tcav, tcav
     from ._common import check_outputs, load_model
 

@@ -103,12 +103,13 @@ def sentiment_accuracy(model: Any, split: str, n: int = 300, seed: int = 0,
             "n": len(right), "n_conflict": len(conflict)}
 
 
-def continent_tcav(model: Any, site: str, continent: str, *, n_random: int = 10,
+def continent_tcav(model: Any, site: str, continent: str, *, n_random: int = 30,
                    random_size: int = 40, seed: int = 0, pool: str = "mean",
-                   alpha: float = 0.05) -> TCAVResult:
+                   alpha: float = 0.05, n_tests: int | None = None) -> TCAVResult:
     """TCAV of ``continent`` (concept: language and currency prompts about its countries) and of
-    a random concept for the capital prompts of its countries → their capitals. Random sets (and
-    the random concept) are language and currency prompts about any country."""
+    a random concept (as many language and currency prompts about any country) for the capital
+    prompts of its countries → their capitals. Random sets and random concepts are drawn from
+    the language and currency prompts about any country; Bonferroni over ``n_tests`` (default 2)."""
     facts = generate("facts", "test", None)
     mine = [it for it in facts if it.meta.get("continent") == continent]
     if not mine:
@@ -117,11 +118,11 @@ def continent_tcav(model: Any, site: str, continent: str, *, n_random: int = 10,
     about = [it.prompt for it in facts if it.meta.get("relation") in ("language", "currency")]
     concept = [it.prompt for it in mine if it.meta["relation"] in ("language", "currency")]
     inputs = [it for it in mine if it.meta["relation"] == "capital"]
-    rand = random_sets(2, min(random_size, len(concept)), seed + 1000, about)[-1]
+    rand = random_sets(1, len(concept), seed + 1000, about)[0]
     return tcav(model, site, {continent: concept, "random": rand}, [it.prompt for it in inputs],
                 [it.target for it in inputs], n_random=n_random, random_size=random_size,
                 seed=seed, target_name=f"capitals of {continent}", random_pool=about, pool=pool,
-                alpha=alpha)
+                alpha=alpha, n_tests=n_tests)
 
 
 def marker_ablation(model: Any, sae_site: str, feature: int, *, n: int = 300,

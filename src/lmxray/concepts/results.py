@@ -107,7 +107,9 @@ class TCAVResult(_Fields):
     """TCAV scores of concepts for one class, with Kim et al.'s test against random concepts.
 
     ``rows``: per concept ``{"concept", "score", "scores", "random_scores", "p_value",
-    "significant", "cav_accuracy"}`` (``scores``: one per CAV run).
+    "p_corrected", "significant", "cav_accuracy"}`` (``scores``: one per CAV run;
+    ``random_scores``: one per random concept; ``p_corrected``: Bonferroni over ``tests``, absent
+    in files of older versions). ``significant``: ``p_value < alpha / tests``.
     """
 
     FORMAT: ClassVar[str] = "lmxray.tcav/1"
@@ -115,3 +117,4 @@ class TCAVResult(_Fields):
     target: str
     rows: list[dict[str, Any]]
     alpha: float = 0.05
+    tests: int = 1

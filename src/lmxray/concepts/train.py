@@ -53,10 +53,10 @@ class TrainConfig:
     lr: float = 1e-3
     seed: int = 0
     # sparsity terms: L1 (relu), L0 with its straight-through bandwidth (jumprelu)
-    l1: float = 0.02
+    l1: float = 1.4
     l0_coef: float = 0.05
     bandwidth: float = 0.05
-    init_threshold: float = 0.1
+    init_threshold: float = 0.6
     # dead latents: silent for dead_tokens tokens, revived by the AuxK loss
     aux_coef: float = 1 / 32
     k_aux: int = 64
@@ -159,9 +159,7 @@ class _Trainer:
             f = torch.zeros_like(flat).scatter(0, keep, flat[keep]).view_as(z)
             pos = f[f > 0]
             if len(pos):
-                with torch.no_grad():
-                    t = float(sae.threshold[0]) if self.steps_done else float(pos.min())
-                    sae.log_threshold.fill_(math.log(max(0.99 * t + 0.01 * float(pos.min()), 1e-8)))
+                self._track_threshold(float(pos.min().detach()))
             return f, zero
         if cfg.kind == "jumprelu":
             theta = sae.threshold
@@ -172,6 +170,21 @@ class _Trainer:
         return f, cfg.l1 * f.sum(-1).mean()
 
     steps_done = 0
+
+    @torch.no_grad()
+    def _track_threshold(self, smallest: float) -> None:
+        """BatchTopK's inference threshold from the batch's smallest kept activation: an EMA
+        (rate 0.01) while training moves, then the plain mean over the last 20% of steps (the
+        learning-rate decay, where the SAE settles). An EMA alone lags: the smallest kept
+        activation falls as training goes, and in a short run the EMA still remembers the early,
+        larger values (inference L0 was half of k)."""
+        done, last = self.steps_done, int(0.8 * self.cfg.steps)
+        if done >= last:
+            rate = 1.0 / (done - last + 1)
+        else:
+            rate = 1.0 if done == 0 else 0.01
+        t = float(self.sae.threshold[0])
+        self.sae.log_threshold.fill_(math.log(max((1 - rate) * t + rate * smallest, 1e-8)))
 
     def step(self, x: torch.Tensor, lr: float) -> dict[str, float]:
         cfg, sae = self.cfg, self.sae

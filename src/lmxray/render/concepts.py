@@ -140,20 +140,25 @@ def concept_scan_html(s: ConceptScan, standalone: bool = True, **_: Any) -> str:
 def _tcav_rows(r: TCAVResult) -> list[list[Any]]:
     return [[x["concept"], f"{x['score']:.3f}",
              f"{sum(x['random_scores']) / max(len(x['random_scores']), 1):.3f}",
-             f"{x['p_value']:.2g}", "yes" if x["significant"] else "no",
+             f"{x['p_value']:.2g}", f"{x.get('p_corrected', x['p_value']):.2g}",
+             "yes" if x["significant"] else "no",
              f"{x['cav_accuracy']:.2f}"] for x in r.rows]
 
 
-_TCAV_COLS = ["concept", "TCAV", "random TCAV", "p", "significant", "CAV accuracy"]
+_TCAV_COLS = ["concept", "TCAV", "random TCAV", "p", "p (Bonferroni)", "significant",
+              "CAV accuracy"]
+
+
+def _tcav_title(r: TCAVResult) -> str:
+    return (f"TCAV at {r.site} for {r.target or 'the targets'} (alpha {r.alpha}, Bonferroni "
+            f"over {r.tests} test{'s' if r.tests != 1 else ''})")
 
 
 @register_renderer(TCAVResult, "console")
 def tcav_renderables(r: TCAVResult, **_: Any) -> Iterator[RenderableType]:
-    yield _table(f"TCAV at {r.site} for {r.target or 'the targets'} (alpha {r.alpha})",
-                 _TCAV_COLS, _tcav_rows(r))
+    yield _table(_tcav_title(r), _TCAV_COLS, _tcav_rows(r))
 
 
 @register_renderer(TCAVResult, "html")
 def tcav_html(r: TCAVResult, standalone: bool = True, **_: Any) -> str:
-    return _page("TCAV", _html_table(f"TCAV at {r.site} for {r.target or 'the targets'}",
-                                     _TCAV_COLS, _tcav_rows(r)), standalone)
+    return _page("TCAV", _html_table(_tcav_title(r), _TCAV_COLS, _tcav_rows(r)), standalone)
