@@ -48,7 +48,7 @@ from .editing import (
     counterfactuals,
     edited_copy,
     fact_group,
-    key_covariance,
+    key_covariances,
     plan_edits,
     prompt_variants,
     top1,
@@ -57,7 +57,12 @@ from .editing import (
 from .results import EditReport, ImproveResult
 
 __all__ = ["EditRequest", "MultiEdit", "memit_edit", "default_layers", "evaluate_memit",
-           "BatchEditResult", "batch_result"]
+           "BatchEditResult", "batch_result", "least_squares_update", "COV_TEXTS"]
+
+
+COV_TEXTS = 4000
+"""Zoo texts the key covariances are read from by default (about 1.3·10⁵ tokens: MEMIT reads
+10⁵ Wikipedia samples)."""
 
 
 @dataclass(frozen=True)
@@ -87,11 +92,13 @@ class EditRequest:
 
 @dataclass
 class MultiEdit:
-    """Per-layer updates ``ΔW_l`` (``[d_model, d_mlp]``) of the MLP down projections."""
+    """Per-layer updates ``ΔW_l`` (``[d_model, d_mlp]``) of the MLP down projections, and the
+    targets ``z`` (``[n, d_model]``, float64) they were solved for."""
 
     deltas: dict[int, torch.Tensor]
     requests: list[EditRequest] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    targets: torch.Tensor | None = None
 
     def applied(self, model: Model) -> contextlib.AbstractContextManager[Model]:
         """The edits applied in place inside the block; weights restored bit-exactly after."""
@@ -175,6 +182,7 @@ class _Targets:
     site: str
     n: int
     kl_factor: float
+    weight_decay: float = 0.0
 
     def logp(self, delta: torch.Tensor | None) -> torch.Tensor:
         m, b = self.model, self.b
@@ -187,8 +195,10 @@ class _Targets:
                                logits_to_keep=keep).logits.float()
         return torch.log_softmax(logits, -1)
 
-    def loss(self, delta: torch.Tensor, base: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(loss, [n] P(target) per request (geometric mean over its variants))``."""
+    def loss(self, delta: torch.Tensor, base: torch.Tensor, scale: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loss, [n] P(target) per request (geometric mean over its variants))``; the loss
+        adds ``weight_decay · (‖δ_i‖ / ‖h_i‖)²`` per request (MEMIT's ``v_weight_decay``)."""
         lp, b = self.logp(delta), self.b
         keep = lp.shape[1]
         idx = torch.zeros(len(b.seqs), keep, dtype=torch.long)
@@ -205,7 +215,8 @@ class _Targets:
         cnt = torch.zeros(self.n).index_add(0, owner, (~ess).float()).clamp(min=1)
         kl = torch.zeros(self.n).index_add(0, owner, row_kl)
         nll = nll / cnt
-        return (nll + self.kl_factor * kl).sum(), torch.exp(-nll.detach())
+        decay = self.weight_decay * (delta.norm(dim=-1) / scale) ** 2
+        return (nll + self.kl_factor * kl + decay).sum(), torch.exp(-nll.detach())
 
 
 def _optimise_targets(tg: _Targets, h: torch.Tensor, steps: int, lr: float, clamp: float,
@@ -220,7 +231,7 @@ def _optimise_targets(tg: _Targets, h: torch.Tensor, steps: int, lr: float, clam
     p = torch.zeros(tg.n)
     for _ in range(steps):
         with torch.enable_grad():
-            loss, p = tg.loss(delta, base)
+            loss, p = tg.loss(delta, base, scale)
             if bool((p >= stop_prob).all()):
                 break
             (g,) = torch.autograd.grad(loss, [delta])
@@ -244,6 +255,7 @@ def memit_edit(
     steps: int = 60,
     lr: float = 0.5,
     kl_factor: float = 0.0625,
+    weight_decay: float = 0.0,
     clamp: float = 4.0,
     stop_prob: float = 0.95,
     chunk: int = 25,
@@ -268,19 +280,26 @@ def memit_edit(
         raise InputError(f"MEMIT layers {layers} must be in 0..{n_l - 1}")
     if mom2_weight <= 0:
         raise InputError(f"mom2_weight must be positive, got {mom2_weight}")
+    for name, v, low in (("weight_decay", weight_decay, 0.0), ("kl_factor", kl_factor, 0.0)):
+        if not v >= low:
+            raise InputError(f"{name} must be >= {low}, got {v}")
+    if not clamp > 0:
+        raise InputError(f"clamp must be positive, got {clamp}")
     covs = dict(covs or {})
-    for ly in layers:
-        if ly not in covs:
-            if not cov_texts:
-                raise InputError("MEMIT needs key covariances (covs=) or sample texts (cov_texts=)")
-            covs[ly] = key_covariance(model, ly, cov_texts)
+    missing = [ly for ly in layers if ly not in covs]
+    if missing:
+        if not cov_texts:
+            raise InputError("MEMIT needs key covariances (covs=) or sample texts (cov_texts=)")
+        covs.update(key_covariances(model, missing, cov_texts))
     z_site = f"layers.{layers[-1]}.resid_post"
     b = _rows(model, reqs, prefixes)
     h0 = _read(model, b, z_site, len(reqs))
-    delta, p = _chunked_targets(model, reqs, prefixes, z_site, h0, chunk,
-                                steps, lr, kl_factor, clamp, stop_prob)
-    deltas = _spread(model, b, layers, covs, h0 + delta.double(), mom2_weight, len(reqs))
-    return MultiEdit(deltas, reqs, info={
+    delta, p = _chunked_targets(model, reqs, prefixes, z_site, h0, chunk, {
+        "steps": steps, "lr": lr, "kl_factor": kl_factor, "weight_decay": weight_decay,
+        "clamp": clamp, "stop_prob": stop_prob})
+    z = h0 + delta.double()
+    deltas = _spread(model, b, layers, covs, z, mom2_weight, len(reqs))
+    return MultiEdit(deltas, reqs, targets=z, info={
         "layers": layers, "mom2_weight": mom2_weight, "prefixes": len(prefixes),
         "p_target_mean": float(p.mean()), "p_target_min": float(p.min()),
         "delta_norm_mean": float(delta.norm(dim=-1).mean()),
@@ -288,15 +307,20 @@ def memit_edit(
 
 
 def _chunked_targets(model: Model, reqs: list[EditRequest], prefixes: Sequence[str], site: str,
-                     h0: torch.Tensor, chunk: int, *opt: Any) -> tuple[torch.Tensor, torch.Tensor]:
+                     h0: torch.Tensor, chunk: int, opt: dict[str, float]
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(δ, P(target))`` of all requests, ``chunk`` requests per batched optimisation
+    (``opt``: steps, lr, kl_factor, weight_decay, clamp, stop_prob)."""
     was = model.hf.training
     model.hf.eval()
     ds, ps = [], []
     try:
         for a in range(0, len(reqs), chunk):
             part = reqs[a: a + chunk]
-            tg = _Targets(model, _rows(model, part, prefixes), site, len(part), opt[2])
-            d, p = _optimise_targets(tg, h0[a: a + chunk], opt[0], opt[1], opt[3], opt[4])
+            tg = _Targets(model, _rows(model, part, prefixes), site, len(part),
+                          opt["kl_factor"], opt["weight_decay"])
+            d, p = _optimise_targets(tg, h0[a: a + chunk], int(opt["steps"]), opt["lr"],
+                                     opt["clamp"], opt["stop_prob"])
             ds.append(d)
             ps.append(p)
     finally:
@@ -315,10 +339,19 @@ def _spread(model: Model, b: _Batch, layers: list[int], covs: dict[int, torch.Te
             keys = _read(model, b, f"layers.{ly}.mlp.hidden", n)  # [n, d_mlp]
             h = _read(model, b, z_site, n)
         resid = (z - h) / (len(layers) - j)  # [n, d_model]
-        a = lam * covs[ly].double() + keys.T @ keys
-        upd = torch.linalg.solve(a, keys.T @ resid).T  # [d_model, d_mlp]
-        deltas[ly] = upd.float()
+        deltas[ly] = least_squares_update(keys, resid, covs[ly], lam).float()
     return deltas
+
+
+def least_squares_update(keys: torch.Tensor, resid: torch.Tensor, cov: torch.Tensor,
+                         lam: float) -> torch.Tensor:
+    """MEMIT's batched least squares in float64: ``ΔW = Rᵀ K (λ C + Kᵀ K)⁻¹``
+    (``[d_model, d_mlp]``), the ``ΔW`` minimising ``‖ΔW Kᵀ - Rᵀ‖² + λ · tr(ΔW C ΔWᵀ)``: the new
+    keys ``K`` (``[n, d_mlp]``) written towards the residuals ``R`` (``[n, d_model]``), the
+    keys of ordinary text (covariance ``C``) held in place with weight ``λ``."""
+    k, r = keys.double(), resid.double()
+    a = lam * cov.double() + k.T @ k
+    return torch.linalg.solve(a, k.T @ r).T
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -359,7 +392,10 @@ def evaluate_memit(
     measure the edited model against the unedited one (rows ``"unedited"`` and ``"memit"``).
 
     Args:
-        facts: as :func:`lmxray.improve.editing.evaluate_edits` takes them.
+        facts: as :func:`lmxray.improve.editing.evaluate_edits` takes them; at most one edit
+            per subject is drawn (edits made together must not ask one subject's key for two
+            values).
+        cov_texts: text for the key covariances (default: :data:`COV_TEXTS` zoo texts).
         layers: the MEMIT layers; default :func:`default_layers` from ``layer`` (default: the
             layer :func:`~lmxray.improve.editing.locate_layer` selects).
         n_specificity: known facts of other subjects checked (neighbourhood).
@@ -369,9 +405,9 @@ def evaluate_memit(
     facts = list(facts)
     n_l = site_map(model).n_layers
     chosen, groups, known_idx, located, aie = plan_edits(
-        model, facts, n_edits, layer, trace_facts_n, seed)
+        model, facts, n_edits, layer, trace_facts_n, seed, one_per_subject=True)
     lys = list(layers) if layers is not None else default_layers(n_l, located)
-    texts = list(cov_texts) if cov_texts is not None else corpus("train", 300, seed=seed)
+    texts = list(cov_texts) if cov_texts is not None else corpus("train", COV_TEXTS, seed=seed)
     new = [t if t.startswith(" ") else " " + t
            for t in counterfactuals([facts[i] for i in chosen], facts, seed=seed)]
     edited_subjects = {str(facts[i].get("subject_text")) for i in chosen}
