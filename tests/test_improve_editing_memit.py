@@ -107,6 +107,20 @@ def test_key_covariances_in_one_pass_match_each_layer(m):
     assert not torch.allclose(both[0], both[1])
 
 
+def test_key_rows_mean_prompt_each(m):
+    """One least-squares row per request ("mean" over the prefixes, or the bare "prompt") or per
+    variant ("each": prompt + 2 prefixes = 3 rows per request); the updates differ."""
+    covs = {0: key_covariance(m, 0, TEXTS)}
+    pre = context_prefixes(TEXTS, 2)
+    eds = {kr: memit_edit(m, REQS[:2], layers=[0], covs=covs, prefixes=pre, steps=2,
+                          key_rows=kr) for kr in ("mean", "prompt", "each")}
+    assert {kr: tuple(e.targets.shape) for kr, e in eds.items()} == {
+        "mean": (2, m.d_model), "prompt": (2, m.d_model), "each": (6, m.d_model)}
+    assert eds["each"].info["key_rows"] == "each"
+    assert not torch.allclose(eds["mean"].deltas[0], eds["prompt"].deltas[0])
+    assert not torch.allclose(eds["each"].deltas[0], eds["prompt"].deltas[0])
+
+
 def test_least_squares_update_solves_the_normal_equations():
     g = torch.Generator().manual_seed(0)
     n, dm, dk, lam = 7, 5, 11, 3.0
@@ -167,9 +181,11 @@ def test_requests_and_layers():
         EditRequest.of(("a b", "z", " c"))
     with pytest.raises(InputError, match="needs a prompt"):
         EditRequest.of(("a b", "a", " "))
-    assert default_layers(4, 0) == [0, 1] and default_layers(4, 3) == [3]
+    assert default_layers(4, 0) == [0] and default_layers(4, 3) == [3]
     assert default_layers(2, 0) == [0] and default_layers(4, 2) == [2]
-    assert default_layers(48, 10) == list(range(10, 22))
+    assert default_layers(4, 0, span=2) == [0, 1]
+    assert default_layers(28, 3) == list(range(3, 8))
+    assert default_layers(48, 10) == list(range(10, 18))
 
 
 def test_ngram_entropy_and_consistency():

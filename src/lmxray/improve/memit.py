@@ -110,9 +110,11 @@ class MultiEdit:
 
 
 def default_layers(n_layers: int, located: int, span: int | None = None) -> list[int]:
-    """The located layer and the ``span - 1`` after it (default span: ``max(2, n_layers // 4)``,
-    MEMIT's 5 of GPT-J's 28 scaled down), kept before the model's last block."""
-    span = span if span is not None else max(2, n_layers // 4)
+    """The located layer and the ``span - 1`` after it (default span: ``max(1,
+    round(n_layers / 6))``, MEMIT's 5 of GPT-J's 28 scaled down; 1 on a 4-layer model, where the
+    fact is read off the subject's token by the next layer's attention, so targets after layer
+    0 are out of reach), kept before the model's last block."""
+    span = span if span is not None else max(1, round(n_layers / 6))
     # the last block is left out where possible: its output site is the final residual, where
     # the hooked target does not reach the loss on every family (a zero gradient)
     return [ly for ly in range(located, located + span) if ly < max(1, n_layers - 1)] or [located]
@@ -166,11 +168,31 @@ def _per_request(rows: torch.Tensor, b: _Batch, n: int, essence: bool = False) -
     return out / torch.bincount(owner, minlength=n).clamp(min=1).unsqueeze(-1).to(out.dtype)
 
 
-def _read(model: Model, b: _Batch, site: str, n: int) -> torch.Tensor:
-    """``[n, d]`` float64: ``site`` at the subject's last token, mean over each request's
-    variants (essence rows left out)."""
+def _read(model: Model, b: _Batch, site: str, n: int, key_rows: str = "mean") -> torch.Tensor:
+    """float64 ``site`` at the subject's last token: ``[n, d]`` mean over each request's
+    variants (``"mean"``), ``[n, d]`` on the bare prompt (``"prompt"``) or ``[variant rows, d]``
+    (``"each"``, see :func:`_key_owner`); essence rows left out."""
     cache = run_with_cache(model, b.seqs, cache=[site], logits=False)
-    return _per_request(_at_subject(cache[site].double().cpu(), cache.attention_mask.cpu(), b), b, n)
+    rows = _at_subject(cache[site].double().cpu(), cache.attention_mask.cpu(), b)
+    if key_rows == "mean":
+        return _per_request(rows, b, n)
+    return rows[_key_rows(b, key_rows)]
+
+
+def _key_rows(b: _Batch, key_rows: str) -> list[int]:
+    """Batch rows that are least-squares rows: every variant, or each request's bare prompt
+    (its first variant)."""
+    var = [j for j, k in enumerate(b.n_t) if k > 0]
+    if key_rows == "each":
+        return var
+    return [j for j in var if j == 0 or b.owner[j - 1] != b.owner[j]]
+
+
+def _key_owner(b: _Batch, key_rows: str, n: int) -> torch.Tensor:
+    """The request of each least-squares row."""
+    if key_rows == "mean":
+        return torch.arange(n)
+    return torch.tensor([b.owner[j] for j in _key_rows(b, key_rows)])
 
 
 @dataclass
@@ -251,14 +273,15 @@ def memit_edit(
     covs: dict[int, torch.Tensor] | None = None,
     cov_texts: Sequence[str] | None = None,
     prefixes: Sequence[str] = (),
-    mom2_weight: float = 1000.0,
+    mom2_weight: float = 300.0,
     steps: int = 60,
     lr: float = 0.5,
     kl_factor: float = 0.0625,
-    weight_decay: float = 0.0,
-    clamp: float = 4.0,
+    weight_decay: float = 0.5,
+    clamp: float = 1.0,
     stop_prob: float = 0.95,
     chunk: int = 25,
+    key_rows: str = "prompt",
 ) -> MultiEdit:
     """Compute (not apply) MEMIT edits of all ``requests`` spread over ``layers``.
 
@@ -268,9 +291,17 @@ def memit_edit(
         covs / cov_texts: key covariance per layer, or texts to compute them from.
         prefixes: context prefixes (:func:`lmxray.improve.editing.context_prefixes`).
         mom2_weight: ``λ``, the weight of the covariance against the new keys.
-        steps / lr / kl_factor / clamp / stop_prob: the target optimisation (as ``rome_edit``).
+        steps / lr / kl_factor / stop_prob: the target optimisation (as ``rome_edit``).
+        clamp: ``‖δ_i‖ ≤ clamp · ‖h_i‖`` (the residual at the target layer, not the MLP
+            output as in ``rome_edit``). weight_decay: ``+ weight_decay · (‖δ_i‖ / ‖h_i‖)²``.
         chunk: requests optimised together in one batch.
+        key_rows: ``"mean"`` (MEMIT: one key per request, the mean over the prompt and its
+            prefixes), ``"prompt"`` (the bare prompt's key; the prefixes only shape ``δ``) or
+            ``"each"`` (one least-squares row per variant, each written towards its own
+            ``h + δ``).
     """
+    if key_rows not in ("mean", "prompt", "each"):
+        raise InputError(f"key_rows must be 'mean', 'prompt' or 'each', got {key_rows!r}")
     reqs = [EditRequest.of(r) for r in requests]
     if not reqs:
         raise InputError("MEMIT needs at least one edit request")
@@ -278,13 +309,15 @@ def memit_edit(
     layers = sorted({int(ly) for ly in layers})
     if not layers or not all(0 <= ly < n_l for ly in layers):
         raise InputError(f"MEMIT layers {layers} must be in 0..{n_l - 1}")
-    if mom2_weight <= 0:
+    if not mom2_weight > 0:
         raise InputError(f"mom2_weight must be positive, got {mom2_weight}")
     for name, v, low in (("weight_decay", weight_decay, 0.0), ("kl_factor", kl_factor, 0.0)):
         if not v >= low:
             raise InputError(f"{name} must be >= {low}, got {v}")
     if not clamp > 0:
         raise InputError(f"clamp must be positive, got {clamp}")
+    if steps < 1 or chunk < 1:
+        raise InputError(f"steps and chunk must be at least 1, got {steps} and {chunk}")
     covs = dict(covs or {})
     missing = [ly for ly in layers if ly not in covs]
     if missing:
@@ -297,10 +330,12 @@ def memit_edit(
     delta, p = _chunked_targets(model, reqs, prefixes, z_site, h0, chunk, {
         "steps": steps, "lr": lr, "kl_factor": kl_factor, "weight_decay": weight_decay,
         "clamp": clamp, "stop_prob": stop_prob})
-    z = h0 + delta.double()
-    deltas = _spread(model, b, layers, covs, z, mom2_weight, len(reqs))
+    z = (_read(model, b, z_site, len(reqs), key_rows)
+         + delta.double()[_key_owner(b, key_rows, len(reqs))])
+    deltas = _spread(model, b, layers, covs, z, mom2_weight, len(reqs), key_rows)
     return MultiEdit(deltas, reqs, targets=z, info={
         "layers": layers, "mom2_weight": mom2_weight, "prefixes": len(prefixes),
+        "key_rows": key_rows, "clamp": clamp, "weight_decay": weight_decay,
         "p_target_mean": float(p.mean()), "p_target_min": float(p.min()),
         "delta_norm_mean": float(delta.norm(dim=-1).mean()),
     })
@@ -330,14 +365,16 @@ def _chunked_targets(model: Model, reqs: list[EditRequest], prefixes: Sequence[s
 
 
 def _spread(model: Model, b: _Batch, layers: list[int], covs: dict[int, torch.Tensor],
-            z: torch.Tensor, lam: float, n: int) -> dict[int, torch.Tensor]:
-    """MEMIT's layer loop: each layer writes its share of the residual ``z - h``."""
+            z: torch.Tensor, lam: float, n: int, key_rows: str = "mean"
+            ) -> dict[int, torch.Tensor]:
+    """MEMIT's layer loop: each layer writes its share of the residual ``z - h`` (one row per
+    request or per variant, ``key_rows`` as :func:`memit_edit`)."""
     z_site = f"layers.{layers[-1]}.resid_post"
     deltas: dict[int, torch.Tensor] = {}
     for j, ly in enumerate(layers):
         with weights_added(model, deltas):
-            keys = _read(model, b, f"layers.{ly}.mlp.hidden", n)  # [n, d_mlp]
-            h = _read(model, b, z_site, n)
+            keys = _read(model, b, f"layers.{ly}.mlp.hidden", n, key_rows)  # [rows, d_mlp]
+            h = _read(model, b, z_site, n, key_rows)
         resid = (z - h) / (len(layers) - j)  # [n, d_model]
         deltas[ly] = least_squares_update(keys, resid, covs[ly], lam).float()
     return deltas
