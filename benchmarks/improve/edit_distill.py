@@ -87,42 +87,41 @@ def _fmt(v) -> str:
     return "n/a" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
-def _rome_md() -> list[str]:
-    p = RESULTS / "improve_edit_distill_rome.json"
-    if not p.exists():
+def _table(name: str, head: str, note: str, first: str, cells) -> list[str]:
+    """A markdown table of the part's JSON rows: ``cells(row)`` gives a row's cells."""
+    p = RESULTS / f"improve_edit_distill_{name}.json"
+    rows = json.loads(p.read_text())["rows"] if p.exists() else []
+    if not isinstance(rows, list) or not rows:  # the first MEMIT file held rows by model
         return []
-    lines = ["## ROME, 30 single edits per seed (seeds 11 and 23 never tuned on)", "",
-             "`--part rome [--seeds S,..]`; fluency: n-gram entropy (bits) of 20 greedy tokens from "
-             "a paraphrase of each edited fact, edited (unedited in brackets).", "",
-             "| seed | layer | n | " + " | ".join(METRICS) + " | wall s | load |",
-             "|---" * (len(METRICS) + 5) + "|"]
-    for r in json.loads(p.read_text())["rows"]:
+    cols = ["seed", first, "n", *METRICS, "wall s", "load"]
+    return [head, "", note, "", "| " + " | ".join(cols) + " |", "|---" * len(cols) + "|",
+            *("| " + " | ".join(str(c) for c in cells(r)) + " |" for r in rows), ""]
+
+
+def _rome_md() -> list[str]:
+    def cells(r):
         flu = (f"{_fmt(r.get('fluency'))} ({_fmt(r.get('fluency_unedited'))})"
                if r.get("fluency") is not None else "n/a")
-        lines.append(f"| {r['seed']} | {r['layer']} | {r['n']} | "
-                     + " | ".join(_fmt(r.get(k)) for k in METRICS[:-1])
-                     + f" | {flu} | {r['wall_s']} | {r.get('load_avg', 'n/a')} |")
-    return lines + [""]
+        return [r["seed"], r["layer"], r["n"], *(_fmt(r.get(k)) for k in METRICS[:-1]), flu,
+                r["wall_s"], r.get("load_avg", "n/a")]
+
+    return _table("rome", "## ROME, 30 single edits per seed (seeds 11 and 23 never tuned on)",
+                  "`--part rome [--seeds S,..]`; fluency: n-gram entropy (bits) of 20 greedy "
+                  "tokens from a paraphrase of each edited fact, edited (unedited in brackets).",
+                  "layer", cells)
 
 
 def _memit_md() -> list[str]:
-    p = RESULTS / "improve_edit_distill_memit.json"
-    if not p.exists():
-        return []
-    rows = json.loads(p.read_text())["rows"]
-    if isinstance(rows, dict):
-        return []
-    lines = ["## MEMIT, 100 edits at once (seed 23 never tuned on)", "",
-             "`--part memit [--seeds S,..]`; unedited model in brackets (efficacy and paraphrase "
-             "unedited: the new object is already top-1).", "",
-             "| seed | layers | n | " + " | ".join(METRICS) + " | wall s | load |",
-             "|---" * (len(METRICS) + 5) + "|"]
-    for r in rows:
+    def cells(r):
         u = r.get("unedited", {})
-        lines.append(f"| {r['seed']} | {r['layers']} | {r['n']} | "
-                     + " | ".join(f"{_fmt(r.get(k))} ({_fmt(u.get(k))})" for k in METRICS)
-                     + f" | {r['wall_s']} | {r.get('load_avg', 'n/a')} |")
-    return lines + [""]
+        return [r["seed"], r["layers"], r["n"],
+                *(f"{_fmt(r.get(k))} ({_fmt(u.get(k))})" for k in METRICS),
+                r["wall_s"], r.get("load_avg", "n/a")]
+
+    return _table("memit", "## MEMIT, 100 edits at once (seeds 1 and 23 never tuned on)",
+                  "`--part memit [--seeds S,..]`; the unedited model in brackets (efficacy and "
+                  "paraphrase there: how often the new object is already top-1).", "layers",
+                  cells)
 
 
 def markdown() -> str:
