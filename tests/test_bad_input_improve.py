@@ -347,6 +347,45 @@ API_CASES: list[ApiCase] = [
                 _tiny(), [("The capital of France is", "France", " Rome")], layers=[0],
                 mom2_weight=0),
             "mom2_weight", InputError),
+    ApiCase("memit-weight-decay-negative",
+            lambda tmp: _improve("memit").memit_edit(
+                _tiny(), [("The capital of France is", "France", " Rome")], layers=[0],
+                weight_decay=-1.0),
+            "weight_decay must be >= 0", InputError),
+    ApiCase("memit-kl-factor-nan",
+            lambda tmp: _improve("memit").memit_edit(
+                _tiny(), [("The capital of France is", "France", " Rome")], layers=[0],
+                kl_factor=float("nan")),
+            "kl_factor must be >= 0", InputError),
+    ApiCase("memit-chunk-0",
+            lambda tmp: _improve("memit").memit_edit(
+                _tiny(), [("The capital of France is", "France", " Rome")], layers=[0],
+                chunk=0),
+            "chunk must be at least 1", InputError),
+    ApiCase("memit-mom2-nan",
+            lambda tmp: _improve("memit").memit_edit(
+                _tiny(), [("The capital of France is", "France", " Rome")], layers=[0],
+                mom2_weight=float("nan")),
+            "mom2_weight", InputError),
+    ApiCase("memit-key-rows-unknown",
+            lambda tmp: _improve("memit").memit_edit(
+                _tiny(), [("The capital of France is", "France", " Rome")], layers=[0],
+                key_rows="all"),
+            "key_rows must be 'mean', 'prompt' or 'each'", InputError),
+    ApiCase("memit-clamp-0",
+            lambda tmp: _improve("memit").memit_edit(
+                _tiny(), [("The capital of France is", "France", " Rome")], layers=[0],
+                clamp=0.0),
+            "clamp must be positive", InputError),
+    ApiCase("memit-covariances-no-texts",
+            lambda tmp: _improve("editing").key_covariances(_tiny(), [0, 1], []),
+            "sample texts", InputError),
+    ApiCase("evaluate-memit-more-edits-than-subjects",
+            lambda tmp: _improve("memit").evaluate_memit(
+                _tiny(), [{"prompt": f"{s} t{k}", "subject": s, "answer": " b", "relation": r,
+                           "subject_text": s} for s in ("x", "y") for r in ("p", "q")
+                          for k in (1, 2)], n_edits=3, progress=False),
+            "only 2 subjects have facts with paraphrases", InputError),
     ApiCase("context-prefixes-no-text",
             lambda tmp: _improve("editing").context_prefixes(["", " "], 2),
             "sample texts", InputError),

@@ -16,10 +16,12 @@ from lmxray.improve.edit_metrics import consistency, ngram_entropy
 from lmxray.improve.editing import (
     context_prefixes,
     key_covariance,
+    key_covariances,
     rank_one_hook,
     rome_edit,
 )
-from lmxray.improve.memit import EditRequest, default_layers, memit_edit
+from lmxray.improve.memit import EditRequest, default_layers, least_squares_update, memit_edit
+from lmxray.internals.tracing import subject_positions
 
 TEXTS = [
     "The capital of France is Paris. The capital of Italy is Rome.",
@@ -75,11 +77,101 @@ def test_memit_is_the_least_squares_update_and_restores_weights(m):
 
 
 def test_memit_solution_matches_normal_equations(m):
-    """ΔW = Rᵀ K (λC + KᵀK)⁻¹ solves the normal equations ΔW (λC + KᵀK) = Rᵀ K."""
-    covs = {0: key_covariance(m, 0, TEXTS)}
-    ed = memit_edit(m, REQS[:2], layers=[0], covs=covs, mom2_weight=5.0, steps=2)
+    """ΔW = Rᵀ K (λC + KᵀK)⁻¹ solves the normal equations ΔW (λC + KᵀK) = Rᵀ K, with K and R
+    read directly from the model (keys at the subject's last token, residual z - h)."""
+    cov = key_covariance(m, 0, TEXTS)
+    lam = 5.0
+    ed = memit_edit(m, REQS[:2], layers=[0], covs={0: cov}, mom2_weight=lam, steps=2)
     d = ed.deltas[0].double()
     assert torch.linalg.matrix_rank(d, rtol=1e-5) <= 2  # one direction per request
+    # direct computation: no prefixes, so each key is the bare prompt's subject-last-token key
+    k = []
+    for prompt, subject, _ in REQS[:2]:
+        pos = max(subject_positions(m, prompt, subject))
+        k.append(run_with_cache(m, prompt, cache=["layers.0.mlp.hidden"])["layers.0.mlp.hidden"][0, pos])
+    keys = torch.stack(k).double()
+    h = []
+    for prompt, subject, _ in REQS[:2]:
+        pos = max(subject_positions(m, prompt, subject))
+        h.append(run_with_cache(m, prompt, cache=["layers.0.resid_post"])["layers.0.resid_post"][0, pos])
+    resid = ed.targets - torch.stack(h).double()  # one layer: all of z - h is written there
+    lhs = d @ (lam * cov.double() + keys.T @ keys)
+    assert torch.allclose(lhs, resid.T @ keys, atol=1e-3 * float(lhs.abs().max()))
+
+
+def test_key_covariances_in_one_pass_match_each_layer(m):
+    both = key_covariances(m, [1, 0], TEXTS[:3])
+    assert sorted(both) == [0, 1]
+    for ly in (0, 1):
+        assert torch.allclose(both[ly], key_covariance(m, ly, TEXTS[:3]), atol=1e-10)
+    assert not torch.allclose(both[0], both[1])
+
+
+def test_key_rows_mean_prompt_each(m):
+    """One least-squares row per request ("mean" over the prefixes, or the bare "prompt") or per
+    variant ("each": prompt + 2 prefixes = 3 rows per request); the updates differ."""
+    covs = {0: key_covariance(m, 0, TEXTS)}
+    pre = context_prefixes(TEXTS, 2)
+    eds = {kr: memit_edit(m, REQS[:2], layers=[0], covs=covs, prefixes=pre, steps=2,
+                          key_rows=kr) for kr in ("mean", "prompt", "each")}
+    assert {kr: tuple(e.targets.shape) for kr, e in eds.items()} == {
+        "mean": (2, m.d_model), "prompt": (2, m.d_model), "each": (6, m.d_model)}
+    assert eds["each"].info["key_rows"] == "each"
+    assert not torch.allclose(eds["mean"].deltas[0], eds["prompt"].deltas[0])
+    assert not torch.allclose(eds["each"].deltas[0], eds["prompt"].deltas[0])
+
+
+def test_least_squares_update_solves_the_normal_equations():
+    g = torch.Generator().manual_seed(0)
+    n, dm, dk, lam = 7, 5, 11, 3.0
+    keys, resid = torch.randn(n, dk, generator=g), torch.randn(n, dm, generator=g)
+    a = torch.randn(dk, dk, generator=g, dtype=torch.float64)
+    cov = a @ a.T / dk + 0.1 * torch.eye(dk, dtype=torch.float64)
+    d = least_squares_update(keys, resid, cov, lam)
+    assert d.dtype == torch.float64 and d.shape == (dm, dk)
+    k = keys.double()
+    assert torch.allclose(d @ (lam * cov + k.T @ k), resid.double().T @ k, atol=1e-9)
+    # it minimises ‖ΔW Kᵀ - Rᵀ‖² + λ tr(ΔW C ΔWᵀ): any perturbation raises the objective
+    def obj(w):
+        return float(((w @ k.T - resid.double().T) ** 2).sum() + lam * torch.trace(w @ cov @ w.T))
+    for _ in range(5):
+        assert obj(d + 1e-3 * torch.randn(dm, dk, generator=g, dtype=torch.float64)) > obj(d)
+
+
+def test_one_memit_edit_is_the_rome_direction():
+    """With one request, Sherman-Morrison: ΔW = r (C⁻¹k)ᵀ / (λ + kᵀC⁻¹k): ROME's key direction
+    C⁻¹k, and ROME's exact update r (C⁻¹k)ᵀ / (kᵀC⁻¹k) as λ → 0."""
+    g = torch.Generator().manual_seed(1)
+    dk, dm = 9, 4
+    a = torch.randn(dk, dk, generator=g, dtype=torch.float64)
+    cov = a @ a.T / dk + 0.1 * torch.eye(dk, dtype=torch.float64)
+    k, r = torch.randn(dk, generator=g, dtype=torch.float64), torch.randn(dm, generator=g,
+                                                                           dtype=torch.float64)
+    cinv_k = torch.linalg.solve(cov, k)
+    for lam in (2.0, 1e-4):
+        d = least_squares_update(k[None], r[None], cov, lam)
+        assert torch.allclose(d, torch.outer(r, cinv_k) / (lam + k @ cinv_k), atol=1e-9)
+    rome = torch.outer(r, cinv_k) / (k @ cinv_k)
+    assert torch.allclose(d @ k, r, atol=1e-4) and torch.allclose(d, rome, atol=1e-4)
+    assert not torch.allclose(least_squares_update(k[None], r[None], cov, 2.0), rome, atol=1e-4)
+
+
+def test_memit_samples_one_edit_per_subject():
+    """Edits applied together never share a subject (one key, two values), where ROME's
+    one-at-a-time sampling takes one per (subject, relation)."""
+    import numpy as np
+
+    from lmxray.improve.editing import _choose_facts
+
+    facts = [{"prompt": f"{s} {r} {t}", "subject": s, "subject_text": s, "relation": r,
+              "answer": " x"} for s in "abcdef" for r in ("p", "q") for t in (1, 2)]
+    known = np.ones(len(facts), bool)
+    both, _ = _choose_facts(facts, known, 12, 0)
+    assert len({(facts[i]["subject"], facts[i]["relation"]) for i in both}) == 12
+    one, _ = _choose_facts(facts, known, 6, 0, one_per_subject=True)
+    assert sorted(facts[i]["subject"] for i in one) == list("abcdef")
+    with pytest.raises(InputError, match="only 6 subjects"):
+        _choose_facts(facts, known, 7, 0, one_per_subject=True)
 
 
 def test_requests_and_layers():
@@ -89,9 +181,11 @@ def test_requests_and_layers():
         EditRequest.of(("a b", "z", " c"))
     with pytest.raises(InputError, match="needs a prompt"):
         EditRequest.of(("a b", "a", " "))
-    assert default_layers(4, 0) == [0, 1] and default_layers(4, 3) == [3]
+    assert default_layers(4, 0) == [0] and default_layers(4, 3) == [3]
     assert default_layers(2, 0) == [0] and default_layers(4, 2) == [2]
-    assert default_layers(48, 10) == list(range(10, 22))
+    assert default_layers(4, 0, span=2) == [0, 1]
+    assert default_layers(28, 3) == list(range(3, 8))
+    assert default_layers(48, 10) == list(range(10, 18))
 
 
 def test_ngram_entropy_and_consistency():

@@ -2,8 +2,10 @@
 once, and rationale distillation's data-efficiency curve.
 
     PYTHONPATH=src python3 benchmarks/improve/edit_distill.py [--part rome|memit|distill|all]
+        [--seeds S,..]
 
-Each part prints its table and writes benchmarks/results/improve_edit_distill_<part>.json; the
+Each part prints its table and writes benchmarks/results/improve_edit_distill_<part>.json (rome
+and memit: the rows of the seeds run replace those seeds' rows there, the others are kept); the
 markdown summary benchmarks/results/improve_edit_distill.md is rebuilt from the JSON files there.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -22,31 +25,52 @@ from lmxray.io import atomic_write_text, dumps
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 ROME_SEEDS = (0, 1, 2, 3, 4, 11, 23)  # 11 and 23 were never tuned on
+MEMIT_SEEDS = (0, 1, 23)  # 23 was never tuned on
 METRICS = ("efficacy", "paraphrase", "specificity", "consistency", "fluency")
 
 
-def part_rome(m, facts) -> dict:
+def _merge(name: str, rows: list[dict]) -> dict:
+    """``rows`` replacing the rows of the same seeds in the part's JSON file."""
+    p = RESULTS / f"improve_edit_distill_{name}.json"
+    old = json.loads(p.read_text())["rows"] if p.exists() else []
+    if isinstance(old, dict):  # the first MEMIT file held one run's rows by model
+        old = []
+    seeds = {r["seed"] for r in rows}
+    return {"rows": sorted([r for r in old if r["seed"] not in seeds] + rows,
+                           key=lambda r: r["seed"])}
+
+
+def part_rome(m, facts, seeds=ROME_SEEDS) -> dict:
     from lmxray.improve.editing import evaluate_edits
 
     rows = []
-    for seed in ROME_SEEDS:
+    for seed in seeds:
         t = time.time()
         r = evaluate_edits(m, facts, n_edits=30, compare_random=False, seed=seed, progress=False)
         row = {"seed": seed, "layer": r.layer, "wall_s": round(time.time() - t, 1),
-               **{k: r.rows["located"].get(k) for k in METRICS}, "n": r.rows["located"]["n"]}
+               **{k: r.rows["located"].get(k) for k in METRICS}, "n": r.rows["located"]["n"],
+               "fluency_unedited": r.rows["unedited"].get("fluency"),
+               "load_avg": round(os.getloadavg()[0], 1)}
         print(row, flush=True)
         rows.append(row)
-    return {"rows": rows}
+    return _merge("rome", rows)
 
 
-def part_memit(m, facts) -> dict:
+def part_memit(m, facts, seeds=MEMIT_SEEDS) -> dict:
     from lmxray.improve.memit import evaluate_memit
 
-    t = time.time()
-    r = evaluate_memit(m, facts, n_edits=100, seed=0, progress=False)
-    out = {"rows": r.rows, "info": r.info, "wall_s": round(time.time() - t, 1)}
-    print(out, flush=True)
-    return out
+    rows = []
+    for seed in seeds:
+        t = time.time()
+        r = evaluate_memit(m, facts, n_edits=100, seed=seed, progress=False)
+        row = {"seed": seed, "layers": r.info["layers"], "wall_s": round(time.time() - t, 1),
+               "n": r.rows["memit"]["n"], **{k: r.rows["memit"].get(k) for k in METRICS},
+               "fluency_unedited": r.rows["unedited"].get("fluency"),
+               "unedited": r.rows["unedited"], "info": r.info,
+               "load_avg": round(os.getloadavg()[0], 1)}
+        print(row, flush=True)
+        rows.append(row)
+    return _merge("memit", rows)
 
 
 def part_distill(m, facts) -> dict:
@@ -63,28 +87,48 @@ def _fmt(v) -> str:
     return "n/a" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
+def _table(name: str, head: str, note: str, first: str, cells) -> list[str]:
+    """A markdown table of the part's JSON rows: ``cells(row)`` gives a row's cells."""
+    p = RESULTS / f"improve_edit_distill_{name}.json"
+    rows = json.loads(p.read_text())["rows"] if p.exists() else []
+    if not isinstance(rows, list) or not rows:  # the first MEMIT file held rows by model
+        return []
+    cols = ["seed", first, "n", *METRICS, "wall s", "load"]
+    return [head, "", note, "", "| " + " | ".join(cols) + " |", "|---" * len(cols) + "|",
+            *("| " + " | ".join(str(c) for c in cells(r)) + " |" for r in rows), ""]
+
+
+def _rome_md() -> list[str]:
+    def cells(r):
+        flu = (f"{_fmt(r.get('fluency'))} ({_fmt(r.get('fluency_unedited'))})"
+               if r.get("fluency") is not None else "n/a")
+        return [r["seed"], r["layer"], r["n"], *(_fmt(r.get(k)) for k in METRICS[:-1]), flu,
+                r["wall_s"], r.get("load_avg", "n/a")]
+
+    return _table("rome", "## ROME, 30 single edits per seed (seeds 11 and 23 never tuned on)",
+                  "`--part rome [--seeds S,..]`; fluency: n-gram entropy (bits) of 20 greedy "
+                  "tokens from a paraphrase of each edited fact, edited (unedited in brackets).",
+                  "layer", cells)
+
+
+def _memit_md() -> list[str]:
+    def cells(r):
+        u = r.get("unedited", {})
+        return [r["seed"], r["layers"], r["n"],
+                *(f"{_fmt(r.get(k))} ({_fmt(u.get(k))})" for k in METRICS),
+                r["wall_s"], r.get("load_avg", "n/a")]
+
+    return _table("memit", "## MEMIT, 100 edits at once (seeds 1 and 23 never tuned on)",
+                  "`--part memit [--seeds S,..]`; the unedited model in brackets (efficacy and "
+                  "paraphrase there: how often the new object is already top-1).", "layers",
+                  cells)
+
+
 def markdown() -> str:
     lines = ["# Issue 20: editing that holds, and rationale distillation", "",
              "Command: `PYTHONPATH=src python3 benchmarks/improve/edit_distill.py --part all` "
              "(embedded model lmxray-tiny, CPU).", ""]
-    p = RESULTS / "improve_edit_distill_rome.json"
-    if p.exists():
-        d = json.loads(p.read_text())
-        lines += ["## ROME, 30 single edits per seed (seeds 11 and 23 never tuned on)", "",
-                  "| seed | layer | n | " + " | ".join(METRICS) + " | wall s |",
-                  "|---" * (len(METRICS) + 4) + "|"]
-        for r in d["rows"]:
-            lines.append(f"| {r['seed']} | {r['layer']} | {r['n']} | "
-                         + " | ".join(_fmt(r.get(k)) for k in METRICS) + f" | {r['wall_s']} |")
-        lines.append("")
-    p = RESULTS / "improve_edit_distill_memit.json"
-    if p.exists():
-        d = json.loads(p.read_text())
-        lines += [f"## MEMIT, 100 edits at once (layers {d['info'].get('layers')})", "",
-                  "| model | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
-        for name, r in d["rows"].items():
-            lines.append(f"| {name} | " + " | ".join(_fmt(r.get(k)) for k in METRICS) + " |")
-        lines.append("")
+    lines += _rome_md() + _memit_md()
     p = RESULTS / "improve_edit_distill_distill.json"
     if p.exists():
         d = json.loads(p.read_text())
@@ -96,13 +140,16 @@ def markdown() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--part", default="all", choices=["rome", "memit", "distill", "all"])
+    ap.add_argument("--seeds", default=None, help="rome / memit: the seeds to (re)run")
     args = ap.parse_args()
     torch.set_num_threads(1)
     m = lmxray.load()
     facts = zoo_facts(n=None)
     parts = ["rome", "memit", "distill"] if args.part == "all" else [args.part]
     for name in parts:
-        res = globals()[f"part_{name}"](m, facts)
+        seeds = {} if args.seeds is None or name == "distill" else {
+            "seeds": [int(x) for x in args.seeds.split(",")]}
+        res = globals()[f"part_{name}"](m, facts, **seeds)
         atomic_write_text(RESULTS / f"improve_edit_distill_{name}.json", dumps(res, indent=1) + "\n")
     atomic_write_text(RESULTS / "improve_edit_distill.md", markdown())
 

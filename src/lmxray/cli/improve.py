@@ -511,11 +511,11 @@ def _run_memit(m: Any, rows: list[dict[str, Any]], layer: int | None, out_dir: P
                seed: int, json_out: Path | None, out: Any, err: Any) -> None:
     from ..improve.editing import context_prefixes
     from ..improve.experiments import zoo_edit_layer
-    from ..improve.memit import batch_result, default_layers, memit_edit
+    from ..improve.memit import COV_TEXTS, batch_result, default_layers, memit_edit
     from ..zoo import corpus
 
     located = layer if layer is not None else zoo_edit_layer(m, seed=seed)
-    texts = corpus("train", 300, seed=seed)
+    texts = corpus("train", COV_TEXTS, seed=seed)
     ed = memit_edit(m, rows, layers=default_layers(m.n_layers, located), cov_texts=texts,
                     prefixes=context_prefixes(texts, 2, seed=seed))
     edited = ed.apply(m)

@@ -21,8 +21,9 @@ is" answer " Rome":
 
 :func:`evaluate_edits` applies edits one at a time (each undone before the next) and reports
 ROME's zsRE-style top-1 metrics: efficacy (new object top-1 on the edit prompt), paraphrase
-(other templates of the same fact), specificity (other known facts keep their answer), against
-editing a random other layer with the same procedure.
+(other templates of the same fact), specificity (other known facts keep their answer) and
+generation fluency (n-gram entropy of the greedy text from a paraphrase of the edited fact,
+:mod:`lmxray.improve.edit_metrics`), against editing a random other layer with the same procedure.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from ..model import Model
 from ..sites import site_map
 from ..zoo import corpus
 from ._common import target_correct
+from .edit_metrics import fluency
 from .results import EditReport
 
 __all__ = [
@@ -58,6 +60,7 @@ __all__ = [
     "prompt_variants",
     "EditReport",
     "key_covariance",
+    "key_covariances",
     "rome_edit",
     "locate_layer",
     "evaluate_edits",
@@ -168,25 +171,36 @@ def key_covariance(
 ) -> torch.Tensor:
     """``C = E[k kᵀ] + ridge · mean(diag) · I`` ``[d_mlp, d_mlp]`` (float64) over every token of
     ``texts`` (each cut to the model's context length)."""
+    return key_covariances(model, [layer], texts, batch_size=batch_size, ridge=ridge)[layer]
+
+
+def key_covariances(
+    model: Model, layers: Sequence[int], texts: Sequence[str], *, batch_size: int = 32,
+    ridge: float = 1e-3,
+) -> dict[int, torch.Tensor]:
+    """:func:`key_covariance` of each of ``layers``, all read in one pass over ``texts``."""
     if not texts:
         raise InputError(
             "the key covariance needs sample texts (e.g. lmxray.zoo.corpus('train', 300))"
         )
-    name = f"layers.{layer}.mlp.hidden"
+    names = {ly: f"layers.{ly}.mlp.hidden" for ly in sorted(set(layers))}
     limit = model.max_length or 1 << 30
     seqs = [ids[:limit] for ids in (model.encode(t) for t in texts) if ids]  # longer texts are cut
-    acc: torch.Tensor | None = None
+    acc: dict[int, torch.Tensor] = {}
     n = 0
     for a in range(0, len(seqs), batch_size):
-        cache = run_with_cache(model, seqs[a : a + batch_size], cache=[name], logits=False)
-        k = cache[name].double()
-        mask = cache.attention_mask.bool().to(k.device)
-        k = k[mask]  # [tokens, d_mlp]
-        acc = k.T @ k if acc is None else acc + k.T @ k
-        n += k.shape[0]
-    assert acc is not None
-    c = (acc / max(n, 1)).cpu()
-    return c + ridge * float(c.diagonal().mean()) * torch.eye(c.shape[0], dtype=c.dtype)
+        cache = run_with_cache(model, seqs[a : a + batch_size], cache=list(names.values()),
+                               logits=False)
+        for ly, name in names.items():
+            k = cache[name].double()
+            k = k[cache.attention_mask.bool().to(k.device)]  # [tokens, d_mlp]
+            acc[ly] = k.T @ k if ly not in acc else acc[ly] + k.T @ k
+            n += k.shape[0] if ly == next(iter(names)) else 0
+    out = {}
+    for ly in names:
+        c = (acc[ly] / max(n, 1)).cpu()
+        out[ly] = c + ridge * float(c.diagonal().mean()) * torch.eye(c.shape[0], dtype=c.dtype)
+    return out
 
 
 def _subject_last(model: Model, prompt: str, subject: Any) -> int:
@@ -482,10 +496,11 @@ def fact_group(f: dict[str, Any]) -> tuple[str, str]:
 
 
 def _choose_facts(
-    facts: Sequence[dict[str, Any]], known: np.ndarray, n_edits: int, seed: int
+    facts: Sequence[dict[str, Any]], known: np.ndarray, n_edits: int, seed: int,
+    one_per_subject: bool = False,
 ) -> tuple[list[int], dict[tuple[str, str], list[int]]]:
-    """``n_edits`` known facts that have paraphrases, one per (subject, relation), seeded;
-    and the paraphrase groups."""
+    """``n_edits`` known facts that have paraphrases, one per (subject, relation) (or one per
+    subject with ``one_per_subject``), seeded; and the paraphrase groups."""
     groups: dict[tuple[str, str], list[int]] = {}
     for i, f in enumerate(facts):
         groups.setdefault(fact_group(f), []).append(i)
@@ -493,24 +508,28 @@ def _choose_facts(
     random.Random(seed).shuffle(cands)
     chosen, seen = [], set()
     for i in cands:
-        if fact_group(facts[i]) not in seen:
-            seen.add(fact_group(facts[i]))
+        key = fact_group(facts[i])[0] if one_per_subject else fact_group(facts[i])
+        if key not in seen:
+            seen.add(key)
             chosen.append(i)
         if len(chosen) == n_edits:
             break
     if len(chosen) < n_edits:
+        what = "subjects with known facts that have" if one_per_subject else "known facts with"
         raise InputError(
-            f"only {len(chosen)} known facts with paraphrases; need {n_edits} (pass more facts)"
+            f"only {len(chosen)} {what} paraphrases; need {n_edits} (pass more facts or fewer "
+            "edits)"
         )
     return chosen, groups
 
 
 def plan_edits(
     model: Model, facts: list[dict[str, Any]], n_edits: int, layer: int | None,
-    trace_facts_n: int, seed: int,
+    trace_facts_n: int, seed: int, one_per_subject: bool = False,
 ) -> tuple[list[int], dict[tuple[str, str], list[int]], list[int], int, np.ndarray]:
     """Check the request, find the facts the model knows and choose ``n_edits`` of them (one
-    per paraphrase group); locate the edit layer when ``layer`` is None (causal tracing on up
+    per paraphrase group, or per subject with ``one_per_subject``: edits applied together must
+    not ask one subject's key for two values); locate the edit layer when ``layer`` is None (causal tracing on up
     to ``trace_facts_n`` other known facts).
 
     Returns:
@@ -521,14 +540,16 @@ def plan_edits(
         raise InputError(f"layer {layer} is out of range; the model has {n_l} layers")
     if n_edits < 1:
         raise InputError(f"n_edits must be at least 1, got {n_edits}")
-    n_groups = sum(1 for g in Counter(fact_group(f) for f in facts).values() if g > 1)
+    sizes = Counter(fact_group(f) for f in facts)
+    n_groups = len({g[0] if one_per_subject else g for g, c in sizes.items() if c > 1})
     if n_groups < n_edits:  # before any work: at most one edit per fact with paraphrases
+        what = "subjects have facts with" if one_per_subject else "facts have"
         raise InputError(
-            f"only {n_groups} facts have paraphrases, so at most {n_groups} known facts can be "
-            f"edited; need {n_edits} (pass more facts or fewer edits)"
+            f"only {n_groups} {what} paraphrases, so at most {n_groups} known facts can be "
+            f"edited together; need {n_edits} (pass more facts or fewer edits)"
         )
     known = top1(model, [(f["prompt"], f["answer"]) for f in facts])
-    chosen, groups = _choose_facts(facts, known, n_edits, seed)
+    chosen, groups = _choose_facts(facts, known, n_edits, seed, one_per_subject)
     known_idx = [i for i in range(len(facts)) if known[i]]
     aie = np.full(n_l, np.nan)
     if layer is None:
@@ -573,6 +594,11 @@ class _EditBench:
     def measure(self, probes: list[list[tuple[str, str]]]) -> tuple[np.ndarray, ...]:
         return tuple(top1(self.model, p) for p in probes)
 
+    def fluency(self, probes: list[list[tuple[str, str]]]) -> float:
+        """N-gram entropy of the greedy generation from the fact's first paraphrase (the edit
+        prompt when it has none): text about the edited subject."""
+        return fluency(self.model, [(probes[1] or probes[0])[0][0]])
+
     def edit(self, i: int, target: str, ly: int) -> RankOneEdit:
         """The ROME edit of fact ``i`` into ``target`` at layer ``ly`` (not applied)."""
         f = self.facts[i]
@@ -592,11 +618,13 @@ def _edit_row(
         "prompt": f["prompt"], "subject": f.get("subject_text"), "old": f["answer"], "new": target,
     }
     res = {"unedited": bench.measure(probes)}
+    flu = {"unedited": bench.fluency(probes)}
     for name, pick in editors.items():
         ly = pick(i)
         ed = bench.edit(i, target, ly)
         with ed.applied(bench.model):
             res[name] = bench.measure(probes)
+            flu[name] = bench.fluency(probes)
         row[f"{name} layer"] = ly
         row[f"{name} p_target_opt"] = ed.info["p_target"]
         bar.update(1)
@@ -605,6 +633,7 @@ def _edit_row(
             "efficacy": bool(e.all()),
             "paraphrase": float(p.mean()) if len(p) else None,
             "specificity": float(s.mean()) if len(s) else None,
+            "fluency": flu[name],
         }
     return row, res
 
@@ -652,7 +681,7 @@ def evaluate_edits(
         rand_layers = {i: rl.choice([x for x in range(n_l) if x != layer]) for i in chosen}
         editors["random layer"] = lambda i: rand_layers[i]
     metrics: dict[str, dict[str, list[float]]] = {
-        k: {"efficacy": [], "paraphrase": [], "specificity": [], "consistency": []}
+        k: {"efficacy": [], "paraphrase": [], "specificity": [], "consistency": [], "fluency": []}
         for k in ["unedited", *editors]
     }
     edits_out = []
@@ -665,6 +694,7 @@ def evaluate_edits(
                 metrics[name]["paraphrase"].append(float(p.mean()) if len(p) else np.nan)
                 metrics[name]["specificity"].append(float(s.mean()) if len(s) else np.nan)
                 metrics[name]["consistency"].append(float(bool(e.all()) and bool(p.all())))
+                metrics[name]["fluency"].append(row[name]["fluency"])
             edits_out.append(row)
     summary = {
         name: {"n": len(chosen), **{m: float(np.nanmean(v)) for m, v in d.items()}}

@@ -48,7 +48,7 @@ from .editing import (
     counterfactuals,
     edited_copy,
     fact_group,
-    key_covariance,
+    key_covariances,
     plan_edits,
     prompt_variants,
     top1,
@@ -57,7 +57,12 @@ from .editing import (
 from .results import EditReport, ImproveResult
 
 __all__ = ["EditRequest", "MultiEdit", "memit_edit", "default_layers", "evaluate_memit",
-           "BatchEditResult", "batch_result"]
+           "BatchEditResult", "batch_result", "least_squares_update", "COV_TEXTS"]
+
+
+COV_TEXTS = 4000
+"""Zoo texts the key covariances are read from by default (about 1.3·10⁵ tokens: MEMIT reads
+10⁵ Wikipedia samples)."""
 
 
 @dataclass(frozen=True)
@@ -87,11 +92,13 @@ class EditRequest:
 
 @dataclass
 class MultiEdit:
-    """Per-layer updates ``ΔW_l`` (``[d_model, d_mlp]``) of the MLP down projections."""
+    """Per-layer updates ``ΔW_l`` (``[d_model, d_mlp]``) of the MLP down projections, and the
+    targets ``z`` (``[n, d_model]``, float64) they were solved for."""
 
     deltas: dict[int, torch.Tensor]
     requests: list[EditRequest] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    targets: torch.Tensor | None = None
 
     def applied(self, model: Model) -> contextlib.AbstractContextManager[Model]:
         """The edits applied in place inside the block; weights restored bit-exactly after."""
@@ -103,9 +110,11 @@ class MultiEdit:
 
 
 def default_layers(n_layers: int, located: int, span: int | None = None) -> list[int]:
-    """The located layer and the ``span - 1`` after it (default span: ``max(2, n_layers // 4)``,
-    MEMIT's 5 of GPT-J's 28 scaled down), kept before the model's last block."""
-    span = span if span is not None else max(2, n_layers // 4)
+    """The located layer and the ``span - 1`` after it (default span: ``max(1,
+    round(n_layers / 6))``, MEMIT's 5 of GPT-J's 28 scaled down; 1 on a 4-layer model, where the
+    fact is read off the subject's token by the next layer's attention, so targets after layer
+    0 are out of reach), kept before the model's last block."""
+    span = span if span is not None else max(1, round(n_layers / 6))
     # the last block is left out where possible: its output site is the final residual, where
     # the hooked target does not reach the loss on every family (a zero gradient)
     return [ly for ly in range(located, located + span) if ly < max(1, n_layers - 1)] or [located]
@@ -159,11 +168,31 @@ def _per_request(rows: torch.Tensor, b: _Batch, n: int, essence: bool = False) -
     return out / torch.bincount(owner, minlength=n).clamp(min=1).unsqueeze(-1).to(out.dtype)
 
 
-def _read(model: Model, b: _Batch, site: str, n: int) -> torch.Tensor:
-    """``[n, d]`` float64: ``site`` at the subject's last token, mean over each request's
-    variants (essence rows left out)."""
+def _read(model: Model, b: _Batch, site: str, n: int, key_rows: str = "mean") -> torch.Tensor:
+    """float64 ``site`` at the subject's last token: ``[n, d]`` mean over each request's
+    variants (``"mean"``), ``[n, d]`` on the bare prompt (``"prompt"``) or ``[variant rows, d]``
+    (``"each"``, see :func:`_key_owner`); essence rows left out."""
     cache = run_with_cache(model, b.seqs, cache=[site], logits=False)
-    return _per_request(_at_subject(cache[site].double().cpu(), cache.attention_mask.cpu(), b), b, n)
+    rows = _at_subject(cache[site].double().cpu(), cache.attention_mask.cpu(), b)
+    if key_rows == "mean":
+        return _per_request(rows, b, n)
+    return rows[_key_rows(b, key_rows)]
+
+
+def _key_rows(b: _Batch, key_rows: str) -> list[int]:
+    """Batch rows that are least-squares rows: every variant, or each request's bare prompt
+    (its first variant)."""
+    var = [j for j, k in enumerate(b.n_t) if k > 0]
+    if key_rows == "each":
+        return var
+    return [j for j in var if j == 0 or b.owner[j - 1] != b.owner[j]]
+
+
+def _key_owner(b: _Batch, key_rows: str, n: int) -> torch.Tensor:
+    """The request of each least-squares row."""
+    if key_rows == "mean":
+        return torch.arange(n)
+    return torch.tensor([b.owner[j] for j in _key_rows(b, key_rows)])
 
 
 @dataclass
@@ -175,6 +204,7 @@ class _Targets:
     site: str
     n: int
     kl_factor: float
+    weight_decay: float = 0.0
 
     def logp(self, delta: torch.Tensor | None) -> torch.Tensor:
         m, b = self.model, self.b
@@ -187,8 +217,10 @@ class _Targets:
                                logits_to_keep=keep).logits.float()
         return torch.log_softmax(logits, -1)
 
-    def loss(self, delta: torch.Tensor, base: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(loss, [n] P(target) per request (geometric mean over its variants))``."""
+    def loss(self, delta: torch.Tensor, base: torch.Tensor, scale: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loss, [n] P(target) per request (geometric mean over its variants))``; the loss
+        adds ``weight_decay · (‖δ_i‖ / ‖h_i‖)²`` per request (MEMIT's ``v_weight_decay``)."""
         lp, b = self.logp(delta), self.b
         keep = lp.shape[1]
         idx = torch.zeros(len(b.seqs), keep, dtype=torch.long)
@@ -205,7 +237,8 @@ class _Targets:
         cnt = torch.zeros(self.n).index_add(0, owner, (~ess).float()).clamp(min=1)
         kl = torch.zeros(self.n).index_add(0, owner, row_kl)
         nll = nll / cnt
-        return (nll + self.kl_factor * kl).sum(), torch.exp(-nll.detach())
+        decay = self.weight_decay * (delta.norm(dim=-1) / scale) ** 2
+        return (nll + self.kl_factor * kl + decay).sum(), torch.exp(-nll.detach())
 
 
 def _optimise_targets(tg: _Targets, h: torch.Tensor, steps: int, lr: float, clamp: float,
@@ -220,7 +253,7 @@ def _optimise_targets(tg: _Targets, h: torch.Tensor, steps: int, lr: float, clam
     p = torch.zeros(tg.n)
     for _ in range(steps):
         with torch.enable_grad():
-            loss, p = tg.loss(delta, base)
+            loss, p = tg.loss(delta, base, scale)
             if bool((p >= stop_prob).all()):
                 break
             (g,) = torch.autograd.grad(loss, [delta])
@@ -240,13 +273,15 @@ def memit_edit(
     covs: dict[int, torch.Tensor] | None = None,
     cov_texts: Sequence[str] | None = None,
     prefixes: Sequence[str] = (),
-    mom2_weight: float = 1000.0,
+    mom2_weight: float = 300.0,
     steps: int = 60,
     lr: float = 0.5,
     kl_factor: float = 0.0625,
-    clamp: float = 4.0,
+    weight_decay: float = 0.5,
+    clamp: float = 1.0,
     stop_prob: float = 0.95,
     chunk: int = 25,
+    key_rows: str = "prompt",
 ) -> MultiEdit:
     """Compute (not apply) MEMIT edits of all ``requests`` spread over ``layers``.
 
@@ -256,9 +291,17 @@ def memit_edit(
         covs / cov_texts: key covariance per layer, or texts to compute them from.
         prefixes: context prefixes (:func:`lmxray.improve.editing.context_prefixes`).
         mom2_weight: ``λ``, the weight of the covariance against the new keys.
-        steps / lr / kl_factor / clamp / stop_prob: the target optimisation (as ``rome_edit``).
+        steps / lr / kl_factor / stop_prob: the target optimisation (as ``rome_edit``).
+        clamp: ``‖δ_i‖ ≤ clamp · ‖h_i‖`` (the residual at the target layer, not the MLP
+            output as in ``rome_edit``). weight_decay: ``+ weight_decay · (‖δ_i‖ / ‖h_i‖)²``.
         chunk: requests optimised together in one batch.
+        key_rows: ``"mean"`` (MEMIT: one key per request, the mean over the prompt and its
+            prefixes), ``"prompt"`` (the bare prompt's key; the prefixes only shape ``δ``) or
+            ``"each"`` (one least-squares row per variant, each written towards its own
+            ``h + δ``).
     """
+    if key_rows not in ("mean", "prompt", "each"):
+        raise InputError(f"key_rows must be 'mean', 'prompt' or 'each', got {key_rows!r}")
     reqs = [EditRequest.of(r) for r in requests]
     if not reqs:
         raise InputError("MEMIT needs at least one edit request")
@@ -266,37 +309,53 @@ def memit_edit(
     layers = sorted({int(ly) for ly in layers})
     if not layers or not all(0 <= ly < n_l for ly in layers):
         raise InputError(f"MEMIT layers {layers} must be in 0..{n_l - 1}")
-    if mom2_weight <= 0:
+    if not mom2_weight > 0:
         raise InputError(f"mom2_weight must be positive, got {mom2_weight}")
+    for name, v, low in (("weight_decay", weight_decay, 0.0), ("kl_factor", kl_factor, 0.0)):
+        if not v >= low:
+            raise InputError(f"{name} must be >= {low}, got {v}")
+    if not clamp > 0:
+        raise InputError(f"clamp must be positive, got {clamp}")
+    if steps < 1 or chunk < 1:
+        raise InputError(f"steps and chunk must be at least 1, got {steps} and {chunk}")
     covs = dict(covs or {})
-    for ly in layers:
-        if ly not in covs:
-            if not cov_texts:
-                raise InputError("MEMIT needs key covariances (covs=) or sample texts (cov_texts=)")
-            covs[ly] = key_covariance(model, ly, cov_texts)
+    missing = [ly for ly in layers if ly not in covs]
+    if missing:
+        if not cov_texts:
+            raise InputError("MEMIT needs key covariances (covs=) or sample texts (cov_texts=)")
+        covs.update(key_covariances(model, missing, cov_texts))
     z_site = f"layers.{layers[-1]}.resid_post"
     b = _rows(model, reqs, prefixes)
     h0 = _read(model, b, z_site, len(reqs))
-    delta, p = _chunked_targets(model, reqs, prefixes, z_site, h0, chunk,
-                                steps, lr, kl_factor, clamp, stop_prob)
-    deltas = _spread(model, b, layers, covs, h0 + delta.double(), mom2_weight, len(reqs))
-    return MultiEdit(deltas, reqs, info={
+    delta, p = _chunked_targets(model, reqs, prefixes, z_site, h0, chunk, {
+        "steps": steps, "lr": lr, "kl_factor": kl_factor, "weight_decay": weight_decay,
+        "clamp": clamp, "stop_prob": stop_prob})
+    z = (_read(model, b, z_site, len(reqs), key_rows)
+         + delta.double()[_key_owner(b, key_rows, len(reqs))])
+    deltas = _spread(model, b, layers, covs, z, mom2_weight, len(reqs), key_rows)
+    return MultiEdit(deltas, reqs, targets=z, info={
         "layers": layers, "mom2_weight": mom2_weight, "prefixes": len(prefixes),
+        "key_rows": key_rows, "clamp": clamp, "weight_decay": weight_decay,
         "p_target_mean": float(p.mean()), "p_target_min": float(p.min()),
         "delta_norm_mean": float(delta.norm(dim=-1).mean()),
     })
 
 
 def _chunked_targets(model: Model, reqs: list[EditRequest], prefixes: Sequence[str], site: str,
-                     h0: torch.Tensor, chunk: int, *opt: Any) -> tuple[torch.Tensor, torch.Tensor]:
+                     h0: torch.Tensor, chunk: int, opt: dict[str, float]
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(δ, P(target))`` of all requests, ``chunk`` requests per batched optimisation
+    (``opt``: steps, lr, kl_factor, weight_decay, clamp, stop_prob)."""
     was = model.hf.training
     model.hf.eval()
     ds, ps = [], []
     try:
         for a in range(0, len(reqs), chunk):
             part = reqs[a: a + chunk]
-            tg = _Targets(model, _rows(model, part, prefixes), site, len(part), opt[2])
-            d, p = _optimise_targets(tg, h0[a: a + chunk], opt[0], opt[1], opt[3], opt[4])
+            tg = _Targets(model, _rows(model, part, prefixes), site, len(part),
+                          opt["kl_factor"], opt["weight_decay"])
+            d, p = _optimise_targets(tg, h0[a: a + chunk], int(opt["steps"]), opt["lr"],
+                                     opt["clamp"], opt["stop_prob"])
             ds.append(d)
             ps.append(p)
     finally:
@@ -306,19 +365,30 @@ def _chunked_targets(model: Model, reqs: list[EditRequest], prefixes: Sequence[s
 
 
 def _spread(model: Model, b: _Batch, layers: list[int], covs: dict[int, torch.Tensor],
-            z: torch.Tensor, lam: float, n: int) -> dict[int, torch.Tensor]:
-    """MEMIT's layer loop: each layer writes its share of the residual ``z - h``."""
+            z: torch.Tensor, lam: float, n: int, key_rows: str = "mean"
+            ) -> dict[int, torch.Tensor]:
+    """MEMIT's layer loop: each layer writes its share of the residual ``z - h`` (one row per
+    request or per variant, ``key_rows`` as :func:`memit_edit`)."""
     z_site = f"layers.{layers[-1]}.resid_post"
     deltas: dict[int, torch.Tensor] = {}
     for j, ly in enumerate(layers):
         with weights_added(model, deltas):
-            keys = _read(model, b, f"layers.{ly}.mlp.hidden", n)  # [n, d_mlp]
-            h = _read(model, b, z_site, n)
+            keys = _read(model, b, f"layers.{ly}.mlp.hidden", n, key_rows)  # [rows, d_mlp]
+            h = _read(model, b, z_site, n, key_rows)
         resid = (z - h) / (len(layers) - j)  # [n, d_model]
-        a = lam * covs[ly].double() + keys.T @ keys
-        upd = torch.linalg.solve(a, keys.T @ resid).T  # [d_model, d_mlp]
-        deltas[ly] = upd.float()
+        deltas[ly] = least_squares_update(keys, resid, covs[ly], lam).float()
     return deltas
+
+
+def least_squares_update(keys: torch.Tensor, resid: torch.Tensor, cov: torch.Tensor,
+                         lam: float) -> torch.Tensor:
+    """MEMIT's batched least squares in float64: ``ΔW = Rᵀ K (λ C + Kᵀ K)⁻¹``
+    (``[d_model, d_mlp]``), the ``ΔW`` minimising ``‖ΔW Kᵀ - Rᵀ‖² + λ · tr(ΔW C ΔWᵀ)``: the new
+    keys ``K`` (``[n, d_mlp]``) written towards the residuals ``R`` (``[n, d_model]``), the
+    keys of ordinary text (covariance ``C``) held in place with weight ``λ``."""
+    k, r = keys.double(), resid.double()
+    a = lam * cov.double() + k.T @ k
+    return torch.linalg.solve(a, k.T @ r).T
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -359,7 +429,10 @@ def evaluate_memit(
     measure the edited model against the unedited one (rows ``"unedited"`` and ``"memit"``).
 
     Args:
-        facts: as :func:`lmxray.improve.editing.evaluate_edits` takes them.
+        facts: as :func:`lmxray.improve.editing.evaluate_edits` takes them; at most one edit
+            per subject is drawn (edits made together must not ask one subject's key for two
+            values).
+        cov_texts: text for the key covariances (default: :data:`COV_TEXTS` zoo texts).
         layers: the MEMIT layers; default :func:`default_layers` from ``layer`` (default: the
             layer :func:`~lmxray.improve.editing.locate_layer` selects).
         n_specificity: known facts of other subjects checked (neighbourhood).
@@ -369,9 +442,9 @@ def evaluate_memit(
     facts = list(facts)
     n_l = site_map(model).n_layers
     chosen, groups, known_idx, located, aie = plan_edits(
-        model, facts, n_edits, layer, trace_facts_n, seed)
+        model, facts, n_edits, layer, trace_facts_n, seed, one_per_subject=True)
     lys = list(layers) if layers is not None else default_layers(n_l, located)
-    texts = list(cov_texts) if cov_texts is not None else corpus("train", 300, seed=seed)
+    texts = list(cov_texts) if cov_texts is not None else corpus("train", COV_TEXTS, seed=seed)
     new = [t if t.startswith(" ") else " " + t
            for t in counterfactuals([facts[i] for i in chosen], facts, seed=seed)]
     edited_subjects = {str(facts[i].get("subject_text")) for i in chosen}
