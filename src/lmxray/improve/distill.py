@@ -1,15 +1,18 @@
 """Rationale distillation: explanations as training targets (Hsieh et al. 2023, "Distilling
 Step-by-Step!", arXiv 2305.02301).
 
-A small student (a Llama built from config, random init) learns the zoo's multiple-choice
-organism task (:mod:`lmxray.zoo.organisms`: "Which is a fruit? (A) chair (B) apple (C) river")
-whose rationales are known: the chain "The question asks for a fruit. (B) apple is a fruit."
-names the evidence. Two students see the same examples for the same number of steps:
+A small student (a Llama built from config, random init with the zoo's initialisation) learns
+the zoo's multiple-choice organism task (:mod:`lmxray.zoo.organisms`: "Which is a fruit?
+(A) chair (B) apple (C) river") whose rationales are known by construction. Two students see
+the same examples for the same number of steps:
 
-- **label only**: ``[label] <question> ->`` the letter (``B)``);
+- **label only**: ``[label] <question>`` -> the answer (`` apple``, or `` (B)`` with
+  ``label="letter"``);
 - **label + rationale**: the same label task plus, as a second task on the same example,
-  ``[rationale] <question> ->`` the chain; the loss is ``label + rationale_weight × rationale``
-  (the two tasks share the whole network; at test time only the label task is asked).
+  ``[rationale] <question>`` -> the rationale (every option's category by default, or the
+  organisms' chain); the loss is ``label + rationale_weight × rationale`` (the two tasks share
+  the whole network; at test time only the label task is asked). The task prefixes are one
+  token each.
 
 :func:`distill_curve` trains both on 10 / 25 / 50 / 100 % of the training examples and seeds,
 and reports label accuracy on held-out items (the marker cue is left out: the answer must come
