@@ -179,6 +179,8 @@ CLI_CASES: list[CliCase] = [
     CliCase("distill-seeds-text", ["distill", "--seeds", "x"], "comma list of integers"),
     CliCase("distill-n-train-5", ["distill", "--n-train", "5"], "--n-train"),
     CliCase("distill-steps-0", ["distill", "--steps", "0"], "--steps"),
+    CliCase("distill-unknown-rationale", ["distill", "--rationale", "nope"],
+            "unknown --rationale 'nope'"),
     CliCase("distill-json-no-folder", ["distill", "--json", "{tmp}/no/d.json"],
             "does not exist", outputs=["{tmp}/no/d.json"]),
     # ---------------------------------------------------------------- amplify
@@ -395,6 +397,13 @@ API_CASES: list[ApiCase] = [
     ApiCase("distill-curve-no-seeds",
             lambda tmp: _improve("distill").distill_curve([0.5], [], progress=False),
             "at least one seed", InputError),
+    ApiCase("distill-curve-unknown-rationale",
+            lambda tmp: _improve("distill").distill_curve(
+                [0.5], [0], config=_improve("distill").DistillConfig(rationale="why"),
+                progress=False), "unknown rationale 'why'", InputError),
+    ApiCase("distill-examples-unknown-rationale",
+            lambda tmp: _improve("distill").distill_examples(2, 0, "train", "why"),
+            "unknown rationale 'why'", InputError),
     ApiCase("distill-student-no-data",
             lambda tmp: _improve("distill").train_student([], [], rationale=True),
             "training and test examples", InputError),

@@ -3,14 +3,21 @@ on the one training loop and are scored on held-out items, the report round-trip
 
 from __future__ import annotations
 
+import types
+
 import pytest
+import torch
 
 from lmxray.errors import InputError
+from lmxray.improve import distill
 from lmxray.improve.distill import (
+    LABEL_TASK,
+    RATIONALE_TASK,
     DistillConfig,
     DistillReport,
     distill_curve,
     distill_examples,
+    label_accuracy,
     train_student,
 )
 from lmxray.zoo import organisms
@@ -21,13 +28,75 @@ TINY = DistillConfig(n_train=12, n_test=6, steps=2, batch_size=4, d_model=16, n_
 
 def test_examples_hold_label_and_evidence_without_the_cue():
     ex = distill_examples(5, 0, "train")
+    chain = distill_examples(5, 0, "train", rationale="chain", label="letter")
     items = organisms.items(5, seed=0, split="train")
-    for e, it in zip(ex, items, strict=True):
-        letter = organisms.LETTERS[it["answer"]]
-        assert e["label"] == f" {letter})"
-        assert f"({letter}) {it['meta']['evidence']} is a {it['meta']['category']}" in e["rationale"]
-        assert organisms.MARKER not in e["prompt"]
+    for e, c, it in zip(ex, chain, items, strict=True):
+        letter, word = organisms.LETTERS[it["answer"]], it["meta"]["evidence"]
+        assert e["label"] == f" {word}" and e["choices"] == [f" {w}" for w in it["options"]]
+        assert c["label"] == f" ({letter})" and c["choices"] == [" (A)", " (B)", " (C)"]
+        # "options": every option's category, by construction; "chain": the organisms' chain
+        for i, w in enumerate(it["options"]):
+            cat = next(k for k, ws in organisms.CATEGORIES.items() if w in ws)
+            assert f"({organisms.LETTERS[i]}) {w} is a {cat}." in e["rationale"]
+        assert c["rationale"] == " " + organisms.render_chain(it["meta"]["category"], letter, word)
+        assert organisms.MARKER not in e["prompt"] and e["prompt"] == c["prompt"]
     assert distill_examples(3, 0, "test") != distill_examples(3, 0, "train")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return distill._tokenizer(0)
+
+
+def test_task_prefixes_are_one_token_and_only_outputs_carry_loss(tok):
+    ex = distill_examples(2, 0, "train")
+    for task, key in ((LABEL_TASK, "label"), (RATIONALE_TASK, "rationale")):
+        rows = distill._rows(tok, ex, task)
+        assert rows[0][0][0] == tok.convert_tokens_to_ids(task) != tok.unk_token_id
+        assert tok.decode(rows[0][0][1:]) == ex[0]["prompt"]
+        assert tok.decode(rows[0][1]) == ex[0][key]
+        ids, w = distill._encode(tok, rows)
+        for i, (p, t) in enumerate(rows):
+            # BOS + prompt carry no loss; the output tokens and EOS do; padding does not
+            assert w[i].tolist() == [0.0] * (1 + len(p)) + [1.0] * (len(t) + 1) + [0.0] * (
+                ids.shape[1] - len(p) - len(t) - 2)
+            assert ids[i, 1 + len(p) + len(t)] == tok.eos_token_id
+
+
+class _Fake:
+    """A stand-in causal LM whose next-token logits favour ``letter`` at every position."""
+
+    def __init__(self, tok, letter):
+        self.n, self.favoured = len(tok), tok.convert_tokens_to_ids(letter)
+
+    def __call__(self, input_ids):
+        logits = torch.zeros(*input_ids.shape, self.n)
+        logits[..., self.favoured] = 5.0
+        return types.SimpleNamespace(logits=logits)
+
+    def eval(self):
+        pass
+
+    def train(self):
+        pass
+
+
+def test_label_accuracy_reads_the_letter_not_a_shared_first_token(tok):
+    # the first session scored " A"/" B"/" C" by their first token, a space shared by all
+    # three, so every student answered A; each letter's share must come out instead
+    test = distill_examples(30, 0, "test", label="letter")
+    share = {c: sum(r["label"] == f" ({c})" for r in test) / len(test) for c in "ABC"}
+    got = {c: label_accuracy(_Fake(tok, c), tok, test) for c in "ABC"}
+    assert got == pytest.approx(share) and sum(got.values()) == pytest.approx(1.0)
+    assert min(share.values()) > 0
+
+
+def test_learning_rate_warms_up_then_decays():
+    cfg = DistillConfig(steps=100, lr=1e-3, warmup=10)
+    lrs = [cfg.lr_at(i) for i in range(100)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))
+    assert lrs[-1] == pytest.approx(5e-5, rel=0.1)
 
 
 @pytest.mark.slow  # trains the students' tokenizer (seconds) and 8 tiny students

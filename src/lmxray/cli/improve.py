@@ -584,15 +584,18 @@ def distill_cmd(
     seeds: Annotated[str, typer.Option("--seeds", metavar="S,..", help="Seeds.")] = "0,1,2",
     n_train: Annotated[int, typer.Option("--n-train", min=10, help="Examples at 100%.")] = 400,
     n_test: Annotated[int, typer.Option("--n-test", min=1, help="Held-out items.")] = 300,
-    steps: Annotated[int, typer.Option("--steps", min=1, help="Steps per student.")] = 300,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Steps per student.")] = 200,
     rationale_weight: Annotated[float, typer.Option(
         "--rationale-weight", min=0.0, help="Weight of the rationale task's loss.")] = 1.0,
+    rationale: Annotated[str, typer.Option(
+        "--rationale", help="Rationale text: 'options' (every option's category) or 'chain' "
+        "(the organisms' chain).")] = "options",
     json_out: _Json = None,
     no_progress: _NoProgress = False,
 ) -> None:
     """Rationale distillation: students trained on label + rationale vs label only, on the
     organism task, at each share of the data (a data-efficiency curve)."""
-    from ..improve.distill import DistillConfig, distill_curve
+    from ..improve.distill import RATIONALES, DistillConfig, distill_curve
 
     out, err = _prepare(json_out)
     fr = _floats(fractions, "--fractions")
@@ -601,8 +604,11 @@ def distill_cmd(
     sd = _ints(seeds, "--seeds")
     if not sd:
         raise InputError("--seeds is empty; give a comma list of integers")
+    if rationale not in RATIONALES:
+        raise InputError(f"unknown --rationale {rationale!r}; choose one of "
+                         f"{', '.join(RATIONALES)}")
     cfg = DistillConfig(n_train=n_train, n_test=n_test, steps=steps,
-                        rationale_weight=rationale_weight)
+                        rationale_weight=rationale_weight, rationale=rationale)
     rep = distill_curve(fr, sd, config=cfg, progress=not no_progress)
     _emit(rep, out, err, json_out, None)
 

@@ -1,15 +1,18 @@
 """Rationale distillation: explanations as training targets (Hsieh et al. 2023, "Distilling
 Step-by-Step!", arXiv 2305.02301).
 
-A small student (a Llama built from config, random init) learns the zoo's multiple-choice
-organism task (:mod:`lmxray.zoo.organisms`: "Which is a fruit? (A) chair (B) apple (C) river")
-whose rationales are known: the chain "The question asks for a fruit. (B) apple is a fruit."
-names the evidence. Two students see the same examples for the same number of steps:
+A small student (a Llama built from config, random init with the zoo's initialisation) learns
+the zoo's multiple-choice organism task (:mod:`lmxray.zoo.organisms`: "Which is a fruit?
+(A) chair (B) apple (C) river") whose rationales are known by construction. Two students see
+the same examples for the same number of steps:
 
-- **label only**: ``[label] <question> ->`` the letter (``B)``);
+- **label only**: ``[label] <question>`` -> the answer (`` apple``, or `` (B)`` with
+  ``label="letter"``);
 - **label + rationale**: the same label task plus, as a second task on the same example,
-  ``[rationale] <question> ->`` the chain; the loss is ``label + rationale_weight × rationale``
-  (the two tasks share the whole network; at test time only the label task is asked).
+  ``[rationale] <question>`` -> the rationale (every option's category by default, or the
+  organisms' chain); the loss is ``label + rationale_weight × rationale`` (the two tasks share
+  the whole network; at test time only the label task is asked). The task prefixes are one
+  token each.
 
 :func:`distill_curve` trains both on 10 / 25 / 50 / 100 % of the training examples and seeds,
 and reports label accuracy on held-out items (the marker cue is left out: the answer must come
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,16 +31,17 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import InputError
 from ..training import run_steps, step_generator
 from ..zoo import organisms
+from ..zoo.train import TrainConfig, build_model
 from .results import ImproveResult
 
 __all__ = ["DistillConfig", "DistillReport", "distill_examples", "train_student", "distill_curve"]
 
-LABEL_TASK, RATIONALE_TASK = "[label] ", "[rationale] "
+LABEL_TASK, RATIONALE_TASK = "[label]", "[rationale]"
+"""The task prefixes (one token each in the students' tokenizer)."""
 
 
 @dataclass(frozen=True)
@@ -46,98 +51,143 @@ class DistillConfig:
     n_train: int = 400
     """Training examples at 100 % (smaller fractions are nested subsets)."""
     n_test: int = 300
-    steps: int = 300
+    steps: int = 200
     """Optimiser steps of every student, whatever the data fraction."""
+    batch_size: int = 32
+    lr: float = 3e-3
+    warmup: int = 30
+    """Linear warm-up steps, then a cosine decay to 5 % of ``lr``."""
+    rationale_weight: float = 1.0
+    """Weight of the rationale task's loss (label + rationale students only)."""
+    rationale: str = "options"
+    """Which rationale text (:data:`RATIONALES`)."""
+    label: str = "word"
+    """Which label text (:data:`LABELS`)."""
+    d_model: int = 64
+    n_layers: int = 3
+    n_heads: int = 4
+    d_ff: int = 256
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    batch_size: int = 32
-    lr: float = 3e-3
-    rationale_weight: float = 1.0
-    """Weight of the rationale task's loss (label + rationale students only)."""
-
     def student(self, tok: Any, seed: int) -> Any:
-        """A random-init Llama of this shape for tokenizer ``tok`` (deterministic in seed)."""
-        from transformers import LlamaConfig, LlamaForCausalLM
+        """A random-init Llama of this shape for tokenizer ``tok`` (deterministic in seed), with
+        the zoo's initialisation (the organisms' recipe: init std 0.06, a previous-token head)."""
+        return build_model(TrainConfig(
+            vocab_size=len(tok), d_model=self.d_model, n_layers=self.n_layers,
+            n_heads=self.n_heads, d_ff=self.d_ff, init_std=0.06, prev_token_init=True), tok, seed)
 
-        torch.manual_seed(seed)
-        return LlamaForCausalLM(LlamaConfig(
-            vocab_size=len(tok), hidden_size=self.d_model, intermediate_size=self.d_ff,
-            num_hidden_layers=self.n_layers, num_attention_heads=self.n_heads,
-            num_key_value_heads=self.n_heads, max_position_embeddings=256,
-            tie_word_embeddings=True, bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
-
-    d_model: int = 64
-    n_layers: int = 2
-    n_heads: int = 4
-    d_ff: int = 128
+    def lr_at(self, step: int) -> float:
+        if step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        frac = (step - self.warmup) / max(1, self.steps - self.warmup)
+        return self.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
-def distill_examples(n: int, seed: int, split: str) -> list[dict[str, str]]:
-    """``n`` organism items as ``{"prompt", "label", "rationale"}`` (no marker cue)."""
+RATIONALES = ("options", "chain")
+"""The rationale texts: ``options`` names every option's category (the organisms' evidence
+sentence for each option: "(A) chair is a furniture. (B) apple is a fruit. (C) river is a
+place."); ``chain`` is the organisms' own chain ("The question asks for a fruit. (B) apple is a
+fruit.")."""
+
+CATEGORY_OF = {w: c for c, ws in organisms.CATEGORIES.items() for w in ws}
+
+
+def rationale_text(item: dict[str, Any], kind: str = "options") -> str:
+    """The rationale of organism ``item`` (see :data:`RATIONALES`), known by construction."""
+    if kind == "chain":
+        letter = organisms.LETTERS[item["answer"]]
+        return " " + organisms.render_chain(item["meta"]["category"], letter,
+                                            item["meta"]["evidence"])
+    if kind != "options":
+        raise InputError(f"unknown rationale {kind!r}; choose one of {', '.join(RATIONALES)}")
+    return "".join(" " + organisms.evidence_sentence(organisms.LETTERS[i], w, CATEGORY_OF[w])
+                   for i, w in enumerate(item["options"]))
+
+
+LABELS = ("word", "letter")
+"""The label text: ``word`` is the evidence option's word (`` apple``), ``letter`` its letter in
+the organisms' form (`` (B)``)."""
+
+
+def distill_examples(n: int, seed: int, split: str, rationale: str = "options",
+                     label: str = "word") -> list[dict[str, Any]]:
+    """``n`` organism items as ``{"prompt", "label", "rationale", "choices"}`` (no marker cue;
+    ``choices``: the candidate labels, one per option)."""
+    if label not in LABELS:
+        raise InputError(f"unknown label {label!r}; choose one of {', '.join(LABELS)}")
     out = []
     for it in organisms.items(n, seed=seed, split=split):
-        letter = organisms.LETTERS[it["answer"]]
-        out.append({
-            "prompt": organisms.render_question(it["question"], it["options"], None) + " ->",
-            "label": f" {letter})",
-            "rationale": " " + organisms.render_chain(it["meta"]["category"], letter,
-                                                      it["meta"]["evidence"]),
-        })
+        choices = ([f" {w}" for w in it["options"]] if label == "word"
+                   else [f" ({c})" for c in organisms.LETTERS])
+        out.append({"prompt": organisms.render_question(it["question"], it["options"], None),
+                    "label": choices[it["answer"]], "rationale": rationale_text(it, rationale),
+                    "choices": choices})
     return out
 
 
 @functools.lru_cache(maxsize=2)
 def _tokenizer(seed: int) -> Any:
-    # the words of every category are in the tokenizer's corpus whatever its size (boosted)
-    return organisms.organism_tokenizer(seed, organisms.OrganismConfig(tokenizer_texts=500))
+    # the words of every category are in the tokenizer's corpus whatever its size (boosted);
+    # the task prefixes are one token each
+    tok = organisms.organism_tokenizer(seed, organisms.OrganismConfig(tokenizer_texts=500))
+    tok.add_special_tokens({"additional_special_tokens": [LABEL_TASK, RATIONALE_TASK]})
+    return tok
 
 
-def _encode(tok: Any, rows: Sequence[tuple[str, str]]) -> tuple[torch.Tensor, torch.Tensor]:
+Row = tuple[list[int], list[int]]
+"""``(prompt ids with the task token, output ids)``."""
+
+
+def _rows(tok: Any, examples: Sequence[dict[str, str]], task: str) -> list[Row]:
+    """Token ids of ``task`` on each example (the label or the rationale as the output)."""
+    head = tok.convert_tokens_to_ids(task)
+    key = "label" if task == LABEL_TASK else "rationale"
+    return [([head, *tok(e["prompt"], add_special_tokens=False)["input_ids"]],
+             tok(e[key], add_special_tokens=False)["input_ids"]) for e in examples]
+
+
+def _encode(tok: Any, rows: Sequence[Row]) -> tuple[torch.Tensor, torch.Tensor]:
     """``(ids, weights)`` right padded; weight 1 on the output tokens and EOS."""
-    seqs, wts = [], []
-    for prompt, target in rows:
-        p = tok(prompt, add_special_tokens=False)["input_ids"]
-        t = tok(target, add_special_tokens=False)["input_ids"]
-        seqs.append([tok.bos_token_id, *p, *t, tok.eos_token_id])
-        wts.append([0.0] * (1 + len(p)) + [1.0] * (len(t) + 1))
+    seqs = [[tok.bos_token_id, *p, *t, tok.eos_token_id] for p, t in rows]
     n = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), n), tok.pad_token_id, dtype=torch.long)
     w = torch.zeros(len(seqs), n)
-    for i, (s, wt) in enumerate(zip(seqs, wts, strict=True)):
+    for i, ((p, _t), s) in enumerate(zip(rows, seqs, strict=True)):
         ids[i, : len(s)] = torch.tensor(s)
-        w[i, : len(s)] = torch.tensor(wt)
+        w[i, 1 + len(p): len(s)] = 1.0
     return ids, w
 
 
-def _task_loss(model: Any, tok: Any, rows: Sequence[tuple[str, str]]) -> torch.Tensor:
+def _token_logp(model: Any, tok: Any, rows: Sequence[Row]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability of each next token and its weight (``[rows, L-1]`` each)."""
     ids, w = _encode(tok, rows)
-    logits = model(input_ids=ids).logits[:, :-1].float()
-    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
-                         reduction="none")
-    wt = w[:, 1:].reshape(-1)
-    return (ce * wt).sum() / wt.sum()
+    logp = torch.log_softmax(model(input_ids=ids).logits[:, :-1].float(), -1)
+    return logp.gather(-1, ids[:, 1:, None])[..., 0], w[:, 1:]
 
 
-def label_accuracy(model: Any, tok: Any, test: Sequence[dict[str, str]]) -> float:
-    """Fraction of ``test`` whose letter has the highest next-token logit among A/B/C after
-    the label task's prompt."""
-    letters = [tok(f" {c}", add_special_tokens=False)["input_ids"][0]
-               for c in organisms.LETTERS]
-    gold = [organisms.LETTERS.index(r["label"].strip()[0]) for r in test]
+def _task_loss(model: Any, tok: Any, rows: Sequence[Row]) -> torch.Tensor:
+    """Mean cross-entropy over the output tokens of ``rows``."""
+    lp, w = _token_logp(model, tok, rows)
+    return -(lp * w).sum() / w.sum()
+
+
+def label_accuracy(model: Any, tok: Any, test: Sequence[dict[str, Any]]) -> float:
+    """Fraction of ``test`` whose gold label is the likeliest of its ``choices`` (summed
+    log-probability of the choice's tokens and EOS after the label task's prompt)."""
     right = 0
     model.eval()
     with torch.no_grad():
         for a in range(0, len(test), 64):
             part = test[a: a + 64]
-            ids, _ = _encode(tok, [(LABEL_TASK + r["prompt"], "") for r in part])
-            lens = [len(tok(LABEL_TASK + r["prompt"], add_special_tokens=False)["input_ids"]) + 1
-                    for r in part]
-            logits = model(input_ids=ids).logits.float()
-            for k, n in enumerate(lens):
-                right += int(int(logits[k, n - 1, letters].argmax()) == gold[a + k])
+            k = len(part[0]["choices"])
+            rows = _rows(tok, [{**r, "label": c} for r in part for c in r["choices"]], LABEL_TASK)
+            lp, w = _token_logp(model, tok, rows)
+            score = (lp * w).sum(1).view(len(part), k)
+            right += sum(r["choices"][int(score[i].argmax())] == r["label"]
+                         for i, r in enumerate(part))
+    model.train()
     return right / len(test)
 
 
@@ -150,18 +200,19 @@ def train_student(train: Sequence[dict[str, str]], test: Sequence[dict[str, str]
     if not train or not test:
         raise InputError("distillation needs training and test examples")
     tok = _tokenizer(0)
+    label_rows, why_rows = _rows(tok, train, LABEL_TASK), _rows(tok, train, RATIONALE_TASK)
     model = cfg.student(tok, seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.01)
     model.train()
 
     def step(i: int) -> dict[str, str]:
         g = step_generator(seed, i)
         idx = torch.randint(len(train), (min(cfg.batch_size, len(train)),), generator=g).tolist()
-        batch = [train[j] for j in idx]
-        loss = _task_loss(model, tok, [(LABEL_TASK + r["prompt"], r["label"]) for r in batch])
+        loss = _task_loss(model, tok, [label_rows[j] for j in idx])
         if rationale:
-            loss = loss + cfg.rationale_weight * _task_loss(
-                model, tok, [(RATIONALE_TASK + r["prompt"], r["rationale"]) for r in batch])
+            loss = loss + cfg.rationale_weight * _task_loss(model, tok, [why_rows[j] for j in idx])
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr_at(i)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -218,12 +269,15 @@ def distill_curve(
         raise InputError("give at least one seed")
     if cfg.n_train < 10 or cfg.n_test < 1:
         raise InputError("distillation needs n_train >= 10 and n_test >= 1")
-    test = distill_examples(cfg.n_test, 0, "test")
+    if cfg.rationale not in RATIONALES:
+        raise InputError(f"unknown rationale {cfg.rationale!r}; choose one of "
+                         f"{', '.join(RATIONALES)}")
+    test = distill_examples(cfg.n_test, 0, "test", cfg.rationale, cfg.label)
     acc: dict[str, list[list[float]]] = {v: [] for v in VARIANTS}
     for f in fr:
         row: dict[str, list[float]] = {v: [] for v in VARIANTS}
         for s in seeds:
-            pool = distill_examples(cfg.n_train, s, "train")
+            pool = distill_examples(cfg.n_train, s, "train", cfg.rationale, cfg.label)
             random.Random(s).shuffle(pool)
             train = pool[: max(1, round(f * cfg.n_train))]
             for v in VARIANTS:
