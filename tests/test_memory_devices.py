@@ -1,6 +1,7 @@
-"""Memory robustness of perturbation scoring: a single packed row that runs out of memory is split
-(re-packed at half its width, down to plain rows) instead of failing, and chunk sizes read the
-budget of every device a model computes on (``Model.devices``), not only its input device."""
+"""Memory robustness: a single packed perturbation row that runs out of memory is split
+(re-packed at half its width, down to plain rows) instead of failing, and every caller of
+``memory.rows_that_fit`` (attribution chunks and stem groups, internals sweeps, generation) reads
+the budget of every device a model computes on (``Model.devices``), not only its input device."""
 
 from __future__ import annotations
 
@@ -15,7 +16,10 @@ from lmxray.attribution._budget import ScoreRow, rows_per_chunk
 from lmxray.attribution._prefix import prefix_cache
 from lmxray.attribution._stems import StemPlan, stem_groups
 from lmxray.attribution.base import Context
+from lmxray.internals._sweep import rows_budget
 from lmxray.model import Model
+from lmxray.selfexplain import generate as generate_module
+from lmxray.selfexplain.generate import LocalGenerator
 from lmxray.targets import resolve_target_fn
 from test_jobs_memory import Tight
 
@@ -83,3 +87,26 @@ def test_stem_groups_read_every_device_of_the_model(gpt2, two_gpus):
 
     assert groups() == groups(budget_all)
     assert len(groups()) > len(groups(budget_first))
+
+
+def test_internals_sweeps_read_every_device_of_the_model(gpt2, two_gpus):
+    budget_all, budget_first = two_gpus
+    n = rows_budget(gpt2, 3000, past=3000)
+    assert n == rows_budget(gpt2, 3000, past=3000, memory_budget=budget_all)
+    assert n < rows_budget(gpt2, 3000, past=3000, memory_budget=budget_first)
+
+
+def test_generation_reads_every_device_of_the_model(gpt2, two_gpus, monkeypatch):
+    budget_all, _ = two_gpus
+    seen = []
+    real = generate_module.rows_that_fit
+
+    def spy(per_row, **kw):
+        seen.append(kw["device"])
+        return real(per_row, **kw)
+
+    monkeypatch.setattr(generate_module, "rows_that_fit", spy)
+    monkeypatch.setattr(LocalGenerator, "_greedy", lambda self, seqs, n, stop: [[] for _ in seqs])
+    LocalGenerator(gpt2).generate_ids(["Hello there"], max_new_tokens=2)
+    assert seen and list(seen[0]) == [torch.device("cuda:0"), torch.device("cuda:1")]
+    assert mem.available_memory(seen[0]) == budget_all

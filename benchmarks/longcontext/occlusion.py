@@ -7,6 +7,7 @@ and the time per doubling of the prompt.
     nice -n 5 python benchmarks/longcontext/occlusion.py --lengths 256 512 1024 2048 --captum 1024 --sample 64
     nice -n 5 python benchmarks/longcontext/occlusion.py --lengths 256 --sample 0   # every position
     nice -n 5 python benchmarks/longcontext/occlusion.py --small ...   # GPT-2 2 x 128 (busy CPUs)
+    python benchmarks/longcontext/occlusion.py --table-only   # the table of the stored rows
 
 ``--sample P`` occludes P prompt positions (4 contiguous blocks spread evenly over the prompt)
 instead of every one, for both tools on the same positions: on a shared 2-core CPU a full sweep at
@@ -120,6 +121,14 @@ def measure(m, name, n, args):
     return row
 
 
+def sweep_flops(n: int, d: int = 512) -> float:
+    """A leave-one-out sweep's work per layer: n sequences of n positions, each position's linear
+    layers (24 d^2) plus causal attention over n / 2 positions on average (4 d per position):
+    the work grows 4x per doubling in positions, a little more in FLOPs as attention's share
+    (n / (12 d)) grows."""
+    return float(n) * n * (24 * d * d + 2 * d * n)
+
+
 def table(rows, name):
     def fmt(v, spec):
         return "" if v is None else format(v, spec)
@@ -134,19 +143,20 @@ def table(rows, name):
         "the bench model's exact numbers. `sample` = occluded positions measured (0: all); "
         "`est. full` = seconds for every position (measured when sample is 0, else sample "
         "seconds x positions / sample; see the script's docstring).", "",
-        "| prompt tokens | sample | lmxray s | lmxray est. full s | x per doubling (est. full) | "
-        "naive work x | computed / naive tokens | forwards | Captum s | Captum est. full s | "
+        "| run (UTC) | prompt tokens | sample | lmxray s | lmxray est. full s | x per doubling (est. full) | "
+        "naive work x (positions / FLOPs) | computed / naive tokens | forwards | Captum s | Captum est. full s | "
         "speed-up | max abs diff | load avg (1/5/15 min) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     prev = None
     for r in rows:
         cap = r.get("captum_sec")
-        growth = r["est_full"] / prev["est_full"] if prev and prev["n"] * 2 == r["n"] else None
-        work = r["n_prompt"] ** 2 / prev["n_prompt"] ** 2 if growth else None
+        same = prev is not None and prev.get("run") == r.get("run") and prev["sample"] == r["sample"]
+        growth = r["est_full"] / prev["est_full"] if same and prev["n"] * 2 == r["n"] else None
+        work = sweep_flops(r["n_prompt"]) / sweep_flops(prev["n_prompt"]) if growth else None
         lines.append(
-            f"| {r['n']} | {r['sample'] or 'all'} | {r['sec']:.1f} | {r['est_full']:.0f} | "
-            f"{fmt(growth, '.2f')} | {fmt(work, '.2f')} | "
+            f"| {r.get('run', r['when'])} | {r['n']} | {r['sample'] or 'all'} | {r['sec']:.1f} | {r['est_full']:.0f} | "
+            f"{fmt(growth, '.2f')} | {'' if work is None else f'4.00 / {work:.2f}'} | "
             f"{r['computed']:,} / {r['naive']:,} ({r['computed'] / r['naive']:.2f}) | "
             f"{r['forwards']} | {fmt(cap, '.1f')} | {fmt(r.get('captum_est_full'), '.0f')} | "
             f"{'' if cap is None else format(cap / r['sec'], '.1f') + 'x'} | "
@@ -164,8 +174,13 @@ def main() -> None:
     ap.add_argument("--sample", type=int, default=64, help="occluded positions per length (0: all)")
     ap.add_argument("--small", action="store_true", help="GPT-2 2 x 128 instead of the bench model")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--table-only", action="store_true", help="print the stored rows' table")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.table_only:
+        name = "GPT-2 2x128 (small)" if args.small else "GPT-2 6x512 (bench model)"
+        write_section(OUT, table(stored(json.loads(STORE.read_text()), name), name) + [""])
+        return
     if args.small:
         m = bench_model(n_positions=max(args.lengths) + 16, n_layer=2, n_embd=128, n_head=4)
         name = "GPT-2 2x128 (small)"
@@ -174,19 +189,17 @@ def main() -> None:
         name = "GPT-2 6x512 (bench model)"
     lmxray_run(m, prompt_of(m, 32), 0)  # warm-up (and the one-time check of the cached path)
     store = json.loads(STORE.read_text()) if STORE.exists() else {}
+    run = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
     for n in args.lengths:
-        row = measure(m, name, n, args)
-        store[f"{name}|{n}|{row['sample']}"] = row
+        row = {**measure(m, name, n, args), "run": run}
+        store[f"{name}|{n}|{row['sample']}|{run}"] = row
         STORE.write_text(json.dumps(store, indent=1) + "\n")
-    rows = sorted((r for r in store.values() if r["model"] == name and r["sample"] != 0),
-                  key=lambda r: r["n"])
-    full = sorted((r for r in store.values() if r["model"] == name and r["sample"] == 0),
-                  key=lambda r: r["n"])
-    lines = table(rows, name)
-    if full:
-        lines += ["", "Every position (no sample):", ""] + table(full, name)[-len(full) - 2:]
-    lines.append("")
-    write_section(OUT, lines)
+    write_section(OUT, table(stored(store, name), name) + [""])
+
+
+def stored(store, name):
+    return sorted((r for r in store.values() if r["model"] == name),
+                  key=lambda r: (r.get("run", r["when"]), r["sample"] == 0, r["n"]))
 
 
 if __name__ == "__main__":
