@@ -63,14 +63,14 @@ def sample_positions(n_prompt: int, p: int, blocks: int = 4) -> list[int]:
     return sorted(set(out))
 
 
-def lmxray_run(m, prompt, sample):
+def lmxray_run(m, prompt, sample, positions=None):
     """Occlusion (baseline id 0, prompt sources) at the sampled positions, through the engine
     that ``m.attribute(method="occlusion", replace="baseline", baseline=0, sources="prompt")``
     runs; returns (summed drop per position, positions, seconds, stats, prompt length)."""
     with count_forward_tokens() as st:
         t0 = time.perf_counter()
         req = build_requests(m, [prompt], [TARGET], None, None)[0]
-        pos = sample_positions(req.n_prompt, sample)
+        pos = sample_positions(req.n_prompt, sample) if positions is None else positions
         ctx = Context(target_fn=resolve_target_fn("logprob"))
         _, drop = occlude(m, [req], ctx, [pos], "baseline", 0)[0]
         sec = time.perf_counter() - t0
@@ -103,16 +103,45 @@ def captum_run(m, prompt, pos, batch):
     return attr[0, pos].numpy(), time.perf_counter() - t0
 
 
+def interleaved(m, prompt, args):
+    """lmxray and Captum block by block over the sampled positions (the 4 contiguous blocks),
+    the order alternating, so that a change of load hits both tools alike; times summed."""
+    n_prompt = len(m.encode(prompt))
+    pos = sample_positions(n_prompt, args.sample)
+    blocks = np.array_split(np.asarray(pos), 4)
+    drops, refs, sec, csec, stats = [], [], 0.0, 0.0, []
+    for k, blk in enumerate(blocks):
+        for who in (("lmxray", "captum") if k % 2 == 0 else ("captum", "lmxray")):
+            if who == "lmxray":
+                d, _, s, st, _ = lmxray_run(m, prompt, args.sample, blk.tolist())
+                drops.append(d)
+                sec += s
+                stats.append(st)
+            else:
+                r, c = captum_run(m, prompt, blk.tolist(), args.captum_batch)
+                refs.append(r)
+                csec += c
+    st = stats[0]
+    for other in stats[1:]:
+        st._add(**other.as_dict())
+    return np.concatenate(drops), pos, sec, st, n_prompt, np.concatenate(refs), csec
+
+
 def measure(m, name, n, args):
     prompt = prompt_of(m, n)
-    drop, pos, sec, st, n_prompt = lmxray_run(m, prompt, args.sample)
+    if n in args.captum and args.interleave:
+        drop, pos, sec, st, n_prompt, ref, csec = interleaved(m, prompt, args)
+    else:
+        drop, pos, sec, st, n_prompt = lmxray_run(m, prompt, args.sample)
     full = len(pos) == n_prompt
     row = {"model": name, "n": n, "n_prompt": n_prompt, "sample": 0 if full else len(pos),
            "sec": sec, "est_full": sec * n_prompt / len(pos), "computed": st.computed_tokens,
            "naive": st.naive_tokens, "forwards": st.forwards, "load": load_average(),
            "threads": args.threads, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     if n in args.captum:
-        ref, csec = captum_run(m, prompt, pos, args.captum_batch)
+        if not args.interleave:
+            ref, csec = captum_run(m, prompt, pos, args.captum_batch)
+        row["interleaved"] = bool(args.interleave)
         row["captum_sec"] = csec
         row["captum_est_full"] = csec if full else csec * (n_prompt + 1) / (len(pos) + 2)
         row["max_diff"] = float(np.abs(drop - ref).max())
@@ -174,6 +203,8 @@ def main() -> None:
     ap.add_argument("--sample", type=int, default=64, help="occluded positions per length (0: all)")
     ap.add_argument("--small", action="store_true", help="GPT-2 2 x 128 instead of the bench model")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--interleave", action="store_true",
+                    help="compare with Captum block by block, alternating (see interleaved())")
     ap.add_argument("--table-only", action="store_true", help="print the stored rows' table")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
