@@ -80,6 +80,28 @@ def test_auto_mode_takes_the_stem_path_for_long_rows(llama8k):
 
 
 @pytest.mark.slow
+def test_a_wide_model_reuses_prefixes_of_rows_its_packs_cannot_hold():
+    """d_model 512: a packed row (~256 positions) holds one 150-400-token row and little else, so
+    occlusion at that length takes the stem path (it went plain before: computed == naive)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tok = tiny_tokenizer()
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_layer=1, n_embd=512, n_head=8, vocab_size=len(tok), n_positions=512,
+                     bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    m = lmxray.load(model=GPT2LMHeadModel(cfg).eval(), tokenizer=tok)
+    prompt = _text(40, seed=2)
+    kw = dict(target=" green", method="occlusion", replace="baseline", baseline=0, sources="prompt")
+    with count_forward_tokens() as st:
+        got = m.attribute(prompt, **kw)
+    with prefix_cache("off"):
+        ref = m.attribute(prompt, **kw)
+    assert 150 <= len(got.source_tokens) <= 400
+    np.testing.assert_allclose(got.scores, ref.scores, atol=1e-5, equal_nan=True)
+    assert st.computed_tokens <= 0.6 * st.naive_tokens, st.as_dict()
+
+
+@pytest.mark.slow
 def test_matches_captum_feature_ablation(llama8k):
     from captum.attr import FeatureAblation
 

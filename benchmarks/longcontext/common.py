@@ -48,6 +48,36 @@ def bench_model(n_layer: int = 6, n_embd: int = 512, n_head: int = 8, n_position
     return lmxray.load(model=GPT2LMHeadModel(cfg).eval(), tokenizer=tok)
 
 
+def issue_model(n_positions: int = 1024):
+    """The shared bench model (GPT-2 6 x 512, exactly as ``build_bench_model.py`` builds it:
+    seed 0, n_positions 1024), with its position table extended to ``n_positions`` when longer:
+    rows 0..1023 are the bench model's, the new rows drawn like GPT-2's init (normal, std 0.02,
+    seed 1). Every other weight is the bench model's, so sequences of up to 1024 positions get
+    exactly the bench model's numbers and the cost per position is the bench model's."""
+    from transformers import GPT2LMHeadModel
+
+    import lmxray
+
+    bench = bench_model(n_positions=1024)
+    if n_positions <= 1024:
+        return bench
+    cfg = bench.hf.config.__class__.from_dict({**bench.hf.config.to_dict(),
+                                               "n_positions": n_positions})
+    hf = GPT2LMHeadModel(cfg).eval()
+    state = dict(bench.hf.state_dict())
+    wpe = torch.empty(n_positions, cfg.n_embd)
+    wpe[:1024] = state["transformer.wpe.weight"]
+    wpe[1024:] = torch.randn(n_positions - 1024, cfg.n_embd,
+                             generator=torch.Generator().manual_seed(1)) * 0.02
+    state["transformer.wpe.weight"] = wpe
+    hf.load_state_dict(state)
+    return lmxray.load(model=hf, tokenizer=bench.tokenizer)
+
+
+def load_average() -> str:
+    return " / ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 def licence_text() -> str:
     files = sorted(glob.glob("/usr/share/common-licenses/*"))
     return "\n".join(Path(f).read_text(errors="replace") for f in files if os.path.isfile(f))

@@ -43,7 +43,8 @@ def rows_per_chunk(
 
     Activation memory per sequence is estimated as ``layers * L * (34 d + 5 h L)`` half-words
     (Korthikanti et al. 2022, with grad) or two layers' worth (no grad), plus the kept logits;
-    the budget is :func:`lmxray.memory.available_memory` unless ``ctx`` sets one (or a batch size).
+    the budget is :func:`lmxray.memory.available_memory` over every device the model uses
+    (``Model.devices``) unless ``ctx`` sets one (or a batch size).
     """
     elt = torch.finfo(model.dtype).bits // 8
     d, h, L = model.d_model, model.n_heads, max(seq_len, 1)
@@ -52,7 +53,7 @@ def rows_per_chunk(
     logits = n_keep * model.vocab_size * 4 * (3 if with_grad else 2)
     return rows_that_fit(
         act + logits + 1,
-        device=model.device,
+        device=model.devices,
         memory_budget=ctx.memory_budget if ctx is not None else None,
         batch_size=ctx.internal_batch_size if ctx is not None else None,
     )

@@ -405,8 +405,30 @@ class _Runner:
         run_chunks(packs, len(packs), self._packed_list, self.ctx.info)
 
     def _packed_list(self, packs: Sequence[_Packed]) -> list[None]:
-        self.packed(packs)
+        try:
+            self.packed(packs)
+        except Exception as exc:
+            if len(packs) > 1 or not is_oom(exc):
+                raise  # several packs: run_chunks halves the chunk
+            self._split_pack(packs[0])
         return [None] * len(packs)
+
+    def _split_pack(self, pack: _Packed) -> None:
+        """One packed row ran out of memory: its rows are re-packed at half its width (recorded
+        in ``ctx.info["oom_repack"]`` as ``[positions before, width after]``), down to one row
+        per pack, then scored plainly (where a row that alone does not fit raises)."""
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        idx = [r for r, _ in pack.reads]
+        width = pack.used // 2
+        longest = max(len(self.rows[i].input_ids) for i in idx)
+        if len(idx) == 1 or width < longest:
+            self.ctx.info.setdefault("oom_repack", []).append([pack.used, longest])
+            self.plain(idx)
+            return
+        self.ctx.info.setdefault("oom_repack", []).append([pack.used, width])
+        packs = _trie_packs(self.rows, idx, width)
+        run_chunks(packs, 1, self._packed_list, self.ctx.info)
 
     def _plain_chunk(self, chunk: Sequence[int]) -> list[None]:
         """One left-padded forward over rows ``chunk``."""
@@ -624,22 +646,24 @@ def _min_stem(model: Model, mode: str) -> int:
 def _score_stems(runner: _Runner, block: list[int], mode: str, longest: int) -> list[int]:
     """Score the rows of ``block`` that the KV-cache stem path serves well; return the others.
 
-    Used when the rows are too long for packed rows to hold their shared prefix (or in mode
-    ``"cache"``), and when its estimated cost beats plain batches of the same rows."""
+    Used when its estimated cost beats plain batches of the same rows and, for rows short
+    enough to pack (at most twice the packing width), packed rows of them too (a wide model's
+    packed rows hold one 256-token row and little else); always in mode ``"cache"``."""
     model, rows = runner.model, runner.rows
     if mode == "on" or KV_VERIFIED.get(model.hf) is False:
-        return block
-    if mode != "cache" and longest <= 2 * _pack_width(model):
         return block
     plans, rest = plan_stems(rows, block, _min_stem(model, mode))
     served = [i for pl in plans for i in (pl.anchor, *pl.served)]
     if not plans:
         return block
     chunks = _plain_chunks(model, rows, served, runner.ctx)
-    plain_cost = len(chunks) * _overhead(model) + sum(
+    other = len(chunks) * _overhead(model) + sum(
         plain_row_cost(len(rows[i].input_ids), model.d_model) for i in served
     )
-    if mode == "auto" and stem_cost(model, rows, plans, _overhead(model)) > 0.9 * plain_cost:
+    if longest <= 2 * _pack_width(model) and _VERIFIED.get(model.hf) is not False:
+        # rows short enough for packed rows to hold their shared prefixes: the cheaper plan wins
+        other = min(other, _packed_plan(model, rows, served, runner.ctx, longest)[1])
+    if mode == "auto" and stem_cost(model, rows, plans, _overhead(model)) > 0.9 * other:
         return block
     for k, pl in enumerate(plans):
         try:
@@ -671,17 +695,22 @@ def _disable(model: Model, exc: BaseException, registry: weakref.WeakKeyDictiona
     )
 
 
+def _packed_plan(model: Model, rows: Sequence[ScoreRow], block: Sequence[int], ctx: Context,
+                 longest: int) -> tuple[list[list[_Packed]], float]:
+    """Memory-sized chunks of packed rows for ``block`` and their estimated cost."""
+    width = _choose_width(model, rows, block, longest)
+    chunks = _packed_chunks(model, _trie_packs(rows, block, width), ctx)
+    return chunks, _cost(model, [[pk.used for pk in c] for c in chunks], packed=True)
+
+
 def _score_packed(runner: _Runner, block: list[int], mode: str, longest: int) -> None:
     """Score ``block`` in packed rows (tree attention) or plain batches, whichever costs less."""
     model, rows, ctx, out = runner.model, runner.rows, runner.ctx, runner.out
     if len(block) < 2 or _VERIFIED.get(model.hf) is False:
         runner.plain(block)
         return
-    width = _choose_width(model, rows, block, longest)
-    packs = _trie_packs(rows, block, width)
-    chunks = _packed_chunks(model, packs, ctx)
+    chunks, packed_cost = _packed_plan(model, rows, block, ctx, longest)
     plain_chunks = _plain_chunks(model, rows, block, ctx)
-    packed_cost = _cost(model, [[pk.used for pk in c] for c in chunks], packed=True)
     plain_cost = _cost(
         model, [[len(rows[i].input_ids) for i in c] for c in plain_chunks], packed=False
     )

@@ -141,7 +141,7 @@ def stem_groups(
             keep = max(1, len(rows[r].targets))
             cap = rows_that_fit(
                 per_row_bytes(model, stem, len(rows[r].input_ids) - stem, keep, kv_per_token),
-                device=model.device, memory_budget=ctx.memory_budget,
+                device=model.devices, memory_budget=ctx.memory_budget,
                 batch_size=ctx.internal_batch_size,
             )
         cur.append(r)

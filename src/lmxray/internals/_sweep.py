@@ -91,7 +91,7 @@ def rows_budget(model: Model, length: int, *, past: int = 0, memory_budget: int 
     act = 2 * length * (34 * d + 5 * h * total) * elt / 2
     kv = 2 * n * total * d * elt
     per_row = act + kv + model.vocab_size * 4 * 2 + 1
-    return rows_that_fit(per_row, device=model.device, memory_budget=memory_budget, batch_size=batch_size,
+    return rows_that_fit(per_row, device=model.devices, memory_budget=memory_budget, batch_size=batch_size,
                          max_rows=_MAX_ROWS)
 
 

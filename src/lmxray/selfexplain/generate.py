@@ -134,7 +134,7 @@ class LocalGenerator:
         # batch is the largest, so an out-of-memory back-off happens early
         order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
         rows = rows_that_fit(self._row_bytes(max(map(len, seqs)), max_new_tokens),
-                             device=self.model.device, memory_budget=self.memory_budget,
+                             device=self.model.devices, memory_budget=self.memory_budget,
                              batch_size=self.batch_size)
         done = run_chunks(order, rows, lambda idx: self._greedy([seqs[i] for i in idx],
                                                                  max_new_tokens, stop), self.info)
@@ -208,7 +208,7 @@ class LocalGenerator:
         seqs = [self.model.encode(p) for p in prompts]
         for s in seqs:
             self.model.check_length(len(s))
-        rows = rows_that_fit(self._row_bytes(max(map(len, seqs)), 0), device=self.model.device,
+        rows = rows_that_fit(self._row_bytes(max(map(len, seqs)), 0), device=self.model.devices,
                              memory_budget=self.memory_budget, batch_size=self.batch_size)
 
         def score(idx: Sequence[int]) -> list[list[float]]:
