@@ -25,7 +25,7 @@ from lmxray.result import Attribution, Verification
 from lmxray.targets import resolve_target_fn
 
 FIXTURES = Path(__file__).parent / "fixtures"
-GOLDEN_PARIS_P, GOLDEN_PARIS_R = 0.038, 0.631
+GOLDEN_PARIS_P, GOLDEN_PARIS_R = 0.016, 0.711  # 160 subsets (0.038, 0.631 with 48)
 FACT = ("The currency of Trinidad and Tobago is the", " dollar")
 PARIS = ("The capital of France is", " Paris")
 NORWAY = ("Q: What language is spoken in Norway? A:", " Norwegian")
@@ -326,3 +326,20 @@ def test_evaluate_cli_verify_writes_verdict_columns(tmp_path):
     scored = [row for row in rows if row.get("method") == "occlusion"]
     assert len(scored) == 2 and all(isinstance(row["verdict_faithful"], bool) for row in scored)
     assert "verdict_faithful" in (tmp_path / "t.csv").read_text().splitlines()[0]
+
+
+@pytest.mark.slow
+def test_attention_on_recall_is_called_not_faithful_where_occlusion_is(m):
+    """A method that fails on a task, and the verdict says so: on the recall task (the answer is
+    the value after the queried key), raw attention is not distinguishable from random while
+    occlusion of the same example is faithful (calibration: attention faithful on 0 of 15
+    recall examples, benchmarks/results/verify.md)."""
+    prompt, target = "Keys: k1 gray, k11 yellow, k12 green, k7 red. Query: k11", " yellow"
+    att = verify(m, m.attribute(prompt, target, method="attention"), k=1, stability="none", seeds=0)
+    assert att.faithful is False and not att.passed
+    assert att.p_value > 0.05
+    assert att.verdict in ("not distinguishable from random", "worse than random")
+    assert att.reasons[0].startswith(("not distinguishable from random: p = ", "unfaithful: worse"))
+    occ = verify(m, m.attribute(prompt, target, method="occlusion"), k=1, stability="none", seeds=0)
+    assert occ.faithful is True and occ.p_value <= 0.05
+    assert occ.faithfulness["correlation"] > att.faithfulness["correlation"]

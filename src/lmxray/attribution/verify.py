@@ -17,13 +17,17 @@ convergence, and a verdict with its reasons.
   is better. Removal curves only see the ranking, so a random ranking that happens to put the
   one decisive token first ties with a perfect one (about 1 in ``n``): on short prompts they
   cannot reach ``p <= alpha``. The third test sees the scores' sizes too: the faithfulness
-  correlation (Bhatt et al. 2020) between the attribution summed over random subsets of tokens
-  and the drop in ``p`` when the subset is removed, against 999 random Gaussian attributions
-  (free: the drops are shared). This test decides: ``p = p_corr``, faithful when
-  ``p <= alpha``; the removal curves' p-values and effect sizes are reported next to it, per
-  step. (Tried on the zoo facts: combining the three with a Bonferroni correction called
-  occlusion faithful on 11 of 14 examples, the correlation alone on all 14, while ``random``
-  stayed at 0%.)
+  correlation (Bhatt et al. 2020) between the attribution summed over ``N_SUBSETS`` (160)
+  random subsets of tokens per step and the drop in ``p`` when the subset is removed, against
+  999 random attributions drawn as the ``random`` method draws them (independent standard
+  normal scores on the same candidate positions; free: the drops are shared). This one
+  pre-declared statistic (its mean over the target steps) decides: ``p = p_corr``, faithful
+  when ``p <= alpha``; no minimum is taken over steps or metrics, so ``random`` is called
+  faithful with probability at most ``alpha`` by construction (exchangeability). The removal
+  curves' p-values and effect sizes, and the per-step correlation p-values, are reported next
+  to it, uncorrected, and do not decide. With 48 subsets the statistic was noisy: on the zoo
+  facts occlusion was called faithful on 84-96% of 55 examples depending on the subsets'
+  seed, 100% with 160 (docs/verify.md).
 - **stable**: the method rerun on output-preserving perturbations (:mod:`.stability`): Spearman,
   top-k overlap, max-sensitivity. Stable: the smallest Spearman is at least ``min_spearman``.
 - **complete** (integrated gradients): the completeness error the method recorded is within its
@@ -79,7 +83,7 @@ from .stability import (
 
 __all__ = [
     "verify", "permutation_p_value", "effect_size", "check_params", "check_verifiable", "count_forwards",
-    "verify_kwargs", "correlation_statistics",
+    "verify_kwargs", "correlation_statistics", "subset_drops", "subset_masks", "null_scores", "subset_correlations",
     "removal_statistics", "DEFAULTS", "STABILITY_CHOICES",
 ]
 
@@ -90,7 +94,7 @@ DEFAULTS: dict[str, Any] = {
 }
 STABILITY_CHOICES = ("auto", "none", "all", *PERTURBATIONS)
 SANITY_THRESHOLD = 0.5
-N_SUBSETS = 48  # random subsets per step for the faithfulness correlation
+N_SUBSETS = 160  # random subsets per step for the faithfulness correlation (48 was too noisy: see docs/verify.md)
 K_CORRELATION = 999  # random attributions in the correlation's null (no forward pass each)
 _NULL_STREAM = 0x5EED  # keeps the null's random rankings apart from the `random` method's draws
 
@@ -294,60 +298,89 @@ def removal_statistics(
     return comp, suff, n_cand, len(bank.rows)
 
 
+def subset_drops(
+    model: Model, a: Attribution, p: dict[str, Any], ctx: Context, rng: np.random.Generator,
+) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray]], int]:
+    """Per target step: the candidates ``[n]``, ``N_SUBSETS`` random subsets of them ``[m, n]``
+    (:func:`subset_masks`; none when ``n < 2``) and the drop ``[m]`` of the target's ``p`` (or
+    log-probability, ``space``) when each subset is removed; and the sequences scored."""
+    specials = special_ids(model)
+    perturb = Perturber("remove", None, empty_context_token(model))
+    ids = [int(i) for i in a.source_ids or []]
+    bank = RowBank()
+    plans = []
+    for t, target in enumerate(a.target_ids or []):
+        prefix = ids[: a.prompt_length + t]
+        cands = candidate_positions(a, t, sources="all", specials=specials)
+        masks = subset_masks(rng, len(cands))
+        rows = [bank.add(perturb(prefix, set(cands[mk].tolist())), int(target)) for mk in masks]
+        plans.append((bank.add(prefix, int(target)), cands, masks, rows))
+    with eval_mode(model):
+        lp = np.array([v[0] for v in score_sequences(model, bank.rows, ctx)], dtype=np.float64)
+    value = np.exp(lp) if p["space"] == "prob" else lp
+    return [(cands, masks, value[full] - value[rows]) for full, cands, masks, rows in plans], len(bank.rows)
+
+
 def correlation_statistics(
     model: Model, a: Attribution, p: dict[str, Any], ctx: Context,
     extra: Sequence[np.ndarray] = (),
 ) -> tuple[np.ndarray, int]:
     """Faithfulness correlation (Bhatt et al. 2020) ``[R, T]``: over ``N_SUBSETS`` random subsets
     ``S`` of a step's candidates, the Pearson correlation of ``sum_{s in S} score_s`` with the
-    drop ``p(x) - p(x without S)``, within subsets of one size; row 0 the attribution, rows ``1..K_CORRELATION`` random
-    Gaussian attributions (what the ``random`` method draws; the drops are shared, so this null
-    costs no forward pass), then ``extra``. Returns it and the sequences scored."""
-    specials = special_ids(model)
-    perturb = Perturber("remove", None, empty_context_token(model))
-    ids = [int(i) for i in a.source_ids or []]
-    rng = np.random.default_rng([p["seed"], _NULL_STREAM + 2, *ids])
-    bank = RowBank()
-    plans = []
-    for t, target in enumerate(a.target_ids or []):
-        prefix = ids[: a.prompt_length + t]
-        cands = candidate_positions(a, t, sources="all", specials=specials)
-        masks = np.zeros((N_SUBSETS, len(cands)), dtype=bool)
-        rows = []
-        if len(cands) >= 2:
-            for j in range(N_SUBSETS):
-                masks[j, rng.permutation(len(cands))[: rng.integers(1, len(cands))]] = True
-                rows.append(bank.add(perturb(prefix, set(cands[masks[j]].tolist())), int(target)))
-        plans.append((bank.add(prefix, int(target)), cands, masks, rows))
-    with eval_mode(model):
-        lp = np.array([v[0] for v in score_sequences(model, bank.rows, ctx)], dtype=np.float64)
-    value = np.exp(lp) if p["space"] == "prob" else lp
+    drop ``p(x) - p(x without S)``, within subsets of one size; row 0 the attribution, rows
+    ``1..K_CORRELATION`` random attributions drawn by :func:`null_scores` (what the ``random``
+    method draws; the drops are shared, so this null costs no forward pass), then ``extra``.
+    Returns it and the sequences scored."""
+    rng = np.random.default_rng([p["seed"], _NULL_STREAM + 2, *(int(i) for i in a.source_ids or [])])
+    plans, n_rows = subset_drops(model, a, p, ctx, rng)
     corr = np.full((1 + K_CORRELATION + len(extra), len(plans)), np.nan)
-    for t, (full, cands, masks, rows) in enumerate(plans):
-        if not rows:
-            continue
-        drop = value[full] - value[rows]
-        scores = np.stack([a.scores[t, cands], *rng.standard_normal((K_CORRELATION, len(cands))),
-                           *(x[t, cands] for x in extra)]).astype(np.float64)
-        corr[:, t] = _pearson_rows(np.nan_to_num(scores) @ masks.T.astype(np.float64), drop,
-                                   masks.sum(axis=1))
-    return corr, len(bank.rows)
+    for t, (cands, masks, drop) in enumerate(plans):
+        if len(masks):
+            scores = np.stack([a.scores[t, cands], *null_scores(rng, len(cands)),
+                               *(x[t, cands] for x in extra)])
+            corr[:, t] = subset_correlations(scores, masks, drop)
+    return corr, n_rows
 
 
-def _pearson_rows(x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    """Pearson correlation of each row of ``x`` ``[R, m]`` with ``y`` ``[m]`` within ``groups``
-    (the subset sizes: each group's mean is removed from both, so that removing more tokens
-    dropping ``p`` more is not credited to an attribution that is merely positive everywhere);
-    0 without spread."""
-    xc = np.array(x, dtype=np.float64)
-    yc = np.array(y, dtype=np.float64)
-    for g in np.unique(groups):
-        sel = groups == g
-        xc[:, sel] -= xc[:, sel].mean(axis=1, keepdims=True)
-        yc[sel] -= yc[sel].mean()
+def subset_masks(rng: np.random.Generator, n: int) -> np.ndarray:
+    """``[N_SUBSETS, n]`` random subsets of ``n`` candidates (a uniform size in ``1..n-1``, then a
+    uniform subset of that size); none when ``n < 2``."""
+    masks = np.zeros((N_SUBSETS if n >= 2 else 0, n), dtype=bool)
+    for j in range(masks.shape[0]):
+        masks[j, rng.permutation(n)[: rng.integers(1, n)]] = True
+    return masks
+
+
+def null_scores(rng: np.random.Generator, n: int, k: int = K_CORRELATION) -> np.ndarray:
+    """``[k, n]`` random attributions of ``n`` candidates: independent standard normal scores,
+    the distribution the registered ``random`` method draws for every cell (so that its
+    attributions and the null draws are exchangeable and ``P(p <= alpha) <= alpha`` holds
+    exactly; tests/test_verify_calibration.py checks it against the method itself)."""
+    return rng.standard_normal((k, n))
+
+
+def subset_correlations(scores: np.ndarray, masks: np.ndarray, drop: np.ndarray) -> np.ndarray:
+    """``[R]`` faithfulness correlations of the attributions ``scores`` ``[R, n]`` (NaN read as 0)
+    with the drops ``[m]`` of removing the subsets ``masks`` ``[m, n]``, within subset sizes:
+    each size's mean is removed from both the summed scores and the drops (so that removing more
+    tokens dropping ``p`` more is not credited to an attribution that is merely positive
+    everywhere); 0 without spread."""
+    sizes = masks.sum(axis=1)
+    same = (sizes[:, None] == sizes[None, :]).astype(np.float64)
+    centre = np.eye(len(sizes)) - same / same.sum(axis=1, keepdims=True)  # [m, m], symmetric
+    x = np.nan_to_num(np.asarray(scores, dtype=np.float64))
+    xc = _snap(x @ (masks.T.astype(np.float64) @ centre), np.abs(x).sum(axis=1, keepdims=True))
+    y = np.asarray(drop, dtype=np.float64)
+    yc = _snap(centre @ y, np.abs(y).max(initial=0.0))
     den = np.sqrt((xc ** 2).sum(axis=1) * (yc ** 2).sum())
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(den > 0, (xc @ yc) / np.where(den > 0, den, 1.0), 0.0)
+
+
+def _snap(v: np.ndarray, scale: np.ndarray | float) -> np.ndarray:
+    """``v`` with rounding noise (below ``1e-9`` of ``scale``) set to 0: a size group whose
+    values are all equal is centred to exactly 0 (no spread: correlation 0, a tie)."""
+    return np.where(np.abs(v) <= 1e-9 * np.asarray(scale), 0.0, v)
 
 
 def _tests(comp: np.ndarray, suff: np.ndarray, corr: np.ndarray, k: int) -> dict[str, Any]:
