@@ -24,8 +24,13 @@ from scipy.stats import binomtest
 import lmxray
 from lmxray import zoo
 from lmxray.attribution.base import Context, Request, get_method
-from lmxray.attribution.verify import (check_params, null_scores, permutation_p_value,
-                                       subset_correlations, subset_drops)
+from lmxray.attribution.verify import (
+    check_params,
+    null_scores,
+    permutation_p_value,
+    subset_correlations,
+    subset_drops,
+)
 from lmxray.targets import resolve_target_fn
 
 ALPHA = 0.05
