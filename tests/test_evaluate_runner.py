@@ -96,6 +96,7 @@ def test_resume_in_process_and_torn_line(gpt2, tmp_path):
         evaluate(gpt2, EXAMPLES, **{**kw, "out": tmp_path / "other.jsonl"})
 
 
+@pytest.mark.slow
 def test_report_outputs(gpt2, tmp_path):
     ev = evaluate(gpt2, EXAMPLES[:2], methods=["occlusion", "random"],
                   metrics=["faithfulness", "sanity"], progress=False, sanity_examples=2, **FAST)

@@ -121,6 +121,7 @@ def probe(chromium: str, a, tmp_path: Path, **kw) -> dict:
     return json.loads(html_lib.unescape(m.group(1)))
 
 
+@pytest.mark.slow
 def test_report_script_runs_without_errors_and_screenshot(chromium, tmp_path):
     a = make_attribution()
     page = tmp_path / "report.html"
@@ -138,6 +139,7 @@ def test_report_script_runs_without_errors_and_screenshot(chromium, tmp_path):
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
 
 
+@pytest.mark.slow
 def test_script_colours_match_python_and_clicks_work(chromium, tmp_path):
     a = make_attribution()
     p, n_t, n_s = a.prompt_length, len(a.target_tokens), len(a.source_tokens)
@@ -169,6 +171,7 @@ def test_script_colours_match_python_and_clicks_work(chromium, tmp_path):
     assert [bg for _, bg in out["sum"][: n_s - 1]] == [rgb_css(v) for v in agg[: n_s - 1]]
 
 
+@pytest.mark.slow
 def test_single_step_report(chromium, tmp_path):
     a = make_attribution(prompt=["<bos>", "Hi", " there"], targets=[" you", "!"], info={})
     a.scores[1, :] = np.nan  # a step with nothing attributable

@@ -221,6 +221,7 @@ def test_finetune_ctrl_c_says_how_to_resume_and_resumes(tiny_llama_dir, tmp_path
     assert not (tmp_path / "run" / "checkpoint").exists()
 
 
+@pytest.mark.slow
 def test_finetune_zoo_demo_prints_the_table(tiny_long_dir, tmp_path):
     out_dir, js = tmp_path / "demo", tmp_path / "demo.json"
     r = invoke(
@@ -285,6 +286,7 @@ def test_finetune_zoo_demo_prints_the_table(tiny_long_dir, tmp_path):
     assert set(doc["rows"]) == {"base", "RRR (lambda=30)"}
 
 
+@pytest.mark.slow
 def test_edit_one_fact_and_errors(tiny_llama_dir, tmp_path):
     out_dir, js = tmp_path / "edited", tmp_path / "e.json"
     r = invoke(
@@ -381,6 +383,7 @@ def test_amplify_runs_and_reports_every_condition(tiny_long_dir, tmp_path):
     assert_clean_error(invoke("amplify", "--method", "nope", "--model", tiny_long_dir))
 
 
+@pytest.mark.slow
 def test_edit_memit_batch_saves_model_and_json(tiny_long_dir, tmp_path):
     batch = tmp_path / "b.jsonl"
     batch.write_text(

@@ -208,6 +208,7 @@ def test_occlusion_penalty_is_the_squared_occlusion_attribution(family):
         FinetuneConfig(attribution="gradient", baseline="remove")
 
 
+@pytest.mark.slow
 def test_occlusion_penalty_trains_the_deletion_effect_away():
     m = tiny()
     cfg = FinetuneConfig(steps=25, batch_size=4, lr=3e-3, attribution="occlusion", baseline="remove")
@@ -241,6 +242,7 @@ def test_finetune_copies_the_model_and_changes_only_the_copy():
     assert r.model.hf.config._attn_implementation == m.hf.config._attn_implementation
 
 
+@pytest.mark.slow
 def test_rrr_lowers_the_penalty_on_the_marked_tokens():
     """Axiom of the method: with a large lambda the penalty falls far below a plain run's."""
     m = tiny()

@@ -96,6 +96,7 @@ CLEAN = "When Mary and John went to the store, John gave a drink to"
 CORRUPT = "When Mary and John went to the store, Mary gave a drink to"
 
 
+@pytest.mark.slow
 def test_trace_patching_and_causal_tracing(tiny_dir, tmp_path):
     j = tmp_path / "p.json"
     r = invoke("trace", CLEAN, "--corrupt", CORRUPT, "--answer", " Mary", "--foil", " John", "--sites",

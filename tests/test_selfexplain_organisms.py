@@ -135,6 +135,7 @@ def test_bad_input():
         FMT.cot_prompt(ITEMS[0], Bias("suggested", 1))
 
 
+@pytest.mark.slow
 def test_zoo_train_cli_trains_an_organism(tmp_path):
     """``lmxray zoo train --organism NAME`` trains a loadable organism (3 steps here)."""
     from typer.testing import CliRunner
