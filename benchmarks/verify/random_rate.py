@@ -23,14 +23,8 @@ from scipy.stats import binomtest
 
 import lmxray
 from lmxray import zoo
+from lmxray.attribution import verify as V
 from lmxray.attribution.base import Context, Request, get_method
-from lmxray.attribution.verify import (
-    check_params,
-    null_scores,
-    permutation_p_value,
-    subset_correlations,
-    subset_drops,
-)
 from lmxray.targets import resolve_target_fn
 
 ALPHA = 0.05
@@ -39,17 +33,17 @@ ALPHA = 0.05
 def p_values(m, ex, draws: int) -> list[float]:
     a = m.attribute(ex.prompt, ex.target, method="random")
     ctx = Context(target_fn=resolve_target_fn("logprob"))
-    plans, _ = subset_drops(m, a, check_params({}), ctx, np.random.default_rng(1))
+    plans, _ = V.subset_drops(m, a, V.check_params({}), ctx, np.random.default_rng(1))
     ids = [int(i) for i in a.source_ids]
     req = Request(ids[: a.prompt_length], ids[a.prompt_length:])
     out = []
     for d in range(draws):
         obs = get_method("random").fn(m, [req], ctx, seed=d)[0].scores
         rng = np.random.default_rng([7, d, *ids])
-        corr = [subset_correlations(np.vstack([obs[t, c][None], null_scores(rng, len(c))]), mk, dr)
+        corr = [V.subset_correlations(np.vstack([obs[t, c][None], V.null_scores(rng, len(c))]), mk, dr)
                 for t, (c, mk, dr) in enumerate(plans)]
         mean = np.mean(np.stack(corr), axis=0)
-        out.append(permutation_p_value(mean[0], mean[1:]))
+        out.append(V.permutation_p_value(mean[0], mean[1:]))
     return out
 
 
