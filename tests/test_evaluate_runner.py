@@ -212,6 +212,7 @@ def test_cli_bad_input_exits_2_with_one_line(tiny_dir, tmp_path, capfd):
         assert err.count("\n") == 1 and match in err, err
 
 
+@pytest.mark.slow
 def test_cli_writes_every_output(tiny_dir, tmp_path, capfd):
     from lmxray.cli import app
 

@@ -91,6 +91,7 @@ ROWS = [
 ]
 
 
+@pytest.mark.slow
 def test_shortcuts_on_a_jsonl_file(tiny_llama_dir, tmp_path):
     data = _jsonl(tmp_path / "d.jsonl", ROWS)
     out, png = tmp_path / "s.json", tmp_path / "s.png"

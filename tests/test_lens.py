@@ -99,6 +99,7 @@ def test_tuned_lens_beats_the_logit_lens_on_held_out_text(tmp_path):
         TunedLens.load(tmp_path / "missing.safetensors")
 
 
+@pytest.mark.slow
 def test_result_roundtrip_and_pictures(tmp_path):
     m = tiny()
     r = logit_lens(m, P, " Rome")

@@ -62,6 +62,7 @@ def test_facts_cover_countries_and_continents():
     assert len(tasks.generate("facts", n=50, seed=1)) == 50
 
 
+@pytest.mark.slow
 def test_sentiment_shortcut_is_planted_in_train_only():
     def items(split):
         return [i for i in tasks.generate("sentiment", split, 4000, seed=0) if i.meta["marker"]]
