@@ -202,6 +202,12 @@ def _tiny():
     return lmxray.load()
 
 
+def _memit_one(**kw):
+    """MEMIT with one fact at layer 0 of the tiny model, with ``kw`` as the options under test."""
+    return _improve("memit").memit_edit(_tiny(), [("The capital of France is", "France", " Rome")],
+                                        layers=[0], **kw)
+
+
 def _improve(name: str):
     import importlib
 
@@ -338,46 +344,31 @@ API_CASES: list[ApiCase] = [
                 _tiny(), [("The capital of France is", "France", " Rome")], layers=[99]),
             "must be in", InputError),
     ApiCase("memit-no-covariance",
-            lambda tmp: _improve("memit").memit_edit(
-                _tiny(), [("The capital of France is", "France", " Rome")], layers=[0]),
+            lambda tmp: _memit_one(),
             "key covariances", InputError),
     ApiCase("memit-bad-request",
             lambda tmp: _improve("memit").memit_edit(_tiny(), [("a", "b")], layers=[0]),
             "(prompt, subject, target)", InputError),
     ApiCase("memit-mom2-0",
-            lambda tmp: _improve("memit").memit_edit(
-                _tiny(), [("The capital of France is", "France", " Rome")], layers=[0],
-                mom2_weight=0),
+            lambda tmp: _memit_one(mom2_weight=0),
             "mom2_weight", InputError),
     ApiCase("memit-weight-decay-negative",
-            lambda tmp: _improve("memit").memit_edit(
-                _tiny(), [("The capital of France is", "France", " Rome")], layers=[0],
-                weight_decay=-1.0),
+            lambda tmp: _memit_one(weight_decay=-1.0),
             "weight_decay must be >= 0", InputError),
     ApiCase("memit-kl-factor-nan",
-            lambda tmp: _improve("memit").memit_edit(
-                _tiny(), [("The capital of France is", "France", " Rome")], layers=[0],
-                kl_factor=float("nan")),
+            lambda tmp: _memit_one(kl_factor=float("nan")),
             "kl_factor must be >= 0", InputError),
     ApiCase("memit-chunk-0",
-            lambda tmp: _improve("memit").memit_edit(
-                _tiny(), [("The capital of France is", "France", " Rome")], layers=[0],
-                chunk=0),
+            lambda tmp: _memit_one(chunk=0),
             "chunk must be at least 1", InputError),
     ApiCase("memit-mom2-nan",
-            lambda tmp: _improve("memit").memit_edit(
-                _tiny(), [("The capital of France is", "France", " Rome")], layers=[0],
-                mom2_weight=float("nan")),
+            lambda tmp: _memit_one(mom2_weight=float("nan")),
             "mom2_weight", InputError),
     ApiCase("memit-key-rows-unknown",
-            lambda tmp: _improve("memit").memit_edit(
-                _tiny(), [("The capital of France is", "France", " Rome")], layers=[0],
-                key_rows="all"),
+            lambda tmp: _memit_one(key_rows="all"),
             "key_rows must be 'mean', 'prompt' or 'each'", InputError),
     ApiCase("memit-clamp-0",
-            lambda tmp: _improve("memit").memit_edit(
-                _tiny(), [("The capital of France is", "France", " Rome")], layers=[0],
-                clamp=0.0),
+            lambda tmp: _memit_one(clamp=0.0),
             "clamp must be positive", InputError),
     ApiCase("memit-covariances-no-texts",
             lambda tmp: _improve("editing").key_covariances(_tiny(), [0, 1], []),
