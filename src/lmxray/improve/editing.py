@@ -191,11 +191,12 @@ def key_covariances(
     for a in range(0, len(seqs), batch_size):
         cache = run_with_cache(model, seqs[a : a + batch_size], cache=list(names.values()),
                                logits=False)
+        mask = cache.attention_mask.bool()
+        n += int(mask.sum())
         for ly, name in names.items():
             k = cache[name].double()
-            k = k[cache.attention_mask.bool().to(k.device)]  # [tokens, d_mlp]
+            k = k[mask.to(k.device)]  # [tokens, d_mlp]
             acc[ly] = k.T @ k if ly not in acc else acc[ly] + k.T @ k
-            n += k.shape[0] if ly == next(iter(names)) else 0
     out = {}
     for ly in names:
         c = (acc[ly] / max(n, 1)).cpu()
