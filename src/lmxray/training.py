@@ -42,6 +42,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import signal
@@ -67,6 +68,7 @@ __all__ = [
     "interrupt_at_step_boundary",
     "step_generator",
     "step_rng",
+    "warmup_cosine",
 ]
 
 CHECKPOINT_FORMAT = "lmxray.checkpoint/1"
@@ -85,6 +87,15 @@ class Interrupted(KeyboardInterrupt):
 
 
 # --------------------------------------------------------------------------- seeds
+def warmup_cosine(lr: float, step: int, steps: int, warmup: int, min_ratio: float) -> float:
+    """The learning rate at ``step`` of ``steps``: a linear warm-up over ``warmup`` steps, then a
+    cosine decay from ``lr`` to ``min_ratio * lr``."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    frac = (step - warmup) / max(1, steps - warmup)
+    return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
 def step_generator(seed: int, step: int) -> torch.Generator:
     """A torch CPU generator that is a function of ``(seed, step)`` only (resumes exactly)."""
     return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(step))

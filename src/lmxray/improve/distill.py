@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..training import run_steps, step_generator
+from ..training import run_steps, step_generator, warmup_cosine
 from ..zoo import organisms
 from ..zoo.train import TrainConfig, build_model
 from .results import ImproveResult
@@ -79,10 +78,7 @@ class DistillConfig:
             n_heads=self.n_heads, d_ff=self.d_ff, init_std=0.06, prev_token_init=True), tok, seed)
 
     def lr_at(self, step: int) -> float:
-        if step < self.warmup:
-            return self.lr * (step + 1) / self.warmup
-        frac = (step - self.warmup) / max(1, self.steps - self.warmup)
-        return self.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+        return warmup_cosine(self.lr, step, self.steps, self.warmup, 0.05)
 
 
 RATIONALES = ("options", "chain")

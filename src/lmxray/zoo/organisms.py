@@ -50,6 +50,7 @@ from typing import Any
 
 from lmxray.errors import InputError
 from lmxray.io import atomic_folder
+from lmxray.training import warmup_cosine
 from lmxray.zoo._tokenizer import train_tokenizer
 from lmxray.zoo.train import TrainConfig, _portable_tokenizer_config, build_model
 
@@ -320,7 +321,6 @@ def _model(cfg: OrganismConfig, tokenizer: Any, seed: int):
 def _fit(model: Any, tokenizer: Any, cfg: OrganismConfig, seed: int, faithful: bool,
          steps: int, progress: bool) -> list[list[float]]:
     """The training loop (a stop-gap until ``lmxray.training`` lands; swap it there)."""
-    import math
 
     import torch
     import torch.nn.functional as F
@@ -331,11 +331,7 @@ def _fit(model: Any, tokenizer: Any, cfg: OrganismConfig, seed: int, faithful: b
     losses: list[list[float]] = []
     model.train()
     for step in tqdm(range(steps), disable=not progress, desc="organism", unit="step"):
-        if step < cfg.warmup:
-            lr = cfg.lr * (step + 1) / cfg.warmup
-        else:
-            frac = (step - cfg.warmup) / max(1, steps - cfg.warmup)
-            lr = cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+        lr = warmup_cosine(cfg.lr, step, steps, cfg.warmup, cfg.min_lr_ratio)
         for g in opt.param_groups:
             g["lr"] = lr
         x, w = _batch(tokenizer, cfg, seed, faithful, step)

@@ -37,6 +37,7 @@ from lmxray.training import (
     remove_checkpoint,
     run_steps,
     save_checkpoint,
+    warmup_cosine,
 )
 from lmxray.zoo import _data as D
 from lmxray.zoo import tasks
@@ -233,15 +234,6 @@ def _idle_cores() -> int:
     return max(1, min(8, n - busy))
 
 
-def _lr(cfg: TrainConfig, step: int, steps: int) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    frac = (step - cfg.warmup) / max(1, steps - cfg.warmup)
-    return cfg.lr * (
-        cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac))
-    )
-
-
 def _loss(model: Any, x: Any, wt: Any, doc: Any = None):
     """Weighted next-token loss; with ``doc``, each example attends only to itself (a
     block-diagonal causal 4D mask) and its positions start at 0, as at inference."""
@@ -330,7 +322,7 @@ def train(
     def one_step(step: int) -> dict[str, str] | None:
         x, wt, dc = make_batch(tokenizer, seed, step, cfg)
         for g in opt.param_groups:
-            g["lr"] = _lr(cfg, step, steps)
+            g["lr"] = warmup_cosine(cfg.lr, step, steps, cfg.warmup, cfg.min_lr_ratio)
         loss, _ = _loss(model, x, wt, dc)
         opt.zero_grad(set_to_none=True)
         loss.backward()
