@@ -159,3 +159,54 @@ def test_torch_state_untouched():
     assert (torch.is_grad_enabled(), torch.is_inference_mode_enabled()) == before
     assert not m.hf.training and all(p.requires_grad for p in m.hf.parameters())
     assert sys.modules.get("lmxray.attribution._prefix") is _prefix
+
+
+def _gelu_new(m):
+    return [mod for mod in m.hf.modules() if type(mod).__name__ == "NewGELUActivation"]
+
+
+def test_fused_activations_same_function_swapped_and_restored():
+    m = _load("gpt2")
+    before = _gelu_new(m)
+    assert len(before) == m.n_layers
+    ids = torch.tensor([m.encode(PROMPTS[0])])
+    with torch.no_grad():
+        ref = m.hf(input_ids=ids).logits
+        with m.fused_activations():
+            assert _gelu_new(m) == []
+            fused = m.hf(input_ids=ids).logits
+    assert _gelu_new(m) == before  # the same module objects back in place
+    torch.testing.assert_close(fused, ref, atol=1e-5, rtol=1e-5)
+    with pytest.raises(RuntimeError, match="inside"), m.fused_activations():
+        raise RuntimeError("inside")
+    assert _gelu_new(m) == before
+    llama = _load("llama")
+    mods = list(llama.hf.modules())
+    with llama.fused_activations():
+        assert list(llama.hf.modules()) == mods  # SiLU models are left alone
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_last_mlp_runs_only_where_logits_are_read(family):
+    from lmxray.sites import site_map
+
+    m = _load(family)
+    seen: list[tuple[int, ...]] = []
+    hook = site_map(m).mlps[-1].register_forward_hook(lambda mod, a, out: seen.append(tuple(out.shape[:2])))
+    try:
+        with prefix_cache("on"):
+            m.attribute(PROMPTS[0], target=TARGETS[0], method="occlusion")  # + a plain check
+            seen.clear()
+            with count_forward_tokens() as st:
+                a = m.attribute(PROMPTS[0], target=TARGETS[0], method="occlusion")
+        # one row of the positions read: each row's target steps (a row occluding a target
+        # token reads only the steps after it), never the other computed positions
+        reads = sum(s[1] for s in seen)
+        assert seen and all(s[0] == 1 for s in seen)
+        assert st.unique_rows <= reads <= st.unique_rows * len(a.target_tokens) < st.computed_tokens
+        seen.clear()
+        with prefix_cache("off"):
+            m.attribute(PROMPTS[0], target=TARGETS[0], method="occlusion")
+        assert sum(s[0] * s[1] for s in seen) > reads  # plain batches run it everywhere
+    finally:
+        hook.remove()

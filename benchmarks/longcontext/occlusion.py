@@ -20,13 +20,19 @@ every position (measured, not estimated). Rows are kept in ``longcontext-occlusi
 is always measured in the same invocation as the lmxray run it is compared with (interleaved).
 
 Captum is given the generous form: one forward per perturbation that scores all target tokens
-teacher forced (its LLMAttribution runs one forward per target token), batched
-``--captum-batch`` perturbations per evaluation.
+teacher forced (its LLMAttribution runs one forward per target token), timed at each
+``--captum-batch`` (perturbations per evaluation; default 1 and 16) and compared at the fastest:
+on this CPU one perturbation per evaluation is the faster (the unfused GELU's passes over
+``[batch, positions, d_ff]`` cost more on big batches). ``--unfused`` also times lmxray with
+the model's own ``gelu_new`` instead of the fused kernel it scores with
+(:meth:`lmxray.Model.fused_activations`), to show what each part of the speed-up is worth.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import json
 import sys
 import time
@@ -103,48 +109,68 @@ def captum_run(m, prompt, pos, batch):
     return attr[0, pos].numpy(), time.perf_counter() - t0
 
 
+def _unfused(m):
+    """``m`` scoring without the fused tanh-GELU (the model's own ``gelu_new``), to show how
+    much of the speed-up is prefix reuse and how much the fused kernel."""
+    m.fused_activations = contextlib.nullcontext
+    return m
+
+
 def interleaved(m, prompt, args):
-    """lmxray and Captum block by block over the sampled positions (the 4 contiguous blocks),
-    the order alternating, so that a change of load hits both tools alike; times summed."""
+    """lmxray, lmxray without the fused GELU (``--unfused``) and Captum at each
+    ``--captum-batch`` block by block over the sampled positions (the 4 contiguous blocks),
+    the order rotating, so that a change of load hits every run alike; times summed per run."""
     n_prompt = len(m.encode(prompt))
     pos = sample_positions(n_prompt, args.sample)
     blocks = np.array_split(np.asarray(pos), 4)
-    drops, refs, sec, csec, stats = [], [], 0.0, 0.0, []
+    runs = ["lmxray", *(["unfused"] if args.unfused else []), *(f"captum{b}" for b in args.captum_batch)]
+    out: dict[str, list] = {r: [] for r in runs}
+    sec = dict.fromkeys(runs, 0.0)
+    stats = []
     for k, blk in enumerate(blocks):
-        for who in (("lmxray", "captum") if k % 2 == 0 else ("captum", "lmxray")):
-            if who == "lmxray":
-                d, _, s, st, _ = lmxray_run(m, prompt, args.sample, blk.tolist())
-                drops.append(d)
-                sec += s
-                stats.append(st)
+        for who in runs[k % len(runs):] + runs[:k % len(runs)]:
+            if who in ("lmxray", "unfused"):
+                mm = _unfused(copy.copy(m)) if who == "unfused" else m
+                d, _, t, st, _ = lmxray_run(mm, prompt, args.sample, blk.tolist())
+                stats += [st] if who == "lmxray" else []
             else:
-                r, c = captum_run(m, prompt, blk.tolist(), args.captum_batch)
-                refs.append(r)
-                csec += c
+                d, t = captum_run(m, prompt, blk.tolist(), int(who[6:]))
+            out[who].append(d)
+            sec[who] += t
     st = stats[0]
     for other in stats[1:]:
         st._add(**other.as_dict())
-    return np.concatenate(drops), pos, sec, st, n_prompt, np.concatenate(refs), csec
+    return {r: np.concatenate(v) for r, v in out.items()}, pos, sec, st, n_prompt
 
 
 def measure(m, name, n, args):
     prompt = prompt_of(m, n)
     if n in args.captum and args.interleave:
-        drop, pos, sec, st, n_prompt, ref, csec = interleaved(m, prompt, args)
+        vals, pos, secs, st, n_prompt = interleaved(m, prompt, args)
+        drop, sec = vals["lmxray"], secs["lmxray"]
     else:
         drop, pos, sec, st, n_prompt = lmxray_run(m, prompt, args.sample)
+        vals, secs = {"lmxray": drop}, {"lmxray": sec}
+        for b in args.captum_batch if n in args.captum else ():
+            vals[f"captum{b}"], secs[f"captum{b}"] = captum_run(m, prompt, pos, b)
     full = len(pos) == n_prompt
     row = {"model": name, "n": n, "n_prompt": n_prompt, "sample": 0 if full else len(pos),
            "sec": sec, "est_full": sec * n_prompt / len(pos), "computed": st.computed_tokens,
            "naive": st.naive_tokens, "forwards": st.forwards, "load": load_average(),
            "threads": args.threads, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    if n in args.captum:
-        if not args.interleave:
-            ref, csec = captum_run(m, prompt, pos, args.captum_batch)
+    if "unfused" in secs:
+        row["sec_unfused"] = secs["unfused"]
+        row["max_diff_unfused"] = float(np.abs(drop - vals["unfused"]).max())
+    cap = {k: v for k, v in secs.items() if k.startswith("captum")}
+    if cap:
+        best = min(cap, key=cap.get)
+        csec = cap[best]
         row["interleaved"] = bool(args.interleave)
+        row["captum_by_batch"] = {k[6:]: round(v, 2) for k, v in cap.items()}
+        row["captum_batch"] = int(best[6:])
         row["captum_sec"] = csec
         row["captum_est_full"] = csec if full else csec * (n_prompt + 1) / (len(pos) + 2)
-        row["max_diff"] = float(np.abs(drop - ref).max())
+        row["max_diff"] = max(float(np.abs(drop - vals[k]).max()) for k in cap)
         row["load_after_captum"] = load_average()
     print(json.dumps(row), flush=True)
     return row
@@ -174,12 +200,16 @@ def table(rows, name):
         "seconds x positions / sample; see the script's docstring).", "",
         "| run (UTC) | prompt tokens | sample | lmxray s | lmxray est. full s | x per doubling (est. full) | "
         "naive work x (positions / FLOPs) | computed / naive tokens | forwards | Captum s | Captum est. full s | "
-        "speed-up | max abs diff | load avg (1/5/15 min) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "speed-up | lmxray s unfused GELU (speed-up) | max abs diff | load avg (1/5/15 min) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     prev = None
     for r in rows:
         cap = r.get("captum_sec")
+        batch = "" if "captum_by_batch" not in r else " (" + ", ".join(
+            f"batch {b}: {t:.1f}" for b, t in r["captum_by_batch"].items()) + ")"
+        unf = "" if "sec_unfused" not in r else (
+            f"{r['sec_unfused']:.1f} ({cap / r['sec_unfused']:.2f}x)" if cap else f"{r['sec_unfused']:.1f}")
         same = prev is not None and prev.get("run") == r.get("run") and prev["sample"] == r["sample"]
         growth = r["est_full"] / prev["est_full"] if same and prev["n"] * 2 == r["n"] else None
         work = sweep_flops(r["n_prompt"]) / sweep_flops(prev["n_prompt"]) if growth else None
@@ -187,8 +217,8 @@ def table(rows, name):
             f"| {r.get('run', r['when'])} | {r['n']} | {r['sample'] or 'all'} | {r['sec']:.1f} | {r['est_full']:.0f} | "
             f"{fmt(growth, '.2f')} | {'' if work is None else f'4.00 / {work:.2f}'} | "
             f"{r['computed']:,} / {r['naive']:,} ({r['computed'] / r['naive']:.2f}) | "
-            f"{r['forwards']} | {fmt(cap, '.1f')} | {fmt(r.get('captum_est_full'), '.0f')} | "
-            f"{'' if cap is None else format(cap / r['sec'], '.1f') + 'x'} | "
+            f"{r['forwards']} | {fmt(cap, '.1f')}{batch} | {fmt(r.get('captum_est_full'), '.0f')} | "
+            f"{'' if cap is None else format(cap / r['sec'], '.2f') + 'x'} | {unf} | "
             f"{fmt(r.get('max_diff'), '.1e')} | {r['load']} |"
         )
         prev = r
@@ -199,7 +229,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--lengths", type=int, nargs="+", default=[256, 512, 1024, 2048])
     ap.add_argument("--captum", type=int, nargs="*", default=[1024])
-    ap.add_argument("--captum-batch", type=int, default=16)
+    ap.add_argument("--captum-batch", type=int, nargs="+", default=[1, 16],
+                    help="Captum's perturbations_per_eval; each is timed, the fastest compared")
+    ap.add_argument("--unfused", action="store_true",
+                    help="also time lmxray with the model's own gelu_new (no fused kernel)")
     ap.add_argument("--sample", type=int, default=64, help="occluded positions per length (0: all)")
     ap.add_argument("--small", action="store_true", help="GPT-2 2 x 128 instead of the bench model")
     ap.add_argument("--threads", type=int, default=2)

@@ -30,6 +30,7 @@ from transformers import (
     GenerationConfig,
     PreTrainedModel,
 )
+from transformers.activations import ACT2FN, NewGELUActivation
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from .errors import InputError, ModelLoadError, NumericalError
@@ -638,6 +639,23 @@ class Model:
                 setter(before)
             else:
                 cfg._attn_implementation = before
+
+    @contextlib.contextmanager
+    def fused_activations(self) -> Iterator[None]:
+        """Temporarily compute ``gelu_new`` (GPT-2, GPT-J, GPT-Neo, Phi, CodeGen) with PyTorch's
+        fused tanh-GELU kernel: the same function (transformers' ``gelu_pytorch_tanh``; they
+        differ by float rounding, <= 3e-7 on unit-scale inputs), about 4x faster on CPU, where the
+        unfused one (five passes over ``[batch, positions, d_ff]``) is a fifth of a forward pass.
+        Perturbation scoring runs inside it; other models are unchanged."""
+        swapped = [(parent, name, child) for parent in self.hf.modules()
+                   for name, child in parent.named_children() if type(child) is NewGELUActivation]
+        for parent, name, _ in swapped:
+            setattr(parent, name, ACT2FN["gelu_pytorch_tanh"])
+        try:
+            yield
+        finally:
+            for parent, name, child in swapped:
+                setattr(parent, name, child)
 
     # ------------------------------------------------------------------ internals
     def run(self, inputs: Any, cache: str | Sequence[str] | None = None, **kwargs: Any) -> Any:

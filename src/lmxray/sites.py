@@ -203,7 +203,8 @@ class SiteMap:
     Attributes:
         family: the family table used (a ``model_type``) or ``"generic"``.
         n_layers / n_heads: block and head counts.
-        blocks: the native blocks.
+        blocks: the native blocks; ``mlps``: each block's MLP module (its input the normed
+            residual, its output ``mlp.out`` or what a sandwich norm takes), ``None`` if not found.
         final_norm / unembed: modules the logit lens applies after a residual state.
     """
 
@@ -232,6 +233,7 @@ class SiteMap:
             self.final_norm = _first(hf, _GENERIC["final_norm"])
             self.unembed = [lm_head] if lm_head is not None else []
         self._sites: dict[str, Site] = {}
+        self.mlps: list[torch.nn.Module | None] = []
         self._add("embed", "embed", None, embed, "output")
         if self.final_norm is not None:
             self._add("final_norm", "final_norm", None, self.final_norm, "output")
@@ -321,6 +323,7 @@ class SiteMap:
         o_proj = role("o_proj")
         if o_proj is not None:
             self._add(p + "attn.head_out", "attn.head_out", i, o_proj, "input", heads=self.n_heads)
+        self.mlps.append(role("mlp"))
         mlp_out = role("mlp_out") or role("mlp")
         if mlp_out is not None:
             self._add(p + "mlp.out", "mlp.out", i, mlp_out, "output", index=0)

@@ -46,6 +46,7 @@ import torch
 
 from ..errors import InputError, LmxrayError
 from ..memory import is_oom, run_chunks
+from ..sites import site_map
 from ._budget import MAX_ROWS, ScoreRow, rows_per_chunk
 from ._stems import (
     KV_VERIFIED,
@@ -344,6 +345,44 @@ def _head_only_at(model: Model, rows: torch.Tensor, cols: torch.Tensor) -> Itera
         handle.remove()
 
 
+@contextlib.contextmanager
+def _last_mlp_only_at(model: Model, rows: torch.Tensor, cols: torch.Tensor) -> Iterator[None]:
+    """Run the last block's MLP only at hidden states ``[rows, cols]`` (the positions whose
+    logits are read): no later layer reads the other positions, so their MLP output (zeros here)
+    changes nothing that is read. MLPs are position-wise (a mixture of experts routes each
+    position alone; its router output, after the first, is passed on as it is). Used inside the
+    verified reuse paths only: their first pass per model is compared with a plain forward."""
+    mlp = site_map(model).mlps[-1]
+    if mlp is None:
+        yield
+        return
+    shape: list[torch.Size | None] = []
+
+    def gather(module: Any, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        x = args[0] if args else None
+        if not isinstance(x, torch.Tensor) or x.dim() != 3:  # e.g. OPT's flattened [B * L, d]
+            shape.append(None)
+            return None
+        shape.append(x.shape)
+        return (x[rows, cols].unsqueeze(0), *args[1:])
+
+    def scatter(module: Any, args: tuple[Any, ...], out: Any) -> Any:
+        size = shape.pop()
+        if size is None:
+            return None
+        first = out[0] if isinstance(out, tuple) else out
+        full = first.new_zeros((*size[:-1], first.shape[-1]))
+        full[rows, cols] = first[0]
+        return (full, *out[1:]) if isinstance(out, tuple) else full
+
+    handles = [mlp.register_forward_pre_hook(gather), mlp.register_forward_hook(scatter)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def _read_slices(row_ids: Sequence[int], where: Sequence[tuple[int, Sequence[int]]]) -> list[tuple[int, slice]]:
     """``(row, slice of the flat logits)`` for rows read at ``where`` (in that order)."""
     reads, n = [], 0
@@ -365,7 +404,9 @@ def _forward_at(
         kw["logits_to_keep"] = torch.as_tensor(keep, device=dev)
     bi = [j for j, pos in where for _ in pos]
     ci = [col[p] if model._logits_kw is not None else p for _, pos in where for p in pos]
-    with _head_only_at(model, torch.as_tensor(bi, device=dev), torch.as_tensor(ci, device=dev)):
+    rows, cols = torch.as_tensor(bi, device=dev), torch.as_tensor(ci, device=dev)
+    with _head_only_at(model, rows, cols), _last_mlp_only_at(model, rows, torch.as_tensor(
+            [p for _, pos in where for p in pos], device=dev)):
         out = model.forward(**kw)
     return out.logits[0], out
 
@@ -623,7 +664,7 @@ def score_rows(model: Model, rows: Sequence[ScoreRow], ctx: Context) -> list[np.
         from tqdm.auto import tqdm
 
         bar_ctx = tqdm(total=len(todo), desc="scoring", unit="seq", leave=False, disable=None)
-    with bar_ctx as bar:
+    with bar_ctx as bar, model.fused_activations():
         runner.bar = bar if len(todo) >= _PROGRESS_MIN_ROWS else None
         if not use:
             runner.plain(todo)
