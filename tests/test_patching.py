@@ -100,7 +100,8 @@ def test_normalisation_axioms():
     same = [i for i, (a, b) in enumerate(zip(ids_c, ids_k, strict=True)) if a == b]
     diff = [i for i in range(len(ids_c)) if i not in same]
     # layer-0 residual at a position where both prompts hold the same token: nothing to restore
-    assert np.abs(r.effects["resid_pre"][0, same]).max() < 1e-5
+    # (to float32 rounding, amplified by the normalisation: the tiny model's gap is ~1e-3)
+    assert np.abs(r.effects["resid_pre"][0, same]).max() < 1e-4
     # the last layer's output at the last position decides the logits: full restoration
     assert r.effects["resid_post"][-1, -1] == pytest.approx(1.0, abs=1e-4)
     ra = activation_patching(m, CLEAN, CORRUPT, " Mary", " John", sites=["resid_pre"], positions="all")
@@ -142,6 +143,10 @@ def test_attribution_patching_is_the_first_order_term(family):
     a central finite difference through the public hook API."""
     m = tiny(family)
     ap = attribution_patching(m, CLEAN, CORRUPT, " Mary", " John")
+    # the reference in float64: the tiny model's logit gap is ~1e-3, so a float32 central
+    # difference carries rounding of a few percent (and differs between CPU kernels)
+    hf, tok = build_tiny(family)
+    m = lmxray.load(model=hf.double(), tokenizer=tok)
     src = run_with_cache(m, CLEAN, cache="all")
     cor = run_with_cache(m, CORRUPT, cache="all")
     a, b = m.encode_target(" Mary")[0], m.encode_target(" John")[0]
