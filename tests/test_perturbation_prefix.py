@@ -192,7 +192,14 @@ def test_last_mlp_runs_only_where_logits_are_read(family):
 
     m = _load(family)
     seen: list[tuple[int, ...]] = []
-    hook = site_map(m).mlps[-1].register_forward_hook(lambda mod, a, out: seen.append(tuple(out.shape[:2])))
+    mlp = site_map(m).mlps[-1]
+    inner = mlp.forward
+
+    def watch(x, *a, **k):  # not a hook: a hook on the last block switches the trimming off
+        seen.append(tuple(x.shape[:2]))
+        return inner(x, *a, **k)
+
+    mlp.forward = watch
     try:
         with prefix_cache("on"):
             m.attribute(PROMPTS[0], target=TARGETS[0], method="occlusion")  # + a plain check
@@ -209,4 +216,24 @@ def test_last_mlp_runs_only_where_logits_are_read(family):
             m.attribute(PROMPTS[0], target=TARGETS[0], method="occlusion")
         assert sum(s[0] * s[1] for s in seen) > reads  # plain batches run it everywhere
     finally:
-        hook.remove()
+        del mlp.forward
+
+
+def test_intervention_on_the_last_block_sees_every_position():
+    """Under an intervention, positions are the sequence's own: rows are scored plainly (packed
+    rows and stem groups would shift them; the last MLP would see only the positions read)."""
+    from lmxray.hooks import add, intervene
+
+    m = _load("gpt2")
+    site = f"layers.{m.n_layers - 1}.mlp.out"
+    vec = 3 * torch.randn(m.d_model, generator=torch.Generator().manual_seed(0))
+    free = m.attribute(PROMPTS[0], target=TARGETS[0], method="occlusion")
+    n = len(m.encode(PROMPTS[0]))
+    for where in ([3, 5], [n - 1]):  # positions no target reads, then the first target's
+        out = {}
+        for mode in ("off", "on"):
+            with intervene(m, {site: add(vec, positions=where)}), prefix_cache(mode):
+                out[mode] = m.attribute(PROMPTS[0], target=TARGETS[0], method="occlusion")
+        np.testing.assert_allclose(out["on"].scores, out["off"].scores, atol=1e-5, equal_nan=True)
+        moved = np.abs(free.target_scores - out["on"].target_scores).max()
+        assert (moved > 1e-3) == (where == [n - 1]), (where, moved)

@@ -23,7 +23,8 @@ How (automatic, from the token ids alone):
 4. The first packed pass for every model is checked against a plain forward of one of its rows;
    a mismatch (an architecture that ignores 4D masks or derives positions from the mask, e.g.
    ALiBi) switches that model to plain scoring with a warning. Rows longer than a model's
-   sliding window, and everything under ``prefix_cache("off")``, are scored plainly too.
+   sliding window, everything under ``prefix_cache("off")`` and everything scored while a hook
+   is on the model (an intervention's positions are a sequence's own), are scored plainly too.
 
 Positions computed: the trie's nodes plus one stem per packed row, instead of ``sum len_i``;
 :func:`count_forward_tokens` reports both. Values equal full recomputation to float rounding (tests assert <= 1e-5 on six families,
@@ -345,6 +346,15 @@ def _head_only_at(model: Model, rows: torch.Tensor, cols: torch.Tensor) -> Itera
         handle.remove()
 
 
+def _hooked(module: torch.nn.Module) -> bool:
+    """Whether a hook (an intervention, a cache) sees a module inside ``module``: its positions
+    are a sequence's own, which packed rows and stem groups are not. Hooks on ``module`` itself
+    (forward counters) see whole calls and do not count."""
+    glob = torch.nn.modules.module
+    return bool(glob._global_forward_hooks or glob._global_forward_pre_hooks) or any(
+        m._forward_hooks or m._forward_pre_hooks for m in module.modules() if m is not module)
+
+
 @contextlib.contextmanager
 def _last_mlp_only_at(model: Model, rows: torch.Tensor, cols: torch.Tensor) -> Iterator[None]:
     """Run the last block's MLP only at hidden states ``[rows, cols]`` (the positions whose
@@ -656,7 +666,7 @@ def score_rows(model: Model, rows: Sequence[ScoreRow], ctx: Context) -> list[np.
     longest = max((len(rows[i].input_ids) for i in todo), default=0)
     window = _window(model)
     use = (
-        mode != "off" and len(todo) > 1 and _supported(model)
+        mode != "off" and len(todo) > 1 and _supported(model) and not _hooked(model.hf)
         and (window is None or longest <= window)
     )
     bar_ctx: Any = contextlib.nullcontext()
