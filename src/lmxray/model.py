@@ -646,9 +646,11 @@ class Model:
         fused tanh-GELU kernel: the same function (transformers' ``gelu_pytorch_tanh``; they
         differ by float rounding, <= 3e-7 on unit-scale inputs), about 4x faster on CPU, where the
         unfused one (five passes over ``[batch, positions, d_ff]``) is a fifth of a forward pass.
-        Perturbation scoring runs inside it; other models are unchanged."""
+        Perturbation scoring runs inside it; other models, and an activation module a hook
+        watches, are unchanged."""
         swapped = [(parent, name, child) for parent in self.hf.modules()
-                   for name, child in parent.named_children() if type(child) is NewGELUActivation]
+                   for name, child in parent.named_children() if type(child) is NewGELUActivation
+                   and not (child._forward_hooks or child._forward_pre_hooks)]
         for parent, name, _ in swapped:
             setattr(parent, name, ACT2FN["gelu_pytorch_tanh"])
         try:
