@@ -71,7 +71,7 @@ class DistillConfig:
     label: str = "word"
     """Which label text (:data:`LABELS`)."""
     d_model: int = 64
-    n_layers: int = 3
+    n_layers: int = 4
     n_heads: int = 4
     d_ff: int = 256
 
