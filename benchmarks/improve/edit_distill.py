@@ -164,7 +164,8 @@ def markdown() -> str:
     p = RESULTS / "improve_edit_distill_distill.json"
     if p.exists():
         d = json.loads(p.read_text())
-        lines += [f"## Rationale distillation (label accuracy, mean ± sd over seeds {d['seeds']})",
+        lines += ["## Rationale distillation (label accuracy, mean ± sd over seeds "
+                  + ", ".join(str(x) for x in d["seeds"]) + ")",
                   "",
                   "Command: `PYTHONPATH=src nice -n 5 python3 benchmarks/improve/edit_distill.py "
                   "--part distill` (settings chosen at seeds 10-12; seeds 0-2 never tuned on); "

@@ -91,7 +91,7 @@ class DistillConfig:
 
 RATIONALES = ("inline", "options", "chain")
 """The rationale texts. ``inline`` (default) writes every option's category right after the
-option, in the question itself ("(A) brown color\n(B) saw tool\n(C) lemon fruit"; the loss is on
+option, in the question itself ("(A) brown color", "(B) saw tool", ... one per line; the loss is on
 the category words only), so that the knowledge lands at the option's own position, where the
 label task reads it; ``options`` names every option's category after the question (the
 organisms' evidence sentence for each option: "(A) chair is a furniture. (B) apple is a fruit.
