@@ -10,9 +10,10 @@ the same examples for the same number of steps:
   ``label="letter"``);
 - **label + rationale**: the same label task plus, as a second task on the same example, the
   rationale: by default (``inline``) the question with every option's category written right
-  after the option (``[rationale] Q: Which is a fruit?\n(A) chair furniture\n(B) apple
-  fruit ...``, loss on the category words), or the rationale after the question (``options``:
-  every option's category as sentences; ``chain``: the organisms' chain). The loss is
+  after the option (``[rationale] Q: Which is a fruit? / (A) chair furniture / (B) apple
+  fruit / ...``, one line each, loss on the category words), or the rationale after the
+  question (``options``: every option's category as sentences; ``chain``: the organisms'
+  chain). The loss is
   ``label + rationale_weight × rationale`` (the two tasks share the whole network; at test time
   only the label task is asked). The task prefixes are one token each.
 
