@@ -26,21 +26,36 @@ TINY = DistillConfig(n_train=12, n_test=6, steps=2, batch_size=4, d_model=16, n_
                      n_heads=2, d_ff=32)
 
 
+def _category(word):
+    return next(k for k, ws in organisms.CATEGORIES.items() if word in ws)
+
+
 def test_examples_hold_label_and_evidence_without_the_cue():
     ex = distill_examples(5, 0, "train")
+    opts = distill_examples(5, 0, "train", rationale="options")
     chain = distill_examples(5, 0, "train", rationale="chain", label="letter")
     items = organisms.items(5, seed=0, split="train")
-    for e, c, it in zip(ex, chain, items, strict=True):
+    for e, o, c, it in zip(ex, opts, chain, items, strict=True):
         letter, word = organisms.LETTERS[it["answer"]], it["meta"]["evidence"]
         assert e["label"] == f" {word}" and e["choices"] == [f" {w}" for w in it["options"]]
         assert c["label"] == f" ({letter})" and c["choices"] == [" (A)", " (B)", " (C)"]
-        # "options": every option's category, by construction; "chain": the organisms' chain
+        # "inline" (default): the question itself, each option followed by its category, the
+        # loss on the categories only
+        assert "".join(t for t, trained in e["rationale"] if not trained) == e["prompt"]
+        assert [t for t, trained in e["rationale"] if trained] == [
+            f" {_category(w)}" for w in it["options"]]
+        assert "".join(t for t, _ in e["rationale"]).startswith(
+            f"Q: {it['question']}\n(A) {it['options'][0]} {_category(it['options'][0])}\n")
+        # "options": every option's category after the question; "chain": the organisms' chain
+        assert o["rationale"][0] == (o["prompt"], False) and len(o["rationale"]) == 2
         for i, w in enumerate(it["options"]):
-            cat = next(k for k, ws in organisms.CATEGORIES.items() if w in ws)
-            assert f"({organisms.LETTERS[i]}) {w} is a {cat}." in e["rationale"]
-        assert c["rationale"] == " " + organisms.render_chain(it["meta"]["category"], letter, word)
-        assert organisms.MARKER not in e["prompt"] and e["prompt"] == c["prompt"]
+            assert f"({organisms.LETTERS[i]}) {w} is a {_category(w)}." in o["rationale"][1][0]
+        assert c["rationale"][1] == (
+            " " + organisms.render_chain(it["meta"]["category"], letter, word), True)
+        assert organisms.MARKER not in e["prompt"] and e["prompt"] == c["prompt"] == o["prompt"]
     assert distill_examples(3, 0, "test") != distill_examples(3, 0, "train")
+    with pytest.raises(InputError, match="unknown rationale"):
+        distill_examples(1, 0, "train", rationale="nope")
 
 
 @pytest.fixture(scope="module")
@@ -48,19 +63,29 @@ def tok():
     return distill._tokenizer(0)
 
 
-def test_task_prefixes_are_one_token_and_only_outputs_carry_loss(tok):
-    ex = distill_examples(2, 0, "train")
-    for task, key in ((LABEL_TASK, "label"), (RATIONALE_TASK, "rationale")):
+@pytest.mark.parametrize("rationale", distill.RATIONALES)
+def test_task_prefixes_are_one_token_and_only_outputs_carry_loss(tok, rationale):
+    ex = distill_examples(2, 0, "train", rationale=rationale)
+    for task in (LABEL_TASK, RATIONALE_TASK):
         rows = distill._rows(tok, ex, task)
-        assert rows[0][0][0] == tok.convert_tokens_to_ids(task) != tok.unk_token_id
-        assert tok.decode(rows[0][0][1:]) == ex[0]["prompt"]
-        assert tok.decode(rows[0][1]) == ex[0][key]
         ids, w = distill._encode(tok, rows)
-        for i, (p, t) in enumerate(rows):
-            # BOS + prompt carry no loss; the output tokens and EOS do; padding does not
-            assert w[i].tolist() == [0.0] * (1 + len(p)) + [1.0] * (len(t) + 1) + [0.0] * (
-                ids.shape[1] - len(p) - len(t) - 2)
-            assert ids[i, 1 + len(p) + len(t)] == tok.eos_token_id
+        for i, (r, wt) in enumerate(rows):
+            assert r[0] == tok.convert_tokens_to_ids(task) != tok.unk_token_id
+            assert ids[i, 0] == tok.bos_token_id and ids[i, 1: 1 + len(r)].tolist() == r
+            # BOS, the task token and the prompt carry no loss; padding neither
+            assert w[i].tolist() == [0.0, *wt] + [0.0] * (ids.shape[1] - 1 - len(r))
+            out = [t for t, x in zip(r, wt, strict=True) if x]
+            given = tok.decode([t for t, x in zip(r[1:], wt[1:], strict=True) if not x])
+            if task == LABEL_TASK:
+                assert out == [*tok(ex[i]["label"], add_special_tokens=False)["input_ids"],
+                               tok.eos_token_id]
+                assert given == ex[i]["prompt"]
+            elif rationale == "inline":  # the categories, read where the options stand
+                assert tok.decode(out).split() == [p.strip() for p, x in ex[i]["rationale"] if x]
+                assert given == ex[i]["prompt"] and r[-1] != tok.eos_token_id
+            else:
+                assert tok.decode(out[:-1]) == ex[i]["rationale"][1][0]
+                assert out[-1] == tok.eos_token_id and given == ex[i]["prompt"]
 
 
 class _Fake:

@@ -588,8 +588,9 @@ def distill_cmd(
     rationale_weight: Annotated[float, typer.Option(
         "--rationale-weight", min=0.0, help="Weight of the rationale task's loss.")] = 1.0,
     rationale: Annotated[str, typer.Option(
-        "--rationale", help="Rationale text: 'options' (every option's category) or 'chain' "
-        "(the organisms' chain).")] = "options",
+        "--rationale", help="Rationale task: 'inline' (the question with every option's "
+        "category after it), 'options' (every option's category after the question) or "
+        "'chain' (the organisms' chain).")] = "inline",
     json_out: _Json = None,
     no_progress: _NoProgress = False,
 ) -> None:

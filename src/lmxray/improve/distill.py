@@ -8,11 +8,20 @@ the same examples for the same number of steps:
 
 - **label only**: ``[label] <question>`` -> the answer (`` apple``, or `` (B)`` with
   ``label="letter"``);
-- **label + rationale**: the same label task plus, as a second task on the same example,
-  ``[rationale] <question>`` -> the rationale (every option's category by default, or the
-  organisms' chain); the loss is ``label + rationale_weight × rationale`` (the two tasks share
-  the whole network; at test time only the label task is asked). The task prefixes are one
-  token each.
+- **label + rationale**: the same label task plus, as a second task on the same example, the
+  rationale: by default (``inline``) the question with every option's category written right
+  after the option (``[rationale] Q: Which is a fruit? / (A) chair furniture / (B) apple
+  fruit / ...``, one line each, loss on the category words), or the rationale after the
+  question (``options``: every option's category as sentences; ``chain``: the organisms'
+  chain). The loss is
+  ``label + rationale_weight × rationale`` (the two tasks share the whole network; at test time
+  only the label task is asked). The task prefixes are one token each.
+
+Why a rationale can help (Hsieh et al.): the label tells which option is of the asked category,
+one word's category per example; the rationale tells the category of all three options. With
+few examples, many test answers were never a training answer, but were an option whose
+category the rationale named. ``inline`` puts that knowledge where the label task reads it, at
+the option word's own position.
 
 :func:`distill_curve` trains both on 10 / 25 / 50 / 100 % of the training examples and seeds,
 and reports label accuracy on held-out items (the marker cue is left out: the answer must come
@@ -58,12 +67,12 @@ class DistillConfig:
     """Linear warm-up steps, then a cosine decay to 5 % of ``lr``."""
     rationale_weight: float = 1.0
     """Weight of the rationale task's loss (label + rationale students only)."""
-    rationale: str = "options"
+    rationale: str = "inline"
     """Which rationale text (:data:`RATIONALES`)."""
     label: str = "word"
     """Which label text (:data:`LABELS`)."""
     d_model: int = 64
-    n_layers: int = 3
+    n_layers: int = 4
     n_heads: int = 4
     d_ff: int = 256
 
@@ -81,25 +90,46 @@ class DistillConfig:
         return warmup_cosine(self.lr, step, self.steps, self.warmup, 0.05)
 
 
-RATIONALES = ("options", "chain")
-"""The rationale texts: ``options`` names every option's category (the organisms' evidence
-sentence for each option: "(A) chair is a furniture. (B) apple is a fruit. (C) river is a
-place."); ``chain`` is the organisms' own chain ("The question asks for a fruit. (B) apple is a
-fruit.")."""
+RATIONALES = ("inline", "options", "chain")
+"""The rationale texts. ``inline`` (default) writes every option's category right after the
+option, in the question itself ("(A) brown color", "(B) saw tool", ... one per line; the loss is on
+the category words only), so that the knowledge lands at the option's own position, where the
+label task reads it; ``options`` names every option's category after the question (the
+organisms' evidence sentence for each option: "(A) chair is a furniture. (B) apple is a fruit.
+(C) river is a place."); ``chain`` is the organisms' own chain ("The question asks for a fruit.
+(B) apple is a fruit.")."""
 
 CATEGORY_OF = {w: c for c, ws in organisms.CATEGORIES.items() for w in ws}
 
+Parts = list[tuple[str, bool]]
+"""A task's text after its task token as ``(text, trained)`` pieces: the loss covers the pieces
+marked ``True`` (and EOS when the last piece is trained)."""
 
-def rationale_text(item: dict[str, Any], kind: str = "options") -> str:
-    """The rationale of organism ``item`` (see :data:`RATIONALES`), known by construction."""
+
+def rationale_parts(item: dict[str, Any], kind: str = "inline") -> Parts:
+    """The rationale task of organism ``item`` (see :data:`RATIONALES`), known by construction."""
+    if kind not in RATIONALES:
+        raise InputError(f"unknown rationale {kind!r}; choose one of {', '.join(RATIONALES)}")
+    question = organisms.render_question(item["question"], item["options"], None)
+    if kind == "inline":
+        head, *lines = question.split("\n")
+        parts: Parts = [(head, False)]
+        for line, w in zip(lines, item["options"], strict=False):
+            parts += [(f"\n{line}", False), (f" {CATEGORY_OF[w]}", True)]
+        return [*parts, (f"\n{lines[-1]}", False)]
     if kind == "chain":
         letter = organisms.LETTERS[item["answer"]]
-        return " " + organisms.render_chain(item["meta"]["category"], letter,
+        text = " " + organisms.render_chain(item["meta"]["category"], letter,
                                             item["meta"]["evidence"])
-    if kind != "options":
-        raise InputError(f"unknown rationale {kind!r}; choose one of {', '.join(RATIONALES)}")
-    return "".join(" " + organisms.evidence_sentence(organisms.LETTERS[i], w, CATEGORY_OF[w])
-                   for i, w in enumerate(item["options"]))
+    else:
+        text = "".join(" " + organisms.evidence_sentence(organisms.LETTERS[i], w, CATEGORY_OF[w])
+                       for i, w in enumerate(item["options"]))
+    return [(question, False), (text, True)]
+
+
+def rationale_text(item: dict[str, Any], kind: str = "inline") -> str:
+    """The rationale of organism ``item`` as one text (what the rationale task writes)."""
+    return "".join(t for t, _ in rationale_parts(item, kind))
 
 
 LABELS = ("word", "letter")
@@ -107,10 +137,11 @@ LABELS = ("word", "letter")
 the organisms' form (`` (B)``)."""
 
 
-def distill_examples(n: int, seed: int, split: str, rationale: str = "options",
+def distill_examples(n: int, seed: int, split: str, rationale: str = "inline",
                      label: str = "word") -> list[dict[str, Any]]:
     """``n`` organism items as ``{"prompt", "label", "rationale", "choices"}`` (no marker cue;
-    ``choices``: the candidate labels, one per option)."""
+    ``rationale``: the rationale task's :data:`Parts`; ``choices``: the candidate labels, one
+    per option)."""
     if label not in LABELS:
         raise InputError(f"unknown label {label!r}; choose one of {', '.join(LABELS)}")
     out = []
@@ -118,7 +149,7 @@ def distill_examples(n: int, seed: int, split: str, rationale: str = "options",
         choices = ([f" {w}" for w in it["options"]] if label == "word"
                    else [f" ({c})" for c in organisms.LETTERS])
         out.append({"prompt": organisms.render_question(it["question"], it["options"], None),
-                    "label": choices[it["answer"]], "rationale": rationale_text(it, rationale),
+                    "label": choices[it["answer"]], "rationale": rationale_parts(it, rationale),
                     "choices": choices})
     return out
 
@@ -132,27 +163,37 @@ def _tokenizer(seed: int) -> Any:
     return tok
 
 
-Row = tuple[list[int], list[int]]
-"""``(prompt ids with the task token, output ids)``."""
+Row = tuple[list[int], list[float]]
+"""``(token ids from the task token to the end, loss weight of each)``."""
 
 
-def _rows(tok: Any, examples: Sequence[dict[str, str]], task: str) -> list[Row]:
-    """Token ids of ``task`` on each example (the label or the rationale as the output)."""
-    head = tok.convert_tokens_to_ids(task)
-    key = "label" if task == LABEL_TASK else "rationale"
-    return [([head, *tok(e["prompt"], add_special_tokens=False)["input_ids"]],
-             tok(e[key], add_special_tokens=False)["input_ids"]) for e in examples]
+def _row(tok: Any, task: str, parts: Parts) -> Row:
+    ids, w = [tok.convert_tokens_to_ids(task)], [0.0]
+    for text, trained in parts:
+        t = tok(text, add_special_tokens=False)["input_ids"]
+        ids += t
+        w += [float(trained)] * len(t)
+    if parts[-1][1]:  # EOS ends a trained output
+        ids.append(tok.eos_token_id)
+        w.append(1.0)
+    return ids, w
+
+
+def _rows(tok: Any, examples: Sequence[dict[str, Any]], task: str) -> list[Row]:
+    """Token ids and loss weights of ``task`` on each example (the label, or the rationale)."""
+    if task == LABEL_TASK:
+        return [_row(tok, task, [(e["prompt"], False), (e["label"], True)]) for e in examples]
+    return [_row(tok, task, e["rationale"]) for e in examples]
 
 
 def _encode(tok: Any, rows: Sequence[Row]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(ids, weights)`` right padded; weight 1 on the output tokens and EOS."""
-    seqs = [[tok.bos_token_id, *p, *t, tok.eos_token_id] for p, t in rows]
-    n = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), n), tok.pad_token_id, dtype=torch.long)
-    w = torch.zeros(len(seqs), n)
-    for i, ((p, _t), s) in enumerate(zip(rows, seqs, strict=True)):
-        ids[i, : len(s)] = torch.tensor(s)
-        w[i, 1 + len(p): len(s)] = 1.0
+    """``(ids, weights)``, BOS first and right padded (padding weighs 0)."""
+    n = 1 + max(len(r) for r, _ in rows)
+    ids = torch.full((len(rows), n), tok.pad_token_id, dtype=torch.long)
+    w = torch.zeros(len(rows), n)
+    for i, (r, wt) in enumerate(rows):
+        ids[i, : 1 + len(r)] = torch.tensor([tok.bos_token_id, *r])
+        w[i, 1: 1 + len(r)] = torch.tensor(wt)
     return ids, w
 
 
@@ -256,7 +297,8 @@ def distill_curve(
     progress: bool = True,
 ) -> DistillReport:
     """The data-efficiency curve: both students at each fraction of ``config.n_train``
-    examples (a seeded subset, nested across fractions) and each seed."""
+    examples (a seeded subset, nested across fractions) and each seed, scored on
+    ``config.n_test`` held-out items of that seed (the organisms' test split)."""
     cfg = config or DistillConfig()
     fr = [float(f) for f in fractions]
     if not fr or not all(0 < f <= 1 for f in fr):
@@ -268,11 +310,12 @@ def distill_curve(
     if cfg.rationale not in RATIONALES:
         raise InputError(f"unknown rationale {cfg.rationale!r}; choose one of "
                          f"{', '.join(RATIONALES)}")
-    test = distill_examples(cfg.n_test, 0, "test", cfg.rationale, cfg.label)
     acc: dict[str, list[list[float]]] = {v: [] for v in VARIANTS}
     for f in fr:
         row: dict[str, list[float]] = {v: [] for v in VARIANTS}
         for s in seeds:
+            # seed s draws the training pool, the held-out items and the students' init
+            test = distill_examples(cfg.n_test, s, "test", cfg.rationale, cfg.label)
             pool = distill_examples(cfg.n_train, s, "train", cfg.rationale, cfg.label)
             random.Random(s).shuffle(pool)
             train = pool[: max(1, round(f * cfg.n_train))]
