@@ -5,6 +5,8 @@ positions, a correct fallback for sliding-window models and for caches that do n
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -48,8 +50,29 @@ def test_the_model_has_rope_and_an_8k_context(llama8k):
     assert hasattr(llama8k.hf.model, "rotary_emb")
 
 
+@contextlib.contextmanager
+def _split_off(hf):
+    """Stem groups on the KV-cache path (split prefix attention switched off) inside."""
+    saved = _stems.SPLIT_VERIFIED.get(hf)
+    _stems.SPLIT_VERIFIED[hf] = False
+    try:
+        yield
+    finally:
+        _stems.SPLIT_VERIFIED.pop(hf, None)
+        if saved is not None:
+            _stems.SPLIT_VERIFIED[hf] = saved
+
+
+@pytest.mark.parametrize("path", ["split", "cache"])
 @pytest.mark.parametrize("replace", ["baseline", pytest.param("remove", marks=pytest.mark.slow)])
-def test_stems_equal_plain_scoring_and_halve_the_positions(llama8k, replace):
+def test_stems_equal_plain_scoring_and_halve_the_positions(llama8k, replace, path):
+    with _split_off(llama8k.hf) if path == "cache" else contextlib.nullcontext():
+        _stems_equal_plain(llama8k, replace)
+    registry = _stems.SPLIT_VERIFIED if path == "split" else _stems.KV_VERIFIED
+    assert registry.get(llama8k.hf) is True
+
+
+def _stems_equal_plain(llama8k, replace):
     prompt = _text(18)
     kw = dict(target=" river stone", method="occlusion", replace=replace)
     with prefix_cache("off"), count_forward_tokens() as plain:
@@ -63,7 +86,6 @@ def test_stems_equal_plain_scoring_and_halve_the_positions(llama8k, replace):
     assert st.naive_tokens == plain.computed_tokens
     assert st.computed_tokens <= 0.56 * st.naive_tokens, st.as_dict()
     assert st.computed_tokens + st.reused_tokens == st.naive_tokens
-    assert _stems.KV_VERIFIED.get(llama8k.hf) is True
 
 
 @pytest.mark.slow
@@ -167,7 +189,8 @@ def test_a_cache_that_does_not_reproduce_falls_back(llama8k, monkeypatch):
     monkeypatch.setattr("lmxray.attribution._prefix.expanded_cache", shifted)
     saved = _stems.KV_VERIFIED.pop(llama8k.hf, None)
     try:
-        with prefix_cache("cache"), pytest.warns(RuntimeWarning, match="cached prefix sharing"):
+        with _split_off(llama8k.hf), prefix_cache("cache"), \
+                pytest.warns(RuntimeWarning, match="cached prefix sharing"):
             got = llama8k.attribute(prompt, target=" music", method="occlusion")
         np.testing.assert_allclose(got.scores, ref.scores, atol=1e-5, equal_nan=True)
         assert _stems.KV_VERIFIED.get(llama8k.hf) is False
@@ -175,6 +198,29 @@ def test_a_cache_that_does_not_reproduce_falls_back(llama8k, monkeypatch):
         _stems.KV_VERIFIED.pop(llama8k.hf, None)
         if saved is not None:
             _stems.KV_VERIFIED[llama8k.hf] = saved
+
+
+def test_split_attention_that_does_not_reproduce_falls_back_to_the_cache(llama8k, monkeypatch):
+    prompt = _text(14, seed=5)
+    with prefix_cache("off"):
+        ref = llama8k.attribute(prompt, target=" music", method="occlusion")
+    real = _stems._attend
+
+    def shifted(q, k, v, causal, scale):  # drops the first key of the stem: wrong numbers
+        return real(q, k[:, :, 1:], v[:, :, 1:], causal, scale) if not causal else real(q, k, v, causal, scale)
+
+    monkeypatch.setattr(_stems, "_attend", shifted)
+    saved = _stems.SPLIT_VERIFIED.pop(llama8k.hf, None)
+    try:
+        with prefix_cache("cache"), pytest.warns(RuntimeWarning, match="split prefix attention"):
+            got = llama8k.attribute(prompt, target=" music", method="occlusion")
+        np.testing.assert_allclose(got.scores, ref.scores, atol=1e-5, equal_nan=True)
+        assert _stems.SPLIT_VERIFIED.get(llama8k.hf) is False
+        assert _stems.KV_VERIFIED.get(llama8k.hf) is not False  # the cache path took over
+    finally:
+        _stems.SPLIT_VERIFIED.pop(llama8k.hf, None)
+        if saved is not None:
+            _stems.SPLIT_VERIFIED[llama8k.hf] = saved
 
 
 @pytest.mark.slow
@@ -208,3 +254,17 @@ def test_a_prompt_longer_than_the_context_is_one_line(llama8k):
         llama8k.attribute(prompt, target=" river", method="occlusion")
     msg = str(exc.value)
     assert "\n" not in msg and "8192" in msg and str(n) in msg
+
+
+def test_cpu_groups_keep_their_activations_small(llama8k, monkeypatch):
+    """On CPU a stem group's rows x suffix x 4 d activation stays near CPU_GROUP_BYTES (one row
+    per group at a tiny size); the numbers do not change."""
+    prompt = _text(14, seed=5)
+    kw = dict(target=" music", method="occlusion")
+    with prefix_cache("cache"), count_forward_tokens() as wide:
+        a = llama8k.attribute(prompt, **kw)
+    monkeypatch.setattr(_stems, "CPU_GROUP_BYTES", 1)
+    with prefix_cache("cache"), count_forward_tokens() as narrow:
+        b = llama8k.attribute(prompt, **kw)
+    assert wide.forwards < narrow.forwards == narrow.unique_rows  # anchor + one row per group
+    np.testing.assert_allclose(b.scores, a.scores, atol=1e-5, equal_nan=True)

@@ -51,6 +51,7 @@ from ..sites import site_map
 from ._budget import MAX_ROWS, ScoreRow, rows_per_chunk
 from ._stems import (
     KV_VERIFIED,
+    SPLIT_VERIFIED,
     StemPlan,
     cache_kwarg,
     cache_layers,
@@ -58,6 +59,8 @@ from ._stems import (
     kv_bytes_per_token,
     plain_row_cost,
     plan_stems,
+    split_prefix,
+    split_usable,
     stem_cost,
     stem_groups,
 )
@@ -563,16 +566,43 @@ class _Runner:
         where = [(j, list(range(len(x) - len(rows[r].targets), len(x))))
                  for j, (r, x) in enumerate(zip(group, sfx, strict=True))]
         reads = _read_slices(list(group), where)
-        flat, _ = _forward_at(model, where, dict(
-            input_ids=torch.as_tensor(ids, device=dev), position_ids=pos,
-            use_cache=True, **{cache_kwarg(model): expanded_cache(layers, stem, len(group))},
-        ))
+        flat = self._split_group(layers, stem, where, reads, ids, pos)
+        if flat is None:
+            flat, _ = _forward_at(model, where, dict(
+                input_ids=torch.as_tensor(ids, device=dev), position_ids=pos,
+                use_cache=True, **{cache_kwarg(model): expanded_cache(layers, stem, len(group))},
+            ))
+            if model.hf not in KV_VERIFIED:
+                self._verify(flat, reads, KV_VERIFIED, "cached prefix sharing")
         _record(computed_tokens=sum(len(x) for x in sfx), padded_tokens=ids.size, forwards=1,
                 reused_tokens=stem * len(group))
-        if model.hf not in KV_VERIFIED:
-            self._verify(flat, reads, KV_VERIFIED, "cached prefix sharing")
         self._store(flat, reads)
         return [None] * len(group)
+
+    def _split_group(self, layers: list[tuple[torch.Tensor, torch.Tensor]], stem: int,
+                     where: list[tuple[int, list[int]]], reads: list[tuple[int, slice]],
+                     ids: np.ndarray, pos: torch.Tensor) -> torch.Tensor | None:
+        """The group's logits through split prefix attention (:func:`split_prefix`), or
+        ``None`` where it is not usable (then the cache path runs): checked against a plain
+        forward once per model, switched off for a model it fails on."""
+        model = self.model
+        if not split_usable(model):
+            return None
+        try:
+            with split_prefix(model, layers, stem):
+                flat, _ = _forward_at(model, where, dict(
+                    input_ids=torch.as_tensor(ids, device=model.device), position_ids=pos,
+                    use_cache=False))
+            if model.hf not in SPLIT_VERIFIED:
+                self._verify(flat, reads, SPLIT_VERIFIED, "split prefix attention")
+        except _Fallback:
+            return None
+        except (RuntimeError, TypeError, ValueError, IndexError, AttributeError, KeyError) as exc:
+            if is_oom(exc) or isinstance(exc, LmxrayError):
+                raise
+            SPLIT_VERIFIED[model.hf] = False
+            return None
+        return flat
 
     def _verify(
         self, flat: torch.Tensor, reads: Sequence[tuple[int, slice]],
