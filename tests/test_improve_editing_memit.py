@@ -20,7 +20,13 @@ from lmxray.improve.editing import (
     rank_one_hook,
     rome_edit,
 )
-from lmxray.improve.memit import EditRequest, default_layers, least_squares_update, memit_edit
+from lmxray.improve.memit import (
+    EditRequest,
+    default_layers,
+    least_squares_update,
+    memit_edit,
+    preserved_keys,
+)
 from lmxray.internals.tracing import subject_positions
 
 TEXTS = [
@@ -136,6 +142,56 @@ def test_least_squares_update_solves_the_normal_equations():
         return float(((w @ k.T - resid.double().T) ** 2).sum() + lam * torch.trace(w @ cov @ w.T))
     for _ in range(5):
         assert obj(d + 1e-3 * torch.randn(dm, dk, generator=g, dtype=torch.float64)) > obj(d)
+
+
+def test_preservation_rows_enter_the_normal_equations_and_hold_their_keys():
+    g = torch.Generator().manual_seed(2)
+    n, dm, dk, lam = 4, 5, 11, 1.0
+    keys, resid = torch.randn(n, dk, generator=g), torch.randn(n, dm, generator=g)
+    cov = torch.eye(dk, dtype=torch.float64)
+    kp = torch.randn(3, dk, generator=g, dtype=torch.float64)
+    p = kp.T @ kp / 3
+    k = keys.double()
+    d = least_squares_update(keys, resid, cov, lam, p, 7.0)
+    assert torch.allclose(d @ (lam * cov + 7.0 * p + k.T @ k), resid.double().T @ k, atol=1e-9)
+    assert torch.equal(least_squares_update(keys, resid, cov, lam, p, 0.0),
+                       least_squares_update(keys, resid, cov, lam))
+    leak = [float((least_squares_update(keys, resid, cov, lam, p, mu) @ kp.T).norm())
+            for mu in (0.0, 10.0, 1e4)]
+    assert leak[0] > leak[1] > leak[2] and leak[2] < 1e-2 * leak[0]
+
+
+def test_preserved_keys_are_the_subjects_last_token_keys(m):
+    texts = ["Berlin is in Germany, Madrid is in Spain.", "Rome and Berlin.", "no match here"]
+    got = preserved_keys(m, [0, 1], texts, ["Berlin", "Spain", "Ber"])  # "Ber": whole words only
+    want: dict[int, list[torch.Tensor]] = {0: [], 1: []}
+    for t in texts:
+        for s in ("Berlin", "Spain"):
+            if s in t:  # at most once per text here
+                c = run_with_cache(m, t, cache=["layers.0.mlp.hidden", "layers.1.mlp.hidden"])
+                for ly in (0, 1):
+                    want[ly].append(c[f"layers.{ly}.mlp.hidden"][0, max(
+                        subject_positions(m, t, s))].double())
+    assert len(want[0]) == 3
+    for ly in (0, 1):
+        k = torch.stack(want[ly])
+        assert torch.allclose(got[ly], k.T @ k / len(k), atol=1e-5)
+    assert preserved_keys(m, [0], texts, ["Paris"]) == {}
+
+
+def test_memit_holds_the_preserved_subjects_keys(m):
+    covs = {0: key_covariance(m, 0, TEXTS)}
+    kw = {"layers": [0], "covs": covs, "cov_texts": TEXTS, "steps": 3, "mom2_weight": 1.0}
+    plain = memit_edit(m, REQS[:1], preserve_weight=0.0, **kw)
+    held = memit_edit(m, REQS[:1], preserve_subjects=["Berlin", "France"], preserve_weight=100.0,
+                      **kw)
+    assert held.info["preserve_weight"] == 100.0 and plain.info["preserve_weight"] == 0.0
+    p = preserved_keys(m, [0], TEXTS, ["Berlin"])[0]  # "France" is the request's own subject
+    def leak(d):
+        return float(torch.trace(d.double() @ p @ d.double().T))
+    assert leak(held.deltas[0]) < 0.1 * leak(plain.deltas[0])
+    with pytest.raises(InputError, match="preserve_weight"):
+        memit_edit(m, REQS[:1], preserve_weight=-1.0, **kw)
 
 
 def test_one_memit_edit_is_the_rome_direction():
