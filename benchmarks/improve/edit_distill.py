@@ -1,7 +1,7 @@
 """Issue 20 benchmark: ROME at seeds 0-4 and two untuned seeds (11, 23), MEMIT with 100 edits at
 once, and rationale distillation's data-efficiency curve.
 
-    PYTHONPATH=src python3 benchmarks/improve/edit_distill.py [--part rome|memit|distill|all]
+    PYTHONPATH=src python3 benchmarks/improve/edit_distill.py [--part rome|memit|distill|all|md]
         [--seeds S,..]
 
 Each part prints its table and writes benchmarks/results/improve_edit_distill_<part>.json (rome
@@ -145,8 +145,7 @@ def _memit_md() -> list[str]:
     return _table("memit", "## MEMIT, 100 edits at once (seeds 23 and 7 never tuned on)",
                   "`--part memit [--seeds S,..]`; the unedited model in brackets (efficacy and "
                   "paraphrase there: how often the new object is already top-1); lm_loss: "
-                  "nats/token on 200 held-out zoo texts. Rows without lm_loss are from before "
-                  "the preservation rows (plain MEMIT).", "layers", cells, ("lm_loss",))
+                  "nats/token on 200 held-out zoo texts.", "layers", cells, ("lm_loss",))
 
 
 def markdown() -> str:
@@ -166,9 +165,13 @@ def markdown() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--part", default="all", choices=["rome", "memit", "distill", "all"])
+    ap.add_argument("--part", default="all", choices=["rome", "memit", "distill", "all", "md"],
+                    help="md: only rebuild the markdown summary from the JSON files")
     ap.add_argument("--seeds", default=None, help="rome / memit: the seeds to (re)run")
     args = ap.parse_args()
+    if args.part == "md":
+        atomic_write_text(RESULTS / "improve_edit_distill.md", markdown())
+        return
     torch.set_num_threads(1)
     m = lmxray.load()
     facts = zoo_facts(n=None)

@@ -13,11 +13,13 @@ For ``N`` requests (prompt, subject, new object) and edit layers ``R = l_1 < ...
    and its prefixes) and the current ``h_i`` at ``L``; the residual left to write is
    ``R = (z - h) / (layers left)``; the update is the least-squares solution with the key
    covariance ``C`` (:func:`lmxray.improve.editing.key_covariance`) as the memory of what
-   must not move::
+   must not move, and the keys of subjects not edited (second moment ``P``,
+   :func:`preserved_keys`) held in place as well::
 
-       ΔW_l = Rᵀ K (λ C + Kᵀ K)⁻¹
+       ΔW_l = Rᵀ K (λ C + μ P + Kᵀ K)⁻¹
 
-   (``λ``: ``mom2_weight``, the weight of the covariance against the new keys).
+   (``λ``: ``mom2_weight``, the weight of the covariance against the new keys; ``μ``:
+   ``preserve_weight``, 0 for plain MEMIT).
 
 :func:`memit_edit` returns a :class:`MultiEdit` (per-layer ``ΔW``; ``applied`` / ``apply`` as
 :class:`~lmxray.improve.editing.RankOneEdit`). :func:`evaluate_memit` applies ``n_edits``
@@ -447,8 +449,9 @@ def preserved_keys(model: Model, layers: Sequence[int], texts: Sequence[str],
                    subjects: Sequence[str], *, batch_size: int = 64) -> dict[int, torch.Tensor]:
     """Per layer, the second moment ``E[k kᵀ]`` (``[d_mlp, d_mlp]``, float64) of the keys at the
     last token of every whole-word occurrence of one of ``subjects`` in ``texts``: the subjects
-    whose facts must not move (EMMET-style preservation rows, Gupta et al. 2024; AlphaEdit, Fang
-    et al. 2025, protects the same keys by a null-space projection). No layers when no subject
+    whose facts must not move: a targeted set of preserved keys added to MEMIT's preservation
+    term (the preservation-memorisation view of Gupta et al. 2024, arXiv 2403.14236; AlphaEdit,
+    Fang et al. 2025, protects preserved keys by a null-space projection instead). No layers when no subject
     occurs (nothing to preserve)."""
     pat = _subject_pattern(subjects)
     rows: list[tuple[list[int], int]] = []
