@@ -276,3 +276,19 @@ def test_rome_floor_at_an_untuned_seed(zoo, seed):
     assert row["n"] == 30
     assert row["efficacy"] >= 0.95 and row["specificity"] >= 0.95
     assert row["paraphrase"] > r.rows["unedited"]["paraphrase"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [23])  # never tuned on
+def test_memit_floor_at_an_untuned_seed(zoo, seed):
+    """100 edits at once: efficacy and specificity >= 0.90 together, the held-out LM loss
+    within 5 % of the unedited model's (the n-gram entropy is reported, not asserted: see
+    docs/improve.md, "MEMIT", for why it rises)."""
+    from lmxray.improve.memit import evaluate_memit
+
+    m, facts = zoo
+    r = evaluate_memit(m, facts, n_edits=100, seed=seed, progress=False)
+    row, before = r.rows["memit"], r.rows["unedited"]
+    assert row["n"] == 100 and r.info["preserve_weight"] > 0
+    assert row["efficacy"] >= 0.90 and row["specificity"] >= 0.90
+    assert abs(row["lm_loss"] / before["lm_loss"] - 1) <= 0.05

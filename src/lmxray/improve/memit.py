@@ -343,7 +343,8 @@ def memit_edit(
         if not cov_texts:
             raise InputError("MEMIT needs key covariances (covs=) or sample texts (cov_texts=)")
         covs.update(key_covariances(model, missing, cov_texts))
-    pres = _preservation(model, reqs, layers, preserve, preserve_subjects, cov_texts)
+    pres = (_preservation(model, reqs, layers, preserve, preserve_subjects, cov_texts)
+            if preserve_weight > 0 else {})
     z_site = f"layers.{layers[-1]}.resid_post"
     b = _rows(model, reqs, prefixes)
     h0 = _read(model, b, z_site, len(reqs))
