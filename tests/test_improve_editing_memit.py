@@ -194,6 +194,24 @@ def test_memit_holds_the_preserved_subjects_keys(m):
         memit_edit(m, REQS[:1], preserve_weight=-1.0, **kw)
 
 
+def test_target_correction_moves_only_the_unmet_requests(m):
+    """A correction round re-optimises the targets of the requests the first solve left unmet
+    (on the edited model) and solves all again; met requests keep their targets."""
+    from lmxray.improve.editing import top1
+
+    covs = {0: key_covariance(m, 0, TEXTS)}
+    kw = {"layers": [0], "covs": covs, "steps": 3, "mom2_weight": 10.0}
+    plain = memit_edit(m, REQS, correct_rounds=0, **kw)
+    fixed = memit_edit(m, REQS, correct_rounds=1, **kw)
+    with plain.applied(m):
+        met = top1(m, [(p, t) for p, _, t in REQS])
+    assert not met.all()  # 3 steps leave some request unmet on the tiny model
+    assert plain.info["corrected"] == [] and fixed.info["corrected"] == [int((~met).sum())]
+    moved = (fixed.targets - plain.targets).norm(dim=-1) > 1e-9
+    assert moved.tolist() == (~met).tolist()
+    assert not torch.allclose(fixed.deltas[0], plain.deltas[0])
+
+
 def test_one_memit_edit_is_the_rome_direction():
     """With one request, Sherman-Morrison: ΔW = r (C⁻¹k)ᵀ / (λ + kᵀC⁻¹k): ROME's key direction
     C⁻¹k, and ROME's exact update r (C⁻¹k)ᵀ / (kᵀC⁻¹k) as λ → 0."""
