@@ -8,6 +8,12 @@ fluency generation before and after the edits, with its n-gram entropy.
     e.g. ... memit_sweep.py 0 0 1 0.5 0 10,30,100 prompt 0,10,30
          ... memit_sweep.py 0 2 1 0.5 2/1,2/0,1,2 300,1000 mean 0
     PYTHONPATH=src python3 benchmarks/improve/memit_sweep.py fluency SEED
+    PYTHONPATH=src python3 benchmarks/improve/memit_sweep.py control SEED,..
+
+``control`` reads the fluency prompts of ``evaluate_memit`` on the *unedited* model three ways:
+free (the unedited fluency), with the old answer written after the prompt and with the new
+object written there (then greedy to 20 tokens): what the n-gram entropy does when only the
+answer changes, no weight edited; with the standard error of each mean over its 30 prompts.
 
 The figures are in docs/improve.md ("MEMIT") and benchmarks/results/improve_edit_distill.md.
 Caches (covariances of 4000 zoo texts, preserved keys, targets) go to
@@ -61,8 +67,40 @@ def fluency_generations(seed: int) -> None:
           f"of {len(rec[0])}")
 
 
+def fluency_control(seeds: list[int]) -> None:
+    """The unedited model's fluency free, after the old answer and after the new object."""
+    from lmxray.improve.editing import fact_group, plan_edits
+
+    m, facts = lmxray.load(), zoo_facts(n=None)
+
+    def forced(prompt: str, ans: str) -> str:
+        ans = ans if ans.startswith(" ") else " " + ans
+        ids = m.encode_target(ans)
+        return m.tokenizer.decode(ids) + E._greedy_past_eos(m, prompt + ans, 20 - len(ids))
+
+    for seed in seeds:
+        chosen, groups, _, _, _ = plan_edits(m, facts, 100, None, 30, seed, one_per_subject=True)
+        new = counterfactuals([facts[i] for i in chosen], facts, seed=seed)
+        gen = [(facts[j]["prompt"], t, facts[j]["answer"]) for i, t in zip(chosen[:30], new[:30],
+                                                                          strict=True)
+               for j in groups[fact_group(facts[i])] if j != i][:30]
+        out = {}
+        for name, texts in (("free", [E._greedy_past_eos(m, p, 20) for p, _, _ in gen]),
+                            ("old answer", [forced(p, a) for p, _, a in gen]),
+                            ("new object", [forced(p, t) for p, t, _ in gen])):
+            h = np.array([E.ngram_entropy(x) for x in texts])
+            out[name] = h.mean()
+            print(f"seed {seed} unedited, {name}: {h.mean():.3f} ± {h.std(ddof=1) / np.sqrt(len(h)):.3f}"
+                  f" (se, {len(h)} prompts)", flush=True)
+        print(f"seed {seed}: new object vs free {100 * (out['new object'] / out['free'] - 1):+.1f} %",
+              flush=True)
+
+
 def main() -> None:
     torch.set_num_threads(1)
+    if sys.argv[1] == "control":
+        fluency_control([int(s) for s in sys.argv[2].split(",")])
+        return
     if sys.argv[1] == "fluency":
         fluency_generations(int(sys.argv[2]))
         return
