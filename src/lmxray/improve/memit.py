@@ -21,6 +21,11 @@ For ``N`` requests (prompt, subject, new object) and edit layers ``R = l_1 < ...
    (``λ``: ``mom2_weight``, the weight of the covariance against the new keys; ``μ``:
    ``preserve_weight``, 0 for plain MEMIT).
 
+3. **correction** (``correct_rounds``): with the solved update applied, the requests whose new
+   object is not the top-1 continuation of their own prompt get an extra ``δ'_i`` optimised on
+   the edited model; their targets become ``z_i + δ'_i`` and step 2 is solved again from the
+   unedited weights (one batch update of all requests).
+
 :func:`memit_edit` returns a :class:`MultiEdit` (per-layer ``ΔW``; ``applied`` / ``apply`` as
 :class:`~lmxray.improve.editing.RankOneEdit`). :func:`evaluate_memit` applies ``n_edits``
 counterfactual edits at once and reports CounterFact-style metrics against the unedited model
