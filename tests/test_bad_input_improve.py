@@ -167,6 +167,13 @@ CLI_CASES: list[CliCase] = [
             "line 1: an edit request", setup=_write("b.jsonl", '{"prompt": "a b", "subject": "a"}\n')),
     CliCase("edit-memit-layer-99", ["edit", "--method", "memit", "--batch", "{tmp}/b.jsonl",
                                     "--layer", "99"], "out of range", setup=_write("b.jsonl", BATCH)),
+    CliCase("edit-preserve-negative", ["edit", "--method", "memit", "--batch", "{tmp}/b.jsonl",
+                                       "--preserve-weight", "-1"], "must be a number >= 0",
+            setup=_write("b.jsonl", BATCH)),
+    CliCase("edit-preserve-nan", ["edit", "--method", "memit", "--facts", "2",
+                                  "--preserve-weight", "nan"], "must be a number >= 0"),
+    CliCase("edit-preserve-needs-memit", ["edit", "--facts", "2", "--preserve-weight", "5"],
+            "use it with --method memit"),
     CliCase("edit-memit-out-is-file", ["edit", "--method", "memit", "--batch", "{tmp}/b.jsonl",
                                        "--out", "{tmp}/afile"], "is a file",
             setup=_files(("b.jsonl", BATCH), ("afile", "x"))),
@@ -209,6 +216,12 @@ def _memit_one(**kw):
     """MEMIT with one fact at layer 0 of the tiny model, with ``kw`` as the options under test."""
     return _improve("memit").memit_edit(_tiny(), [("The capital of France is", "France", " Rome")],
                                         layers=[0], **kw)
+
+
+def _eye(n: int):
+    import torch
+
+    return torch.eye(n, dtype=torch.float64)
 
 
 def _improve(name: str):
@@ -370,6 +383,22 @@ API_CASES: list[ApiCase] = [
     ApiCase("memit-key-rows-unknown",
             lambda tmp: _memit_one(key_rows="all"),
             "key_rows must be 'mean', 'prompt' or 'each'", InputError),
+    ApiCase("memit-preserve-weight-negative",
+            lambda tmp: _memit_one(preserve_weight=-1.0),
+            "preserve_weight must be >= 0", InputError),
+    ApiCase("memit-preserve-weight-nan",
+            lambda tmp: _memit_one(preserve_weight=float("nan")),
+            "preserve_weight must be >= 0", InputError),
+    ApiCase("memit-preserve-subjects-no-texts",
+            lambda tmp: _memit_one(covs={0: _eye(_tiny().hf.config.intermediate_size)},
+                                   preserve_subjects=["Berlin"]),
+            "preserve_subjects needs sample texts", InputError),
+    ApiCase("memit-correct-rounds-negative",
+            lambda tmp: _memit_one(correct_rounds=-1),
+            "correct_rounds must be an integer >= 0", InputError),
+    ApiCase("memit-correct-rounds-float",
+            lambda tmp: _memit_one(correct_rounds=1.5),
+            "correct_rounds must be an integer >= 0", InputError),
     ApiCase("memit-clamp-0",
             lambda tmp: _memit_one(clamp=0.0),
             "clamp must be positive", InputError),

@@ -393,11 +393,12 @@ def test_edit_memit_batch_saves_model_and_json(tiny_long_dir, tmp_path):
     )
     out_dir, js = tmp_path / "edited", tmp_path / "b.json"
     r = invoke("edit", "--method", "memit", "--batch", batch, "--layer", 0, "--model",
-               tiny_long_dir, "--out", out_dir, "--json", js)
+               tiny_long_dir, "--out", out_dir, "--json", js, "--preserve-weight", 5)
     ok(r)
     assert "MEMIT batch of 2 edits at layers [0]" in r.stdout
     doc = json.loads(js.read_text())
     assert doc["format"] == "lmxray.edit-batch/1" and doc["layers"] == [0]
+    assert doc["info"]["preserve_weight"] == 5.0  # the zoo's other subjects were held
     assert [x["target"] for x in doc["rows"]] == [" Rome", " Spain"]
     assert (out_dir / "config.json").exists()
     # the saved model carries the update: its down projection differs from the original

@@ -20,7 +20,13 @@ from lmxray.improve.editing import (
     rank_one_hook,
     rome_edit,
 )
-from lmxray.improve.memit import EditRequest, default_layers, least_squares_update, memit_edit
+from lmxray.improve.memit import (
+    EditRequest,
+    default_layers,
+    least_squares_update,
+    memit_edit,
+    preserved_keys,
+)
 from lmxray.internals.tracing import subject_positions
 
 TEXTS = [
@@ -138,6 +144,74 @@ def test_least_squares_update_solves_the_normal_equations():
         assert obj(d + 1e-3 * torch.randn(dm, dk, generator=g, dtype=torch.float64)) > obj(d)
 
 
+def test_preservation_rows_enter_the_normal_equations_and_hold_their_keys():
+    g = torch.Generator().manual_seed(2)
+    n, dm, dk, lam = 4, 5, 11, 1.0
+    keys, resid = torch.randn(n, dk, generator=g), torch.randn(n, dm, generator=g)
+    cov = torch.eye(dk, dtype=torch.float64)
+    kp = torch.randn(3, dk, generator=g, dtype=torch.float64)
+    p = kp.T @ kp / 3
+    k = keys.double()
+    d = least_squares_update(keys, resid, cov, lam, p, 7.0)
+    assert torch.allclose(d @ (lam * cov + 7.0 * p + k.T @ k), resid.double().T @ k, atol=1e-9)
+    assert torch.equal(least_squares_update(keys, resid, cov, lam, p, 0.0),
+                       least_squares_update(keys, resid, cov, lam))
+    leak = [float((least_squares_update(keys, resid, cov, lam, p, mu) @ kp.T).norm())
+            for mu in (0.0, 10.0, 1e4)]
+    assert leak[0] > leak[1] > leak[2] and leak[2] < 1e-2 * leak[0]
+
+
+def test_preserved_keys_are_the_subjects_last_token_keys(m):
+    texts = ["Berlin is in Germany, Madrid is in Spain.", "Rome and Berlin.", "no match here"]
+    got = preserved_keys(m, [0, 1], texts, ["Berlin", "Spain", "Ber"])  # "Ber": whole words only
+    want: dict[int, list[torch.Tensor]] = {0: [], 1: []}
+    for t in texts:
+        for s in ("Berlin", "Spain"):
+            if s in t:  # at most once per text here
+                c = run_with_cache(m, t, cache=["layers.0.mlp.hidden", "layers.1.mlp.hidden"])
+                for ly in (0, 1):
+                    want[ly].append(c[f"layers.{ly}.mlp.hidden"][0, max(
+                        subject_positions(m, t, s))].double())
+    assert len(want[0]) == 3
+    for ly in (0, 1):
+        k = torch.stack(want[ly])
+        assert torch.allclose(got[ly], k.T @ k / len(k), atol=1e-5)
+    assert preserved_keys(m, [0], texts, ["Paris"]) == {}
+
+
+def test_memit_holds_the_preserved_subjects_keys(m):
+    covs = {0: key_covariance(m, 0, TEXTS)}
+    kw = {"layers": [0], "covs": covs, "cov_texts": TEXTS, "steps": 3, "mom2_weight": 1.0}
+    plain = memit_edit(m, REQS[:1], preserve_weight=0.0, **kw)
+    held = memit_edit(m, REQS[:1], preserve_subjects=["Berlin", "France"], preserve_weight=100.0,
+                      **kw)
+    assert held.info["preserve_weight"] == 100.0 and plain.info["preserve_weight"] == 0.0
+    p = preserved_keys(m, [0], TEXTS, ["Berlin"])[0]  # "France" is the request's own subject
+    def leak(d):
+        return float(torch.trace(d.double() @ p @ d.double().T))
+    assert leak(held.deltas[0]) < 0.1 * leak(plain.deltas[0])
+    with pytest.raises(InputError, match="preserve_weight"):
+        memit_edit(m, REQS[:1], preserve_weight=-1.0, **kw)
+
+
+def test_target_correction_moves_only_the_unmet_requests(m):
+    """A correction round re-optimises the targets of the requests the first solve left unmet
+    (on the edited model) and solves all again; met requests keep their targets."""
+    from lmxray.improve.editing import top1
+
+    covs = {0: key_covariance(m, 0, TEXTS)}
+    kw = {"layers": [0], "covs": covs, "steps": 3, "mom2_weight": 10.0}
+    plain = memit_edit(m, REQS, correct_rounds=0, **kw)
+    fixed = memit_edit(m, REQS, correct_rounds=1, **kw)
+    with plain.applied(m):
+        met = top1(m, [(p, t) for p, _, t in REQS])
+    assert not met.all()  # 3 steps leave some request unmet on the tiny model
+    assert plain.info["corrected"] == [] and fixed.info["corrected"] == [int((~met).sum())]
+    moved = (fixed.targets - plain.targets).norm(dim=-1) > 1e-9
+    assert moved.tolist() == (~met).tolist()
+    assert not torch.allclose(fixed.deltas[0], plain.deltas[0])
+
+
 def test_one_memit_edit_is_the_rome_direction():
     """With one request, Sherman-Morrison: ΔW = r (C⁻¹k)ᵀ / (λ + kᵀC⁻¹k): ROME's key direction
     C⁻¹k, and ROME's exact update r (C⁻¹k)ᵀ / (kᵀC⁻¹k) as λ → 0."""
@@ -220,3 +294,19 @@ def test_rome_floor_at_an_untuned_seed(zoo, seed):
     assert row["n"] == 30
     assert row["efficacy"] >= 0.95 and row["specificity"] >= 0.95
     assert row["paraphrase"] > r.rows["unedited"]["paraphrase"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [23])  # never tuned on
+def test_memit_floor_at_an_untuned_seed(zoo, seed):
+    """100 edits at once: efficacy and specificity >= 0.90 together, the held-out LM loss
+    within 5 % of the unedited model's (the n-gram entropy is reported, not asserted: see
+    docs/improve.md, "MEMIT", for why it rises)."""
+    from lmxray.improve.memit import evaluate_memit
+
+    m, facts = zoo
+    r = evaluate_memit(m, facts, n_edits=100, seed=seed, progress=False)
+    row, before = r.rows["memit"], r.rows["unedited"]
+    assert row["n"] == 100 and r.info["preserve_weight"] > 0
+    assert row["efficacy"] >= 0.90 and row["specificity"] >= 0.90
+    assert abs(row["lm_loss"] / before["lm_loss"] - 1) <= 0.05

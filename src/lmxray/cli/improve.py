@@ -10,6 +10,7 @@ exit code 2). Commands parse options, call :mod:`lmxray.improve` and print table
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -404,6 +405,10 @@ def edit_cmd(
     method: _EditMethod = "rome",
     n_specificity: Annotated[int | None, typer.Option(
         "--n-specificity", min=1, help="Other facts checked [default: rome 20, memit 200].")] = None,
+    preserve_weight: Annotated[float | None, typer.Option(
+        "--preserve-weight", metavar="MU",
+        help="MEMIT: weight of the keys of the zoo's other subjects, held in place (0: plain "
+             "MEMIT) [default: 10].")] = None,
     out_dir: Annotated[Path | None, typer.Option(
         "--out", metavar="DIR", file_okay=False, help="Save the edited model (HF format).")] = None,
     seed: _Seed = 0,
@@ -421,22 +426,35 @@ def edit_cmd(
                          "benchmark), or --batch FILE.jsonl (with --method memit); only one")
     if batch is not None and method != "memit":
         raise InputError("--batch edits many facts at once: use it with --method memit")
+    mkw = _memit_options(method, preserve_weight)
     out, err = _prepare(json_out)
     if facts_n is not None:
         _edit_benchmark(method, facts_n, layer, n_specificity, seed, model, device, json_out,
-                        no_progress, out, err)
+                        no_progress, out, err, mkw)
         return
     _check_out_dir(out_dir)
     if batch is not None:
-        _edit_batch(batch, layer, out_dir, seed, model, device, json_out, out, err)
+        _edit_batch(batch, layer, out_dir, seed, model, device, json_out, out, err, mkw)
         return
     _edit_one(prompt, subject, target, layer, out_dir, method, seed, model, device,  # type: ignore[arg-type]
-              json_out, out, err)
+              json_out, out, err, mkw)
+
+
+def _memit_options(method: str, preserve_weight: float | None) -> dict[str, Any]:
+    """``memit_edit`` keyword arguments from the MEMIT-only options, checked."""
+    if preserve_weight is None:
+        return {}
+    if method != "memit":
+        raise InputError("--preserve-weight is a MEMIT setting: use it with --method memit")
+    if not (math.isfinite(preserve_weight) and preserve_weight >= 0):
+        raise InputError(f"--preserve-weight must be a number >= 0 (0: plain MEMIT), got "
+                         f"{preserve_weight}")
+    return {"preserve_weight": preserve_weight}
 
 
 def _edit_benchmark(method: str, n: int, layer: int | None, n_spec: int | None, seed: int,
                     model: str | None, device: str | None, json_out: Path | None,
-                    no_progress: bool, out: Any, err: Any) -> None:
+                    no_progress: bool, out: Any, err: Any, mkw: dict[str, Any]) -> None:
     """``lmxray edit --facts N``: the ROME (single edits) or MEMIT (one batch) benchmark."""
     from ..improve.experiments import editing_demo
     from ..improve.memit import evaluate_memit
@@ -447,7 +465,8 @@ def _edit_benchmark(method: str, n: int, layer: int | None, n_spec: int | None, 
         raise InputError(f"--layer {layer} is out of range; the model has {m.n_layers} layers")
     if method == "memit":
         rep = evaluate_memit(m, zoo_facts(n=None), n_edits=n, layer=layer,
-                             n_specificity=n_spec or 200, seed=seed, progress=not no_progress)
+                             n_specificity=n_spec or 200, seed=seed, progress=not no_progress,
+                             **mkw)
     else:
         rep = editing_demo(m, n_edits=n, layer=layer, n_specificity=n_spec or 20, seed=seed,
                            progress=not no_progress)
@@ -464,7 +483,8 @@ def _save_model(edited: Any, out_dir: Path | None, err: Any) -> None:
 
 def _edit_one(prompt: str, subject: str | None, target: str | None, layer: int | None,
               out_dir: Path | None, method: str, seed: int, model: str | None,
-              device: str | None, json_out: Path | None, out: Any, err: Any) -> None:
+              device: str | None, json_out: Path | None, out: Any, err: Any,
+              mkw: dict[str, Any]) -> None:
     """``lmxray edit PROMPT --subject S --target T``: one ROME edit (or a MEMIT batch of one)."""
     from ..improve.experiments import edit_prompt
 
@@ -481,7 +501,7 @@ def _edit_one(prompt: str, subject: str | None, target: str | None, layer: int |
         raise InputError(f"--layer {layer} is out of range; the model has {m.n_layers} layers")
     if method == "memit":
         _run_memit(m, [{"prompt": prompt, "subject": subject, "target": target}], layer,
-                   out_dir, seed, json_out, out, err)
+                   out_dir, seed, json_out, out, err, mkw)
         return
     res, edited = edit_prompt(m, prompt, subject, target, layer=layer, seed=seed)
     _save_model(edited, out_dir, err)
@@ -490,7 +510,7 @@ def _edit_one(prompt: str, subject: str | None, target: str | None, layer: int |
 
 def _edit_batch(batch: Path, layer: int | None, out_dir: Path | None, seed: int,
                 model: str | None, device: str | None, json_out: Path | None, out: Any,
-                err: Any) -> None:
+                err: Any, mkw: dict[str, Any]) -> None:
     """``lmxray edit --method memit --batch FILE.jsonl``: all the file's edits at once."""
     from ..improve.memit import EditRequest
 
@@ -504,20 +524,25 @@ def _edit_batch(batch: Path, layer: int | None, out_dir: Path | None, seed: int,
     m = _load(model, device)
     if layer is not None and not 0 <= layer < m.n_layers:
         raise InputError(f"--layer {layer} is out of range; the model has {m.n_layers} layers")
-    _run_memit(m, rows, layer, out_dir, seed, json_out, out, err)
+    _run_memit(m, rows, layer, out_dir, seed, json_out, out, err, mkw)
 
 
 def _run_memit(m: Any, rows: list[dict[str, Any]], layer: int | None, out_dir: Path | None,
-               seed: int, json_out: Path | None, out: Any, err: Any) -> None:
+               seed: int, json_out: Path | None, out: Any, err: Any,
+               mkw: dict[str, Any]) -> None:
+    """One MEMIT batch; the zoo facts' subjects (other than the requests') are preserved."""
     from ..improve.editing import context_prefixes
     from ..improve.experiments import zoo_edit_layer
     from ..improve.memit import COV_TEXTS, batch_result, default_layers, memit_edit
     from ..zoo import corpus
+    from .internals import zoo_facts
 
     located = layer if layer is not None else zoo_edit_layer(m, seed=seed)
     texts = corpus("train", COV_TEXTS, seed=seed)
+    subjects = sorted({str(f["subject_text"]) for f in zoo_facts(n=None)})
     ed = memit_edit(m, rows, layers=default_layers(m.n_layers, located), cov_texts=texts,
-                    prefixes=context_prefixes(texts, 2, seed=seed))
+                    prefixes=context_prefixes(texts, 2, seed=seed), preserve_subjects=subjects,
+                    **mkw)
     edited = ed.apply(m)
     res = batch_result(m, edited, ed)
     _save_model(edited, out_dir, err)

@@ -13,11 +13,18 @@ For ``N`` requests (prompt, subject, new object) and edit layers ``R = l_1 < ...
    and its prefixes) and the current ``h_i`` at ``L``; the residual left to write is
    ``R = (z - h) / (layers left)``; the update is the least-squares solution with the key
    covariance ``C`` (:func:`lmxray.improve.editing.key_covariance`) as the memory of what
-   must not move::
+   must not move, and the keys of subjects not edited (second moment ``P``,
+   :func:`preserved_keys`) held in place as well::
 
-       ΔW_l = Rᵀ K (λ C + Kᵀ K)⁻¹
+       ΔW_l = Rᵀ K (λ C + μ P + Kᵀ K)⁻¹
 
-   (``λ``: ``mom2_weight``, the weight of the covariance against the new keys).
+   (``λ``: ``mom2_weight``, the weight of the covariance against the new keys; ``μ``:
+   ``preserve_weight``, 0 for plain MEMIT).
+
+3. **correction** (``correct_rounds``): with the solved update applied, the requests whose new
+   object is not the top-1 continuation of their own prompt get an extra ``δ'_i`` optimised on
+   the edited model; their targets become ``z_i + δ'_i`` and step 2 is solved again from the
+   unedited weights (one batch update of all requests).
 
 :func:`memit_edit` returns a :class:`MultiEdit` (per-layer ``ΔW``; ``applied`` / ``apply`` as
 :class:`~lmxray.improve.editing.RankOneEdit`). :func:`evaluate_memit` applies ``n_edits``
@@ -29,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -55,10 +63,23 @@ from .editing import (
     weights_added,
 )
 from .results import EditReport, ImproveResult
+from .steering import lm_loss
 
 __all__ = ["EditRequest", "MultiEdit", "memit_edit", "default_layers", "evaluate_memit",
-           "BatchEditResult", "batch_result", "least_squares_update", "COV_TEXTS"]
+           "BatchEditResult", "batch_result", "least_squares_update", "preserved_keys",
+           "COV_TEXTS", "MOM2_WEIGHT", "PRESERVE_WEIGHT", "CORRECT_ROUNDS"]
 
+
+MOM2_WEIGHT = 30.0
+"""``λ``: the weight of the key covariance against the new keys (chosen at seeds 0 and 1)."""
+
+PRESERVE_WEIGHT = 10.0
+"""``μ``: the weight of the preserved subjects' keys (chosen at seeds 0 and 1)."""
+
+CORRECT_ROUNDS = 1
+"""Rounds of target correction (:func:`memit_edit`): the requests the solved update leaves
+unmet get their targets re-optimised on the edited model, then all are solved again (chosen at
+seeds 0 and 1)."""
 
 COV_TEXTS = 4000
 """Zoo texts the key covariances are read from by default (about 1.3·10⁵ tokens: MEMIT reads
@@ -273,7 +294,10 @@ def memit_edit(
     covs: dict[int, torch.Tensor] | None = None,
     cov_texts: Sequence[str] | None = None,
     prefixes: Sequence[str] = (),
-    mom2_weight: float = 300.0,
+    preserve: dict[int, torch.Tensor] | None = None,
+    preserve_subjects: Sequence[str] = (),
+    preserve_weight: float = PRESERVE_WEIGHT,
+    mom2_weight: float = MOM2_WEIGHT,
     steps: int = 60,
     lr: float = 0.5,
     kl_factor: float = 0.0625,
@@ -282,6 +306,7 @@ def memit_edit(
     stop_prob: float = 0.95,
     chunk: int = 25,
     key_rows: str = "prompt",
+    correct_rounds: int = CORRECT_ROUNDS,
 ) -> MultiEdit:
     """Compute (not apply) MEMIT edits of all ``requests`` spread over ``layers``.
 
@@ -290,6 +315,10 @@ def memit_edit(
         layers: the edit layers (ascending; the last one carries the targets).
         covs / cov_texts: key covariance per layer, or texts to compute them from.
         prefixes: context prefixes (:func:`lmxray.improve.editing.context_prefixes`).
+        preserve / preserve_subjects: the preserved keys' second moment per layer
+            (:func:`preserved_keys`), or subjects to read them for from ``cov_texts`` (the
+            requests' own subjects left out); neither: no preservation rows (plain MEMIT).
+        preserve_weight: ``μ``, their weight (``0``: plain MEMIT).
         mom2_weight: ``λ``, the weight of the covariance against the new keys.
         steps / lr / kl_factor / stop_prob: the target optimisation (as ``rome_edit``).
         clamp: ``‖δ_i‖ ≤ clamp · ‖h_i‖`` (the residual at the target layer, not the MLP
@@ -299,6 +328,12 @@ def memit_edit(
             prefixes), ``"prompt"`` (the bare prompt's key; the prefixes only shape ``δ``) or
             ``"each"`` (one least-squares row per variant, each written towards its own
             ``h + δ``).
+        correct_rounds: rounds of target correction: with the solved update applied, each
+            request whose new target is not the top-1 continuation of its own prompt gets an
+            extra ``δ'_i`` optimised on the edited model (same optimisation and clamp), its
+            target becomes ``z_i + δ'_i`` (what the write lost, asked for again), and the update
+            of all requests is solved again from the unedited weights: still one batch update.
+            ``0``: plain MEMIT targets.
     """
     if key_rows not in ("mean", "prompt", "each"):
         raise InputError(f"key_rows must be 'mean', 'prompt' or 'each', got {key_rows!r}")
@@ -311,34 +346,70 @@ def memit_edit(
         raise InputError(f"MEMIT layers {layers} must be in 0..{n_l - 1}")
     if not mom2_weight > 0:
         raise InputError(f"mom2_weight must be positive, got {mom2_weight}")
-    for name, v, low in (("weight_decay", weight_decay, 0.0), ("kl_factor", kl_factor, 0.0)):
+    for name, v, low in (("weight_decay", weight_decay, 0.0), ("kl_factor", kl_factor, 0.0),
+                         ("preserve_weight", preserve_weight, 0.0)):
         if not v >= low:
             raise InputError(f"{name} must be >= {low}, got {v}")
     if not clamp > 0:
         raise InputError(f"clamp must be positive, got {clamp}")
     if steps < 1 or chunk < 1:
         raise InputError(f"steps and chunk must be at least 1, got {steps} and {chunk}")
+    if isinstance(correct_rounds, bool) or not isinstance(correct_rounds, int) or correct_rounds < 0:
+        raise InputError(f"correct_rounds must be an integer >= 0, got {correct_rounds!r}")
     covs = dict(covs or {})
     missing = [ly for ly in layers if ly not in covs]
     if missing:
         if not cov_texts:
             raise InputError("MEMIT needs key covariances (covs=) or sample texts (cov_texts=)")
         covs.update(key_covariances(model, missing, cov_texts))
+    pres = (_preservation(model, reqs, layers, preserve, preserve_subjects, cov_texts)
+            if preserve_weight > 0 else {})
     z_site = f"layers.{layers[-1]}.resid_post"
     b = _rows(model, reqs, prefixes)
     h0 = _read(model, b, z_site, len(reqs))
-    delta, p = _chunked_targets(model, reqs, prefixes, z_site, h0, chunk, {
-        "steps": steps, "lr": lr, "kl_factor": kl_factor, "weight_decay": weight_decay,
-        "clamp": clamp, "stop_prob": stop_prob})
-    z = (_read(model, b, z_site, len(reqs), key_rows)
-         + delta.double()[_key_owner(b, key_rows, len(reqs))])
-    deltas = _spread(model, b, layers, covs, z, mom2_weight, len(reqs), key_rows)
+    opt = {"steps": steps, "lr": lr, "kl_factor": kl_factor, "weight_decay": weight_decay,
+           "clamp": clamp, "stop_prob": stop_prob}
+    delta, p = _chunked_targets(model, reqs, prefixes, z_site, h0, chunk, opt)
+    owner = _key_owner(b, key_rows, len(reqs))
+    z = _read(model, b, z_site, len(reqs), key_rows) + delta.double()[owner]
+    deltas = _spread(model, b, layers, covs, z, mom2_weight, len(reqs), key_rows,
+                     pres, preserve_weight)
+    corrected: list[int] = []
+    for _ in range(correct_rounds):
+        extra = _correction(model, reqs, b, prefixes, z_site, deltas, chunk, opt)
+        if extra is None:
+            break
+        corrected.append(int((extra != 0).any(-1).sum()))
+        z = z + extra.double()[owner]
+        deltas = _spread(model, b, layers, covs, z, mom2_weight, len(reqs), key_rows,
+                         pres, preserve_weight)
     return MultiEdit(deltas, reqs, targets=z, info={
         "layers": layers, "mom2_weight": mom2_weight, "prefixes": len(prefixes),
+        "preserve_weight": preserve_weight if pres else 0.0,
         "key_rows": key_rows, "clamp": clamp, "weight_decay": weight_decay,
         "p_target_mean": float(p.mean()), "p_target_min": float(p.min()),
         "delta_norm_mean": float(delta.norm(dim=-1).mean()),
+        "corrected": corrected,
     })
+
+
+def _correction(model: Model, reqs: list[EditRequest], b: _Batch, prefixes: Sequence[str],
+                site: str, deltas: dict[int, torch.Tensor], chunk: int, opt: dict[str, float]
+                ) -> torch.Tensor | None:
+    """``[n, d_model]`` extra target shifts: for each request whose target is not the top-1
+    continuation of its prompt with ``deltas`` applied, ``δ'`` optimised on the edited model at
+    ``site`` (zero for the others); None when every request is met."""
+    with weights_added(model, deltas):
+        met = top1(model, [(r.prompt, r.target) for r in reqs])
+        miss = [i for i, ok in enumerate(met) if not ok]
+        if not miss:
+            return None
+        h = _read(model, b, site, len(reqs))
+        d, _ = _chunked_targets(model, [reqs[i] for i in miss], prefixes, site, h[miss], chunk,
+                                opt)
+    extra = torch.zeros(len(reqs), d.shape[-1])
+    extra[torch.tensor(miss)] = d
+    return extra
 
 
 def _chunked_targets(model: Model, reqs: list[EditRequest], prefixes: Sequence[str], site: str,
@@ -364,11 +435,29 @@ def _chunked_targets(model: Model, reqs: list[EditRequest], prefixes: Sequence[s
     return torch.cat(ds), torch.cat(ps)
 
 
+def _preservation(model: Model, reqs: list[EditRequest], layers: list[int],
+                  preserve: dict[int, torch.Tensor] | None, subjects: Sequence[str],
+                  texts: Sequence[str] | None) -> dict[int, torch.Tensor]:
+    """The preserved keys' second moment per edit layer: ``preserve`` where given, else read
+    for ``subjects`` other than the requests' own from ``texts``."""
+    out = {ly: preserve[ly] for ly in layers if preserve and ly in preserve}
+    own = {r.subject for r in reqs}
+    keep = [s for s in subjects if s not in own]
+    missing = [ly for ly in layers if ly not in out]
+    if missing and keep:
+        if not texts:
+            raise InputError("preserve_subjects needs sample texts (cov_texts=) to find them in")
+        out.update(preserved_keys(model, missing, texts, keep))
+    return out
+
+
 def _spread(model: Model, b: _Batch, layers: list[int], covs: dict[int, torch.Tensor],
-            z: torch.Tensor, lam: float, n: int, key_rows: str = "mean"
+            z: torch.Tensor, lam: float, n: int, key_rows: str = "mean",
+            preserve: dict[int, torch.Tensor] | None = None, mu: float = 0.0,
             ) -> dict[int, torch.Tensor]:
     """MEMIT's layer loop: each layer writes its share of the residual ``z - h`` (one row per
-    request or per variant, ``key_rows`` as :func:`memit_edit`)."""
+    request or per variant, ``key_rows`` as :func:`memit_edit`), holding the preserved keys
+    (``preserve``, weight ``mu``) in place."""
     z_site = f"layers.{layers[-1]}.resid_post"
     deltas: dict[int, torch.Tensor] = {}
     for j, ly in enumerate(layers):
@@ -376,27 +465,78 @@ def _spread(model: Model, b: _Batch, layers: list[int], covs: dict[int, torch.Te
             keys = _read(model, b, f"layers.{ly}.mlp.hidden", n, key_rows)  # [rows, d_mlp]
             h = _read(model, b, z_site, n, key_rows)
         resid = (z - h) / (len(layers) - j)  # [n, d_model]
-        deltas[ly] = least_squares_update(keys, resid, covs[ly], lam).float()
+        deltas[ly] = least_squares_update(keys, resid, covs[ly], lam, (preserve or {}).get(ly),
+                                          mu).float()
     return deltas
 
 
 def least_squares_update(keys: torch.Tensor, resid: torch.Tensor, cov: torch.Tensor,
-                         lam: float) -> torch.Tensor:
-    """MEMIT's batched least squares in float64: ``ΔW = Rᵀ K (λ C + Kᵀ K)⁻¹``
-    (``[d_model, d_mlp]``), the ``ΔW`` minimising ``‖ΔW Kᵀ - Rᵀ‖² + λ · tr(ΔW C ΔWᵀ)``: the new
-    keys ``K`` (``[n, d_mlp]``) written towards the residuals ``R`` (``[n, d_model]``), the
-    keys of ordinary text (covariance ``C``) held in place with weight ``λ``."""
+                         lam: float, preserve: torch.Tensor | None = None,
+                         preserve_weight: float = 0.0) -> torch.Tensor:
+    """MEMIT's batched least squares in float64: ``ΔW = Rᵀ K (λ C + μ P + Kᵀ K)⁻¹``
+    (``[d_model, d_mlp]``), the ``ΔW`` minimising ``‖ΔW Kᵀ - Rᵀ‖² + λ · tr(ΔW C ΔWᵀ) + μ ·
+    tr(ΔW P ΔWᵀ)``: the new keys ``K`` (``[n, d_mlp]``) written towards the residuals ``R``
+    (``[n, d_model]``), the keys of ordinary text (covariance ``C``) held in place with weight
+    ``λ``, and the preserved keys (second moment ``P``, :func:`preserved_keys`; none when
+    ``None``) with weight ``μ`` (``preserve_weight``)."""
     k, r = keys.double(), resid.double()
     a = lam * cov.double() + k.T @ k
+    if preserve is not None and preserve_weight > 0:
+        a = a + preserve_weight * preserve.double()
     return torch.linalg.solve(a, k.T @ r).T
+
+
+def _subject_pattern(subjects: Sequence[str]) -> re.Pattern[str] | None:
+    """Whole-word occurrences of any of ``subjects`` (longest first); None when there are none."""
+    subs = sorted({s for s in subjects if s.strip()}, key=len, reverse=True)
+    if not subs:
+        return None
+    return re.compile(r"(?<!\w)(" + "|".join(re.escape(s) for s in subs) + r")(?!\w)")
+
+
+def preserved_keys(model: Model, layers: Sequence[int], texts: Sequence[str],
+                   subjects: Sequence[str], *, batch_size: int = 64) -> dict[int, torch.Tensor]:
+    """Per layer, the second moment ``E[k kᵀ]`` (``[d_mlp, d_mlp]``, float64) of the keys at the
+    last token of every whole-word occurrence of one of ``subjects`` in ``texts``: the subjects
+    whose facts must not move: a targeted set of preserved keys added to MEMIT's preservation
+    term (the preservation-memorisation view of Gupta et al. 2024, arXiv 2403.14236; AlphaEdit,
+    Fang et al. 2025, protects preserved keys by a null-space projection instead). No layers when no subject
+    occurs (nothing to preserve)."""
+    pat = _subject_pattern(subjects)
+    rows: list[tuple[list[int], int]] = []
+    limit = model.max_length or 1 << 30
+    for t in texts:
+        hits = list(pat.finditer(t)) if pat is not None else []
+        if not hits:
+            continue
+        offsets = model.tokenizer(t, return_offsets_mapping=True)["offset_mapping"]
+        ids = model.encode(t)[:limit]
+        for h in hits:
+            pos = [i for i, (a, b) in enumerate(offsets) if b > a and a < h.end() and b > h.start()]
+            if pos and max(pos) < len(ids):
+                rows.append((ids, max(pos)))
+    names = {ly: f"layers.{ly}.mlp.hidden" for ly in sorted(set(layers))}
+    acc: dict[int, torch.Tensor] = {}
+    for a in range(0, len(rows), batch_size):
+        part = rows[a: a + batch_size]
+        cache = run_with_cache(model, [ids for ids, _ in part], cache=list(names.values()),
+                               logits=False)
+        width = cache.attention_mask.shape[1]
+        at = torch.tensor([width - len(ids) + p for ids, p in part])  # rows are left padded
+        for ly, name in names.items():
+            k = cache[name].double().cpu()[torch.arange(len(part)), at]
+            acc[ly] = k.T @ k if ly not in acc else acc[ly] + k.T @ k
+    return {ly: acc[ly] / len(rows) for ly in acc}
 
 
 # --------------------------------------------------------------------------- evaluation
 def _measure(model: Model, chosen: list[int], facts: list[dict[str, Any]],
              groups: dict[tuple[str, str], list[int]], new: list[str], spec: list[int],
-             n_fluency: int) -> tuple[dict[str, float], list[np.ndarray]]:
-    """Efficacy, paraphrase, specificity, consistency and fluency of ``model`` as it is now,
-    and the per-edit paraphrase results."""
+             n_fluency: int, held_out: Sequence[str] = ()) -> tuple[dict[str, float],
+                                                                    list[np.ndarray]]:
+    """Efficacy, paraphrase, specificity, consistency, fluency and the LM loss on ``held_out``
+    texts (nats/token; NaN without texts) of ``model`` as it is now, and the per-edit
+    paraphrase results."""
     eff = top1(model, [(facts[i]["prompt"], t) for i, t in zip(chosen, new, strict=True)])
     para_pairs = [[(facts[j]["prompt"], t) for j in groups[fact_group(facts[i])] if j != i]
                   for i, t in zip(chosen, new, strict=True)]
@@ -413,6 +553,7 @@ def _measure(model: Model, chosen: list[int], facts: list[dict[str, Any]],
         "specificity": float(spc.mean()) if len(spc) else float("nan"),
         "consistency": consistency(eff, para),
         "fluency": fluency(model, gen),
+        "lm_loss": lm_loss(model, held_out) if held_out else float("nan"),
     }, [eff, *para]
 
 
@@ -422,7 +563,7 @@ def evaluate_memit(
     *,
     n_edits: int = 100, layers: Sequence[int] | None = None, layer: int | None = None,
     trace_facts_n: int = 30, cov_texts: Sequence[str] | None = None,
-    n_specificity: int = 200, n_fluency: int = 30, n_prefixes: int = 2,
+    n_specificity: int = 200, n_fluency: int = 30, n_prefixes: int = 2, n_held_out: int = 200,
     seed: int = 0, progress: bool = True, **edit_kwargs: Any,
 ) -> EditReport:
     """Apply ``n_edits`` counterfactual edits of zoo-style ``facts`` at once with MEMIT and
@@ -437,7 +578,10 @@ def evaluate_memit(
             layer :func:`~lmxray.improve.editing.locate_layer` selects).
         n_specificity: known facts of other subjects checked (neighbourhood).
         n_fluency: paraphrase prompts of edited facts generated from (20 tokens each).
-        **edit_kwargs: passed to :func:`memit_edit`.
+        n_held_out: held-out zoo texts (``test`` split) the LM loss is read on (0: none).
+        **edit_kwargs: passed to :func:`memit_edit`; ``preserve_subjects`` defaults to the
+            subjects of ``facts`` not edited (their keys read from ``cov_texts``, never from
+            the specificity prompts).
     """
     facts = list(facts)
     n_l = site_map(model).n_layers
@@ -450,13 +594,16 @@ def evaluate_memit(
     edited_subjects = {str(facts[i].get("subject_text")) for i in chosen}
     others = [j for j in known_idx if str(facts[j].get("subject_text")) not in edited_subjects]
     spec = random.Random(seed + 2).sample(others, min(n_specificity, len(others)))
-    before, _ = _measure(model, chosen, facts, groups, new, spec, n_fluency)
+    held = corpus("test", n_held_out, seed=seed + 2) if n_held_out > 0 else []
+    before, _ = _measure(model, chosen, facts, groups, new, spec, n_fluency, held)
     reqs = [EditRequest(facts[i]["prompt"], str(facts[i]["subject"]), t)
             for i, t in zip(chosen, new, strict=True)]
+    edit_kwargs.setdefault("preserve_subjects", sorted(
+        {str(f.get("subject_text", f.get("subject"))) for f in facts} - edited_subjects))
     ed = memit_edit(model, reqs, layers=lys, cov_texts=texts,
                     prefixes=context_prefixes(texts, n_prefixes, seed=seed), **edit_kwargs)
     with ed.applied(model):
-        after, per = _measure(model, chosen, facts, groups, new, spec, n_fluency)
+        after, per = _measure(model, chosen, facts, groups, new, spec, n_fluency, held)
     edits = [{"prompt": facts[i]["prompt"], "subject": facts[i].get("subject_text"),
               "old": facts[i]["answer"], "new": t, "memit": {"efficacy": bool(per[0][k])}}
              for k, (i, t) in enumerate(zip(chosen, new, strict=True))]
