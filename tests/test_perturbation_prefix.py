@@ -237,3 +237,20 @@ def test_intervention_on_the_last_block_sees_every_position():
         np.testing.assert_allclose(out["on"].scores, out["off"].scores, atol=1e-5, equal_nan=True)
         moved = np.abs(free.target_scores - out["on"].target_scores).max()
         assert (moved > 1e-3) == (where == [n - 1]), (where, moved)
+
+
+def test_observer_hooks_keep_prefix_reuse_other_hooks_do_not():
+    """A hook marked :func:`lmxray.hooks.observer` (the app's cancel check) leaves packed rows
+    in use; an unmarked one inside the model (it may read positions) makes scoring plain."""
+    from lmxray.hooks import observer
+
+    m = _load("gpt2")
+    block = m.hf.transformer.h[0]
+    for mark, reused in ((observer, True), (lambda f: f, False)):
+        handle = block.register_forward_pre_hook(mark(lambda mod, args: None))
+        try:
+            with prefix_cache("on"), count_forward_tokens() as st:
+                m.attribute(PROMPTS[0], target=TARGETS[0], method="occlusion")
+        finally:
+            handle.remove()
+        assert (st.reused_tokens > 0) is reused

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import LmxrayError
+from ..hooks import observer
 
 __all__ = ["Job", "JobQueue", "Cancelled", "QueueFull", "cancel_hooks", "TERMINAL"]
 
@@ -93,6 +94,7 @@ class Job:
 def cancel_hooks(hf_model: Any, job: Job) -> Iterator[None]:
     """Forward pre-hooks on the model and its decoder layers: count forwards, stop when cancelled."""
 
+    @observer
     def hook(module: Any, args: Any) -> None:
         if job.cancel_event.is_set():
             raise Cancelled()

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError, LmxrayError
+from ..hooks import is_observer
 from ..memory import is_oom, run_chunks
 from ..sites import site_map
 from ._budget import MAX_ROWS, ScoreRow, rows_per_chunk
@@ -352,10 +353,14 @@ def _head_only_at(model: Model, rows: torch.Tensor, cols: torch.Tensor) -> Itera
 def _hooked(module: torch.nn.Module) -> bool:
     """Whether a hook (an intervention, a cache) sees a module inside ``module``: its positions
     are a sequence's own, which packed rows and stem groups are not. Hooks on ``module`` itself
-    (forward counters) see whole calls and do not count."""
+    (forward counters) see whole calls, and :func:`~lmxray.hooks.observer` hooks (cancel
+    checks) see no positions: neither counts."""
     glob = torch.nn.modules.module
-    return bool(glob._global_forward_hooks or glob._global_forward_pre_hooks) or any(
-        m._forward_hooks or m._forward_pre_hooks for m in module.modules() if m is not module)
+    hooks = [*glob._global_forward_hooks.values(), *glob._global_forward_pre_hooks.values()]
+    for m in module.modules():
+        if m is not module:
+            hooks += [*m._forward_hooks.values(), *m._forward_pre_hooks.values()]
+    return not all(is_observer(h) for h in hooks)
 
 
 @contextlib.contextmanager

@@ -56,6 +56,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..hooks import observer
 from ..model import Model
 from ..result import Attribution, Verification
 from ..targets import resolve_target_fn
@@ -138,6 +139,7 @@ def count_forwards(modules: Sequence[torch.nn.Module]) -> Iterator[_Cost]:
     """Count the forward passes and token positions (batch x length) of ``modules``."""
     cost = _Cost()
 
+    @observer
     def hook(_mod: Any, args: Any, kwargs: Any) -> None:
         x = kwargs.get("input_ids")
         if x is None:

@@ -69,9 +69,25 @@ __all__ = [
     "capture",
     "prepare_inputs",
     "CACHE_FORMAT",
+    "observer",
+    "is_observer",
 ]
 
 Positions = int | Sequence[int] | None
+
+
+def observer(fn: Any) -> Any:
+    """Mark a raw torch hook function as an observer: it neither reads nor changes activations
+    by position (a forward counter, a cancel check). Perturbation scoring keeps its packed rows
+    and stem groups, whose positions are not a sequence's own, under observers only; any other
+    hook inside the model makes it score plainly."""
+    fn.lmxray_observer = True
+    return fn
+
+
+def is_observer(fn: Any) -> bool:
+    """Whether ``fn`` was marked by :func:`observer`."""
+    return bool(getattr(fn, "lmxray_observer", False))
 
 
 # --------------------------------------------------------------------------- call context
