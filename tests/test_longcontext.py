@@ -268,3 +268,23 @@ def test_cpu_groups_keep_their_activations_small(llama8k, monkeypatch):
         b = llama8k.attribute(prompt, **kw)
     assert wide.forwards < narrow.forwards == narrow.unique_rows  # anchor + one row per group
     np.testing.assert_allclose(b.scores, a.scores, atol=1e-5, equal_nan=True)
+
+
+def test_last_layer_attends_only_from_read_positions(llama8k, monkeypatch):
+    """Inside split prefix attention the last layer computes only the queries whose logits are
+    read (every group once), and the numbers stay those of plain scoring."""
+    prompt = _text(14, seed=5)
+    kw = dict(target=" music", method="occlusion")
+    with prefix_cache("off"):
+        ref = llama8k.attribute(prompt, **kw)
+    real, seen = _stems._read_queries_only, []
+
+    def counted(query, key, value, pk, pv, reads, scaling):
+        seen.append(sum(len(p) for _, p in reads))
+        return real(query, key, value, pk, pv, reads, scaling)
+
+    monkeypatch.setattr(_stems, "_read_queries_only", counted)
+    with prefix_cache("cache"), count_forward_tokens() as st:
+        got = llama8k.attribute(prompt, **kw)
+    assert 0 < len(seen) < st.forwards and 0 < sum(seen) < st.computed_tokens  # groups, not anchors
+    np.testing.assert_allclose(got.scores, ref.scores, atol=1e-5, equal_nan=True)

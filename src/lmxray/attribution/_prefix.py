@@ -594,7 +594,7 @@ class _Runner:
         if not split_usable(model):
             return None
         try:
-            with split_prefix(model, layers, stem):
+            with split_prefix(model, layers, stem, where):
                 flat, _ = _forward_at(model, where, dict(
                     input_ids=torch.as_tensor(ids, device=model.device), position_ids=pos,
                     use_cache=False))

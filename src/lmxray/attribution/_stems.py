@@ -193,8 +193,8 @@ def plain_row_cost(length: int, d_model: int) -> float:
 SPLIT_VERIFIED: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 """Per native model: True = split prefix attention reproduces plain scoring, False = not used."""
 _SPLIT = "lmxray_split_prefix"
-_PREFIX_KV: contextvars.ContextVar[tuple[list[tuple[torch.Tensor, torch.Tensor]], int] | None] = \
-    contextvars.ContextVar("lmxray_prefix_kv", default=None)
+_PREFIX_KV: contextvars.ContextVar[tuple[Any, ...] | None] = contextvars.ContextVar(
+    "lmxray_prefix_kv", default=None)  # (layers, stem, last layer index, reads)
 _FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
 
@@ -217,18 +217,50 @@ def _split_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value:
     log-sum-exp (exact; Hydragen's decomposition, Juravsky et al. 2024): every row's queries
     against the one stem at once (one wide product, the stem never copied per row, no mask),
     then each row's suffix causally (the masked half skipped)."""
-    layers, stem = _PREFIX_KV.get()  # type: ignore[misc]
+    layers, stem, last, reads = _PREFIX_KV.get()  # type: ignore[misc]
     pk, pv = layers[module.layer_idx]
+    if module.layer_idx == last and reads:
+        return _read_queries_only(query, key, value, pk[:1, :, :stem], pv[:1, :, :stem], reads,
+                                  scaling)
     b, h, s, d = query.shape
     flat = query.transpose(0, 1).reshape(1, h, b * s, d)
     o1, l1 = _attend(flat, pk[:1, :, :stem], pv[:1, :, :stem], False, scaling)
     o1 = o1.reshape(h, b, s, d).transpose(0, 1)
     l1 = l1.reshape(h, b, s).transpose(0, 1)
     o2, l2 = _attend(query, key, value, True, scaling)
+    return _merge(o1, l1, o2, l2).transpose(1, 2).contiguous(), None
+
+
+def _merge(o1: torch.Tensor, l1: torch.Tensor, o2: torch.Tensor, l2: torch.Tensor) -> torch.Tensor:
+    """Two attention parts over disjoint keys merged by their log-sum-exp."""
     top = torch.maximum(l1, l2)
     w1, w2 = torch.exp(l1 - top), torch.exp(l2 - top)
-    out = (o1 * w1[..., None] + o2 * w2[..., None]) / (w1 + w2)[..., None]
-    return out.transpose(1, 2).contiguous(), None
+    return (o1 * w1[..., None] + o2 * w2[..., None]) / (w1 + w2)[..., None]
+
+
+def _read_queries_only(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                       pk: torch.Tensor, pv: torch.Tensor, reads: list[tuple[int, list[int]]],
+                       scaling: float | None) -> tuple[torch.Tensor, None]:
+    """The last layer's attention at the read positions only (``reads``: ``(row, suffix
+    positions)``); zeros elsewhere, which no later layer reads."""
+    b, h, s, d = query.shape
+    out = query.new_zeros(b, s, h, d)
+    for j, pos in reads:
+        if not pos:
+            continue
+        n = max(pos) + 1
+        q = query[j:j + 1, :, pos]
+        o1, l1 = _attend(q, pk, pv, False, scaling)
+        rep = h // key.shape[1]
+        kj = key[j:j + 1, :, :n].repeat_interleave(rep, dim=1)
+        vj = value[j:j + 1, :, :n].repeat_interleave(rep, dim=1)
+        scores = (q @ kj.transpose(-1, -2)) * (scaling if scaling is not None else d ** -0.5)
+        ahead = torch.arange(n, device=q.device)[None, :] > torch.as_tensor(pos, device=q.device)[:, None]
+        scores = scores.masked_fill(ahead, float("-inf"))
+        l2 = torch.logsumexp(scores, -1)
+        o2 = torch.softmax(scores, -1) @ vj
+        out[j, pos] = _merge(o1, l1, o2, l2)[0].transpose(0, 1)
+    return out, None
 
 
 def _no_mask(*args: Any, **kwargs: Any) -> None:
@@ -246,16 +278,17 @@ def split_usable(model: Model) -> bool:
 
 
 @contextlib.contextmanager
-def split_prefix(model: Model, layers: list[tuple[torch.Tensor, torch.Tensor]], stem: int
-                 ) -> Iterator[None]:
+def split_prefix(model: Model, layers: list[tuple[torch.Tensor, torch.Tensor]], stem: int,
+                 reads: list[tuple[int, list[int]]] | None = None) -> Iterator[None]:
     """Inside: the model's attention is :func:`_split_attention` over ``layers[:stem]`` (run the
-    forward without a cache, position ids from ``stem`` on)."""
+    forward without a cache, position ids from ``stem`` on); with ``reads`` (``(row, suffix
+    positions)`` whose logits are read), the last layer attends from those positions only."""
     from transformers.masking_utils import AttentionMaskInterface
     from transformers.modeling_utils import AttentionInterface
 
     AttentionInterface.register(_SPLIT, _split_attention)
     AttentionMaskInterface.register(_SPLIT, _no_mask)
-    token = _PREFIX_KV.set((layers, stem))
+    token = _PREFIX_KV.set((layers, stem, len(layers) - 1, reads))
     cfg = model.hf.config
     before = cfg._attn_implementation
     try:
